@@ -1,0 +1,61 @@
+"""The ``nmfseg`` command line.
+
+One verb per stage, nnU-Net style: ``check-data``, ``synth``, ``train``, ``predict``,
+``evaluate``, ``compare``, ``complexity``, ``demo``. Each verb lives in its own module
+under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
+body so that ``nmfseg --help`` is instant.
+
+Errors a user can cause are raised as :class:`nmfseg.errors.NmfsegError`; every command
+is wrapped by :func:`nmfseg.cli._common.handle_errors`, which prints them as one line on
+stderr with exit status 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="nmfseg",
+    help="Factorizer (NMF U-Net) segmentation: check data, train, predict, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that each define ``register(app)``; the order is the order in --help.
+_COMMAND_MODULES = (
+    "nmfseg.cli.data",
+    "nmfseg.cli.train",
+    "nmfseg.cli.predict",
+    "nmfseg.cli.evaluate",
+    "nmfseg.cli.complexity",
+    "nmfseg.cli.demo",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from nmfseg import __version__
+
+        typer.echo(f"nmfseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Factorizer (NMF U-Net) segmentation for BraTS, ISLES'22, MSD and nnU-Net folders."""
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``nmfseg`` script."""
+    app(args=argv)
