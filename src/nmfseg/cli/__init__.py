@@ -27,6 +27,7 @@ app = typer.Typer(
 # Modules that each define ``register(app)``; the order is the order in --help.
 _COMMAND_MODULES = (
     "nmfseg.cli.data",
+    "nmfseg.cli.synth",
     "nmfseg.cli.train",
     "nmfseg.cli.predict",
     "nmfseg.cli.evaluate",
