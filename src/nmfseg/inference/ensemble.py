@@ -1,0 +1,298 @@
+"""Trained models for prediction: find the checkpoints, load the folds, predict one case.
+
+``-m`` of ``nmfseg predict`` may name, like nnU-Net:
+
+- a run folder ``RUN_DIR/<dataset>/<model>`` holding ``fold_K`` folders: the folds given
+  by ``folds`` are ensembled (default: every ``fold_K`` that exists);
+- one fold folder ``.../fold_K`` holding ``checkpoint_{final,best,last}.pt``;
+- one checkpoint file.
+
+The ensemble's probability is the mean of the folds' probabilities (each itself the mean
+over flips when TTA is on).
+
+Examples::
+
+    >>> import numpy as np, torch
+    >>> from nmfseg.inference.ensemble import predict_case
+    >>> models = [torch.nn.Conv3d(2, 3, 1), torch.nn.Conv3d(2, 3, 1)]
+    >>> image = np.zeros((2, 12, 10, 9), np.float32)
+    >>> image[:, 2:9, 1:8, 3:7] = np.random.default_rng(0).random((2, 7, 7, 4)) + 1
+    >>> predict_case(models, image, patch_size=(8, 8, 8)).shape
+    (3, 12, 10, 9)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.errors import ConfigError, DataError
+from nmfseg.inference.sliding_window import sliding_window_predict
+
+__all__ = [
+    "CHECKPOINTS",
+    "Ensemble",
+    "find_checkpoints",
+    "load_ensemble",
+    "predict_case",
+    "resolve_device",
+]
+
+CHECKPOINTS = ("final", "best", "last")
+_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+_CKPT_SUFFIXES = (".pt", ".pth")
+
+
+def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """Adapter to the training package: rebuild the network stored in ``path``."""
+    from nmfseg.training.checkpoint import load_model
+
+    return load_model(path, device)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; refuse CUDA on a machine without it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"--device {device!r}: not a device (use cpu or cuda)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def _fold_sort_key(path: Path) -> tuple[int, int | str]:
+    k = _FOLD_RE.match(path.name).group(1)  # type: ignore[union-attr]
+    return (0, int(k)) if k.isdigit() else (1, k)
+
+
+def find_checkpoints(
+    model: str | Path,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "final",
+) -> list[Path]:
+    """Checkpoint files named by a run folder, a fold folder or a checkpoint file.
+
+    Args:
+        model: run folder (with ``fold_K`` folders), fold folder or checkpoint file.
+        folds: folds of a run folder to use (``None``: all that exist).
+        checkpoint: which checkpoint of a fold folder, one of ``final``, ``best``, ``last``.
+
+    Raises:
+        DataError: the path does not exist or holds no such checkpoints (the message
+            names the path and what is available).
+        ConfigError: ``checkpoint`` is not one of the known names.
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+    path = Path(model)
+    if not path.exists():
+        raise DataError(path, "no such model (expected a run folder, fold folder or checkpoint)")
+    if path.is_file():
+        if folds:
+            raise ConfigError(f"--folds needs a run folder, but {path} is a checkpoint file")
+        return [path]
+    fold_dirs = sorted(
+        (p for p in path.iterdir() if p.is_dir() and _FOLD_RE.match(p.name)), key=_fold_sort_key
+    )
+    if not fold_dirs:
+        if folds:
+            raise ConfigError(f"--folds needs a run folder with fold_K folders, not {path}")
+        return [_fold_checkpoint(path, checkpoint)]
+    if folds:
+        by_name = {p.name: p for p in fold_dirs}
+        wanted = [f"fold_{k}" for k in folds]
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            raise DataError(
+                path,
+                f"no {', '.join(missing)} (available: {', '.join(by_name)})",
+            )
+        fold_dirs = [by_name[name] for name in dict.fromkeys(wanted)]
+    return [_fold_checkpoint(p, checkpoint) for p in fold_dirs]
+
+
+def _fold_checkpoint(fold_dir: Path, checkpoint: str) -> Path:
+    for suffix in _CKPT_SUFFIXES:
+        candidate = fold_dir / f"checkpoint_{checkpoint}{suffix}"
+        if candidate.is_file():
+            return candidate
+    found = sorted(p.name for p in fold_dir.glob("checkpoint_*") if p.suffix in _CKPT_SUFFIXES)
+    if not found:
+        raise DataError(fold_dir, "no checkpoint_*.pt files and no fold_K folders")
+    hint = (
+        " (training not finished?)" if checkpoint == "final" else ""
+    ) + f"; available: {', '.join(found)}; choose one with --checkpoint"
+    raise DataError(fold_dir, f"no checkpoint_{checkpoint}.pt{hint}")
+
+
+def _patch_size(config: dict[str, Any], where: Path) -> tuple[int, ...]:
+    for section in ("data", "training", "train"):
+        sub = config.get(section)
+        if isinstance(sub, dict) and sub.get("patch_size") is not None:
+            return tuple(int(p) for p in sub["patch_size"])
+    if config.get("patch_size") is not None:
+        return tuple(int(p) for p in config["patch_size"])
+    raise DataError(where, "the checkpoint's config has no patch_size")
+
+
+def _scheme_name(config: dict[str, Any]) -> str | None:
+    for key in ("scheme", "dataset_scheme"):
+        if isinstance(config.get(key), str):
+            return config[key]
+    data = config.get("data")
+    if isinstance(data, dict):
+        for key in ("scheme", "format"):
+            if isinstance(data.get(key), str):
+                return data[key]
+    return None
+
+
+@dataclass
+class Ensemble:
+    """The folds of one trained model, ready to predict.
+
+    Attributes:
+        models: one network per fold, in ``eval()`` mode on ``device``.
+        sources: the checkpoint file of each network.
+        patch_size: sliding-window size (the training patch size, same for all folds).
+        in_channels: image channels the networks take.
+        out_channels: regions the networks predict.
+        scheme: name of the label scheme the model was trained on (``None`` if unknown).
+        config: resolved training config of the first fold.
+        device: where the networks run.
+    """
+
+    models: list[nn.Module]
+    sources: list[Path]
+    patch_size: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    scheme: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def predict(self, image: np.ndarray, tta: bool = False, where: str = "image") -> np.ndarray:
+        """Probabilities ``(R, X, Y, Z)`` of a raw ``(C, X, Y, Z)`` image; see :func:`predict_case`."""
+        return predict_case(
+            self.models, image, self.patch_size, tta=tta, device=self.device, where=where
+        )
+
+
+def _channels(model: nn.Module, attr: str, where: Path) -> int:
+    value = getattr(model, attr, None)
+    if not isinstance(value, int):
+        raise DataError(where, f"the network has no integer attribute {attr!r}")
+    return value
+
+
+def load_ensemble(
+    model: str | Path,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "final",
+    device: str | torch.device | None = None,
+) -> Ensemble:
+    """Load every fold named by ``model`` (see :func:`find_checkpoints`) onto ``device``.
+
+    Raises:
+        DataError: a checkpoint is missing or unreadable, or the folds disagree on
+            patch size, channels, regions or scheme.
+    """
+    dev = resolve_device(device)
+    paths = find_checkpoints(model, folds, checkpoint)
+    models, first = [], None
+    for path in paths:
+        try:
+            net, config = load_checkpoint(path, dev)
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
+            raise DataError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err
+        net.eval()
+        spec = (
+            _patch_size(config, path),
+            _channels(net, "in_channels", path),
+            _channels(net, "out_channels", path),
+            _scheme_name(config),
+        )
+        if first is None:
+            first = (spec, config)
+        elif spec != first[0]:
+            raise DataError(
+                path,
+                "this fold differs from the first (patch size, in/out channels, scheme): "
+                f"{spec} vs {first[0]}",
+            )
+        models.append(net)
+    assert first is not None
+    (patch_size, in_channels, out_channels, scheme), config = first
+    return Ensemble(models, paths, patch_size, in_channels, out_channels, scheme, config, dev)
+
+
+def predict_case(
+    models: Sequence[nn.Module],
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    tta: bool = False,
+    *,
+    mode: str = "gaussian",
+    device: str | torch.device | None = None,
+    where: str = "image",
+    progress: bool = False,
+) -> np.ndarray:
+    """Probabilities of one raw case, in its original grid.
+
+    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`),
+    predicts the cropped volume with :func:`sliding_window_predict` for every model, averages
+    the models' probabilities and puts the result back into the original grid (probability 0
+    outside the nonzero box).
+
+    Args:
+        models: the networks to ensemble (e.g. the folds of a run).
+        image: raw image ``(C, X, Y, Z)``.
+        patch_size: sliding-window size.
+        overlap: window overlap fraction.
+        tta: average over all flip combinations.
+        mode: window blending, ``"gaussian"`` or ``"constant"``.
+        device: where the models run (default: where their parameters are).
+        where: case name used in error messages.
+        progress: per-window progress bar.
+
+    Returns:
+        Float32 array ``(R, X, Y, Z)`` in ``[0, 1]``.
+
+    Raises:
+        DataError: the image's channel count differs from a model's ``in_channels``, or it
+            has NaN/Inf voxels.
+    """
+    if not models:
+        raise ValueError("predict_case needs at least one model.")
+    image = np.asarray(image)
+    for model in models:
+        expected = getattr(model, "in_channels", None)
+        if expected is not None and image.shape[0] != expected:
+            raise DataError(
+                where,
+                f"image has {image.shape[0]} channels but the model expects {expected}",
+            )
+    x, _, record = preprocess_case(image, where=where)
+    total = None
+    for model in models:
+        probs = sliding_window_predict(
+            model, x, patch_size, overlap, tta, mode=mode, device=device, progress=progress
+        )
+        total = probs if total is None else total + probs
+    assert total is not None
+    mean = (total / len(models)).numpy().astype(np.float32, copy=False)
+    return uncrop(mean, record, fill=0.0)
