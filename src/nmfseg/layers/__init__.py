@@ -1,0 +1,20 @@
+"""Layers of the Factorizer networks: channel LayerNorm, pointwise conv, MLP, position
+embedding and the Wrapped NMF subblock."""
+
+from nmfseg.layers.mlp import MLP
+from nmfseg.layers.norm import LayerNorm
+from nmfseg.layers.pointwise import PointwiseConv, is_channels_last
+from nmfseg.layers.pos_embed import PositionEmbedding
+from nmfseg.layers.wrapped_nmf import MATRICIZE_KINDS, NMFRecord, WrappedNMF, factor_maps
+
+__all__ = [
+    "MATRICIZE_KINDS",
+    "MLP",
+    "LayerNorm",
+    "NMFRecord",
+    "PointwiseConv",
+    "PositionEmbedding",
+    "WrappedNMF",
+    "factor_maps",
+    "is_channels_last",
+]

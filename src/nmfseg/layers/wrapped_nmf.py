@@ -1,0 +1,192 @@
+"""The Wrapped NMF subblock of a Factorizer block (paper §3.4, eq. 6, Fig. 2b).
+
+``WrappedNMF(x) = Dropout(PointwiseConv(Dematricize(NMF(ReLU(Matricize(PointwiseConv(x)))))))``:
+the input projection has no bias, the output projection has one (as in the official code).
+
+Two inference-time controls (paper §4.5) live here:
+
+- ``enabled = False`` short-circuits the NMF layer: its output is replaced by its input, the
+  ReLU'd matrices. Dematricize is the exact inverse of Matricize (for Swin, the average of
+  two exact inverses of the same values), so the short-circuited subblock is computed as
+  ``PointwiseConv(ReLU(PointwiseConv(x)))`` without building the matrices at all.
+- ``recorder``: when a list, every forward appends an :class:`NMFRecord` with the factors
+  ``(u, v)`` and what is needed to dematricize them; :func:`factor_maps` turns a record into
+  spatial maps (paper Fig. 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nmfseg.layers.pointwise import PointwiseConv
+from nmfseg.matricize import build_matricize
+from nmfseg.nmf import NMF, SOLVERS
+
+__all__ = ["MATRICIZE_KINDS", "NMFRecord", "WrappedNMF", "factor_maps"]
+
+MATRICIZE_KINDS = ("global", "local", "swin")
+
+
+@dataclass
+class NMFRecord:
+    """The factors one NMF layer computed in one forward pass.
+
+    Attributes:
+        layer: Index of the layer in ``Factorizer.nmf_layers()`` (``-1`` if standalone).
+        u: Channel factor ``(B', head_dim, R)``.
+        v: Spatial factor ``(B', N, R)``.
+        shape: Shape ``(B, C, *spatial)`` of the feature map that was matricized.
+        matricize: The matricize module that produced the matrices (used to dematricize).
+        head_dim: Rows per matrix ``E``.
+        size: Spatial size to crop dematricized maps to (the unpadded stage size), or
+            ``None`` to keep ``shape[2:]``.
+    """
+
+    layer: int
+    u: Tensor
+    v: Tensor
+    shape: tuple[int, ...]
+    matricize: nn.Module
+    head_dim: int
+    size: tuple[int, ...] | None = None
+
+    @property
+    def heads(self) -> int:
+        return self.shape[1] // self.head_dim
+
+    @property
+    def rank(self) -> int:
+        return self.u.shape[-1]
+
+
+def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
+    """Dematricize the spatial factor of a record into maps of shape ``(heads·R, *spatial)``.
+
+    Component ``r`` of head ``h`` is map ``h·R + r``. Each component is scaled by the norm of
+    its channel factor (``u v^T = (u/‖u‖)(‖u‖ v)^T``), so maps from different windows of
+    Local/Swin matricize share one scale. For Swin matricize the regular and shifted-window
+    maps are averaged, as the SW dematricize does with features.
+
+    Args:
+        record: One entry recorded by ``Factorizer.record_factors()``.
+        batch_index: Which sample of the batch.
+
+    Returns:
+        A float tensor ``(heads·R, *spatial)`` with ``spatial = record.size`` (or the
+        matricized feature map's size when ``size`` is ``None``).
+
+    Examples::
+
+        >>> import torch
+        >>> layer = WrappedNMF(8, spatial_dims=2, matricize="local", head_dim=4, patch_size=4)
+        >>> layer.recorder = []
+        >>> _ = layer(torch.randn(1, 8, 10, 12))
+        >>> factor_maps(layer.recorder[0]).shape
+        torch.Size([2, 10, 12])
+    """
+    u, v = record.u.float(), record.v.float()
+    rank, e = record.rank, record.head_dim
+    b = record.shape[0]
+    if not 0 <= batch_index < b:
+        raise ValueError(f"batch_index should be in [0, {b}), got {batch_index}.")
+    scaled = v * torch.linalg.vector_norm(u, dim=-2, keepdim=True)  # (B', N, R)
+    maps = []
+    for r in range(rank):
+        rows = scaled[..., r].unsqueeze(-2).expand(-1, e, -1)  # every row is the map
+        full = record.matricize.inverse(rows, tuple(record.shape))  # (B, heads·E, *spatial)
+        maps.append(full[batch_index, ::e])  # one channel per head -> (heads, *spatial)
+    out = torch.stack(maps, dim=1).flatten(0, 1)  # (heads·R, *spatial), head-major
+    if record.size is not None:
+        out = out[(slice(None), *(slice(0, s) for s in record.size))]
+    return out
+
+
+class WrappedNMF(nn.Module):
+    """Pointwise conv → matricize → ReLU → NMF → dematricize → pointwise conv → dropout.
+
+    Args:
+        channels: Number of input and output channels (a multiple of ``head_dim``).
+        spatial_dims: 2 or 3.
+        matricize: ``"global"``, ``"local"`` or ``"swin"`` (shifted window).
+        head_dim: Channels per matrix (rows ``E``).
+        patch_size: Window size of Local/Swin matricize (ignored by Global).
+        rank: NMF rank ``R``.
+        iters: NMF outer iterations ``T``.
+        solver: ``"hals"`` or ``"mu"``.
+        grad_iters: Backpropagate through the last ``grad_iters`` iterations only.
+        dropout: Dropout probability on the output.
+
+    Examples::
+
+        >>> import torch
+        >>> layer = WrappedNMF(16, spatial_dims=3, matricize="swin", head_dim=8, patch_size=4)
+        >>> layer(torch.randn(1, 16, 8, 8, 8)).shape
+        torch.Size([1, 16, 8, 8, 8])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        spatial_dims: int = 3,
+        matricize: str = "swin",
+        head_dim: int = 8,
+        patch_size: int | Sequence[int] = 8,
+        rank: int = 1,
+        iters: int = 5,
+        solver: str = "hals",
+        grad_iters: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if matricize not in MATRICIZE_KINDS:
+            raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
+        if head_dim < 1 or channels % head_dim:
+            raise ValueError(
+                f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
+            )
+        if solver not in SOLVERS:
+            raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
+        self.channels = channels
+        self.spatial_dims = spatial_dims
+        self.kind = matricize
+        self.head_dim = head_dim
+        self.in_proj = PointwiseConv(channels, channels, bias=False)
+        self.matricize = build_matricize(matricize, head_dim, patch_size)
+        self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
+        self.out_proj = PointwiseConv(channels, channels, bias=True)
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True
+        self.layer_index = -1
+        self.recorder: list[NMFRecord] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.in_proj(x)
+        if not self.enabled:
+            z = torch.relu(z)
+        else:
+            shape = tuple(z.shape)
+            m = torch.relu(self.matricize(z))
+            if self.recorder is None:
+                m = self.nmf(m)
+            else:
+                u, v = self.nmf.factorize(m)
+                m = u @ v.mT
+                self.recorder.append(
+                    NMFRecord(
+                        self.layer_index,
+                        u.detach(),
+                        v.detach(),
+                        shape,
+                        self.matricize,
+                        self.head_dim,
+                    )
+                )
+            z = self.matricize.inverse(m, shape)
+        return self.dropout(self.out_proj(z))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, matricize={self.kind!r}, enabled={self.enabled}"
