@@ -208,10 +208,12 @@ def test_load_ensemble_checks_folds_agree(tmp_path, monkeypatch):
 
     def fake_load(path, device):
         k = int(path.parent.name[-1])
-        return _pointwise(2, 3, seed=k), {"data": {"patch_size": [8, 8, 8 + 8 * k]}}
+        return _pointwise(2, 3, seed=k), {"patch_size": [8, 8, 8 + 8 * k]}
 
     monkeypatch.setattr(ensemble_mod, "load_checkpoint", fake_load)
-    with pytest.raises(DataError, match=r"fold_1.*differs from the first"):
+    with pytest.raises(
+        DataError, match=r"fold_1.*patch size \(8, 8, 16\) differs from .*fold_0.*\(8, 8, 8\)"
+    ):
         ensemble_mod.load_ensemble(run, device="cpu")
     ens = ensemble_mod.load_ensemble(run, folds=[1], device="cpu")
     assert ens.patch_size == (8, 8, 16) and ens.in_channels == 2 and ens.out_channels == 3

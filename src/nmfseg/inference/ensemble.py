@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.sliding_window import sliding_window_predict
 
@@ -139,25 +140,42 @@ def _fold_checkpoint(fold_dir: Path, checkpoint: str) -> Path:
 
 
 def _patch_size(config: dict[str, Any], where: Path) -> tuple[int, ...]:
-    for section in ("data", "training", "train"):
+    value = config.get("patch_size")
+    for section in ("data", "training"):
         sub = config.get(section)
-        if isinstance(sub, dict) and sub.get("patch_size") is not None:
-            return tuple(int(p) for p in sub["patch_size"])
-    if config.get("patch_size") is not None:
-        return tuple(int(p) for p in config["patch_size"])
-    raise DataError(where, "the checkpoint's config has no patch_size")
+        if value is None and isinstance(sub, dict):
+            value = sub.get("patch_size")
+    if value is None:
+        raise DataError(where, "the checkpoint's config has no patch_size")
+    return tuple(int(p) for p in value)
 
 
-def _scheme_name(config: dict[str, Any]) -> str | None:
-    for key in ("scheme", "dataset_scheme"):
-        if isinstance(config.get(key), str):
+def _dataset_section(config: dict[str, Any]) -> dict[str, Any]:
+    for key in ("dataset", "data"):
+        if isinstance(config.get(key), dict):
             return config[key]
-    data = config.get("data")
-    if isinstance(data, dict):
-        for key in ("scheme", "format"):
-            if isinstance(data.get(key), str):
-                return data[key]
+    return {}
+
+
+def _model_scheme(config: dict[str, Any]) -> DatasetScheme | None:
+    """The label scheme the model was trained on, when the config pins it down."""
+    value = _dataset_section(config).get("scheme", config.get("scheme"))
+    if isinstance(value, dict):
+        try:
+            return DatasetScheme.from_dict(value)
+        except (KeyError, TypeError, ValueError):
+            return None
+    if isinstance(value, str) and value in SCHEMES and value != "nnunet":
+        return SCHEMES[value]
     return None
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, dict):
+        return tuple(str(k) for k in value)
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return ()
 
 
 @dataclass
@@ -170,7 +188,11 @@ class Ensemble:
         patch_size: sliding-window size (the training patch size, same for all folds).
         in_channels: image channels the networks take.
         out_channels: regions the networks predict.
-        scheme: name of the label scheme the model was trained on (``None`` if unknown).
+        channels: channel names the model was trained with (empty if unknown).
+        regions: region names of the output channels (empty if unknown).
+        scheme: label scheme of the training data (``None`` if the config does not pin it).
+        overlap: sliding-window overlap (the config's ``validation.overlap``, default 0.5).
+        mode: window blending (the config's ``validation.mode``, default ``"gaussian"``).
         config: resolved training config of the first fold.
         device: where the networks run.
     """
@@ -180,14 +202,25 @@ class Ensemble:
     patch_size: tuple[int, ...]
     in_channels: int
     out_channels: int
-    scheme: str | None
+    channels: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    scheme: DatasetScheme | None = None
+    overlap: float = 0.5
+    mode: str = "gaussian"
     config: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def predict(self, image: np.ndarray, tta: bool = False, where: str = "image") -> np.ndarray:
-        """Probabilities ``(R, X, Y, Z)`` of a raw ``(C, X, Y, Z)`` image; see :func:`predict_case`."""
+        """Probabilities ``(R, *spatial)`` of one raw image (see :func:`predict_case`)."""
         return predict_case(
-            self.models, image, self.patch_size, tta=tta, device=self.device, where=where
+            self.models,
+            image,
+            self.patch_size,
+            self.overlap,
+            tta,
+            mode=self.mode,
+            device=self.device,
+            where=where,
         )
 
 
@@ -208,7 +241,7 @@ def load_ensemble(
 
     Raises:
         DataError: a checkpoint is missing or unreadable, or the folds disagree on
-            patch size, channels, regions or scheme.
+            patch size, channels or regions.
     """
     dev = resolve_device(device)
     paths = find_checkpoints(model, folds, checkpoint)
@@ -219,24 +252,42 @@ def load_ensemble(
         except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
             raise DataError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err
         net.eval()
-        spec = (
-            _patch_size(config, path),
-            _channels(net, "in_channels", path),
-            _channels(net, "out_channels", path),
-            _scheme_name(config),
-        )
+        scheme = _model_scheme(config)
+        dataset = _dataset_section(config)
+        spec = {
+            "patch size": _patch_size(config, path),
+            "in_channels": _channels(net, "in_channels", path),
+            "out_channels": _channels(net, "out_channels", path),
+            "channels": _names(dataset.get("channels")) or (scheme.channels if scheme else ()),
+            "regions": _names(dataset.get("regions")) or (scheme.region_names if scheme else ()),
+        }
         if first is None:
-            first = (spec, config)
-        elif spec != first[0]:
-            raise DataError(
-                path,
-                "this fold differs from the first (patch size, in/out channels, scheme): "
-                f"{spec} vs {first[0]}",
-            )
+            first = (spec, scheme, config)
+        else:
+            diff = [k for k in spec if spec[k] != first[0][k]]
+            if diff:
+                k = diff[0]
+                raise DataError(
+                    path, f"this fold's {k} {spec[k]} differs from {paths[0]}'s {first[0][k]}"
+                )
         models.append(net)
     assert first is not None
-    (patch_size, in_channels, out_channels, scheme), config = first
-    return Ensemble(models, paths, patch_size, in_channels, out_channels, scheme, config, dev)
+    spec, scheme, config = first
+    validation = config.get("validation") if isinstance(config.get("validation"), dict) else {}
+    return Ensemble(
+        models=models,
+        sources=paths,
+        patch_size=spec["patch size"],
+        in_channels=spec["in_channels"],
+        out_channels=spec["out_channels"],
+        channels=spec["channels"],
+        regions=spec["regions"],
+        scheme=scheme,
+        overlap=float(validation.get("overlap", 0.5)),
+        mode=str(validation.get("mode", "gaussian")),
+        config=config,
+        device=dev,
+    )
 
 
 def predict_case(
