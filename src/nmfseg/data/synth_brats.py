@@ -1,0 +1,235 @@
+"""BraTS-like glioma phantoms: four MRI contrasts and a nested tumour on the MNI152 anatomy.
+
+A case is built in this order (all randomness from one seeded generator):
+
+1. a random rigid pose of the head (:func:`~nmfseg.data.synth_anatomy.random_pose`);
+2. a tumour centre in deep cerebral tissue and the sizes of the whole tumour and its core;
+3. the mass effect: a smooth radial displacement about the core (uniform expansion inside,
+   decaying as 1/r² outside) that pushes the surrounding tissue maps, composed with the
+   pose into one warp (:func:`~nmfseg.data.synth_anatomy.warp_tissue`);
+4. the tumour regions on the output grid: a core (a randomly oriented, noise-deformed
+   ellipsoid), offset inside an edema region that follows the pushed white matter and stops
+   at cortex and ventricles; inside the core either an enhancing rim around necrosis, a
+   solid enhancing core (no necrosis), or a non-enhancing core (no enhancement);
+5. intensities: tissue fractions times per-case jittered tissue contrasts, tumour regions
+   with their own heterogeneous contrasts blended in through blurred (partial-volume)
+   masks, edema fading towards its border; then bias, gain, Rician noise, skull stripping.
+
+Internal labels are ``NCR = 1`` (necrosis / non-enhancing core), ``ED = 2`` (edema) and
+``ET = 3`` (enhancing tumour); :mod:`nmfseg.data.synth` writes them in each format's scheme.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+
+from nmfseg.data.synth_anatomy import (
+    acquire,
+    load_anatomy,
+    output_grid,
+    random_pose,
+    smooth_noise,
+    warp_tissue,
+)
+
+__all__ = [
+    "BRATS_CHANNELS",
+    "BRATS_REGIONS",
+    "ED",
+    "ET",
+    "NCR",
+    "SynthCase",
+    "case_rng",
+    "synth_brats_case",
+]
+
+NCR, ED, ET = 1, 2, 3
+#: Internal label -> tumour sub-regions it belongs to (BraTS definition of the regions).
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"ET": (ET,), "TC": (NCR, ET), "WT": (NCR, ED, ET)}
+#: Channel order of the generated images (the MSD / BraTS order).
+BRATS_CHANNELS = ("FLAIR", "T1", "T1Gd", "T2")
+
+# Relative mean intensities; columns FLAIR, T1, T1Gd, T2.
+_TISSUE = np.array(
+    [
+        [0.10, 0.25, 0.26, 1.00],  # CSF: dark on FLAIR and T1, bright on T2
+        [0.70, 0.58, 0.60, 0.62],  # grey matter
+        [0.52, 0.85, 0.86, 0.42],  # white matter
+    ],
+    dtype=np.float32,
+)
+_LESION = {
+    "ed": np.array([0.98, 0.52, 0.54, 0.86], dtype=np.float32),  # bright FLAIR and T2
+    "ncr": np.array([0.55, 0.22, 0.24, 0.95], dtype=np.float32),  # necrosis: dark T1(Gd)
+    "net": np.array([0.85, 0.42, 0.46, 0.80], dtype=np.float32),  # non-enhancing solid core
+    "et": np.array([0.78, 0.48, 1.12, 0.66], dtype=np.float32),  # bright rim on T1Gd only
+}
+
+
+class SynthCase(NamedTuple):
+    """One phantom: ``image (C, X, Y, Z)`` float32, ``label (X, Y, Z)`` uint8, ``affine``."""
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+
+
+def case_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
+    """The generator of one case; ``(seed, i)`` is case ``i`` of a dataset seeded ``seed``."""
+    entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]  # type: ignore[union-attr]
+    if min(entropy) < 0:
+        raise ValueError(f"seeds must be nonnegative integers, got {seed!r}")
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3D rotation (QR of a Gaussian matrix)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _ellipsoid_radius(rel: np.ndarray, rotation: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Normalised ellipsoidal radius (1 on the surface) of points ``rel (3, ...)``."""
+    local = np.tensordot(rotation.T, rel, axes=1) / axes.reshape(3, *([1] * (rel.ndim - 1)))
+    return np.sqrt(np.sum(local * local, axis=0))
+
+
+def _pick_centre(rng: np.random.Generator, anat, core_mm: float) -> np.ndarray:
+    """A template voxel deep in cerebral white matter (away from the midline, above z=-15)."""
+    ok = (anat.depth > core_mm + 6.0) & (anat.wm > 0.4)
+    idx = np.argwhere(ok)
+    world = idx @ anat.affine[:3, :3].T + anat.affine[:3, 3]
+    idx = idx[(np.abs(world[:, 0]) > 8.0) & (world[:, 2] > -15.0)]
+    if len(idx) == 0:  # a tiny crop: fall back to the deepest voxel
+        return np.array(np.unravel_index(np.argmax(anat.depth), anat.shape), dtype=np.float64)
+    return idx[rng.integers(len(idx))] + rng.uniform(-0.5, 0.5, size=3)
+
+
+def synth_brats_case(
+    seed: int | tuple[int, ...],
+    spacing: float = 2.0,
+    shape: tuple[int, int, int] | None = None,
+) -> SynthCase:
+    """Generate one BraTS-like case.
+
+    Args:
+        seed: Seed of this case; the same seed gives byte-identical arrays.
+            :func:`~nmfseg.data.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
+        spacing: Isotropic voxel size in mm (2 mm by default; 4 mm for quick tests).
+        shape: Optional output grid size (crop/pad about the brain, see
+            :func:`~nmfseg.data.synth_anatomy.load_anatomy`).
+
+    Returns:
+        ``SynthCase(image, label, affine)``: ``image`` is ``(4, X, Y, Z)`` float32 in the
+        channel order FLAIR, T1, T1Gd, T2, skull-stripped; ``label`` is uint8 with the
+        internal codes NCR=1, ED=2, ET=3; ``affine`` maps voxels to RAS mm.
+
+    Examples::
+
+        >>> case = synth_brats_case(0, spacing=4.0)
+        >>> case.image.shape[0], case.image.dtype.name, sorted(set(case.label.ravel()) - {0})
+        (4, 'float32', [1, 2, 3])
+    """
+    rng = case_rng(seed)
+    anat = load_anatomy(spacing, shape)
+    sp = anat.spacing
+    pose = random_pose(rng, anat)
+
+    # Sizes (mm) and where the tumour sits.
+    wt_mm = rng.uniform(16.0, 34.0)
+    core_mm = wt_mm * rng.uniform(0.35, 0.7)
+    centre = pose.to_output(_pick_centre(rng, anat, core_mm))
+
+    # Mass effect: the ball of radius core*(1 - s) expands to the core; 1/r^2 decay outside.
+    strength = rng.uniform(0.15, 0.45)
+    grid = output_grid(anat.shape)
+    rel = grid - centre.astype(np.float32).reshape(3, 1, 1, 1)
+    r = np.sqrt(np.sum(rel * rel, axis=0))
+    radius = np.float32(core_mm / sp)
+    k = np.float32(strength) * np.minimum(1.0, (radius / np.maximum(r, 1e-3)) ** 3)
+    tissue = warp_tissue(anat, pose, grid - rel * k)
+    brain = tissue["brain"] > 0.5
+
+    # The tumour lives in a box around the core.
+    half = int(np.ceil(1.6 * wt_mm / sp)) + 2
+    lo = np.maximum(np.floor(centre).astype(int) - half, 0)
+    hi = np.minimum(np.floor(centre).astype(int) + half + 1, anat.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    rel_box = rel[(slice(None), *box)]
+    bshape = rel_box.shape[1:]
+    wm, csf = tissue["wm"][box], tissue["csf"][box]
+
+    core_axes = core_mm / sp * rng.uniform(0.75, 1.3, size=3)
+    core_score = _ellipsoid_radius(rel_box, _random_rotation(rng), core_axes)
+    core_score += 0.22 * smooth_noise(rng, bshape, max(core_mm / sp * 0.5, 1.5))
+    core = core_score < 1.0
+
+    offset_dir = rng.standard_normal(3)
+    offset = offset_dir / np.linalg.norm(offset_dir) * rng.uniform(0.0, 0.5) * (wt_mm - core_mm)
+    wt_axes = wt_mm / sp * rng.uniform(0.75, 1.3, size=3)
+    wt_score = _ellipsoid_radius(
+        rel_box - (offset / sp).astype(np.float32).reshape(3, 1, 1, 1),
+        _random_rotation(rng),
+        wt_axes,
+    )
+    wt_score += 0.25 * smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
+    wt_score -= rng.uniform(0.5, 1.0) * (wm - 0.5)  # spreads along white matter
+    edema = (wt_score < 1.0) & (csf < 0.6) & brain[box]
+    whole = edema | core
+    parts, _ = ndimage.label(whole)
+    keep = np.unique(parts[core & (parts > 0)])
+    whole = np.isin(parts, keep) & brain[box]
+    core &= whole
+
+    kind = rng.choice(["rim", "solid", "non-enhancing"], p=[0.66, 0.16, 0.18])
+    necrosis_level = rng.uniform(0.4, 0.75)
+    inner = core_score + 0.12 * smooth_noise(rng, bshape, max(core_mm / sp * 0.3, 1.2))
+    if kind == "rim":
+        ncr = core & (inner < necrosis_level)
+        enh = core & ~ncr
+    elif kind == "solid":
+        ncr, enh = np.zeros_like(core), core
+    else:
+        ncr, enh = core, np.zeros_like(core)
+
+    label = np.zeros(anat.shape, dtype=np.uint8)
+    lab_box = label[box]
+    lab_box[whole] = ED
+    lab_box[ncr] = NCR
+    lab_box[enh] = ET
+
+    # Intensities.
+    tissue_c = _TISSUE * rng.uniform(0.93, 1.07, size=_TISSUE.shape).astype(np.float32)
+    fractions = np.stack([tissue["csf"], tissue["gm"], tissue["wm"]])
+    clean = np.tensordot(tissue_c.T, fractions, axes=1).astype(np.float32)
+    clean *= 1.0 + 0.03 * smooth_noise(rng, anat.shape, 3.0 / sp * 2.0)[None]
+    lesion = {k: v * rng.uniform(0.9, 1.1, size=4).astype(np.float32) for k, v in _LESION.items()}
+    core_contrast = lesion["net"] if kind == "non-enhancing" else lesion["ncr"]
+    base = clean[(slice(None), *box)]
+    fade = np.clip((1.0 - wt_score) / 0.35, 0.35, 1.0)  # edema weakest at its border
+    blur = 0.6  # voxels of partial-volume blur at region borders
+    painted = base.copy()
+    for mask, contrast, het, strength_map in (
+        (lab_box == ED, lesion["ed"], 0.08, fade),
+        (lab_box == NCR, core_contrast, 0.10, None),
+        (lab_box == ET, lesion["et"], 0.14, None),
+    ):
+        if not mask.any():
+            continue
+        weight = ndimage.gaussian_filter(mask.astype(np.float32), blur)
+        texture = 1.0 + het * smooth_noise(rng, bshape, 2.0)
+        value = contrast.reshape(4, 1, 1, 1) * texture[None]
+        if strength_map is not None:
+            value = base + strength_map[None] * (value - base)
+        painted += weight[None] * (value - base)
+    clean[(slice(None), *box)] = painted
+
+    image = acquire(rng, clean, brain, sp)
+    label *= brain
+    return SynthCase(image=image, label=label, affine=anat.affine.copy())
