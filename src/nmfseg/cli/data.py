@@ -1,9 +1,88 @@
-"""CLI verbs of this stage (being built; see the issue that owns it)."""
+"""``nmfseg check-data`` and ``nmfseg split``: verify a dataset folder, make its folds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from nmfseg.cli._common import handle_errors
+
+FMT_HELP = "Dataset format: msd_brats, brats2021, brats2023, isles22 or nnunet (default: detect)."
+
+
+def _open(data_dir: Path, fmt: str | None):
+    from nmfseg.data.formats import open_dataset
+
+    return open_dataset(data_dir, fmt)
+
+
+def check_data(
+    data_dir: Path = typer.Argument(..., help="Dataset folder in any supported format."),
+    fmt: str = typer.Option(None, "--fmt", help=FMT_HELP),
+) -> None:
+    """Verify a dataset like nnU-Net's --verify_dataset_integrity.
+
+    Checks that every file is present and readable, the channel count, that every channel
+    and the label share shape and affine, no NaN/Inf, label values in the format's scheme.
+    Prints one line per problem (CASE: FILE: problem); exit status 1 if there is any.
+    """
+    from nmfseg.data.checks import check_dataset
+    from nmfseg.errors import DataError
+
+    dataset = _open(data_dir, fmt)
+    scheme = dataset.scheme
+    report = check_dataset(dataset)
+    for problem in report.problems:
+        typer.echo(problem.describe(dataset.root))
+    labels = "labels " + ",".join(map(str, scheme.labels)) if dataset.has_labels else "no labels"
+    typer.echo(
+        f"{dataset.root}: {dataset.fmt}, channels {', '.join(scheme.channels)}, {labels}; "
+        f"{report.n_ok} of {len(dataset)} case(s) OK"
+    )
+    if not report.ok:
+        n, bad = len(report.problems), len(report.bad_cases)
+        raise DataError(dataset.root, f"{n} problem(s) found ({bad} case(s) affected)")
+
+
+def split(
+    data_dir: Path = typer.Argument(..., help="Dataset folder in any supported format."),
+    folds: int = typer.Option(5, "--folds", help="Number of cross-validation folds."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    output: Path = typer.Option(
+        None, "-o", "--output", help="Where to write the splits (default: DATA_DIR/splits.json)."
+    ),
+    fmt: str = typer.Option(None, "--fmt", help=FMT_HELP),
+    force: bool = typer.Option(False, "--force", help="Overwrite different existing splits."),
+) -> None:
+    """Write deterministic k-fold splits.json (nnU-Net's splits_final.json shape).
+
+    ISLES'22 folds are stratified by lesion volume; other datasets get a seeded shuffle.
+    An existing file with different splits is kept unless --force is given.
+    """
+    import json
+
+    from nmfseg.data.splits import default_splits_path, make_splits, save_splits
+    from nmfseg.errors import ConfigError
+
+    dataset = _open(data_dir, fmt)
+    path = output if output is not None else default_splits_path(dataset)
+    splits = make_splits(dataset, folds, seed)
+    if path.is_file() and not force:
+        try:
+            same = json.loads(path.read_text()) == splits
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            raise ConfigError(f"{path} exists with different splits; pass --force to overwrite")
+    save_splits(splits, path)
+    how = "stratified by lesion volume" if dataset.scheme.stratify_by_volume else "shuffled"
+    typer.echo(f"{len(dataset)} cases, {folds} folds ({how}, seed {seed}) -> {path}")
+    for k, fold in enumerate(splits):
+        typer.echo(f"  fold {k}: {len(fold['train'])} train, {len(fold['val'])} val")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add ``check-data`` and ``split`` to the app."""
+    app.command("check-data")(handle_errors(check_data))
+    app.command("split")(handle_errors(split))
