@@ -1,9 +1,74 @@
-"""CLI verbs of this stage (being built; see the issue that owns it)."""
+"""``nmfseg complexity``: #params and FLOPs of the registered networks beside the paper's."""
 
 from __future__ import annotations
 
 import typer
 
+from nmfseg.cli._common import handle_errors
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``"128"`` → ``(128, 128, 128)``; ``"96,128,64"`` or ``"96x128x64"`` → as given.
+
+    A single number is repeated for three spatial dims; 2D models need two numbers.
+    """
+    from nmfseg.errors import ConfigError
+
+    parts = text.lower().replace("x", ",").replace("×", ",").split(",")
+    try:
+        size = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--input-size {text!r}: expected one int or ints separated by ',' or 'x'"
+        ) from None
+    if not size or min(size) < 1:
+        raise ConfigError(f"--input-size {text!r}: sizes should be positive ints")
+    return size * 3 if len(size) == 1 else size
+
+
+def _fmt_count(value: float | None, unit: float, suffix: str, digits: int = 1) -> str:
+    return "-" if value is None else f"{value / unit:.{digits}f}{suffix}"
+
+
+def _delta(ours: float, paper: float | None) -> str:
+    return "" if paper is None else f"({100 * (ours - paper) / paper:+.1f}%)"
+
+
+def complexity(
+    model: list[str] = typer.Option(
+        None, "--model", "-m", help="Registered model name (repeatable). Default: all."
+    ),
+    input_size: str = typer.Option(
+        None,
+        "--input-size",
+        help="Spatial input size, e.g. 128 or 96,128,64. Default: each preset's patch size "
+        "(the paper's input).",
+    ),
+) -> None:
+    """Print #params and FLOPs per model at the paper's input size, beside the paper's."""
+    from nmfseg.complexity import FLOP_CONVENTION, model_complexity
+    from nmfseg.models import list_models
+
+    names = list(model) if model else list_models()
+    size = parse_size(input_size) if input_size else None
+    rows = [model_complexity(name, size) for name in names]
+
+    header = f"{'model':<26}{'input':<16}{'params':>9}{'paper':>8}{'':>9}"
+    header += f"{'GFLOPs':>10}{'paper':>9}{'':>9}"
+    typer.echo(FLOP_CONVENTION)
+    typer.echo(header)
+    for c in rows:
+        shape = "x".join(str(s) for s in c.input_shape)
+        gflops = c.flops / 1e9
+        typer.echo(
+            f"{c.name:<26}{shape:<16}"
+            f"{_fmt_count(c.params, 1e6, 'M', 2):>9}{_fmt_count(c.paper_params, 1e6, 'M'):>8}"
+            f"{_delta(c.params, c.paper_params):>9}"
+            f"{gflops:>10.2f}{_fmt_count(c.paper_gflops, 1, ''):>9}"
+            f"{_delta(gflops, c.paper_gflops):>9}"
+        )
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``complexity`` command to ``app``."""
+    app.command("complexity")(handle_errors(complexity))
