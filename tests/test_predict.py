@@ -217,3 +217,277 @@ def test_load_ensemble_checks_folds_agree(tmp_path, monkeypatch):
         ensemble_mod.load_ensemble(run, device="cpu")
     ens = ensemble_mod.load_ensemble(run, folds=[1], device="cpu")
     assert ens.patch_size == (8, 8, 16) and ens.in_channels == 2 and ens.out_channels == 3
+
+
+# --------------------------------------------------------------------- whole pipeline
+
+POINTWISE = "_test_pointwise"
+# (output channel of ET, TC, WT) and the (ET, NCR, ED) labels written, per BraTS-like format
+BRATS_LAYOUT = {
+    "msd_brats": ((0, 1, 2), (3, 2, 1)),
+    "brats2021": ((0, 1, 2), (4, 1, 2)),
+    "brats2023": ((0, 1, 2), (3, 1, 2)),
+    "nnunet": ((2, 1, 0), (3, 2, 1)),  # template dataset.json: whole tumor, tumor core, enh.
+}
+
+
+@pytest.fixture
+def pointwise_registry(monkeypatch):
+    """Register a 1×1×1-conv network for the duration of one test (the registry is restored)."""
+    from nmfseg.models import _registry
+
+    def build(in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Conv3d(in_channels, out_channels, kernel_size=1)
+
+    monkeypatch.setitem(_registry._CONSTRUCTORS, POINTWISE, build)
+    monkeypatch.setitem(_registry._INFO, POINTWISE, {"name": POINTWISE, "defaults": {}})
+
+
+THRESHOLDS = (0.5, 0.0, -0.5)  # oracle: output r is "z-scored channel r >= THRESHOLDS[r]"
+
+
+def _oracle(in_channels: int, out_channels: int, gain: float = 10.0) -> nn.Module:
+    """Logit r = gain × (input channel r − THRESHOLDS[r]): a known region per channel."""
+    net = nn.Conv3d(in_channels, out_channels, kernel_size=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        for r in range(out_channels):
+            net.weight[r, r] = gain
+            net.bias[r] = -gain * THRESHOLDS[r]
+    return net
+
+
+def _write_run(run, scheme, nets, patch=(8, 8, 8), names=None):
+    """Checkpoints in the training layout (run/fold_K/checkpoint_final.pt), one per network."""
+    from nmfseg.training.checkpoint import atomic_save
+
+    for k, net in enumerate(nets):
+        config = {
+            "patch_size": list(patch),
+            "model": POINTWISE,
+            "dataset": {
+                "scheme": scheme.name,
+                "channels": list(scheme.channels),
+                "regions": list(names or scheme.region_names),
+            },
+            "validation": {"overlap": 0.5, "mode": "gaussian"},
+        }
+        ckpt = {
+            "model_name": POINTWISE,
+            "model_kwargs": {"in_channels": net.in_channels, "out_channels": net.out_channels},
+            "model": net.state_dict(),
+            "config": config,
+            "scheme": scheme.name,
+        }
+        atomic_save(ckpt, run / f"fold_{k}" / "checkpoint_final.pt")
+    return run
+
+
+def _zscored_box(image):
+    """Independent reference of the preprocessing: nonzero box, z-score on nonzero voxels."""
+    idx = np.argwhere((image != 0).any(0))
+    box = tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True))
+    z = np.zeros(image.shape, np.float64)
+    for c, channel in enumerate(image):
+        inner = channel[box].astype(np.float64)
+        nz = inner != 0
+        z[c][box] = np.where(nz, (inner - inner[nz].mean()) / inner[nz].std(), 0.0)
+    inside = np.zeros(image.shape[1:], bool)
+    inside[box] = True
+    return z, inside
+
+
+def _expected_labels(image, fmt):
+    z, inside = _zscored_box(image)
+    # oracle: region r <=> z_r >= THRESHOLDS[r] inside the box (nothing outside it)
+    region = (z[:3] >= np.reshape(THRESHOLDS[: len(z)], (-1, 1, 1, 1))[:3]) & inside
+    if fmt == "isles22":
+        return region[0].astype(np.uint8)
+    (i_et, i_tc, i_wt), (l_et, l_ncr, l_ed) = BRATS_LAYOUT[fmt]
+    out = np.zeros(image.shape[1:], np.uint8)
+    out[region[i_wt]] = l_ed
+    out[region[i_tc]] = l_ncr
+    out[region[i_et]] = l_et
+    return out
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from nmfseg.cli import app
+
+    return CliRunner().invoke(app, ["predict", *map(str, args)])
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.exists() else []
+
+
+@pytest.mark.parametrize("fmt", ["msd_brats", "brats2021", "brats2023", "isles22", "nnunet"])
+def test_predict_every_format_labels_and_geometry(fmt, tmp_path, pointwise_registry):
+    import nibabel as nib
+
+    from nmfseg.data.formats import load_case, open_dataset
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / fmt, fmt, n_cases=2, shape=(13, 10, 9), seed=3)
+    ds = open_dataset(root)
+    for case in ds.cases:  # unusual header codes must survive: sform "aligned", qform "scanner"
+        ref = nib.load(case.image_paths[0])
+        img = nib.Nifti1Image(np.asarray(ref.dataobj), ref.affine, ref.header)
+        img.set_sform(ref.affine, code=2)
+        img.set_qform(ref.affine, code=1)
+        nib.save(img, case.image_paths[0])
+    scheme = ds.scheme
+    run = _write_run(tmp_path / "run", scheme, [_oracle(scheme.in_channels, scheme.out_channels)])
+
+    res = _cli("-m", run, "-i", root, "-o", tmp_path / "pred", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+
+    for case in ds.cases:
+        data = load_case(case)
+        out = nib.load(tmp_path / "pred" / f"{case.case_id}.nii.gz")
+        ref = nib.load(case.image_paths[0])
+        assert out.shape == data.image.shape[1:] == ref.shape[:3]
+        np.testing.assert_allclose(out.affine, ref.affine, atol=1e-6)
+        assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
+        assert out.header.get_zooms()[:3] == ref.header.get_zooms()[:3]
+        labels = np.asarray(out.dataobj)
+        assert set(np.unique(labels).tolist()) <= set(scheme.labels)
+        np.testing.assert_array_equal(labels, _expected_labels(data.image, fmt))
+    assert _leftovers(tmp_path / "pred") == []
+
+
+def test_cli_fold_ensemble_tta_probabilities_and_small_volume(tmp_path, pointwise_registry):
+    """Two folds, --tta, --save-probabilities; the volume is smaller than the 16³ window."""
+    from nmfseg.data.formats import load_case, open_dataset
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "d", "brats2023", n_cases=1, shape=(13, 10, 9))
+    scheme = open_dataset(root).scheme
+    nets = [_pointwise(4, 3, seed=s) for s in (1, 2)]
+    run = _write_run(tmp_path / "run", scheme, nets, patch=(16, 16, 16))
+    out = tmp_path / "pred"
+    res = _cli("-m", run, "-i", root, "-o", out, "--folds", 0, 1, "--tta", "--save-probabilities")
+    assert res.exit_code == 0, res.output
+
+    case = open_dataset(root).cases[0]
+    saved = np.load(out / f"{case.case_id}_probabilities.npz")
+    probs = saved["probabilities"]
+    assert probs.dtype == np.float16 and probs.shape == (3, 13, 10, 9)
+    assert saved["regions"].tolist() == ["ET", "TC", "WT"]
+    image = load_case(case).image
+    each = [predict_case([n], image, (16, 16, 16), tta=True) for n in nets]
+    np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-3)
+
+
+def test_cli_single_case_input_and_overwrite(tmp_path, pointwise_registry):
+    import nibabel as nib
+
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "Task01", "msd_brats", n_cases=2, shape=(12, 11, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["msd_brats"], [_oracle(4, 3)])
+    case = root / "imagesTr" / "BRATS_002.nii.gz"
+    out = tmp_path / "pred"
+    assert _cli("-m", run / "fold_0", "-i", case, "-o", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["BRATS_002.nii.gz"]
+
+    # an existing output is kept without --overwrite, and redone with it
+    target = out / "BRATS_002.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((12, 11, 10), np.uint8), np.eye(4)), target)
+    res = _cli("-m", run / "fold_0" / "checkpoint_final.pt", "-i", case, "-o", out)
+    assert res.exit_code == 0 and "already there" in res.output
+    assert not np.asarray(nib.load(target).dataobj).any()
+    assert _cli("-m", run, "-i", case, "-o", out, "--overwrite").exit_code == 0
+    assert np.asarray(nib.load(target).dataobj).any()
+
+
+def test_cli_missing_model_and_bad_options(tmp_path, pointwise_registry):
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "d", "isles22", n_cases=1, shape=(10, 10, 10))
+    out = tmp_path / "pred"
+    res = _cli("-m", tmp_path / "nope", "-i", root, "-o", out)
+    assert res.exit_code == 1
+    assert res.output.strip() == f"nmfseg: error: {tmp_path / 'nope'}: no such model " + (
+        "(expected a run folder, fold folder or checkpoint)"
+    )
+    run = _write_run(tmp_path / "run", SCHEMES["isles22"], [_oracle(2, 1)])
+    res = _cli("-m", run, "-i", root, "-o", out, "--folds", 0, 4)
+    assert res.exit_code == 1 and "no fold_4 (available: fold_0)" in res.output
+    res = _cli("-m", run, "-i", tmp_path / "missing", "-o", out)
+    assert res.exit_code == 1 and "missing" in res.output
+    if not torch.cuda.is_available():
+        res = _cli("-m", run, "-i", root, "-o", out, "--device", "cuda")
+        assert res.exit_code == 1 and "CUDA is not available" in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()  # nothing written for an error that concerns every case
+
+
+def test_cli_wrong_channel_count_names_the_case(tmp_path, pointwise_registry):
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "isles", "isles22", n_cases=2, shape=(10, 10, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["brats2021"], [_oracle(4, 3)])
+    res = _cli("-m", run, "-i", root, "-o", tmp_path / "pred")
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert "sub-strokecase0001 has 2 channels (dwi, adc) but the model expects 4" in lines[0]
+    assert not (tmp_path / "pred").exists()
+
+
+def test_cli_corrupt_case_is_skipped_and_others_written(tmp_path, pointwise_registry):
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "b21", "brats2021", n_cases=3, shape=(10, 11, 9))
+    bad = root / "BraTS2021_00001" / "BraTS2021_00001_t1ce.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated download
+    run = _write_run(tmp_path / "run", SCHEMES["brats2021"], [_oracle(4, 3)])
+    out = tmp_path / "pred"
+    res = _cli("-m", run, "-i", root, "-o", out)
+    assert res.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "BraTS2021_00000.nii.gz",
+        "BraTS2021_00002.nii.gz",
+    ]
+    skipped = [line for line in res.output.splitlines() if "skipped case" in line]
+    assert len(skipped) == 1 and "BraTS2021_00001" in skipped[0] and bad.name in skipped[0]
+    assert res.output.strip().splitlines()[-1] == (
+        "nmfseg: error: 1 of 3 case(s) failed: BraTS2021_00001"
+    )
+    assert "Traceback" not in res.output
+
+
+def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry, monkeypatch):
+    import nibabel as nib
+
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "b23", "brats2023", n_cases=2, shape=(10, 10, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["brats2023"], [_oracle(4, 3)])
+    out = tmp_path / "pred"
+    real_save = nib.save
+
+    def flaky_save(img, path):  # the disk fills up half-way through the second output
+        if "00001" in str(path):
+            with open(path, "wb") as fh:
+                fh.write(b"\x1f\x8b partial")
+            raise OSError(28, "No space left on device")
+        real_save(img, path)
+
+    monkeypatch.setattr(nib, "save", flaky_save)
+    res = _cli("-m", run, "-i", root, "-o", out, "--save-probabilities")
+    assert res.exit_code == 1 and "No space left on device" in res.output
+    # the failed case has no label file, no probabilities and no stray temporary file
+    assert sorted(p.name for p in out.iterdir()) == [
+        "BraTS-GLI-00000-000.nii.gz",
+        "BraTS-GLI-00000-000_probabilities.npz",
+    ]
+    assert _leftovers(out) == []

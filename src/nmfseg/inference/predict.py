@@ -168,9 +168,16 @@ def _predict_one(
     data = load_case(dataclasses.replace(case, label_path=None))
     probs = ensemble.predict(data.image, tta=tta, where=case.case_id)
     labels = regions_to_labels(probs >= THRESHOLD, scheme)
+    # The label file is written last: it exists only when the whole case is done. If it
+    # cannot be written, the probabilities written just before are removed again.
     if prob_path is not None:
         save_probabilities(prob_path, probs, scheme.region_names, data.affine)
-    write_label(out_path, labels, data.header, affine=data.affine)
+    try:
+        write_label(out_path, labels, data.header, affine=data.affine)
+    except BaseException:
+        if prob_path is not None:
+            prob_path.unlink(missing_ok=True)
+        raise
 
 
 def predict_folder(
