@@ -60,7 +60,13 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → CUDA when available, else CPU; refuse CUDA on a machine without it."""
+    """``None`` → CUDA when available, else CPU; refuse CUDA on a machine without it.
+
+    Examples::
+
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -95,6 +101,18 @@ def find_checkpoints(
         DataError: the path does not exist or holds no such checkpoints (the message
             names the path and what is available).
         ConfigError: ``checkpoint`` is not one of the known names.
+
+    Examples::
+
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp()) / "Task01_BrainTumour" / "swin_factorizer_brats"
+        >>> for k in (0, 1):
+        ...     (run / f"fold_{k}").mkdir(parents=True)
+        ...     (run / f"fold_{k}" / "checkpoint_final.pt").touch()
+        >>> [p.parent.name for p in find_checkpoints(run)]
+        ['fold_0', 'fold_1']
+        >>> find_checkpoints(run, folds=[1])[0].name
+        'checkpoint_final.pt'
     """
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
@@ -238,6 +256,16 @@ def load_ensemble(
     device: str | torch.device | None = None,
 ) -> Ensemble:
     """Load every fold named by ``model`` (see :func:`find_checkpoints`) onto ``device``.
+
+    The patch size, channel and region names come from each checkpoint's resolved training
+    config (``patch_size``, ``dataset.scheme/channels/regions``), the overlap and blending
+    from its ``validation`` section, so prediction slides exactly like validation did.
+
+    Examples::
+
+        >>> run = "RUN_DIR/Task01_BrainTumour/swin_factorizer_brats"
+        >>> ens = load_ensemble(run, folds=[0, 1], device="cpu")  # doctest: +SKIP
+        >>> probs = ens.predict(image, tta=True)  # doctest: +SKIP
 
     Raises:
         DataError: a checkpoint is missing or unreadable, or the folds disagree on

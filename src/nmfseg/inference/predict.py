@@ -84,7 +84,13 @@ class PredictionResult:
 
 
 def probabilities_name(label_name: str) -> str:
-    """``CASE.nii.gz`` → ``CASE_probabilities.npz``."""
+    """``CASE.nii.gz`` → ``CASE_probabilities.npz``.
+
+    Examples::
+
+        >>> probabilities_name("BraTS2021_00000.nii.gz")
+        'BraTS2021_00000_probabilities.npz'
+    """
     for ending in (".nii.gz", ".nii"):
         if label_name.endswith(ending):
             label_name = label_name[: -len(ending)]
@@ -94,7 +100,17 @@ def probabilities_name(label_name: str) -> str:
 def save_probabilities(
     path: Path, probabilities: np.ndarray, regions: Sequence[str], affine: np.ndarray
 ) -> None:
-    """Write ``probabilities (R, X, Y, Z)`` as float16 into a compressed ``.npz``, atomically."""
+    """Write ``probabilities (R, X, Y, Z)`` as float16 into a compressed ``.npz``, atomically.
+
+    Examples::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "case_probabilities.npz"
+        >>> save_probabilities(path, np.full((1, 2, 2, 2), 0.25), ["lesion"], np.eye(4))
+        >>> saved = np.load(path)
+        >>> saved["probabilities"].dtype, saved["regions"].tolist()
+        (dtype('float16'), ['lesion'])
+    """
     path = Path(path)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
@@ -251,7 +267,13 @@ def predict_folder(
 
 
 def describe(result: PredictionResult, output: str | Path) -> str:
-    """One-line summary of a :class:`PredictionResult` for the CLI."""
+    """One-line summary of a :class:`PredictionResult` for the CLI.
+
+    Examples::
+
+        >>> describe(PredictionResult(written=[Path("a.nii.gz")], skipped=["b"]), "out")
+        'wrote 1 prediction(s) to out; 1 already there (pass --overwrite to redo them)'
+    """
     parts = [f"wrote {len(result.written)} prediction(s) to {output}"]
     if result.skipped:
         parts.append(f"{len(result.skipped)} already there (pass --overwrite to redo them)")
