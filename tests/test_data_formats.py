@@ -526,3 +526,14 @@ def test_write_case_validates_input(tmp_path):
         write_case("isles22", tmp_path, "strokecase1", np.zeros((2, *SHAPE)))
     with pytest.raises(ValueError, match="unknown format"):
         write_case("brats2019", tmp_path, "x", np.zeros((4, *SHAPE)))
+
+
+def test_open_case_test_images_do_not_take_training_labels(tmp_path):
+    root = make_toy_dataset(tmp_path, "msd_brats", n_cases=1, shape=SHAPE)
+    (root / "imagesTs").mkdir()
+    test_image = root / "imagesTs" / "BRATS_001.nii.gz"
+    test_image.write_bytes((root / "imagesTr" / "BRATS_001.nii.gz").read_bytes())
+    assert open_case(test_image).label_path is None
+    assert open_case(root / "imagesTr" / "BRATS_001.nii.gz").label_path is not None
+    ds = open_dataset(root / "imagesTs")
+    assert ds.case_ids == ["BRATS_001"] and not ds.has_labels

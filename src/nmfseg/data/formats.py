@@ -454,7 +454,8 @@ def _open_json_format(root: Path, fmt: str, scheme: DatasetScheme | None) -> Dat
     if fmt == "msd_brats":
         scheme = SCHEMES["msd_brats"]
         if meta is not None and "modality" in meta:
-            found = tuple(str(v) for _, v in sorted(meta["modality"].items(), key=lambda i: i[0]))
+            modality = meta["modality"]
+            found = tuple(str(modality[k]) for k in sorted(modality, key=lambda k: int(k)))
             if tuple(c.lower() for c in found) != tuple(c.lower() for c in scheme.channels):
                 raise DataError(
                     meta_path,
@@ -571,6 +572,13 @@ def open_dataset(
     return _open_brats(root, fmt)
 
 
+def _sibling_label(image: Path, name: str) -> Path | None:
+    """``../labelsTr/name`` for a file in ``imagesTr`` (``labelsTs`` for ``imagesTs``)."""
+    folder = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}.get(image.parent.name)
+    label = image.parent.parent / folder / name if folder else None
+    return label if label is not None and label.is_file() else None
+
+
 def open_case(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | None = None):
     """Open one case for prediction.
 
@@ -627,13 +635,11 @@ def open_case(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | 
             raise DataError(path, "no dataset.json found next to this nnU-Net case: pass scheme=")
         cid, ending = match["case"], match["ending"]
         paths = [path.parent / f"{cid}_{i:04d}{ending}" for i in range(scheme.in_channels)]
-        label = path.parent.parent / "labelsTr" / f"{cid}{ending}"
-        return Case(cid, paths, label if label.is_file() else None, "nnunet", scheme)
+        return Case(cid, paths, _sibling_label(path, f"{cid}{ending}"), "nnunet", scheme)
     if fmt not in (None, "msd_brats"):
         raise DataError(path, f"a single file cannot be a {fmt} case; give the case folder")
-    cid = _strip_nifti(path.name)
-    label = path.parent.parent / "labelsTr" / path.name
-    return Case(cid, [path], label if label.is_file() else None, "msd_brats", SCHEMES["msd_brats"])
+    label = _sibling_label(path, path.name)
+    return Case(_strip_nifti(path.name), [path], label, "msd_brats", SCHEMES["msd_brats"])
 
 
 def open_input(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | None = None):
