@@ -211,6 +211,9 @@ class Ensemble:
         scheme: label scheme of the training data (``None`` if the config does not pin it).
         overlap: sliding-window overlap (the config's ``validation.overlap``, default 0.5).
         mode: window blending (the config's ``validation.mode``, default ``"gaussian"``).
+        sw_batch_size: windows per forward pass (``validation.sw_batch_size``, default 1).
+        threshold: probability at or above which a voxel is inside a region
+            (``validation.threshold``, default 0.5).
         config: resolved training config of the first fold.
         device: where the networks run.
     """
@@ -225,6 +228,8 @@ class Ensemble:
     scheme: DatasetScheme | None = None
     overlap: float = 0.5
     mode: str = "gaussian"
+    sw_batch_size: int = 1
+    threshold: float = 0.5
     config: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -237,6 +242,7 @@ class Ensemble:
             self.overlap,
             tta,
             mode=self.mode,
+            sw_batch_size=self.sw_batch_size,
             device=self.device,
             where=where,
         )
@@ -313,6 +319,8 @@ def load_ensemble(
         scheme=scheme,
         overlap=float(validation.get("overlap", 0.5)),
         mode=str(validation.get("mode", "gaussian")),
+        sw_batch_size=int(validation.get("sw_batch_size", 1)),
+        threshold=float(validation.get("threshold", 0.5)),
         config=config,
         device=dev,
     )
@@ -326,6 +334,7 @@ def predict_case(
     tta: bool = False,
     *,
     mode: str = "gaussian",
+    sw_batch_size: int = 1,
     device: str | torch.device | None = None,
     where: str = "image",
     progress: bool = False,
@@ -344,6 +353,7 @@ def predict_case(
         overlap: window overlap fraction.
         tta: average over all flip combinations.
         mode: window blending, ``"gaussian"`` or ``"constant"``.
+        sw_batch_size: windows per forward pass.
         device: where the models run (default: where their parameters are).
         where: case name used in error messages.
         progress: per-window progress bar.
@@ -369,7 +379,15 @@ def predict_case(
     total = None
     for model in models:
         probs = sliding_window_predict(
-            model, x, patch_size, overlap, tta, mode=mode, device=device, progress=progress
+            model,
+            x,
+            patch_size,
+            overlap,
+            tta,
+            mode=mode,
+            sw_batch_size=sw_batch_size,
+            device=device,
+            progress=progress,
         )
         total = probs if total is None else total + probs
     assert total is not None

@@ -3,10 +3,10 @@
 For every case: the same preprocessing as training (crop to the nonzero box, channel-wise
 z-score on nonzero voxels), sliding-window inference with the training patch size and 50%
 overlap (Gaussian blending), sigmoid, mean of the probabilities over the folds (and over the
-8 flips with TTA), threshold ``p >= 0.5``, undo the crop, regions → labels in the **input
-dataset's own label scheme** (BraTS: ET inside TC inside WT → 1/2/4 or 1/2/3), and
-``OUT/CASE.nii.gz`` written atomically with the original shape, affine and header (qform and
-sform codes kept), like nnU-Net.
+8 flips with TTA), threshold ``p >= 0.5`` (the config's ``validation.threshold``), undo the
+crop, regions → labels in the **input dataset's own label scheme** (BraTS: ET inside TC
+inside WT → 1/2/4 or 1/2/3), and ``OUT/CASE.nii.gz`` written atomically with the original
+shape, affine and header (qform and sform codes kept), like nnU-Net.
 
 With ``save_probabilities`` a ``OUT/CASE_probabilities.npz`` is written next to it (NumPy
 compressed, like nnU-Net's ``.npz``), holding ``probabilities`` (float16, ``(R, X, Y, Z)`` in
@@ -53,7 +53,6 @@ from nmfseg.errors import DataError, NmfsegError
 from nmfseg.inference.ensemble import Ensemble, load_ensemble
 
 __all__ = [
-    "THRESHOLD",
     "PredictionResult",
     "describe",
     "output_scheme",
@@ -62,7 +61,6 @@ __all__ = [
     "save_probabilities",
 ]
 
-THRESHOLD = 0.5  # a voxel is inside a region when its probability is >= THRESHOLD
 _CASE_ERRORS = (NmfsegError, OSError, EOFError, ValueError, zlib.error)
 
 
@@ -183,7 +181,7 @@ def _predict_one(
     # Labels are not needed to predict: a case with a broken label file is still predicted.
     data = load_case(dataclasses.replace(case, label_path=None))
     probs = ensemble.predict(data.image, tta=tta, where=case.case_id)
-    labels = regions_to_labels(probs >= THRESHOLD, scheme)
+    labels = regions_to_labels(probs >= ensemble.threshold, scheme)
     # The label file is written last: it exists only when the whole case is done. If it
     # cannot be written, the probabilities written just before are removed again.
     if prob_path is not None:
