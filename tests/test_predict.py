@@ -266,7 +266,7 @@ def _write_run(run, scheme, nets, patch=(8, 8, 8), names=None):
             "patch_size": list(patch),
             "model": POINTWISE,
             "dataset": {
-                "scheme": scheme.name,
+                "scheme": scheme.to_dict(),  # as the trainer stores it
                 "channels": list(scheme.channels),
                 "regions": list(names or scheme.region_names),
             },
@@ -491,3 +491,25 @@ def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry,
         "BraTS-GLI-00000-000_probabilities.npz",
     ]
     assert _leftovers(out) == []
+
+
+def test_output_scheme_follows_dataset_or_falls_back_to_model(tmp_path):
+    from nmfseg.data.formats import open_dataset
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.inference.ensemble import Ensemble
+    from nmfseg.inference.predict import output_scheme
+
+    b21 = open_dataset(make_toy_dataset(tmp_path / "b21", "brats2021", 1, (8, 8, 8)))
+    nnu = open_dataset(make_toy_dataset(tmp_path / "nnu", "nnunet", 1, (8, 8, 8)))
+    msd = SCHEMES["msd_brats"]
+    ens = Ensemble([], [], (8, 8, 8), 4, 3, msd.channels, msd.region_names, msd)
+    # a BraTS model trained on MSD writes BraTS 2021 labels for a BraTS 2021 dataset
+    assert output_scheme(b21, ens) == (SCHEMES["brats2021"], "")
+    # regions named differently: the model's own scheme, with a note
+    scheme, note = output_scheme(nnu, ens)
+    assert scheme is msd and "writing labels in the model's msd_brats scheme" in note
+    # nothing to fall back on: a clear error
+    ens2 = Ensemble([], [], (8, 8, 8), 4, 2, regions=("a", "b"))
+    with pytest.raises(DataError, match=r"predicts 2 region\(s\) \(a, b\) but the brats2021"):
+        output_scheme(b21, ens2)
