@@ -1,9 +1,150 @@
-"""CLI verbs of this stage (being built; see the issue that owns it)."""
+"""``nmfseg evaluate`` and ``nmfseg compare``: metrics of a prediction folder, model tables."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from nmfseg.cli._common import handle_errors
+
+
+def evaluate(
+    pred: Path = typer.Option(
+        ..., "--pred", help="Folder of predicted label maps CASE.nii.gz (nmfseg predict output)."
+    ),
+    gt: Path = typer.Option(
+        ...,
+        "--gt",
+        help="Ground truth: a dataset folder in any supported format, or a plain folder of "
+        "label files CASE.nii.gz (then --scheme is required).",
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Report folder to write."),
+    scheme: str = typer.Option(
+        None,
+        "--scheme",
+        help="Label scheme of a plain label folder: msd_brats, brats2021, brats2023, isles22.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes computing metrics."),
+    missing: str = typer.Option(
+        "empty",
+        "--missing",
+        help="A case without prediction: 'empty' scores it as an empty prediction (Dice 0, "
+        "HD95 373.13 mm where the truth is non-empty, like BraTS); 'skip' leaves it out.",
+    ),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the box plots."),
+) -> None:
+    """Dice and HD95 (mm) per case and region, with BraTS conventions for empty masks.
+
+    Writes OUT/metrics.csv (one row per case), OUT/summary.json (mean, std, median per
+    region and for the average over regions) and OUT/dice_boxplot.png, OUT/hd95_boxplot.png.
+    Both empty: Dice 1, HD95 0; only one empty: Dice 0, HD95 373.13 mm.
+    """
+    from nmfseg.errors import ConfigError
+    from nmfseg.evaluation.evaluate import (
+        evaluate_matching,
+        find_ground_truth,
+        match_predictions,
+        write_report,
+    )
+
+    if missing not in ("empty", "skip"):
+        raise ConfigError(f"--missing {missing!r}: choose 'empty' or 'skip'")
+    truth = find_ground_truth(gt, scheme)
+    regions = ", ".join(truth.scheme.regions)
+    typer.echo(
+        f"ground truth: {truth.root} ({truth.source}, scheme {truth.scheme.name}, "
+        f"{len(truth.labels)} cases, regions {regions})"
+    )
+    matching = match_predictions(pred, truth)
+    typer.echo(f"predictions: {len(matching.predictions)} of {len(truth.labels)} cases in {pred}")
+    if matching.missing:
+        how = (
+            "scored as empty predictions (Dice 0, HD95 373.13 mm where the truth is non-empty)"
+            if missing == "empty"
+            else "left out of the report (--missing skip)"
+        )
+        typer.echo(
+            f"missing prediction for {len(matching.missing)} case(s), {how}: "
+            + ", ".join(matching.missing),
+            err=True,
+        )
+    if matching.extra:
+        typer.echo(
+            f"ignored {len(matching.extra)} prediction(s) that match no case: "
+            + ", ".join(p.name for p in matching.extra),
+            err=True,
+        )
+    report = evaluate_matching(matching, missing=missing, workers=workers, progress=True)
+    report.summary["pred"] = str(pred)
+    written = write_report(report, out, plots=plots)
+
+    metrics = report.summary["metrics"]
+    groups = [*report.regions, "average"] if len(report.regions) > 1 else report.regions
+    typer.echo(f"{'mean ± std':10}" + "".join(f"{g:>20}" for g in groups))
+    for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
+        cells = (
+            f"{metrics[metric][g]['mean']:.4f} ± {metrics[metric][g]['std']:.4f}" for g in groups
+        )
+        typer.echo(f"{label:10}" + "".join(f"{c:>20}" for c in cells))
+    typer.echo(f"{report.summary['n_cases']} cases; wrote " + ", ".join(str(p) for p in written))
+
+
+def _split_names(names: list[str] | None) -> list[str] | None:
+    if not names:
+        return None
+    return [n.strip() for item in names for n in item.split(",") if n.strip()]
+
+
+def compare(
+    reports: list[Path] = typer.Argument(..., help="Report folders written by nmfseg evaluate."),
+    reference: str = typer.Option(
+        None, "--reference", help="Model the others are tested against (default: the first)."
+    ),
+    names: list[str] = typer.Option(
+        None,
+        "--names",
+        help="Model names in report order: '--names a,b,c' or repeated '--names a --names b' "
+        "(default: the report folder names).",
+    ),
+    out: Path = typer.Option(
+        None, "-o", "--out", help="Also write compare.md, compare.csv and box plots here."
+    ),
+) -> None:
+    """Table 1 of the paper for several models, and paired Wilcoxon tests vs a reference.
+
+    Mean Dice (%) and HD95 (mm) per region and averaged over regions, best in bold; then
+    two-sided Wilcoxon signed-rank p-values against the reference on the cases both reports
+    contain (* p<0.05, ** p<0.01, *** p<0.001, **** p<0.0001).
+    """
+    from nmfseg.evaluation.compare import (
+        compare_reports,
+        format_table,
+        format_tests,
+        load_reports,
+        write_comparison,
+    )
+
+    cmp = compare_reports(load_reports(reports, _split_names(names)), reference)
+    typer.echo(format_table(cmp))
+    typer.echo("")
+    typer.echo(format_tests(cmp))
+    ref = next(r for r in cmp.models if r.name == cmp.reference)
+    ref_cases = {row["case_id"] for row in ref.rows}
+    for rep in cmp.models:
+        cases = {row["case_id"] for row in rep.rows}
+        if cases != ref_cases:
+            typer.echo(
+                f"note: {rep.name} has {len(cases - ref_cases)} case(s) not in {ref.name} and "
+                f"lacks {len(ref_cases - cases)} of its cases; tests use the common cases",
+                err=True,
+            )
+    if out is not None:
+        written = write_comparison(cmp, out)
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add ``evaluate`` and ``compare`` to the app."""
+    app.command("evaluate")(handle_errors(evaluate))
+    app.command("compare")(handle_errors(compare))

@@ -1,0 +1,140 @@
+"""Box plots of per-case metrics, in the style of the paper's Fig. 3.
+
+One group of boxes per region (and the average over regions), one box per model inside a
+group, and optional significance marks (``*`` … ``****``, ``ns``) above a model's box from
+a paired test against the reference model. Drawn with matplotlib's object API on an Agg
+canvas, so no global backend is switched and no display is needed.
+
+Examples::
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> samples = {"A": {"ET": [0.8, 0.9, 0.7], "WT": [0.9, 0.95, 0.85]},
+    ...            "B": {"ET": [0.6, 0.7, 0.8], "WT": [0.8, 0.9, 0.85]}}
+    >>> path = Path(tempfile.mkdtemp()) / "dice.png"
+    >>> metric_boxplot(samples, path, ylabel="Dice", stars={("B", "ET"): "*"}).stat().st_size > 0
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["group_label", "metric_boxplot", "significance_stars"]
+
+_COLORS = (
+    "#4C72B0",
+    "#DD8452",
+    "#55A868",
+    "#C44E52",
+    "#8172B3",
+    "#937860",
+    "#DA8BC3",
+    "#8C8C8C",
+    "#CCB974",
+    "#64B5CD",
+)
+
+
+def significance_stars(p: float | None) -> str:
+    """Fig. 3's marks: ``****`` p<1e-4, ``***`` p<1e-3, ``**`` p<0.01, ``*`` p<0.05, else ``ns``.
+
+    ``None`` (no test possible) gives ``""``.
+
+    Examples::
+
+        >>> [significance_stars(p) for p in (0.2, 0.03, 0.004, 5e-4, 1e-6, None)]
+        ['ns', '*', '**', '***', '****', '']
+    """
+    if p is None:
+        return ""
+    for limit, mark in ((1e-4, "****"), (1e-3, "***"), (1e-2, "**"), (0.05, "*")):
+        if p < limit:
+            return mark
+    return "ns"
+
+
+def group_label(group: str) -> str:
+    """Axis label of a group: ``"avg"`` is shown as ``"Avg."`` like in the paper's tables."""
+    return "Avg." if group == "avg" else group
+
+
+def metric_boxplot(
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    ylabel: str,
+    stars: Mapping[tuple[str, str], str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Grouped box plot: x = groups (regions, ``avg``), one box per model in each group.
+
+    Args:
+        samples: ``{model: {group: per-case values}}``; every model needs the same groups.
+        path: output image (``.png``), written as given (stage it for atomic writes).
+        ylabel: y-axis label, e.g. ``"Dice"`` or ``"HD95 (mm)"``.
+        stars: ``{(model, group): mark}`` drawn above that box.
+        title: optional figure title.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    models = list(samples)
+    if not models:
+        raise ValueError("samples is empty")
+    groups = list(samples[models[0]])
+    for m in models:
+        if list(samples[m]) != groups:
+            raise ValueError(f"model {m!r} has groups {list(samples[m])}, expected {groups}")
+    stars = dict(stars or {})
+    n = len(models)
+    width = 0.8 / n
+    fig = Figure(figsize=(max(4.0, 1.2 + len(groups) * (0.6 + 0.45 * n)), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, model in enumerate(models):
+        color = _COLORS[i % len(_COLORS)]
+        positions = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+        data = [list(samples[model][g]) for g in groups]
+        ax.boxplot(
+            data,
+            positions=positions,
+            widths=width * 0.85,
+            patch_artist=True,
+            showfliers=True,
+            boxprops={"facecolor": color, "alpha": 0.75},
+            medianprops={"color": "black"},
+            flierprops={"marker": ".", "markersize": 3, "markeredgecolor": color},
+            manage_ticks=False,
+        )
+        for x, group, values in zip(positions, groups, data, strict=True):
+            mark = stars.get((model, group), "")
+            if mark and values:
+                ax.annotate(
+                    mark,
+                    (x, max(values)),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([group_label(g) for g in groups])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.margins(y=0.12)
+    ax.grid(axis="y", alpha=0.3)
+    if n > 1:
+        handles = [Patch(facecolor=_COLORS[i % len(_COLORS)], alpha=0.75) for i in range(n)]
+        ax.legend(handles, models, fontsize=8, loc="best", frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
