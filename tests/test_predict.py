@@ -513,3 +513,58 @@ def test_output_scheme_follows_dataset_or_falls_back_to_model(tmp_path):
     ens2 = Ensemble([], [], (8, 8, 8), 4, 2, regions=("a", "b"))
     with pytest.raises(DataError, match=r"predicts 2 region\(s\) \(a, b\) but the brats2021"):
         output_scheme(b21, ens2)
+
+
+def test_cli_real_factorizer_checkpoint(tmp_path):
+    """A real (tiny) Swin Factorizer saved like the trainer saves it, loaded by load_model."""
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    from nmfseg.data.formats import load_case, open_dataset
+    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.models import create_model
+    from nmfseg.training.checkpoint import atomic_save
+
+    kwargs = dict(
+        channels=(4, 8, 16), head_dim=4, patch_size=2, pos_embed_grid=1, deep_supervision=2
+    )
+    torch.manual_seed(0)
+    net = create_model("swin_factorizer_isles", **kwargs)
+    root = make_toy_dataset(tmp_path / "isles", "isles22", n_cases=2, shape=(13, 10, 9))
+    scheme = open_dataset(root).scheme
+    config = {
+        "patch_size": [16, 16, 16],
+        "dataset": {"scheme": scheme.to_dict(), "channels": ["dwi", "adc"], "regions": ["lesion"]},
+        "validation": {"overlap": 0.5, "mode": "gaussian", "sw_batch_size": 1, "threshold": 0.5},
+    }
+    ckpt = {"model_name": "swin_factorizer_isles", "model_kwargs": kwargs, "config": config}
+    atomic_save(
+        {**ckpt, "model": net.state_dict()}, tmp_path / "run" / "fold_0" / "checkpoint_final.pt"
+    )
+    out = tmp_path / "pred"
+    res = _cli("-m", tmp_path / "run", "-i", root, "-o", out, "--save-probabilities")
+    assert res.exit_code == 0, res.output
+
+    # reference for a volume smaller than the window: zero-pad the z-scored box the way
+    # MONAI does (half before, rest after), run the network once, cut the padding off
+    net.eval()
+    for case in open_dataset(root).cases:
+        image = load_case(case).image
+        z, inside = _zscored_box(image)
+        idx = np.argwhere(inside)
+        lo, hi = idx.min(0), idx.max(0) + 1
+        box = torch.tensor(z[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=torch.float32)
+        pads = [16 - n for n in box.shape[1:]]
+        flat = [p for d in reversed(pads) for p in (d // 2, d - d // 2)]
+        with torch.no_grad():
+            logits = net(F.pad(box[None], flat))[0]
+        sl = tuple(slice(d // 2, d // 2 + n) for d, n in zip(pads, box.shape[1:], strict=True))
+        ref = np.zeros((1, *image.shape[1:]), np.float32)
+        ref[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = torch.sigmoid(logits[(..., *sl)])
+        probs = np.load(out / f"{case.case_id}_probabilities.npz")["probabilities"]
+        np.testing.assert_allclose(probs, ref, atol=2e-3)  # float16 storage
+        labels = np.asarray(nib.load(out / f"{case.case_id}.nii.gz").dataobj)
+        assert labels.shape == image.shape[1:]
+        clear = np.abs(ref[0] - 0.5) > 1e-4  # an untrained net sits near 0.5: skip ties
+        assert clear.mean() > 0.5 and 0 < labels.sum() < labels.size
+        np.testing.assert_array_equal(labels[clear], (ref[0] >= 0.5)[clear])
