@@ -1,0 +1,87 @@
+"""Training log: ``log.csv`` and ``progress.png`` (loss, validation Dice, learning rate).
+
+The log is a list of rows (dicts) kept in memory and inside every checkpoint, so a resumed
+run continues the same log. Each row has ``step``, ``loss`` (mean training loss since the
+previous row), ``lr`` and ``time`` (seconds since the start of the run, including earlier
+sessions); rows written at a validation also carry ``val_dice`` (mean over regions and
+cases) and ``val_dice_<region>``. Both files are rewritten atomically from the rows.
+
+Examples::
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nmfseg.training.progress import write_log_csv
+    >>> rows = [{"step": 1, "loss": 1.5, "lr": 1e-4, "time": 0.3},
+    ...         {"step": 2, "loss": 1.2, "lr": 1e-4, "time": 0.6, "val_dice": 0.5}]
+    >>> path = Path(tempfile.mkdtemp()) / "log.csv"
+    >>> write_log_csv(rows, path)
+    >>> path.read_text().splitlines()[0]
+    'step,loss,lr,time,val_dice'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nmfseg.training.checkpoint import atomic_write_bytes
+
+__all__ = ["plot_progress", "write_log_csv"]
+
+_BASE_COLUMNS = ("step", "loss", "lr", "time")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols = list(_BASE_COLUMNS)
+    for row in rows:
+        for key in row:
+            if key not in cols:
+                cols.append(key)
+    return cols
+
+
+def write_log_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Write the rows as CSV (missing values left empty), atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_columns(rows), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
+
+
+def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
+    """Draw loss, validation Dice and learning rate against the step into a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, thread-safe
+
+    fig = Figure(figsize=(8, 9), constrained_layout=True)
+    ax_loss, ax_dice, ax_lr = fig.subplots(3, 1, sharex=True)
+    steps = [r["step"] for r in rows if r.get("loss") is not None]
+    ax_loss.plot(steps, [r["loss"] for r in rows if r.get("loss") is not None], lw=1)
+    ax_loss.set_ylabel("training loss")
+    val = [r for r in rows if r.get("val_dice") is not None]
+    regions = [k for k in _columns(rows) if k.startswith("val_dice_")]
+    for key in regions:
+        pts = [(r["step"], r[key]) for r in val if r.get(key) is not None]
+        if pts:
+            ax_dice.plot(*zip(*pts, strict=True), marker=".", lw=1, label=key[len("val_dice_") :])
+    if val:
+        ax_dice.plot(
+            [r["step"] for r in val], [r["val_dice"] for r in val], "k", marker="o", label="mean"
+        )
+        ax_dice.legend(loc="lower right", fontsize="small")
+    ax_dice.set_ylabel("validation Dice")
+    ax_dice.set_ylim(-0.02, 1.02)
+    ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    for ax in (ax_loss, ax_dice, ax_lr):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -1,0 +1,296 @@
+"""Everything a training run needs, resolved and checked before anything is written.
+
+:func:`prepare_run` turns the command line into a :class:`TrainingRun`: the dataset (opened
+and checked for labels), the resolved config (recipe + YAML + overrides, validated), the
+fold's train/validation case ids, the network (built, so bad ``--model-arg`` values fail
+here) and the fold folder ``OUT/<dataset>/<model>/fold_K``. Any user error is raised here
+as a one-line :class:`~nmfseg.errors.NmfsegError`, before a single file is created.
+
+Resuming: with ``resume=True`` and a ``checkpoint_last.pt`` in the fold folder, the config
+stored in the checkpoint is used, so the run continues exactly as it began; only the
+runtime options (:data:`RUNTIME_KEYS`: device, workers, amp, compile, deterministic) may
+change. Without ``--resume``, a fold folder that already holds checkpoints is refused.
+
+Folds come from ``splits.json``: the dataset folder's own file if it has one (e.g. written
+by ``nmfseg split``), else ``OUT/<dataset>/splits.json``, created on first use with the
+data layer's deterministic (ISLES'22: volume-stratified) splits, seed 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nmfseg.errors import ConfigError, DataError
+
+__all__ = ["RUNTIME_KEYS", "TrainingRun", "prepare_run"]
+
+RUNTIME_KEYS = ("device", "workers", "amp", "compile", "deterministic")
+SPLITS_SEED = 0
+
+
+@dataclass
+class TrainingRun:
+    """A checked, ready-to-start training run (nothing written yet)."""
+
+    config: dict[str, Any]
+    dataset: Any
+    fold_dir: Path
+    train_ids: list[str]
+    val_ids: list[str]
+    model: nn.Module
+    splits_path: Path
+    new_splits: list[dict[str, list[str]]] | None = None
+    resume_from: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dataset_dir(self) -> Path:
+        """``OUT/<dataset>``: shared by models and folds (splits, preprocessed cache)."""
+        return self.fold_dir.parent.parent
+
+
+def _check_labels(dataset: Any) -> None:
+    if not dataset.cases:
+        raise DataError(dataset.root, "no cases found")
+    if not dataset.has_labels:
+        raise DataError(dataset.root, "has no labels; training needs a labelled dataset")
+    missing = [c for c in dataset.cases if c.label_path is None or not Path(c.label_path).is_file()]
+    if missing:
+        first = missing[0]
+        more = f" (and {len(missing) - 1} more case(s))" if len(missing) > 1 else ""
+        where = first.label_path or first.case_id
+        raise DataError(where, f"label file of case {first.case_id} is missing{more}")
+
+
+def _resolve_config(
+    dataset: Any,
+    model_name: str,
+    config_file: str | Path | None,
+    overrides: dict[str, Any],
+    model_args: dict[str, Any],
+    sources: dict[str, str],
+) -> tuple[dict[str, Any], list[str]]:
+    from nmfseg.models._registry import model_info
+    from nmfseg.training.config import (
+        apply_overrides,
+        load_recipe,
+        load_yaml,
+        merge_config,
+        recipe_for_scheme,
+        validate_config,
+    )
+
+    notes: list[str] = []
+    cfg = load_recipe(recipe_for_scheme(dataset.scheme.name))
+    if config_file is not None:
+        cfg = merge_config(cfg, load_yaml(config_file), where=f"--config {config_file}")
+    cfg = apply_overrides(cfg, overrides)
+    cfg["model_args"] = {**cfg.get("model_args", {}), **model_args}
+    if cfg["patch_size"] is None:
+        preset = model_info(model_name).get("patch_size")
+        cfg["patch_size"] = list(preset) if preset else [128, 128, 128]
+    cfg = validate_config(cfg, sources)
+    steps, warmup = cfg["steps"], cfg["scheduler"]["warmup_steps"]
+    if warmup >= steps:
+        if "scheduler.warmup_steps" in overrides:
+            raise ConfigError(
+                f"{sources.get('scheduler.warmup_steps', 'scheduler.warmup_steps')}: warm-up "
+                f"({warmup} steps) must be shorter than the run ({steps} steps)"
+            )
+        cfg["scheduler"]["warmup_steps"] = steps // 50
+        notes.append(
+            f"warm-up of {warmup} steps is not shorter than the {steps}-step run; using "
+            f"{steps // 50} (2% of the steps, the paper's ratio); set --warmup-steps to choose"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg["batch_size"] % world:
+        raise ConfigError(
+            f"{sources.get('batch_size', 'batch_size')}: the global batch of "
+            f"{cfg['batch_size']} cannot be split evenly over {world} processes"
+        )
+    return cfg, notes
+
+
+def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    import torch
+
+    from nmfseg.models._registry import create_model
+    from nmfseg.training.data import TAG_INIT, derive_seed
+
+    kwargs = dict(cfg["model_args"])
+    channels = len(cfg["dataset"]["channels"])
+    regions = len(cfg["dataset"]["regions"])
+    for key, value in (("in_channels", channels), ("out_channels", regions)):
+        if key in kwargs and kwargs[key] != value:
+            raise ConfigError(
+                f"--model-arg {key}={kwargs[key]}: the dataset needs {key}={value} "
+                f"({', '.join(cfg['dataset']['channels' if key == 'in_channels' else 'regions'])})"
+            )
+        kwargs[key] = value
+    torch.manual_seed(derive_seed(cfg["seed"], TAG_INIT))
+    try:
+        model = create_model(name, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--model-arg: {name}: {err}") from None
+    return model, kwargs
+
+
+def _splits(
+    dataset: Any, dataset_dir: Path, n_folds: int, fold: str
+) -> tuple[Path, list[dict[str, list[str]]] | None, dict[str, list[str]]]:
+    from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
+
+    new = None
+    path = default_splits_path(dataset)
+    if not path.is_file():
+        path = dataset_dir / "splits.json"
+    if path.is_file():
+        splits = load_splits(path, dataset)
+        if fold != "all" and len(splits) != n_folds:
+            raise ConfigError(
+                f"{path} has {len(splits)} folds but n_folds is {n_folds}; "
+                f"pass --n-folds {len(splits)} or delete the file"
+            )
+    else:
+        splits = new = make_splits(dataset, n_folds, SPLITS_SEED)
+    split = select_fold(splits, fold)
+    if not split["train"] or not split["val"]:
+        raise DataError(path, f"fold {fold} has no training or no validation cases")
+    return path, new, split
+
+
+def prepare_run(
+    data_dir: str | Path,
+    model_name: str,
+    fold: str | int,
+    out: str | Path,
+    *,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    model_args: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
+    resume: bool = False,
+    fmt: str | None = None,
+) -> TrainingRun:
+    """Check and resolve a training run; writes nothing.
+
+    Args:
+        data_dir: dataset folder in any supported format (must be labelled).
+        model_name: a registered network (``nmfseg.list_models()``).
+        fold: fold index (``0 .. n_folds - 1``) or ``"all"``.
+        out: results root; the run goes to ``out/<dataset>/<model>/fold_<fold>``.
+        config_file: optional YAML with config keys overriding the dataset's recipe.
+        overrides: dotted config keys -> values (``{"steps": 100, "optimizer.lr": 3e-4}``).
+        model_args: keyword arguments for the network (``{"channels": [8, 16, 32, 64, 128]}``).
+        sources: config key -> option name, for error messages.
+        resume: continue from ``checkpoint_last.pt`` if the fold folder has one.
+        fmt: dataset format (detected when None).
+
+    Raises:
+        ConfigError / DataError: one line naming the option or file and the problem.
+    """
+    from nmfseg.data.formats import open_dataset
+    from nmfseg.models._registry import list_models
+
+    overrides, model_args, sources = (
+        dict(overrides or {}),
+        dict(model_args or {}),
+        dict(sources or {}),
+    )
+    if model_name not in list_models():
+        raise ConfigError(
+            f"--model {model_name!r}: unknown network; choose one of {', '.join(list_models())}"
+        )
+    fold = str(fold)
+    if fold != "all" and not (fold.isdigit()):
+        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or 'all'")
+    dataset = open_dataset(data_dir, fmt)
+    _check_labels(dataset)
+    fold_dir = Path(out).expanduser() / dataset.name / model_name / f"fold_{fold}"
+    notes: list[str] = []
+    resume_from = None
+    if resume and (fold_dir / "checkpoint_last.pt").is_file():
+        resume_from = fold_dir / "checkpoint_last.pt"
+        cfg = _config_for_resume(resume_from, overrides, model_args, sources, config_file)
+        if cfg["model"]["name"] != model_name:
+            raise ConfigError(f"--resume: {resume_from} was trained with {cfg['model']['name']}")
+    else:
+        if not resume and any(fold_dir.glob("checkpoint_*.pt")):
+            raise ConfigError(
+                f"{fold_dir} already holds a training run; pass --resume to continue it, "
+                "or choose another --out (or delete the folder) to start again"
+            )
+        if resume:
+            notes.append(f"no checkpoint_last.pt in {fold_dir}; starting a new run")
+        cfg, more = _resolve_config(
+            dataset, model_name, config_file, overrides, model_args, sources
+        )
+        notes += more
+        if fold != "all" and int(fold) >= cfg["n_folds"]:
+            raise ConfigError(
+                f"--fold {fold} is out of range: there are {cfg['n_folds']} folds "
+                f"(0-{cfg['n_folds'] - 1}) or 'all'"
+            )
+        scheme = dataset.scheme
+        cfg["dataset"] = {
+            "name": dataset.name,
+            "root": str(Path(dataset.root).resolve()),
+            "format": dataset.fmt,
+            "scheme": scheme.to_dict(),
+            "channels": list(scheme.channels),
+            "regions": list(scheme.regions),
+        }
+        cfg["fold"] = fold
+    splits_path, new_splits, split = _splits(dataset, fold_dir.parent.parent, cfg["n_folds"], fold)
+    if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
+        raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
+    cfg["split"] = {"file": str(splits_path.resolve()), "val": list(split["val"])}
+    model, kwargs = _build_model(model_name, cfg)
+    cfg["model"] = {"name": model_name, "kwargs": kwargs}
+    return TrainingRun(
+        config=cfg,
+        dataset=dataset,
+        fold_dir=fold_dir,
+        train_ids=list(split["train"]),
+        val_ids=list(split["val"]),
+        model=model,
+        splits_path=splits_path,
+        new_splits=new_splits,
+        resume_from=resume_from,
+        notes=notes,
+    )
+
+
+def _config_for_resume(
+    path: Path,
+    overrides: dict[str, Any],
+    model_args: dict[str, Any],
+    sources: dict[str, str],
+    config_file: str | Path | None,
+) -> dict[str, Any]:
+    from nmfseg.training.checkpoint import load_checkpoint
+    from nmfseg.training.config import validate_config
+
+    fixed = [sources.get(k, k) for k in overrides if k not in RUNTIME_KEYS]
+    if model_args:
+        fixed.append("--model-arg")
+    if config_file is not None:
+        fixed.append("--config")
+    if fixed:
+        raise ConfigError(
+            f"{', '.join(fixed)}: cannot change when resuming; the run continues with the "
+            f"config in {path.parent / 'config.yaml'} (only {', '.join(RUNTIME_KEYS)} may change)"
+        )
+    cfg = dict(load_checkpoint(path)["config"])
+    resolved = {k: cfg.pop(k) for k in ("model", "dataset", "fold", "split") if k in cfg}
+    cfg.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
+    cfg = validate_config(cfg, sources)
+    cfg.update(resolved)
+    return cfg

@@ -1,0 +1,465 @@
+"""The training loop: a plain PyTorch loop with validation, checkpoints, exact resume and DDP.
+
+One step: a batch of random augmented patches (:mod:`nmfseg.training.data`), forward
+(optionally under bf16 autocast), the deep-supervision Dice + BCE loss
+(:mod:`nmfseg.training.losses`), backward, AdamW, then the LR schedule (linear warm-up
+to ``lr``, then cosine to 0 at ``steps``). Every ``val_every`` steps and at the end the
+fold's validation cases are predicted whole with a sliding window (window = patch size,
+50% overlap, the prediction code's :func:`~nmfseg.inference.sliding_window.sliding_window_predict`),
+thresholded at 0.5 and scored with Dice per region (BraTS conventions: 1 when prediction
+and truth are both empty, 0 when only one is), in the original grid.
+
+The fold folder ``OUT/<dataset>/<model>/fold_K/`` receives ``config.yaml``, ``log.csv``,
+``progress.png``, ``checkpoint_last.pt`` / ``checkpoint_best.pt`` / ``checkpoint_final.pt``
+and, at the end, ``validation/summary.json`` (per-case and mean Dice per region of the
+final model).
+
+**Exact resume.** All randomness is derived from the run seed: the patches and
+augmentations of a step from ``(seed, sample index)`` and the network's own randomness
+(dropout) from ``torch.manual_seed((seed, step, rank))`` reseeded before every step. A
+checkpoint stores the model, optimizer, scheduler, step, log and RNG states, so a run
+killed at any point (even ``SIGKILL``) and resumed with ``--resume`` ends with weights
+identical to those of an uninterrupted run (bitwise on CPU; on GPU as far as the kernels
+are deterministic, see ``deterministic: true``).
+
+Examples::
+
+    >>> import tempfile
+    >>> from nmfseg.data.toy import make_toy_dataset
+    >>> from nmfseg.training.setup import prepare_run
+    >>> from nmfseg.training.trainer import run_training
+    >>> tmp = tempfile.mkdtemp()
+    >>> data = make_toy_dataset(f"{tmp}/Toy", "isles22", n_cases=4, shape=(20, 20, 20))
+    >>> run = prepare_run(data, "segresnet", 0, f"{tmp}/runs", overrides={
+    ...     "steps": 2, "patch_size": [16, 16, 16], "workers": 0, "n_folds": 2},
+    ...     model_args={"init_filters": 4})
+    >>> model = run_training(run, progress=False)
+    >>> sorted(p.name for p in run.fold_dir.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['checkpoint_best.pt', 'checkpoint_final.pt', 'checkpoint_last.pt', 'config.yaml',
+     'log.csv', 'progress.png', 'validation']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nmfseg.errors import NmfsegError
+from nmfseg.training.checkpoint import (
+    atomic_save,
+    atomic_write_bytes,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_seed, prepare_case
+from nmfseg.training.distributed import DistContext, init_distributed
+from nmfseg.training.setup import TrainingRun
+
+__all__ = ["WarmupCosine", "run_training"]
+
+# Test hook: SIGKILL this process right after the given optimizer step (before any file
+# of that step is written), to test that --resume continues exactly.
+_KILL_ENV = "NMFSEG_DEBUG_KILL_AT_STEP"
+
+
+class WarmupCosine:
+    """LR factor: linear warm-up ``(s + 1) / warmup`` then cosine from 1 to 0 at ``total``.
+
+    Examples::
+
+        >>> f = WarmupCosine(warmup=2, total=6)
+        >>> [round(f(s), 3) for s in range(6)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup = int(warmup)
+        self.total = int(total)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(self.total - self.warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _dice(tp: int, n_pred: int, n_gt: int) -> float:
+    # nmfseg.evaluation.metrics.dice_score from counts: 1 when both masks are empty.
+    return 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    import json
+
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+class _Trainer:
+    def __init__(self, run: TrainingRun, ctx: DistContext, progress: bool) -> None:
+        self.run, self.ctx, self.cfg = run, ctx, run.config
+        self.progress = progress and ctx.is_main
+        self.device = ctx.device
+        self.total = int(self.cfg["steps"])
+        self.patch = tuple(self.cfg["patch_size"])
+        self.regions = list(self.cfg["dataset"]["regions"])
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.step = 0
+        self.val_results: list[dict[str, Any]] | None = None
+        self.val_step = -1
+        self._created: list[Path] = []
+
+    # ------------------------------------------------------------------------ setup
+    def _say(self, text: str) -> None:
+        if self.ctx.is_main:
+            print(f"nmfseg train: {text}", file=sys.stderr, flush=True)
+
+    def _collective(self, fn: Any) -> Any:
+        """Run ``fn`` on every rank; if it fails with a user error anywhere, fail everywhere."""
+        error: str | None = None
+        result = None
+        try:
+            result = fn()
+        except NmfsegError as err:
+            error = str(err)
+        errors = [e for e in self.ctx.all_gather_object(error) if e]
+        if errors:
+            raise NmfsegError(errors[0])
+        return result
+
+    def _prepare_data(self) -> None:
+        from tqdm import tqdm
+
+        run, ctx = self.run, self.ctx
+        cache = run.dataset_dir / "preprocessed"
+        ids = list(dict.fromkeys(run.train_ids + run.val_ids))
+        cases = [run.dataset.get(i) for i in ids]
+        scheme = run.dataset.scheme
+        mine = cases[ctx.rank :: ctx.world_size]
+
+        def work() -> None:
+            bar = tqdm(mine, desc="preprocessing", unit="case", disable=not self.progress)
+            for case in bar:
+                prepare_case(case, scheme, cache)
+
+        self._collective(work)
+        prepared = {c.case_id: prepare_case(c, scheme, cache) for c in cases}
+        self.train_cases = [prepared[i] for i in run.train_ids]
+        self.val_cases: list[PreparedCase] = [prepared[i] for i in run.val_ids]
+
+    def _make_dirs(self) -> None:
+        if not self.ctx.is_main:
+            return
+        for path in (self.run.dataset_dir, self.run.fold_dir):
+            if not path.exists():
+                self._created.append(path)
+        self.run.fold_dir.mkdir(parents=True, exist_ok=True)
+
+    def _cleanup(self) -> None:
+        """Remove what this invocation created (a failed setup leaves no partial output)."""
+        for path in self._created:
+            shutil.rmtree(path, ignore_errors=True)
+        self._created.clear()
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        model = self.run.model.to(self.device)
+        self.model = model
+        opt = cfg["optimizer"]
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=opt["lr"],
+            betas=tuple(opt["betas"]),
+            weight_decay=opt["weight_decay"],
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(cfg["scheduler"]["warmup_steps"], self.total)
+        )
+        from nmfseg.training.losses import DeepSupervisionLoss
+
+        self.loss_fn = DeepSupervisionLoss(
+            cfg["loss"]["ds_weights"], cfg["loss"]["dice_eps"], cfg["loss"]["ds_target"]
+        )
+        if self.run.resume_from is not None:
+            ckpt = load_checkpoint(self.run.resume_from, device="cpu")
+            model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.step = int(ckpt["step"])
+            self.history = list(ckpt.get("history", []))
+            self.best = ckpt.get("best_metric")
+            restore_rng_state(ckpt["rng"])  # each step reseeds anyway; kept for completeness
+            self._say(f"resuming {self.run.fold_dir} at step {self.step}")
+        if cfg["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        net: Any = model
+        if self.ctx.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if cfg["compile"]:
+            net = torch.compile(net)
+        self.net = net
+
+    def _loader(self) -> Any:
+        from torch.utils.data import DataLoader
+
+        from nmfseg.training.data import worker_init
+
+        per_rank = self.cfg["batch_size"] // self.ctx.world_size
+        dataset = PatchDataset(
+            self.train_cases,
+            self.patch,
+            self.cfg["augmentation"],
+            seed=self.cfg["seed"],
+            batch_size=self.cfg["batch_size"],
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            length=self.total * per_rank,
+        )
+        workers = int(self.cfg["workers"])
+        return DataLoader(
+            dataset,
+            batch_size=per_rank,
+            sampler=range(self.step * per_rank, self.total * per_rank),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init if workers else None,
+            persistent_workers=False,
+        )
+
+    # ------------------------------------------------------------------------ state
+    def _autocast(self) -> Any:
+        if self.cfg["amp"] == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _checkpoint(self) -> dict[str, Any]:
+        from nmfseg import __version__
+
+        rng = capture_rng_state()
+        rng["sampler"] = {"step": self.step, "seed": self.cfg["seed"]}
+        return {
+            "model_name": self.cfg["model"]["name"],
+            "model_kwargs": self.cfg["model"]["kwargs"],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": rng,
+            "config": self.cfg,
+            "scheme": self.cfg["dataset"]["scheme"]["name"],
+            "nmfseg_version": __version__,
+            "history": self.history,
+            "best_metric": self.best,
+        }
+
+    def _save(self, *names: str) -> None:
+        if self.ctx.is_main:
+            state = self._checkpoint()
+            for name in names:
+                atomic_save(state, self.run.fold_dir / name)
+        self.ctx.barrier()
+
+    def _write_logs(self, plot: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        from nmfseg.training.progress import plot_progress, write_log_csv
+
+        write_log_csv(self.history, self.run.fold_dir / "log.csv")
+        if plot:
+            cfg = self.cfg
+            title = f"{cfg['model']['name']} - {cfg['dataset']['name']} fold {cfg['fold']}"
+            plot_progress(self.history, self.run.fold_dir / "progress.png", title)
+
+    # ------------------------------------------------------------------------ validation
+    def _validate(self) -> dict[str, float]:
+        from nmfseg.inference.sliding_window import sliding_window_predict
+
+        vcfg = self.cfg["validation"]
+        results = []
+        for case in self.val_cases[self.ctx.rank :: self.ctx.world_size]:
+            image, regions = case.load()
+            with self._autocast():
+                probs = sliding_window_predict(
+                    self.model,
+                    image,
+                    self.patch,
+                    overlap=vcfg["overlap"],
+                    mode=vcfg["mode"],
+                    sw_batch_size=vcfg["sw_batch_size"],
+                    device=self.device,
+                )
+            pred = (probs >= vcfg["threshold"]).numpy()
+            gt = regions.astype(bool)
+            dice = {
+                name: _dice(
+                    int(np.count_nonzero(pred[r] & gt[r])),
+                    int(np.count_nonzero(pred[r])),
+                    int(np.count_nonzero(gt[r])) + int(case.outside[r]),
+                )
+                for r, name in enumerate(self.regions)
+            }
+            results.append({"case_id": case.case_id, "dice": dice})
+        self.model.train()
+        gathered = [r for part in self.ctx.all_gather_object(results) for r in part]
+        order = {c.case_id: i for i, c in enumerate(self.val_cases)}
+        self.val_results = sorted(gathered, key=lambda r: order[r["case_id"]])
+        self.val_step = self.step
+        means = {
+            name: float(np.mean([r["dice"][name] for r in self.val_results]))
+            for name in self.regions
+        }
+        row = {f"val_dice_{k}": v for k, v in means.items()}
+        row["val_dice"] = float(np.mean(list(means.values())))
+        return row
+
+    def _write_summary(self) -> None:
+        if not self.ctx.is_main or self.val_results is None:
+            return
+        means = {
+            name: float(np.mean([r["dice"][name] for r in self.val_results]))
+            for name in self.regions
+        }
+        summary = {
+            "metric": "dice",
+            "checkpoint": "checkpoint_final.pt",
+            "step": self.step,
+            "regions": self.regions,
+            "threshold": self.cfg["validation"]["threshold"],
+            "mean": means,
+            "foreground_mean": float(np.mean(list(means.values()))),
+            "n_cases": len(self.val_results),
+            "per_case": self.val_results,
+        }
+        atomic_write_bytes(self.run.fold_dir / "validation" / "summary.json", _json_bytes(summary))
+
+    # ------------------------------------------------------------------------ loop
+    def fit(self) -> nn.Module:
+        from nmfseg.training.config import save_config
+
+        ctx, cfg = self.ctx, self.cfg
+        try:
+            self._make_dirs()
+            ctx.barrier()
+            self._prepare_data()
+        except NmfsegError:
+            self._cleanup()
+            raise
+        if ctx.is_main:
+            if self.run.new_splits is not None and not self.run.splits_path.exists():
+                from nmfseg.data.splits import save_splits
+
+                save_splits(self.run.new_splits, self.run.splits_path)
+            save_config(cfg, self.run.fold_dir / "config.yaml")
+        self._build()
+        for note in self.run.notes:
+            self._say(note)
+        kill_at = int(os.environ.get(_KILL_ENV, "0") or 0)
+        t0 = time.perf_counter()
+        time_offset = float(self.history[-1].get("time", 0.0)) if self.history else 0.0
+        losses: list[float] = []
+        if self.step < self.total:
+            self._train_steps(t0, time_offset, losses, kill_at)
+        if self.val_results is None or self.val_step != self.total:
+            row = self._validate()
+            if self.history and self.history[-1]["step"] == self.total:
+                self.history[-1].update(row)
+        self._save("checkpoint_last.pt", "checkpoint_final.pt")
+        self._write_logs(plot=True)
+        self._write_summary()
+        ctx.barrier()
+        self.model.eval()
+        return self.model
+
+    def _train_steps(
+        self, t0: float, time_offset: float, losses: list[float], kill_at: int
+    ) -> None:
+        from tqdm import tqdm
+
+        cfg, ctx = self.cfg, self.ctx
+        bar = tqdm(
+            total=self.total, initial=self.step, desc=f"fold {cfg['fold']}", unit="step",
+            disable=not self.progress, dynamic_ncols=True, file=sys.stderr,
+        )  # fmt: skip
+        self.model.train()
+        batches = iter(self._loader())
+        seed, rank = cfg["seed"], ctx.rank
+        while self.step < self.total:
+            batch = next(batches)
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True).float()
+            torch.manual_seed(derive_seed(seed, TAG_STEP, self.step, rank))
+            lr = self.scheduler.get_last_lr()[0]
+            with self._autocast():
+                outputs = self.net(x)
+            loss = self.loss_fn(outputs, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["optimizer"]["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), cfg["optimizer"]["grad_clip"]
+                )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            losses.append(float(loss.detach()))
+            if self.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+            done = self.step
+            validate = done % cfg["val_every"] == 0 or done == self.total
+            checkpoint = done % cfg["checkpoint_every"] == 0 or done == self.total
+            if done % cfg["log_every"] == 0 or validate or done == self.total:
+                row: dict[str, Any] = {
+                    "step": done,
+                    "loss": ctx.mean(float(np.mean(losses))),
+                    "lr": lr,
+                    "time": round(time_offset + time.perf_counter() - t0, 3),
+                }
+                losses.clear()
+                if validate:
+                    row.update(self._validate())
+                self.history.append(row)
+                if validate and (self.best is None or row["val_dice"] > self.best):
+                    self.best = row["val_dice"]
+                    self._save("checkpoint_best.pt")
+                self._write_logs(plot=validate or checkpoint)
+            if checkpoint:
+                self._save("checkpoint_last.pt")
+        bar.close()
+
+
+def run_training(run: TrainingRun, progress: bool = True) -> nn.Module:
+    """Train a prepared run (see :func:`nmfseg.training.setup.prepare_run`) to the end.
+
+    Under ``torchrun`` every process calls this; they join one process group (DDP).
+
+    Args:
+        run: the checked run.
+        progress: show tqdm bars (rank 0 only).
+
+    Returns:
+        The trained network (this process's replica) in ``eval()`` mode.
+    """
+    ctx = init_distributed(run.config["device"])
+    try:
+        return _Trainer(run, ctx, progress).fit()
+    finally:
+        ctx.close()
