@@ -408,8 +408,18 @@ def _run_parallel(
     """Run ``_make_case`` over ``jobs`` in spawned processes (safe after importing torch)."""
     import multiprocessing
 
+    from nmfseg.data.synth_anatomy import load_anatomy, prime_anatomy
+
+    job = jobs[0]
+    key = (job["spacing"], job["shape"])
+    anatomy = {key: load_anatomy(*key)}  # loaded once here, sent to the workers
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=ctx,
+        initializer=prime_anatomy,
+        initargs=(anatomy,),
+    ) as pool:
         futures = {pool.submit(_make_case, job): job["index"] for job in jobs}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()

@@ -28,6 +28,7 @@ __all__ = [
     "Pose",
     "acquire",
     "load_anatomy",
+    "prime_anatomy",
     "random_pose",
     "smooth_noise",
     "warp_tissue",
@@ -87,7 +88,14 @@ def _mni_maps(resolution: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return maps, affine
 
 
-@functools.lru_cache(maxsize=4)
+_ANATOMY: dict[tuple[float, tuple[int, int, int] | None], Anatomy] = {}
+
+
+def prime_anatomy(anatomies: dict[tuple[float, tuple[int, int, int] | None], Anatomy]) -> None:
+    """Seed this process's cache (worker processes get the parent's maps, no nilearn load)."""
+    _ANATOMY.update(anatomies)
+
+
 def load_anatomy(spacing: float = 2.0, shape: tuple[int, int, int] | None = None) -> Anatomy:
     """Load the MNI152 tissue maps resampled to ``spacing`` mm, optionally cropped/padded.
 
@@ -114,6 +122,13 @@ def load_anatomy(spacing: float = 2.0, shape: tuple[int, int, int] | None = None
         raise ValueError(f"spacing must be a number of mm >= 1, got {spacing!r}")
     if shape is not None and (len(shape) != 3 or min(shape) < 8):
         raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape!r}")
+    key = (float(spacing), None if shape is None else tuple(int(n) for n in shape))
+    if key not in _ANATOMY:
+        _ANATOMY[key] = _build_anatomy(*key)
+    return _ANATOMY[key]
+
+
+def _build_anatomy(spacing: float, shape: tuple[int, int, int] | None) -> Anatomy:
     base = 2 if spacing >= 2.0 else 1
     maps, affine = _mni_maps(base)
     factor = spacing / base

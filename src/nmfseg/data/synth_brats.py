@@ -43,6 +43,7 @@ __all__ = [
     "NCR",
     "SynthCase",
     "case_rng",
+    "mass_effect",
     "synth_brats_case",
 ]
 
@@ -65,7 +66,7 @@ _LESION = {
     "ed": np.array([0.98, 0.52, 0.54, 0.86], dtype=np.float32),  # bright FLAIR and T2
     "ncr": np.array([0.55, 0.22, 0.24, 0.95], dtype=np.float32),  # necrosis: dark T1(Gd)
     "net": np.array([0.85, 0.42, 0.46, 0.80], dtype=np.float32),  # non-enhancing solid core
-    "et": np.array([0.78, 0.48, 1.12, 0.66], dtype=np.float32),  # bright rim on T1Gd only
+    "et": np.array([0.78, 0.48, 1.35, 0.66], dtype=np.float32),  # bright rim on T1Gd only
 }
 
 
@@ -98,6 +99,33 @@ def _ellipsoid_radius(rel: np.ndarray, rotation: np.ndarray, axes: np.ndarray) -
     """Normalised ellipsoidal radius (1 on the surface) of points ``rel (3, ...)``."""
     local = np.tensordot(rotation.T, rel, axes=1) / axes.reshape(3, *([1] * (rel.ndim - 1)))
     return np.sqrt(np.sum(local * local, axis=0))
+
+
+def mass_effect(rel: np.ndarray, radius: float, strength: float) -> np.ndarray:
+    """Backward map of a tumour's mass effect, radial about its centre.
+
+    Tissue inside the ball of radius ``radius * (1 - strength)`` is stretched uniformly over
+    the ball of radius ``radius``; outside, the push decays as ``strength * radius³ / r²``
+    (the displacement of an incompressible expanding sphere). The map is smooth across the
+    ball's surface and strictly increasing along every ray, so tissue never folds.
+
+    Args:
+        rel: Output points relative to the centre, ``(3, ...)`` in voxels.
+        radius: Radius of the tumour core in voxels.
+        strength: Fraction ``s`` in [0, 1) of the core radius by which tissue is pushed.
+
+    Returns:
+        For each point, where its tissue comes from, relative to the centre (``(3, ...)``).
+
+    Examples::
+
+        >>> src = mass_effect(np.array([[10.0, 40.0], [0.0, 0.0], [0.0, 0.0]]), 10.0, 0.3)
+        >>> np.round(src[0], 3).tolist()  # the core surface shows tissue from 7 voxels out
+        [7.0, 39.812]
+    """
+    r = np.sqrt(np.sum(rel * rel, axis=0))
+    k = np.float32(strength) * np.minimum(1.0, (np.float32(radius) / np.maximum(r, 1e-3)) ** 3)
+    return rel * (1.0 - k)
 
 
 def _pick_centre(rng: np.random.Generator, anat, core_mm: float) -> np.ndarray:
@@ -146,18 +174,25 @@ def synth_brats_case(
     core_mm = wt_mm * rng.uniform(0.35, 0.7)
     centre = pose.to_output(_pick_centre(rng, anat, core_mm))
 
-    # Mass effect: the ball of radius core*(1 - s) expands to the core; 1/r^2 decay outside.
-    strength = rng.uniform(0.15, 0.45)
     grid = output_grid(anat.shape)
     rel = grid - centre.astype(np.float32).reshape(3, 1, 1, 1)
-    r = np.sqrt(np.sum(rel * rel, axis=0))
-    radius = np.float32(core_mm / sp)
-    k = np.float32(strength) * np.minimum(1.0, (radius / np.maximum(r, 1e-3)) ** 3)
-    tissue = warp_tissue(anat, pose, grid - rel * k)
+    source = mass_effect(rel, core_mm / sp, rng.uniform(0.15, 0.45)) + grid - rel
+    tissue = warp_tissue(anat, pose, source)
     brain = tissue["brain"] > 0.5
 
-    # The tumour lives in a box around the core.
-    half = int(np.ceil(1.6 * wt_mm / sp)) + 2
+    # Shapes: a core ellipsoid and an edema ellipsoid offset from it (sizes in voxels).
+    core_axes = core_mm / sp * rng.uniform(0.75, 1.3, size=3)
+    core_rot = _random_rotation(rng)
+    wt_axes = wt_mm / sp * rng.uniform(0.75, 1.3, size=3)
+    wt_rot = _random_rotation(rng)
+    direction = rng.standard_normal(3)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.5) * (wt_mm - core_mm)
+    offset = (offset / sp).astype(np.float32)
+    spread = rng.uniform(0.5, 1.0)  # how much the edema prefers white matter
+
+    # The tumour lives in a box around the core that holds the edema's farthest reach
+    # (normalised radius 1.55: the hard limit below).
+    half = int(np.ceil(1.6 * wt_axes.max() + np.linalg.norm(offset))) + 2
     lo = np.maximum(np.floor(centre).astype(int) - half, 0)
     hi = np.minimum(np.floor(centre).astype(int) + half + 1, anat.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
@@ -165,21 +200,14 @@ def synth_brats_case(
     bshape = rel_box.shape[1:]
     wm, csf = tissue["wm"][box], tissue["csf"][box]
 
-    core_axes = core_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    core_score = _ellipsoid_radius(rel_box, _random_rotation(rng), core_axes)
+    core_score = _ellipsoid_radius(rel_box, core_rot, core_axes)
     core_score += 0.22 * smooth_noise(rng, bshape, max(core_mm / sp * 0.5, 1.5))
     core = core_score < 1.0
 
-    offset_dir = rng.standard_normal(3)
-    offset = offset_dir / np.linalg.norm(offset_dir) * rng.uniform(0.0, 0.5) * (wt_mm - core_mm)
-    wt_axes = wt_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    wt_score = _ellipsoid_radius(
-        rel_box - (offset / sp).astype(np.float32).reshape(3, 1, 1, 1),
-        _random_rotation(rng),
-        wt_axes,
-    )
-    wt_score += 0.25 * smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
-    wt_score -= rng.uniform(0.5, 1.0) * (wm - 0.5)  # spreads along white matter
+    radius = _ellipsoid_radius(rel_box - offset.reshape(3, 1, 1, 1), wt_rot, wt_axes)
+    wt_score = radius + 0.25 * smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
+    wt_score -= spread * (wm - 0.5)  # spreads along white matter, stops at cortex
+    wt_score += 4.0 * np.maximum(radius - 1.3, 0.0)  # reaches at most ~1.55 radii
     edema = (wt_score < 1.0) & (csf < 0.6) & brain[box]
     whole = edema | core
     parts, _ = ndimage.label(whole)

@@ -73,6 +73,31 @@ def _place(rng: np.random.Generator, anat, side: float) -> tuple[np.ndarray, flo
     return best[0], rmax
 
 
+def _white_matter_lesions(
+    rng: np.random.Generator, wm: np.ndarray, grid: np.ndarray, spacing: float
+) -> np.ndarray:
+    """Unlabelled chronic small-vessel lesions in white matter (soft map in [0, 1]).
+
+    They are bright on T2 and ADC and only faintly bright on DWI, so DWI alone does not
+    tell them from an acute infarct: a model has to read ADC too.
+    """
+    out = np.zeros(wm.shape, dtype=np.float32)
+    n = int(rng.choice(5, p=[0.45, 0.2, 0.15, 0.1, 0.1]))
+    idx = np.argwhere(wm > 0.85)
+    for _ in range(n if len(idx) else 0):
+        centre = idx[rng.integers(len(idx))].astype(np.float32)
+        radius = rng.uniform(2.5, 7.0) / spacing
+        half = int(np.ceil(1.6 * radius)) + 1
+        lo = np.maximum(centre.astype(int) - half, 0)
+        hi = np.minimum(centre.astype(int) + half + 1, wm.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        rel = grid[(slice(None), *box)] - centre.reshape(3, 1, 1, 1)
+        score = _ellipsoid_radius(rel, _random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3))
+        blob = np.clip(1.5 - score, 0.0, 1.0) * (wm[box] > 0.5)
+        out[box] = np.maximum(out[box], blob)
+    return out
+
+
 def synth_isles_case(
     seed: int | tuple[int, ...],
     spacing: float = 2.0,
@@ -129,19 +154,22 @@ def synth_isles_case(
         if not mask.any():
             continue
         label[box] |= mask.astype(np.uint8)
-        loss = rng.uniform(0.25, 0.6)  # ADC drop of this infarct
+        loss = rng.uniform(0.2, 0.55)  # ADC drop of this infarct
         sev = severity[box]
         sev[mask] = np.maximum(sev[mask], loss)
 
     # Partial-volume blur of the infarct's effect, texture within it.
     severity = ndimage.gaussian_filter(severity, 0.6)
     severity *= 1.0 + 0.15 * smooth_noise(rng, anat.shape, 2.0)
+    chronic = _white_matter_lesions(rng, tissue["wm"], grid, sp)
     fractions = np.stack([tissue["csf"], tissue["gm"], tissue["wm"]])
     adc_c = _ADC * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
     s0_c = _S0 * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
     adc = np.tensordot(adc_c, fractions, axes=1) * (1.0 - np.clip(severity, 0.0, 0.8))
     s0 = np.tensordot(s0_c, fractions, axes=1) * (1.0 + 0.3 * severity)
-    adc *= 1.0 + 0.04 * smooth_noise(rng, anat.shape, 3.0)
+    adc *= 1.0 + 0.4 * chronic  # old lesions: high ADC, T2 shine-through on DWI
+    s0 *= 1.0 + 0.45 * chronic
+    adc *= 1.0 + 0.05 * smooth_noise(rng, anat.shape, 3.0)
     dwi = s0 * np.exp(-_B * adc)
     dwi_img = acquire(rng, (dwi / 0.3)[None].astype(np.float32), brain, sp, noise=(0.03, 0.07))
     adc_img = acquire(
@@ -150,7 +178,7 @@ def synth_isles_case(
         brain,
         sp,
         bias=0.03,
-        noise=(0.02, 0.05),
+        noise=(0.03, 0.06),
         gain=(0.97, 1.03),
     )
     image = np.concatenate([dwi_img, adc_img]).astype(np.float32)
