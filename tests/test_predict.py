@@ -107,6 +107,20 @@ def test_tta_equals_no_tta_for_flip_equivariant_model(shape):
     ).abs().max() > 1e-3
 
 
+def test_sliding_window_uses_eval_mode_and_restores_train_mode():
+    """Mid-training validation: dropout off during prediction, train() mode given back."""
+    model = nn.Sequential(nn.Conv3d(2, 2, 1), nn.Dropout(p=0.9))
+    model.train()
+    x = np.random.default_rng(0).normal(size=(2, 9, 8, 7)).astype(np.float32)
+    x.flags.writeable = False  # e.g. a memory-mapped cache
+    probs = sliding_window_predict(model, x, (8, 8, 8))
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        direct = torch.sigmoid(model(torch.tensor(x)[None]))[0]
+    torch.testing.assert_close(probs, direct, atol=1e-6, rtol=0)
+
+
 def test_flip_combinations_are_all_distinct_subsets():
     combos = flip_combinations(3)
     assert len(combos) == len(set(combos)) == 8

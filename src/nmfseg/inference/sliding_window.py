@@ -9,9 +9,10 @@ cut off again, never rejected. The activation (sigmoid for region outputs) is ap
 the blended logits, and with ``tta=True`` the probabilities are averaged over all ``2**d``
 combinations of flips along the ``d`` spatial axes (8 in 3D).
 
-The function is model-agnostic: any module that maps ``(B, C, *patch)`` to logits
-``(B, R, *patch)`` works (a model returning a list, such as a deep-supervision network
-left in ``train()`` mode, contributes its first, full-resolution output).
+The function is model-agnostic: any module or callable that maps ``(B, C, *patch)`` to
+logits ``(B, R, *patch)`` works. A module runs in ``eval()`` mode and is handed back in the
+mode it came in (so a training loop can validate mid-run); a callable that returns a list of
+deep-supervision outputs contributes its first, full-resolution one.
 
 Examples::
 
@@ -26,7 +27,8 @@ Examples::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -47,6 +49,19 @@ def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
     """
     axes = range(2, 2 + spatial_dims)
     return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+@contextmanager
+def _eval_mode(model: object) -> Iterator[None]:
+    """Run a module in ``eval()`` mode and give it back in the mode it had."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()  # type: ignore[union-attr]
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -73,7 +88,8 @@ def sliding_window_predict(
 
     Args:
         model: network mapping ``(B, C, *patch)`` to logits ``(B, R, *patch)``. An
-            ``nn.Module`` is put in ``eval()`` mode; gradients are never recorded.
+            ``nn.Module`` runs in ``eval()`` mode (its previous mode is restored afterwards);
+            gradients are never recorded.
         image: one image ``(C, *spatial)`` (NumPy or torch), already preprocessed.
         patch_size: window size, one value per spatial axis (the training patch size).
         overlap: fraction of a window shared with its neighbour along each axis.
@@ -98,6 +114,8 @@ def sliding_window_predict(
 
     patch_size = tuple(int(p) for p in patch_size)
     spatial_dims = len(patch_size)
+    if isinstance(image, np.ndarray) and not image.flags.writeable:
+        image = np.array(image)  # read-only / memory-mapped: torch wants a writable buffer
     x = torch.as_tensor(image)
     if x.ndim != spatial_dims + 1:
         raise ValueError(
@@ -106,10 +124,8 @@ def sliding_window_predict(
         )
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if isinstance(model, nn.Module):
-        model.eval()
-        if device is None:
-            device = _model_device(model)
+    if isinstance(model, nn.Module) and device is None:
+        device = _model_device(model)
     device = torch.device(device if device is not None else "cpu")
     x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
 
@@ -121,7 +137,7 @@ def sliding_window_predict(
 
     flips = flip_combinations(spatial_dims) if tta else [()]
     total: Tensor | None = None
-    with torch.inference_mode():
+    with _eval_mode(model), torch.inference_mode():
         for dims in flips:
             inp = torch.flip(x, dims) if dims else x
             logits = sliding_window_inference(
