@@ -434,6 +434,13 @@ def test_cli_missing_model_and_bad_options(tmp_path, pointwise_registry):
     assert res.exit_code == 1 and "no fold_4 (available: fold_0)" in res.output
     res = _cli("-m", run, "-i", tmp_path / "missing", "-o", out)
     assert res.exit_code == 1 and "missing" in res.output
+    res = _cli("-m", run, "-i", root, "-o", run / "fold_0" / "checkpoint_final.pt")
+    assert res.exit_code == 1 and "exists and is not a folder" in res.output
+    broken = tmp_path / "broken" / "fold_0" / "checkpoint_final.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"PK\x03\x04 not a checkpoint")
+    res = _cli("-m", broken.parent.parent, "-i", root, "-o", out)
+    assert res.exit_code == 1 and f"{broken}: cannot load checkpoint" in res.output
     if not torch.cuda.is_available():
         res = _cli("-m", run, "-i", root, "-o", out, "--device", "cuda")
         assert res.exit_code == 1 and "CUDA is not available" in res.output

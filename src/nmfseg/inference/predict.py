@@ -242,7 +242,12 @@ def predict_folder(
     if note:
         _echo(note)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise DataError(output, "exists and is not a folder; give an output folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(output, f"cannot create the output folder ({err.strerror})") from None
     result = PredictionResult(output_scheme=scheme)
     bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
