@@ -1,5 +1,11 @@
 """Prediction: sliding-window inference, flip TTA, fold ensembles, writing NIfTI outputs.
 
+- :func:`sliding_window_predict`: one preprocessed image → probabilities (model-agnostic).
+- :func:`predict_case`: one raw image → probabilities in its original grid (preprocessing,
+  fold ensemble, TTA, crop undone).
+- :func:`load_ensemble`: the folds of a run folder, a fold folder or a checkpoint file.
+- :func:`predict_folder`: a dataset folder or one case → ``OUT/CASE.nii.gz`` (``nmfseg predict``).
+
 Examples::
 
     >>> import torch
@@ -9,13 +15,16 @@ Examples::
 """
 
 from nmfseg.inference.ensemble import Ensemble, find_checkpoints, load_ensemble, predict_case
+from nmfseg.inference.predict import PredictionResult, predict_folder
 from nmfseg.inference.sliding_window import flip_combinations, sliding_window_predict
 
 __all__ = [
     "Ensemble",
+    "PredictionResult",
     "find_checkpoints",
     "flip_combinations",
     "load_ensemble",
     "predict_case",
+    "predict_folder",
     "sliding_window_predict",
 ]
