@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from nmfseg.cli import app
 from nmfseg.data.formats import FORMATS, open_dataset
-from nmfseg.data.schemes import labels_to_regions
+from nmfseg.data.schemes import SCHEMES, labels_to_regions
 from nmfseg.data.toy import TOY_SPACING, make_toy_dataset
 from nmfseg.evaluation.compare import (
     compare_reports,
@@ -104,6 +104,25 @@ def test_shifted_prediction_expected_values(tmp_path):
         assert row["hd95_avg"] == pytest.approx(4.0)
     stats = report.summary["metrics"]["dice"]["TC"]
     assert (stats["mean"], stats["median"], stats["std"]) == (pytest.approx(0.75),) * 2 + (0.0,)
+
+
+def test_labels_touching_the_volume_border(tmp_path):
+    """evaluate crops to the labels' bounding box; values equal those on the full arrays."""
+    gt, pred, _ = _folders(tmp_path, n=1)
+    rng = np.random.default_rng(3)
+    truth = rng.choice([0, 1, 2, 4], size=(24, 20, 20), p=[0.4, 0.2, 0.2, 0.2]).astype(np.uint8)
+    guess = np.where(rng.random(truth.shape) < 0.2, 2, truth).astype(np.uint8)
+    guess[:, :, :3] = 0
+    _save(gt / "case0.nii.gz", truth)
+    _save(pred / "case0.nii.gz", guess)
+    row = evaluate(pred, gt, scheme="brats2021").rows[0]
+    for i, region in enumerate(["ET", "TC", "WT"]):
+        region_truth = labels_to_regions(truth, SCHEMES["brats2021"])[i]
+        region_guess = labels_to_regions(guess, SCHEMES["brats2021"])[i]
+        expected = region_metrics(region_guess, region_truth, (2.0, 1.0, 1.0))
+        assert row[f"dice_{region}"] == pytest.approx(expected.dice)
+        assert row[f"hd95_{region}"] == pytest.approx(expected.hd95, rel=1e-6)
+        assert row[f"pred_voxels_{region}"] == expected.pred_voxels
 
 
 def test_missing_and_extra_predictions(tmp_path):
@@ -413,7 +432,7 @@ def test_cli_compare_writes_outputs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| Model | n | Dice ET (%)" in result.stdout
     assert "Wilcoxon signed-rank test against Swin" in result.stdout
-    assert "Local has 1 case(s) not in Swin" in result.stderr
+    assert "note: Local: 1 case(s) not in Swin; the tests use" in result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["compare.csv", "compare.md", "dice_boxplot.png", "hd95_boxplot.png"]
     with open(out / "compare.csv", newline="") as fh:

@@ -133,11 +133,12 @@ def compare(
     ref_cases = {row["case_id"] for row in ref.rows}
     for rep in cmp.models:
         cases = {row["case_id"] for row in rep.rows}
-        if cases != ref_cases:
+        extra, lacking = len(cases - ref_cases), len(ref_cases - cases)
+        if extra or lacking:
+            what = [f"{extra} case(s) not in {ref.name}"] if extra else []
+            what += [f"{lacking} case(s) of {ref.name} missing"] if lacking else []
             typer.echo(
-                f"note: {rep.name} has {len(cases - ref_cases)} case(s) not in {ref.name} and "
-                f"lacks {len(ref_cases - cases)} of its cases; tests use the common cases",
-                err=True,
+                f"note: {rep.name}: {', '.join(what)}; the tests use the common cases", err=True
             )
     if out is not None:
         written = write_comparison(cmp, out)

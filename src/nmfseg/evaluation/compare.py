@@ -334,6 +334,7 @@ def write_comparison(cmp: Comparison, out_dir: str | Path, plots: bool = True) -
                     staged.path(f"{metric}_boxplot.png"),
                     ylabel=ylabel,
                     stars=stars,
-                    title=f"marks: Wilcoxon vs {cmp.reference}",
+                    title=f"paired Wilcoxon signed-rank vs {cmp.reference}: "
+                    "* p<0.05, ** p<0.01, *** p<0.001, **** p<0.0001",
                 )
         return staged.commit()
