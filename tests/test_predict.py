@@ -189,9 +189,11 @@ def test_find_checkpoints_run_fold_and_file(tmp_path):
     for k in (0, 1, 10, 2):
         _touch(run / f"fold_{k}" / "checkpoint_final.pt")
         _touch(run / f"fold_{k}" / "checkpoint_last.pt")
+    _touch(run / "fold_all" / "checkpoint_final.pt")
     (run / "fold_notes").mkdir()
     found = find_checkpoints(run)
     assert [p.parent.name for p in found] == ["fold_0", "fold_1", "fold_2", "fold_10"]
+    assert [p.parent.name for p in find_checkpoints(run, folds=["all"])] == ["fold_all"]
     assert [p.parent.name for p in find_checkpoints(run, folds=[2, 0])] == ["fold_2", "fold_0"]
     assert find_checkpoints(run / "fold_1", checkpoint="last") == [
         run / "fold_1" / "checkpoint_last.pt"

@@ -39,7 +39,7 @@ def predict(
         None,
         "-f",
         "--folds",
-        help="Folds to ensemble, e.g. '--folds 0 1 2' (default: every fold_K in the run folder).",
+        help="Folds to ensemble: '--folds 0 1 2' or '--folds all' (default: every numbered fold).",
     ),
     checkpoint: str = typer.Option(
         "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."

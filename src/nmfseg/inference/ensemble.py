@@ -94,7 +94,8 @@ def find_checkpoints(
 
     Args:
         model: run folder (with ``fold_K`` folders), fold folder or checkpoint file.
-        folds: folds of a run folder to use (``None``: all that exist).
+        folds: folds of a run folder to use (``None``: every numbered ``fold_K`` that
+            exists; ``fold_all`` only when asked for or when it is the only one).
         checkpoint: which checkpoint of a fold folder, one of ``final``, ``best``, ``last``.
 
     Raises:
@@ -140,6 +141,9 @@ def find_checkpoints(
                 f"no {', '.join(missing)} (available: {', '.join(by_name)})",
             )
         fold_dirs = [by_name[name] for name in dict.fromkeys(wanted)]
+    elif any(p.name != "fold_all" for p in fold_dirs):
+        # like nnU-Net: the default ensemble is the cross-validation folds, not fold_all
+        fold_dirs = [p for p in fold_dirs if p.name != "fold_all"]
     return [_fold_checkpoint(p, checkpoint) for p in fold_dirs]
 
 
