@@ -472,6 +472,12 @@ def test_cli_compare_on_evaluate_reports(tmp_path):
         "| perfect | 3 | **100.00** | **100.00** | **100.00** | **100.00** |"
     )
     assert lines[3].startswith("| shifted | 3 | 50.00 | 75.00 | 83.33 | 69.44 | 4.00 |")
+    named = _cli(
+        "compare", tmp_path / "shifted", tmp_path / "perfect", "--names", "S", "--names", "P"
+    )
+    assert named.exit_code == 0, named.output
+    assert named.stdout.splitlines()[2].startswith("| S | 3 | 50.00 |")
+    assert "test against S" in named.stdout
     avg = [row["dice_avg"] for row in read_report(tmp_path / "shifted")[1]]
     p = wilcoxon(avg, [1.0] * 3).pvalue
     assert f"| shifted | 3 | {p:.3g} ns |" in result.stdout
