@@ -125,6 +125,24 @@ def test_labels_touching_the_volume_border(tmp_path):
         assert row[f"pred_voxels_{region}"] == expected.pred_voxels
 
 
+def test_lesion_free_cases_isles(tmp_path):
+    """ISLES'22 has lesion-free cases: both empty scores 1 / 0, a false alarm 0 / 373.13."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    empty = np.zeros((16, 18, 20), np.uint8)
+    alarm = empty.copy()
+    alarm[3:5, 4:6, 5:7] = 1
+    for cid, truth, guess in (("s1", empty, empty), ("s2", empty, alarm), ("s3", alarm, empty)):
+        _save(gt / f"{cid}.nii.gz", truth)
+        _save(pred / f"{cid}.nii.gz", guess)
+    report = evaluate(pred, gt, scheme="isles22")
+    assert report.regions == ["lesion"]
+    got = [(r["dice_lesion"], r["hd95_lesion"], r["pred_voxels_lesion"]) for r in report.rows]
+    assert got == [(1.0, 0.0, 0), (0.0, 373.13, 8), (0.0, 373.13, 0)]
+    assert report.summary["metrics"]["hd95"]["lesion"]["n"] == 3  # nothing dropped
+
+
 def test_missing_and_extra_predictions(tmp_path):
     gt, pred, labels = _folders(tmp_path)
     lab = labels["case0"].copy()
