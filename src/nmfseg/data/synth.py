@@ -31,15 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from nmfseg.data.synth_brats import (
-    BRATS_CHANNELS,
-    BRATS_REGIONS,
-    ED,
-    ET,
-    NCR,
-    SynthCase,
-    synth_brats_case,
-)
+from nmfseg.data.synth_anatomy import SynthCase
+from nmfseg.data.synth_brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
 from nmfseg.data.synth_isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
 from nmfseg.errors import ConfigError, DataError
 

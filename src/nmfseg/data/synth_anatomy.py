@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -26,10 +27,14 @@ from scipy import ndimage
 __all__ = [
     "Anatomy",
     "Pose",
+    "SynthCase",
     "acquire",
+    "case_rng",
+    "ellipsoid_radius",
     "load_anatomy",
     "prime_anatomy",
     "random_pose",
+    "random_rotation",
     "smooth_noise",
     "warp_tissue",
 ]
@@ -209,6 +214,37 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float) 
     )
     std = float(field.std())
     return ((field - field.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+class SynthCase(NamedTuple):
+    """One phantom: ``image (C, X, Y, Z)`` float32, ``label (X, Y, Z)`` uint8, ``affine``."""
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+
+
+def case_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
+    """The generator of one case; ``(seed, i)`` is case ``i`` of a dataset seeded ``seed``."""
+    entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]  # type: ignore[union-attr]
+    if min(entropy) < 0:
+        raise ValueError(f"seeds must be nonnegative integers, got {seed!r}")
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3D rotation (QR of a Gaussian matrix)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def ellipsoid_radius(rel: np.ndarray, rotation: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Normalised ellipsoidal radius (1 on the surface) of points ``rel (3, ...)``."""
+    local = np.tensordot(rotation.T, rel, axes=1) / axes.reshape(3, *([1] * (rel.ndim - 1)))
+    return np.sqrt(np.sum(local * local, axis=0))
 
 
 @dataclass(frozen=True)

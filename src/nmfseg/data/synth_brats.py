@@ -21,16 +21,18 @@ Internal labels are ``NCR = 1`` (necrosis / non-enhancing core), ``ED = 2`` (ede
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from scipy import ndimage
 
 from nmfseg.data.synth_anatomy import (
+    SynthCase,
     acquire,
+    case_rng,
+    ellipsoid_radius,
     load_anatomy,
     output_grid,
     random_pose,
+    random_rotation,
     smooth_noise,
     warp_tissue,
 )
@@ -68,37 +70,6 @@ _LESION = {
     "net": np.array([0.85, 0.42, 0.46, 0.80], dtype=np.float32),  # non-enhancing solid core
     "et": np.array([0.78, 0.48, 1.35, 0.66], dtype=np.float32),  # bright rim on T1Gd only
 }
-
-
-class SynthCase(NamedTuple):
-    """One phantom: ``image (C, X, Y, Z)`` float32, ``label (X, Y, Z)`` uint8, ``affine``."""
-
-    image: np.ndarray
-    label: np.ndarray
-    affine: np.ndarray
-
-
-def case_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
-    """The generator of one case; ``(seed, i)`` is case ``i`` of a dataset seeded ``seed``."""
-    entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]  # type: ignore[union-attr]
-    if min(entropy) < 0:
-        raise ValueError(f"seeds must be nonnegative integers, got {seed!r}")
-    return np.random.default_rng(np.random.SeedSequence(entropy))
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random 3D rotation (QR of a Gaussian matrix)."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def _ellipsoid_radius(rel: np.ndarray, rotation: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    """Normalised ellipsoidal radius (1 on the surface) of points ``rel (3, ...)``."""
-    local = np.tensordot(rotation.T, rel, axes=1) / axes.reshape(3, *([1] * (rel.ndim - 1)))
-    return np.sqrt(np.sum(local * local, axis=0))
 
 
 def mass_effect(rel: np.ndarray, radius: float, strength: float) -> np.ndarray:
@@ -161,8 +132,10 @@ def synth_brats_case(
     Examples::
 
         >>> case = synth_brats_case(0, spacing=4.0)
-        >>> case.image.shape[0], case.image.dtype.name, sorted(set(case.label.ravel()) - {0})
-        (4, 'float32', [1, 2, 3])
+        >>> case.image.shape, case.image.dtype.name
+        ((4, 50, 59, 48), 'float32')
+        >>> bool((case.label > 0).any()), set(case.label.ravel()) <= {0, NCR, ED, ET}
+        (True, True)
     """
     rng = case_rng(seed)
     anat = load_anatomy(spacing, shape)
@@ -182,9 +155,9 @@ def synth_brats_case(
 
     # Shapes: a core ellipsoid and an edema ellipsoid offset from it (sizes in voxels).
     core_axes = core_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    core_rot = _random_rotation(rng)
+    core_rot = random_rotation(rng)
     wt_axes = wt_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    wt_rot = _random_rotation(rng)
+    wt_rot = random_rotation(rng)
     direction = rng.standard_normal(3)
     offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.5) * (wt_mm - core_mm)
     offset = (offset / sp).astype(np.float32)
@@ -200,11 +173,11 @@ def synth_brats_case(
     bshape = rel_box.shape[1:]
     wm, csf = tissue["wm"][box], tissue["csf"][box]
 
-    core_score = _ellipsoid_radius(rel_box, core_rot, core_axes)
+    core_score = ellipsoid_radius(rel_box, core_rot, core_axes)
     core_score += 0.22 * smooth_noise(rng, bshape, max(core_mm / sp * 0.5, 1.5))
     core = core_score < 1.0
 
-    radius = _ellipsoid_radius(rel_box - offset.reshape(3, 1, 1, 1), wt_rot, wt_axes)
+    radius = ellipsoid_radius(rel_box - offset.reshape(3, 1, 1, 1), wt_rot, wt_axes)
     wt_score = radius + 0.25 * smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
     wt_score -= spread * (wm - 0.5)  # spreads along white matter, stops at cortex
     wt_score += 4.0 * np.maximum(radius - 1.3, 0.0)  # reaches at most ~1.55 radii

@@ -21,14 +21,17 @@ import numpy as np
 from scipy import ndimage
 
 from nmfseg.data.synth_anatomy import (
+    SynthCase,
     acquire,
+    case_rng,
+    ellipsoid_radius,
     load_anatomy,
     output_grid,
     random_pose,
+    random_rotation,
     smooth_noise,
     warp_tissue,
 )
-from nmfseg.data.synth_brats import SynthCase, _ellipsoid_radius, _random_rotation, case_rng
 
 __all__ = ["ISLES_CHANNELS", "ISLES_REGIONS", "LESION", "TERRITORIES", "synth_isles_case"]
 
@@ -92,7 +95,7 @@ def _white_matter_lesions(
         hi = np.minimum(centre.astype(int) + half + 1, wm.shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         rel = grid[(slice(None), *box)] - centre.reshape(3, 1, 1, 1)
-        score = _ellipsoid_radius(rel, _random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3))
+        score = ellipsoid_radius(rel, random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3))
         blob = np.clip(1.5 - score, 0.0, 1.0) * (wm[box] > 0.5)
         out[box] = np.maximum(out[box], blob)
     return out
@@ -148,7 +151,7 @@ def synth_isles_case(
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         rel = grid[(slice(None), *box)] - centre.astype(np.float32).reshape(3, 1, 1, 1)
         axes = radius_mm / sp * rng.uniform(0.6, 1.4, size=3)
-        score = _ellipsoid_radius(rel, _random_rotation(rng), np.maximum(axes, 0.6))
+        score = ellipsoid_radius(rel, random_rotation(rng), np.maximum(axes, 0.6))
         score += 0.25 * smooth_noise(rng, rel.shape[1:], max(radius_mm / sp * 0.4, 1.2))
         mask = (score < 1.0) & parenchyma[box]
         if not mask.any():
