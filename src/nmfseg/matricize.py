@@ -1,0 +1,531 @@
+"""Matricize and dematricize feature maps for NMF (paper §3.4.1, eq. 7–8, Algorithm 3).
+
+A matricize operation turns a batch of ``C``-channel images ``x (B, C, *S)`` (2D or 3D)
+into a batch of nonnegative-able matrices ``z (B', E, N)`` with ``E = head_dim`` rows
+(one head of channels) and ``N`` columns (voxels):
+
+- :class:`GlobalMatricize`: heads × all voxels, ``(B·C/E, E, prod(S))``.
+- :class:`LocalMatricize`: heads × non-overlapping windows of ``patch_size``, eq. 7:
+  ``z[(b h g₁ … g_d), e, (p₁ … p_d)] = x[b, (h e), (g₁ p₁), …, (g_d p_d)]``.
+- :class:`SWMatricize`: Local on ``x`` and on ``x`` rolled by half a window, concatenated
+  along the batch (eq. 8); its inverse averages both after rolling back (Algorithm 3).
+
+The modules are stateless: ``forward(x)`` returns only the matrices, and
+``geometry(x.shape)`` returns a :class:`MatricizeGeometry` that says where every column
+comes from (padded size, window grid, shifts). ``inverse(z, x.shape)`` (or
+``inverse(z, geometry)``) folds matrices back, and ``dematricize_factor(v, x.shape)`` turns
+an NMF factor of the voxel side, ``v (…, N, R)``, into ``R`` spatial maps per head (the
+component maps of the paper's Fig. 6). The leading dim of the matrices is ordered
+``(view, b, head, g₁, …, g_d)`` (``MatricizeGeometry.batch_shape``), so a factor of the
+channel side, ``u (…, E, R)``, reads as ``u.reshape(*geometry.batch_shape, E, R)``.
+
+Sizes a window does not divide. The window is first clamped to the stage size along each
+dim (``min(patch, S)``), so a stage smaller than the patch, such as the 4³ bridge of a
+network at a 64³ input with ``patch_size=8``, is one window rather than mostly padding;
+this is what the official code computes at its native sizes, where the last stage is
+exactly one window. The input is then zero-padded at the far end of each dim up to a
+multiple of the window, and the inverse crops the padding. For SW, the roll by half a
+window is applied to the unpadded input (the paper's ``Roll`` of the image) and the
+padding comes after, in both views.
+
+Padding and NMF. Padded voxels are columns of zeros, and stay zero through the ReLU
+before NMF. A zero column gets a zero ``v`` row at the first update, contributes nothing
+to ``X v`` or ``X Xᵀ`` and is reconstructed as exactly 0, then cropped. At rank 1 (the
+paper's setting, both solvers) the only other trace of the padding is the norm of the
+initial ``g₀``, which rescales ``f`` by a constant and ``g`` by its inverse: the real
+voxels are reconstructed exactly as if they were factorized alone from the same initial
+values (the default init depends on a voxel's position in its window). At rank > 1 the
+padded part of ``v₀`` also enters the first update's ``v₀ᵀv₀``, which amounts to a
+slightly different initialization.
+
+Cost. Global matricize is a view. Local and SW move every voxel once per view into the
+matrices' memory, with at most ``4^d`` strided block copies per view and no roll, pad or
+stack of the whole input; the inverse does the same in reverse and accumulates the second
+SW view in place. Both directions are autograd functions whose backward is the other
+direction (the adjoint), so a training step does no extra copies.
+
+Examples::
+
+    >>> import torch
+    >>> sw = SWMatricize(head_dim=8, patch_size=8)
+    >>> x = torch.randn(2, 16, 20, 24, 8)
+    >>> z = sw(x)
+    >>> z.shape  # 2 views x 2 batch x 2 heads x (3*3*1) windows, 8 rows, 8*8*8 voxels
+    torch.Size([72, 8, 512])
+    >>> geom = sw.geometry(x.shape)
+    >>> geom.padded_size, geom.grid, geom.shifts
+    ((24, 24, 8), (3, 3, 1), (4, 4, 4))
+    >>> torch.equal(sw.inverse(z, x.shape), x)
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MATRICIZE_KINDS",
+    "GlobalMatricize",
+    "LocalMatricize",
+    "MatricizeGeometry",
+    "SWMatricize",
+    "build_matricize",
+]
+
+MATRICIZE_KINDS = ("global", "local", "swin")
+
+
+@dataclass(frozen=True)
+class MatricizeGeometry:
+    """Where every matrix and column of a matricized input comes from.
+
+    Attributes:
+        kind: ``"global"``, ``"local"`` or ``"swin"``.
+        batch_size: ``B`` of the input.
+        channels: ``C`` of the input.
+        head_dim: ``E``, the rows of every matrix.
+        spatial_size: The input's spatial size ``S``.
+        window: The window actually used along each dim (``patch_size`` clamped to ``S``;
+            ``S`` itself for global).
+        padded_size: ``S`` rounded up to a multiple of ``window``.
+        shifts: The roll of the second (shifted) view; zeros when there is none.
+        views: 1, or 2 for SW (regular windows first, then shifted windows).
+    """
+
+    kind: str
+    batch_size: int
+    channels: int
+    head_dim: int
+    spatial_size: tuple[int, ...]
+    window: tuple[int, ...]
+    padded_size: tuple[int, ...]
+    shifts: tuple[int, ...]
+    views: int
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.spatial_size)
+
+    @property
+    def heads(self) -> int:
+        """Number of heads ``C / E``."""
+        return self.channels // self.head_dim
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of windows along each spatial dim."""
+        return tuple(p // w for p, w in zip(self.padded_size, self.window, strict=True))
+
+    @property
+    def num_windows(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def window_numel(self) -> int:
+        """Columns ``N`` of every matrix."""
+        return math.prod(self.window)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The matrices' leading dim unflattened: ``(views, B, heads, *grid)``."""
+        return (self.views, self.batch_size, self.heads, *self.grid)
+
+    @property
+    def num_matrices(self) -> int:
+        return math.prod(self.batch_shape)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """Shape of the matricized tensor ``(num_matrices, E, N)``."""
+        return (self.num_matrices, self.head_dim, self.window_numel)
+
+    @property
+    def padded(self) -> bool:
+        return self.padded_size != self.spatial_size
+
+
+def _ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(out) != n or any(v < 1 for v in out):
+        raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The data movement. Windows are stored as (views, B, heads, *grid, rows, *window), which
+# is the matrices' memory layout. One view of the input is moved with a few strided block
+# copies (no roll, pad or stack): along each dim, the voxels of the (rolled) input that
+# land in the windows form at most four blocks that are rectangular in (window, offset)
+# coordinates, so the whole view takes at most 4^d copies, whatever the number of windows.
+
+
+def _is_view(geom: MatricizeGeometry) -> bool:
+    """Global-like geometry: one window per head, no padding, no shift: a pure reshape."""
+    return geom.views == 1 and not geom.padded and all(g == 1 for g in geom.grid)
+
+
+def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, int, int]]:
+    """Blocks ``(src, g0, ng, o0, nw)`` of one dim: input voxels ``src ... src + ng·nw`` go
+    to windows ``g0 ... g0 + ng``, offsets ``o0 ... o0 + nw``, for the input rolled by
+    ``shift`` (position ``p`` of the rolled input holds voxel ``(p - shift) mod size``)."""
+    ranges = [(0, size)] if shift == 0 else [(size - shift, size), (0, size - shift)]
+    out, dst = [], 0
+    for src, stop in ranges:
+        a, b = dst, dst + stop - src
+        while a < b:
+            g, o = divmod(a, window)
+            if o or b - a < window:  # a partial window
+                nw = min(window - o, b - a)
+                out.append((src, g, 1, o, nw))
+            else:  # whole windows
+                nw = window
+                out.append((src, g, (b - a) // window, 0, window))
+            step = out[-1][2] * nw
+            a, src = a + step, src + step
+        dst = b
+    return out
+
+
+def _blocks(geom: MatricizeGeometry, view: int):
+    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims."""
+    shifts = geom.shifts if view == 1 else (0,) * geom.spatial_dims
+    per_dim = [
+        _segments(s, w, sh) for s, w, sh in zip(geom.spatial_size, geom.window, shifts, strict=True)
+    ]
+    return itertools.product(*per_dim)
+
+
+def _spatial_block(x: Tensor, geom: MatricizeGeometry, block) -> Tensor:
+    """View of ``x (B, C, *S)`` as ``(B, heads, *ng, rows, *nw)`` for one block."""
+    d = geom.spatial_dims
+    for i, (src, _, ng, _, nw) in enumerate(block):
+        x = x.narrow(2 + 2 * i, src, ng * nw).unflatten(2 + 2 * i, (ng, nw))
+    x = x.unflatten(1, (geom.heads, geom.head_dim))
+    return x.permute(0, 1, *range(3, 3 + 2 * d, 2), 2, *range(4, 4 + 2 * d, 2))
+
+
+def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
+    """View of one view's windows ``(B, heads, *grid, rows, *window)`` for one block."""
+    d = geom.spatial_dims
+    for i, (_, g0, ng, o0, nw) in enumerate(block):
+        w = w.narrow(2 + i, g0, ng).narrow(3 + d + i, o0, nw)
+    return w
+
+
+def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
+    """``x (B, C, *S)`` -> matrices ``(num_matrices, rows, N)``, zeros at padding."""
+    shape = (*geom.batch_shape, geom.head_dim, *geom.window)
+    out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
+    for view in range(geom.views):
+        for block in _blocks(geom, view):
+            _window_block(out[view], geom, block).copy_(_spatial_block(x, geom, block))
+    return out.view(geom.matrix_shape)
+
+
+def _from_windows(z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:
+    """Matrices -> ``(B, C, *S)``: the sum (or the average) of the views, padding dropped."""
+    z = z.reshape(*geom.batch_shape, geom.head_dim, *geom.window)
+    shape = (geom.batch_size, geom.channels, *geom.spatial_size)
+    out = torch.empty(shape, dtype=z.dtype, device=z.device)
+    for view in range(geom.views):
+        for block in _blocks(geom, view):
+            dst, src = _spatial_block(out, geom, block), _window_block(z[view], geom, block)
+            dst.copy_(src) if view == 0 else dst.add_(src)
+    if geom.views == 2 and average:
+        out.mul_(0.5)  # (a + b) * 0.5 is exact for a == b: the round trip is exact
+    return out
+
+
+class _MatricizeFn(torch.autograd.Function):
+    """Matricize; its adjoint is the sum of the views folded back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _to_windows(x, geom)
+
+    @staticmethod
+    def backward(ctx, dz: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _FoldSumFn.apply(dz, ctx.geom), None
+
+
+class _FoldSumFn(torch.autograd.Function):
+    """Sum of the views folded back (the adjoint of matricize)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _from_windows(z, geom, average=False)
+
+    @staticmethod
+    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _MatricizeFn.apply(dx, ctx.geom), None
+
+
+class _DematricizeFn(torch.autograd.Function):
+    """Dematricize: the average of the views folded back (Algorithm 3)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _from_windows(z, geom, average=True)
+
+    @staticmethod
+    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        dz = _MatricizeFn.apply(dx, ctx.geom)
+        return (dz * 0.5 if ctx.geom.views == 2 else dz), None
+
+
+class _Matricize(nn.Module):
+    """Shared machinery: windows of ``window`` voxels, ``views`` of the input."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        head_dim: int,
+        patch_size: int | Sequence[int] | None = None,
+        spatial_dims: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim should be a positive int, got {head_dim!r}.")
+        if patch_size is not None and not isinstance(patch_size, int):
+            if spatial_dims is not None and len(patch_size) != spatial_dims:
+                raise ValueError(
+                    f"patch_size {tuple(patch_size)} should have spatial_dims={spatial_dims} "
+                    "entries."
+                )
+            spatial_dims = len(patch_size)
+        if spatial_dims is not None and spatial_dims < 1:
+            raise ValueError(f"spatial_dims should be >= 1, got {spatial_dims}.")
+        if patch_size is not None:
+            _ntuple(patch_size, spatial_dims or 1, "patch_size")  # validate early
+        self.head_dim = head_dim
+        self.patch_size = patch_size
+        self.spatial_dims = spatial_dims
+
+    # -- geometry --------------------------------------------------------------------
+
+    def _window(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        patch = _ntuple(self.patch_size, len(spatial), "patch_size")
+        return tuple(min(p, s) for p, s in zip(patch, spatial, strict=True))
+
+    def _shifts(self, window: tuple[int, ...]) -> tuple[int, ...]:
+        return (0,) * len(window)
+
+    def geometry(self, shape: Sequence[int]) -> MatricizeGeometry:
+        """The :class:`MatricizeGeometry` of an input of shape ``(B, C, *S)``.
+
+        Raises:
+            ValueError: If the shape does not have ``spatial_dims`` spatial dims, or if
+                ``head_dim`` does not divide the number of channels.
+        """
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 3 or (
+            self.spatial_dims is not None and len(shape) != self.spatial_dims + 2
+        ):
+            want = "(B, C, *spatial)" if self.spatial_dims is None else f"{self.spatial_dims + 2}D"
+            raise ValueError(f"{type(self).__name__} expects a {want} input, got shape {shape}.")
+        batch, channels, *spatial = shape
+        if channels % self.head_dim:
+            raise ValueError(
+                f"head_dim={self.head_dim} should divide the number of channels, got "
+                f"{channels} channels in an input of shape {shape}."
+            )
+        spatial = tuple(spatial)
+        window = self._window(spatial)
+        padded = tuple(-(-s // w) * w for s, w in zip(spatial, window, strict=True))
+        shifts = self._shifts(window)
+        return MatricizeGeometry(
+            kind=self.kind,
+            batch_size=batch,
+            channels=channels,
+            head_dim=self.head_dim,
+            spatial_size=spatial,
+            window=window,
+            padded_size=padded,
+            shifts=shifts,
+            views=2 if any(shifts) else 1,
+        )
+
+    def _as_geometry(self, like: MatricizeGeometry | Sequence[int]) -> MatricizeGeometry:
+        return like if isinstance(like, MatricizeGeometry) else self.geometry(like)
+
+    # -- the two directions --------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Matricize ``x (B, C, *S)`` into ``(num_matrices, head_dim, N)``."""
+        geom = self.geometry(x.shape)
+        if _is_view(geom):
+            return x.reshape(geom.matrix_shape)
+        return _MatricizeFn.apply(x, geom)
+
+    def _fold(self, z: Tensor, geom: MatricizeGeometry, rows: int) -> Tensor:
+        if (
+            z.dim() != 3
+            or z.shape[0] != geom.num_matrices
+            or z.shape[1:] != (rows, geom.window_numel)
+        ):
+            raise ValueError(
+                f"expected matrices of shape {(geom.num_matrices, rows, geom.window_numel)} "
+                f"for {geom}, got {tuple(z.shape)}."
+            )
+        if rows != geom.head_dim:
+            geom = replace(geom, head_dim=rows, channels=geom.heads * rows)
+        if _is_view(geom):
+            return z.reshape(geom.batch_size, geom.channels, *geom.spatial_size)
+        return _DematricizeFn.apply(z, geom)
+
+    def inverse(self, z: Tensor, like: MatricizeGeometry | Sequence[int]) -> Tensor:
+        """Dematricize ``z (num_matrices, head_dim, N)`` back to ``(B, C, *S)``.
+
+        Args:
+            z: Matrices as returned by ``forward`` (or an NMF reconstruction of them).
+            like: The input's shape ``(B, C, *S)`` or its :class:`MatricizeGeometry`.
+        """
+        geom = self._as_geometry(like)
+        return self._fold(z, geom, geom.head_dim)
+
+    def dematricize_factor(self, v: Tensor, like: MatricizeGeometry | Sequence[int]) -> Tensor:
+        """Spatial maps ``(B, heads, R, *S)`` of a voxel-side factor ``v (…, N, R)``.
+
+        ``v`` is the NMF factor of the columns (``x ≈ u @ v.mT``), with leading dims that
+        flatten to ``num_matrices``. Every window's values are placed at its voxels; for
+        SW the two views are averaged after rolling back, as in :meth:`inverse`. The scale
+        of ``v`` in each window is the solver's (``u`` carries the rest of the product).
+        """
+        geom = self._as_geometry(like)
+        rank = v.shape[-1]
+        maps = self._fold(v.reshape(-1, geom.window_numel, rank).mT, geom, rank)
+        return maps.reshape(geom.batch_size, geom.heads, rank, *geom.spatial_size)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, patch_size={self.patch_size}"
+
+
+class GlobalMatricize(_Matricize):
+    """Global matricize: heads of ``head_dim`` channels × all voxels, ``(B·C/E, E, prod(S))``.
+
+    No locality; the matrices are a view of a contiguous input.
+
+    Args:
+        head_dim: Channels per head ``E`` (rows of every matrix); must divide ``C``.
+        spatial_dims: 2 or 3; inferred from the input when ``None``.
+
+    Examples::
+
+        >>> m = GlobalMatricize(head_dim=4)
+        >>> x = torch.randn(2, 8, 5, 6)
+        >>> m(x).shape
+        torch.Size([4, 4, 30])
+        >>> torch.equal(m.inverse(m(x), x.shape), x)
+        True
+    """
+
+    kind = "global"
+
+    def __init__(self, head_dim: int, spatial_dims: int | None = None) -> None:
+        super().__init__(head_dim, None, spatial_dims)
+
+    def _window(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        return spatial
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}"
+
+
+class LocalMatricize(_Matricize):
+    """Local matricize (eq. 7): heads × non-overlapping windows of ``patch_size`` voxels.
+
+    Args:
+        head_dim: Channels per head ``E``; must divide ``C``.
+        patch_size: Window size, an int or one per spatial dim; clamped to the input size
+            and padded as described in the module docstring.
+        spatial_dims: 2 or 3; inferred from ``patch_size`` or the input when ``None``.
+
+    Examples::
+
+        >>> m = LocalMatricize(head_dim=4, patch_size=4)
+        >>> x = torch.randn(1, 8, 8, 10)  # 10 is padded to 12
+        >>> m(x).shape, m.geometry(x.shape).grid
+        (torch.Size([12, 4, 16]), (2, 3))
+        >>> torch.equal(m.inverse(m(x), x.shape), x)
+        True
+    """
+
+    kind = "local"
+
+    def __init__(
+        self, head_dim: int, patch_size: int | Sequence[int] = 8, spatial_dims: int | None = None
+    ) -> None:
+        super().__init__(head_dim, patch_size, spatial_dims)
+
+
+class SWMatricize(_Matricize):
+    """Shifted-window matricize (eq. 8): Local on ``x`` and on ``x`` rolled by half a window.
+
+    The regular windows come first along the batch, then the shifted ones. The inverse
+    folds both, rolls the second back and returns their average (Algorithm 3, with the
+    roll back by ``-shift``). Along a dim whose window is 1 voxel there is no shift; if no
+    dim can be shifted the operation equals :class:`LocalMatricize`.
+
+    Args:
+        head_dim: Channels per head ``E``; must divide ``C``.
+        patch_size: Window size, an int or one per spatial dim (clamped and padded as
+            described in the module docstring); the shift is ``window // 2``.
+        spatial_dims: 2 or 3; inferred from ``patch_size`` or the input when ``None``.
+
+    Examples::
+
+        >>> m = SWMatricize(head_dim=2, patch_size=4)
+        >>> x = torch.randn(1, 4, 8, 8)
+        >>> m(x).shape  # 2 views x 2 heads x 4 windows
+        torch.Size([16, 2, 16])
+        >>> torch.equal(m.inverse(m(x), x.shape), x)
+        True
+    """
+
+    kind = "swin"
+
+    def __init__(
+        self, head_dim: int, patch_size: int | Sequence[int] = 8, spatial_dims: int | None = None
+    ) -> None:
+        super().__init__(head_dim, patch_size, spatial_dims)
+
+    def _shifts(self, window: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(w // 2 for w in window)
+
+
+def build_matricize(
+    kind: str,
+    head_dim: int,
+    patch_size: int | Sequence[int] = 8,
+    spatial_dims: int | None = None,
+) -> GlobalMatricize | LocalMatricize | SWMatricize:
+    """Build a matricize module by name (``patch_size`` is ignored for ``"global"``).
+
+    Args:
+        kind: ``"global"``, ``"local"`` or ``"swin"``.
+        head_dim: Channels per head ``E``.
+        patch_size: Window size for ``"local"`` and ``"swin"``.
+        spatial_dims: 2 or 3; inferred when ``None``.
+
+    Examples::
+
+        >>> build_matricize("swin", head_dim=8, patch_size=8)
+        SWMatricize(head_dim=8, patch_size=8)
+    """
+    if kind == "global":
+        return GlobalMatricize(head_dim, spatial_dims)
+    if kind == "local":
+        return LocalMatricize(head_dim, patch_size, spatial_dims)
+    if kind == "swin":
+        return SWMatricize(head_dim, patch_size, spatial_dims)
+    raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {kind!r}.")
