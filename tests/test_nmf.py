@@ -317,6 +317,15 @@ def test_zero_columns_leave_rank1_reconstruction_of_other_columns_unchanged():
         assert torch.all(y[..., 20:] == 0)
 
 
+def test_default_init_depends_only_on_index_and_rank():
+    # No size fixed at construction: a longer matrix extends the same sequence.
+    u_small, v_small = default_init(torch.zeros(2, 4, 10), rank=3)
+    u_big, v_big = default_init(torch.zeros(5, 8, 30), rank=3)
+    assert torch.equal(v_big[0, :10], v_small[1]) and torch.equal(u_big[3, :4], u_small[0])
+    assert v_big.min() > 0 and len(set(v_big[0, :, 0].tolist())) == 30
+    assert not torch.equal(v_big[0, :, 0], v_big[0, :, 1])  # components differ
+
+
 # --- The module and the arguments. -------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ as the loop (same values and the same derivatives, to rounding), including
 Divisions are guarded by clamping the denominator to the smallest normal number of the
 dtype: this changes nothing unless a denominator is exactly zero, which only happens when
 the numerator is zero too (an all-zero matrix, column or component), and then gives 0.
+A fixed ``eps`` such as 1e-8 would not be harmless: ``fᵀ K f`` scales with the fourth
+power of ``X``, so it would bias the result for inputs of magnitude 1e-3 or less.
 
 Examples::
 
@@ -309,7 +311,9 @@ def _use_fast(rank: int, iters: int, solver: str, init, fast: bool) -> bool:
 def _flat_g0(v0: Tensor, init) -> Tensor:
     """The initial ``g``: ``(N,)`` when shared by the whole batch, else ``(B, N)``."""
     n = v0.shape[-2]
-    if init is None or all(s == 0 for s in v0.stride()[:-2]):
+    if init is None:
+        return _weyl(n, 1, v0.device, v0.dtype)[:, 0]
+    if v0.numel() > 0 and all(s == 0 for s in v0.stride()[:-2]):
         return v0.reshape(-1, n, 1)[0, :, 0] if v0.dim() > 2 else v0[:, 0]
     return v0.reshape(-1, n)
 
