@@ -4,15 +4,15 @@ FLOPs are counted analytically, on the meta device (no memory, no arithmetic: se
 at 128³), from the shapes a forward pass sees. The convention is the paper's
 "2 × multiply-adds, normalization and matmuls included", made explicit:
 
-- convolutions, transposed convolutions and pointwise convolutions: 2 per multiply-add,
-  plus 1 per output element for a bias;
+- convolutions, transposed convolutions and pointwise convolutions: 2 per multiply-add
+  (category ``conv``: what ``torch.utils.flop_counter.FlopCounterMode`` counts for them);
 - NMF (per ``M × N`` matrix, rank ``R``, ``T`` iterations, Algorithm 2): every iteration
   ``4MNR`` for ``XG`` and ``XᵀF`` and ``4(M + N)R²`` for ``GᵀG``, ``FᵀF`` and the column
   updates; plus ``2MNR`` for the reconstruction ``FGᵀ``. The algorithm is counted, not the
   kernels that compute it (the rank-1 fast path does the same work in another order);
 - LayerNorm and GroupNorm: 7 per element (mean 1, centring 1, variance 2, scaling 1,
   affine 2);
-- additions (residual connections, position embedding, the average of the two Swin
+- additions (biases, residual connections, position embedding, the average of the two Swin
   dematricizations, at 2 per element): 1 per element;
 - activations, dropout, padding, reshapes, concatenation and the interpolation of the
   position embedding: 0.
@@ -65,7 +65,8 @@ class Complexity:
         input_shape: ``(1, C, *spatial)``.
         params: Number of parameters.
         flops: Total FLOPs (see the module docstring for the convention).
-        breakdown: FLOPs per category: ``conv``, ``nmf``, ``norm``, ``add``.
+        breakdown: FLOPs per category: ``conv`` (2 × multiply-adds of convolutions),
+            ``nmf``, ``norm``, ``add`` (biases, residuals, embeddings, Swin averaging).
         paper_params: The paper's #params, when it reports one.
         paper_gflops: The paper's GFLOPs at the same input, when it reports one.
     """
@@ -103,14 +104,11 @@ class _CountingNMF(nn.Module):
         return x
 
 
-def _conv_flops(module: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
-    x = inputs[0]
+def _conv_flops(module: nn.Module, x: Tensor, out: Tensor) -> int:
     kernel = math.prod(module.kernel_size)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        macs = x.numel() * kernel * module.out_channels // module.groups
-    else:
-        macs = out.numel() * kernel * module.in_channels // module.groups
-    return 2 * macs + (out.numel() if module.bias is not None else 0)
+        return 2 * x.numel() * kernel * module.out_channels // module.groups
+    return 2 * out.numel() * kernel * module.in_channels // module.groups
 
 
 @contextmanager
@@ -120,11 +118,12 @@ def _counting(model: nn.Module, tally: dict[str, int]):
 
     def hook(module: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
         x = inputs[0]
-        if isinstance(module, (nn.modules.conv._ConvNd,)):
-            tally["conv"] += _conv_flops(module, inputs, out)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            tally["conv"] += _conv_flops(module, x, out)
+            tally["add"] += out.numel() if module.bias is not None else 0
         elif isinstance(module, PointwiseConv):
             tally["conv"] += 2 * out.numel() * module.in_channels
-            tally["conv"] += out.numel() if module.bias is not None else 0
+            tally["add"] += out.numel() if module.bias is not None else 0
         elif isinstance(module, (LayerNorm, nn.LayerNorm, nn.GroupNorm)):
             tally["norm"] += 7 * x.numel()
         elif isinstance(module, PositionEmbedding):

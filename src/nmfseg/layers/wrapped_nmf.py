@@ -23,12 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from nmfseg.layers.pointwise import PointwiseConv
-from nmfseg.matricize import build_matricize
+from nmfseg.matricize import MATRICIZE_KINDS, MatricizeGeometry, build_matricize
 from nmfseg.nmf import NMF, SOLVERS
 
 __all__ = ["MATRICIZE_KINDS", "NMFRecord", "WrappedNMF", "factor_maps"]
-
-MATRICIZE_KINDS = ("global", "local", "swin")
 
 
 @dataclass
@@ -39,24 +37,33 @@ class NMFRecord:
         layer: Index of the layer in ``Factorizer.nmf_layers()`` (``-1`` if standalone).
         u: Channel factor ``(B', head_dim, R)``.
         v: Spatial factor ``(B', N, R)``.
-        shape: Shape ``(B, C, *spatial)`` of the feature map that was matricized.
+        geometry: Where every matrix and column came from
+            (:class:`~nmfseg.matricize.MatricizeGeometry`: kind, input shape, windows).
         matricize: The matricize module that produced the matrices (used to dematricize).
-        head_dim: Rows per matrix ``E``.
         size: Spatial size to crop dematricized maps to (the unpadded stage size), or
-            ``None`` to keep ``shape[2:]``.
+            ``None`` to keep the matricized feature map's size.
     """
 
     layer: int
     u: Tensor
     v: Tensor
-    shape: tuple[int, ...]
+    geometry: MatricizeGeometry
     matricize: nn.Module
-    head_dim: int
     size: tuple[int, ...] | None = None
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape ``(B, C, *spatial)`` of the feature map that was matricized."""
+        g = self.geometry
+        return (g.batch_size, g.channels, *g.spatial_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.geometry.head_dim
+
+    @property
     def heads(self) -> int:
-        return self.shape[1] // self.head_dim
+        return self.geometry.heads
 
     @property
     def rank(self) -> int:
@@ -88,18 +95,13 @@ def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
         >>> factor_maps(layer.recorder[0]).shape
         torch.Size([2, 10, 12])
     """
-    u, v = record.u.float(), record.v.float()
-    rank, e = record.rank, record.head_dim
-    b = record.shape[0]
+    b = record.geometry.batch_size
     if not 0 <= batch_index < b:
         raise ValueError(f"batch_index should be in [0, {b}), got {batch_index}.")
+    u, v = record.u.float(), record.v.float()
     scaled = v * torch.linalg.vector_norm(u, dim=-2, keepdim=True)  # (B', N, R)
-    maps = []
-    for r in range(rank):
-        rows = scaled[..., r].unsqueeze(-2).expand(-1, e, -1)  # every row is the map
-        full = record.matricize.inverse(rows, tuple(record.shape))  # (B, heads·E, *spatial)
-        maps.append(full[batch_index, ::e])  # one channel per head -> (heads, *spatial)
-    out = torch.stack(maps, dim=1).flatten(0, 1)  # (heads·R, *spatial), head-major
+    maps = record.matricize.dematricize_factor(scaled, record.geometry)  # (B, heads, R, *S)
+    out = maps[batch_index].flatten(0, 1)  # (heads·R, *S), head-major
     if record.size is not None:
         out = out[(slice(None), *(slice(0, s) for s in record.size))]
     return out
@@ -155,7 +157,7 @@ class WrappedNMF(nn.Module):
         self.kind = matricize
         self.head_dim = head_dim
         self.in_proj = PointwiseConv(channels, channels, bias=False)
-        self.matricize = build_matricize(matricize, head_dim, patch_size)
+        self.matricize = build_matricize(matricize, head_dim, patch_size, spatial_dims)
         self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
         self.out_proj = PointwiseConv(channels, channels, bias=True)
         self.dropout = nn.Dropout(dropout)
@@ -168,7 +170,7 @@ class WrappedNMF(nn.Module):
         if not self.enabled:
             z = torch.relu(z)
         else:
-            shape = tuple(z.shape)
+            geometry = self.matricize.geometry(z.shape)
             m = torch.relu(self.matricize(z))
             if self.recorder is None:
                 m = self.nmf(m)
@@ -176,16 +178,9 @@ class WrappedNMF(nn.Module):
                 u, v = self.nmf.factorize(m)
                 m = u @ v.mT
                 self.recorder.append(
-                    NMFRecord(
-                        self.layer_index,
-                        u.detach(),
-                        v.detach(),
-                        shape,
-                        self.matricize,
-                        self.head_dim,
-                    )
+                    NMFRecord(self.layer_index, u.detach(), v.detach(), geometry, self.matricize)
                 )
-            z = self.matricize.inverse(m, shape)
+            z = self.matricize.inverse(m, geometry)
         return self.dropout(self.out_proj(z))
 
     def extra_repr(self) -> str:
