@@ -148,12 +148,17 @@ def parse_value(text: str) -> Any:
 
     Examples::
 
-        >>> parse_value("8,16,32"), parse_value("0.1"), parse_value("false"), parse_value("swin")
-        ([8, 16, 32], 0.1, False, 'swin')
+        >>> parse_value("8,16,32"), parse_value("1e-3"), parse_value("false"), parse_value("swin")
+        ([8, 16, 32], 0.001, False, 'swin')
     """
     text = text.strip()
     if "," in text and not text.startswith(("[", "{")):
         return [parse_value(t) for t in text.split(",") if t.strip()]
+    for number in (int, float):  # YAML 1.1 would read "1e-3" as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

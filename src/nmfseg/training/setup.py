@@ -7,9 +7,11 @@ here) and the fold folder ``OUT/<dataset>/<model>/fold_K``. Any user error is ra
 as a one-line :class:`~nmfseg.errors.NmfsegError`, before a single file is created.
 
 Resuming: with ``resume=True`` and a ``checkpoint_last.pt`` in the fold folder, the config
-stored in the checkpoint is used, so the run continues exactly as it began; only the
-runtime options (:data:`RUNTIME_KEYS`: device, workers, amp, compile, deterministic) may
-change. Without ``--resume``, a fold folder that already holds checkpoints is refused.
+stored in the checkpoint is used, so the run continues exactly as it began. The command
+may repeat the options it was started with (the same command plus ``--resume`` works), but
+an option whose value differs from the stored one is refused, except the runtime options
+(:data:`RUNTIME_KEYS`: device, workers, amp, compile, deterministic), which may change.
+Without ``--resume``, a fold folder that already holds checkpoints is refused.
 
 Folds come from ``splits.json``: the dataset folder's own file if it has one (e.g. written
 by ``nmfseg split``), else ``OUT/<dataset>/splits.json``, created on first use with the
@@ -218,7 +220,9 @@ def prepare_run(
     resume_from = None
     if resume and (fold_dir / "checkpoint_last.pt").is_file():
         resume_from = fold_dir / "checkpoint_last.pt"
-        cfg = _config_for_resume(resume_from, overrides, model_args, sources, config_file)
+        cfg = _config_for_resume(
+            resume_from, dataset, model_name, config_file, overrides, model_args, sources
+        )
         if cfg["model"]["name"] != model_name:
             raise ConfigError(f"--resume: {resume_from} was trained with {cfg['model']['name']}")
     else:
@@ -247,7 +251,7 @@ def prepare_run(
             "channels": list(scheme.channels),
             "regions": list(scheme.regions),
         }
-        cfg["fold"] = fold
+        cfg["fold"] = int(fold) if fold.isdigit() else fold
     splits_path, new_splits, split = _splits(dataset, fold_dir.parent.parent, cfg["n_folds"], fold)
     if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
         raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
@@ -268,29 +272,50 @@ def prepare_run(
     )
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and f"{prefix}{key}" != "model_args":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _config_for_resume(
     path: Path,
+    dataset: Any,
+    model_name: str,
+    config_file: str | Path | None,
     overrides: dict[str, Any],
     model_args: dict[str, Any],
     sources: dict[str, str],
-    config_file: str | Path | None,
 ) -> dict[str, Any]:
+    """The stored config, after checking that the given options do not contradict it."""
     from nmfseg.training.checkpoint import load_checkpoint
-    from nmfseg.training.config import validate_config
+    from nmfseg.training.config import load_yaml
 
-    fixed = [sources.get(k, k) for k in overrides if k not in RUNTIME_KEYS]
-    if model_args:
-        fixed.append("--model-arg")
+    stored = load_checkpoint(path)["config"]
+    new, _ = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)
+    given = dict.fromkeys(overrides)
     if config_file is not None:
-        fixed.append("--config")
-    if fixed:
+        given.update(dict.fromkeys(_flat(load_yaml(config_file))))
+    flat_new, flat_old = _flat(new), _flat(stored)
+    differ = [
+        sources.get(k, k)
+        for k in given
+        if k not in RUNTIME_KEYS and k != "model_args" and flat_new.get(k) != flat_old.get(k)
+    ]
+    differ += [
+        f"--model-arg {k}"
+        for k, v in new["model_args"].items()
+        if k in model_args and stored.get("model_args", {}).get(k) != v
+    ]
+    if differ:
         raise ConfigError(
-            f"{', '.join(fixed)}: cannot change when resuming; the run continues with the "
+            f"{', '.join(differ)}: differs from the run being resumed; it continues with the "
             f"config in {path.parent / 'config.yaml'} (only {', '.join(RUNTIME_KEYS)} may change)"
         )
-    cfg = dict(load_checkpoint(path)["config"])
-    resolved = {k: cfg.pop(k) for k in ("model", "dataset", "fold", "split") if k in cfg}
-    cfg.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
-    cfg = validate_config(cfg, sources)
-    cfg.update(resolved)
+    cfg = dict(stored)
+    cfg.update({k: new[k] for k in RUNTIME_KEYS if k in overrides})
     return cfg

@@ -32,7 +32,7 @@ Examples::
     >>> data = make_toy_dataset(f"{tmp}/Toy", "isles22", n_cases=4, shape=(20, 20, 20))
     >>> run = prepare_run(data, "segresnet", 0, f"{tmp}/runs", overrides={
     ...     "steps": 2, "patch_size": [16, 16, 16], "workers": 0, "n_folds": 2},
-    ...     model_args={"init_filters": 4})
+    ...     model_args={"init_filters": 8})
     >>> model = run_training(run, progress=False)
     >>> sorted(p.name for p in run.fold_dir.iterdir())  # doctest: +NORMALIZE_WHITESPACE
     ['checkpoint_best.pt', 'checkpoint_final.pt', 'checkpoint_last.pt', 'config.yaml',
@@ -162,10 +162,11 @@ class _Trainer:
     def _make_dirs(self) -> None:
         if not self.ctx.is_main:
             return
-        for path in (self.run.dataset_dir, self.run.fold_dir):
-            if not path.exists():
-                self._created.append(path)
-        self.run.fold_dir.mkdir(parents=True, exist_ok=True)
+        fold_dir = self.run.fold_dir.absolute()
+        top = next((p for p in (fold_dir, *fold_dir.parents) if p.parent.exists()), None)
+        if top is not None and not top.exists():
+            self._created.append(top)  # the outermost folder this run creates
+        fold_dir.mkdir(parents=True, exist_ok=True)
 
     def _cleanup(self) -> None:
         """Remove what this invocation created (a failed setup leaves no partial output)."""
@@ -361,6 +362,8 @@ class _Trainer:
         except NmfsegError:
             self._cleanup()
             raise
+        for note in self.run.notes:
+            self._say(note)
         if ctx.is_main:
             if self.run.new_splits is not None and not self.run.splits_path.exists():
                 from nmfseg.data.splits import save_splits
@@ -368,8 +371,6 @@ class _Trainer:
                 save_splits(self.run.new_splits, self.run.splits_path)
             save_config(cfg, self.run.fold_dir / "config.yaml")
         self._build()
-        for note in self.run.notes:
-            self._say(note)
         kill_at = int(os.environ.get(_KILL_ENV, "0") or 0)
         t0 = time.perf_counter()
         time_offset = float(self.history[-1].get("time", 0.0)) if self.history else 0.0

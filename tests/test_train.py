@@ -1,0 +1,259 @@
+"""``nmfseg train`` end to end on tiny datasets: folder layout, validation Dice, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from nmfseg.cli import app
+from nmfseg.data.formats import load_case, open_dataset
+from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.schemes import labels_to_regions
+from nmfseg.data.toy import make_toy_dataset
+from nmfseg.evaluation.metrics import dice_score
+from nmfseg.inference.sliding_window import sliding_window_predict
+from nmfseg.training.checkpoint import load_checkpoint, load_model
+
+runner = CliRunner()
+
+# A tiny Factorizer (head_dim 4 -> widths divisible by 4) on 16^3 patches: a step is ~0.1 s.
+TINY = {
+    "isles22": ("swin_factorizer_isles", "channels=4,8,16,32,64"),
+    "brats2023": ("local_factorizer_brats", "channels=8,16,32,64,128"),
+    "msd_brats": ("swin_factorizer_brats", "channels=8,16,32,64,128"),
+}
+
+
+def train_args(data: Path, out: Path, fmt: str, *extra: str, steps: int = 2) -> list[str]:
+    model, channels = TINY[fmt]
+    return [
+        "train", str(data), "--model", model, "--fold", "1", "--out", str(out),
+        "--steps", str(steps), "--patch-size", "16", "--n-folds", "2", "--workers", "0",
+        "--val-every", "2", "--log-every", "1", "--model-arg", channels, "--seed", "3",
+        "--device", "cpu", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    shapes = {"isles22": (18, 20, 17), "brats2023": (20, 18, 22), "msd_brats": (17, 17, 17)}
+    return {
+        fmt: make_toy_dataset(root / f"Toy_{fmt}", fmt, n_cases=4, shape=shape, seed=1)
+        for fmt, shape in shapes.items()
+    }
+
+
+@pytest.mark.parametrize("fmt", ["isles22", "brats2023"])
+def test_train_end_to_end_writes_the_whole_fold_folder(toy, tmp_path, fmt):
+    data, out = toy[fmt], tmp_path / "runs"
+    result = runner.invoke(app, train_args(data, out, fmt))
+    assert result.exit_code == 0, result.output
+    model_name = TINY[fmt][0]
+    fold = out / data.name / model_name / "fold_1"
+    assert "validation Dice" in result.output
+    names = {p.name for p in fold.iterdir()}
+    assert names == {
+        "config.yaml", "log.csv", "progress.png", "validation",
+        "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_final.pt",
+    }  # fmt: skip
+    assert (out / data.name / "splits.json").is_file()
+    assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cfg = yaml.safe_load((fold / "config.yaml").read_text())
+    dataset = open_dataset(data)
+    scheme = dataset.scheme
+    assert cfg["patch_size"] == [16, 16, 16] and cfg["steps"] == 2 and cfg["seed"] == 3
+    assert cfg["optimizer"] == {
+        "lr": 1e-4,
+        "weight_decay": 1e-2,
+        "betas": [0.9, 0.999],
+        "grad_clip": None,
+    }
+    assert cfg["dataset"]["format"] == fmt and cfg["dataset"]["scheme"]["name"] == scheme.name
+    assert cfg["dataset"]["channels"] == list(scheme.channels)
+    assert cfg["dataset"]["regions"] == list(scheme.regions)
+    assert cfg["model"]["kwargs"]["in_channels"] == scheme.in_channels
+    assert cfg["model"]["kwargs"]["out_channels"] == scheme.out_channels
+    assert cfg["fold"] == 1
+
+    with open(fold / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert rows[1]["val_dice"] and not rows[0]["val_dice"]
+
+    ckpt = load_checkpoint(fold / "checkpoint_final.pt")
+    for key in ("model_name", "model_kwargs", "model", "optimizer", "scheduler", "step", "rng",
+                "config", "scheme", "nmfseg_version"):  # fmt: skip
+        assert key in ckpt
+    assert ckpt["step"] == 2 and ckpt["model_name"] == model_name and ckpt["scheme"] == scheme.name
+    assert {"python", "numpy", "torch", "sampler"} <= set(ckpt["rng"])
+
+    # validation/summary.json: recompute every case independently in the original grid.
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    splits = json.loads((out / data.name / "splits.json").read_text())
+    assert [c["case_id"] for c in summary["per_case"]] == splits[1]["val"]
+    model, config = load_model(fold)
+    assert config["patch_size"] == [16, 16, 16] and not model.training
+    for entry in summary["per_case"]:
+        case = load_case(dataset.get(entry["case_id"]))
+        image, _, record = preprocess_case(case.image, case.label)
+        probs = sliding_window_predict(model, image, (16, 16, 16), overlap=0.5)
+        pred = uncrop((probs >= 0.5).numpy(), record)
+        truth = labels_to_regions(case.label, scheme)
+        for r, name in enumerate(scheme.regions):
+            assert entry["dice"][name] == pytest.approx(dice_score(pred[r], truth[r]), abs=1e-9)
+    for name in scheme.regions:
+        mean = np.mean([c["dice"][name] for c in summary["per_case"]])
+        assert summary["mean"][name] == pytest.approx(mean)
+
+
+def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
+    data, fmt = toy["msd_brats"], "msd_brats"
+    steps = ["--checkpoint-every", "2", "--val-every", "4"]
+    # Uninterrupted, no DataLoader workers.
+    a = tmp_path / "a"
+    result = runner.invoke(app, train_args(data, a, fmt, *steps, steps=4))
+    assert result.exit_code == 0, result.output
+    # Killed with SIGKILL right after step 3 (checkpoint of step 2 on disk), with 2 workers.
+    b = tmp_path / "b"
+    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3"}
+    args = train_args(data, b, fmt, *steps, "--workers", "2", steps=4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmfseg", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    fold_b = b / data.name / TINY[fmt][0] / "fold_1"
+    assert load_checkpoint(fold_b / "checkpoint_last.pt")["step"] == 2
+    assert not (fold_b / "checkpoint_final.pt").exists()
+    # Resume: same command plus --resume.
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+
+    fold_a = a / data.name / TINY[fmt][0] / "fold_1"
+    for name in ("checkpoint_final.pt",):
+        ca, cb = load_checkpoint(fold_a / name), load_checkpoint(fold_b / name)
+        assert ca["step"] == cb["step"]
+        assert ca["model"].keys() == cb["model"].keys()
+        for key, tensor in ca["model"].items():
+            assert torch.equal(tensor, cb["model"][key]), key
+        for sa, sb in zip(
+            ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True
+        ):
+            assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq"))
+        assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"]
+    with open(fold_b / "log.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    # Dropout is on: without the per-step reseeding, the resumed run would draw other masks.
+    model, _ = load_model(fold_b)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
+    data, fmt = toy["isles22"], "isles22"
+    out = tmp_path / "runs"
+    assert runner.invoke(app, train_args(data, out, fmt, steps=2)).exit_code == 0
+    fold = out / data.name / TINY[fmt][0] / "fold_1"
+    before = load_checkpoint(fold / "checkpoint_final.pt")["model"]
+    (fold / "validation" / "summary.json").unlink()
+    result = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (fold / "validation" / "summary.json").is_file()
+    after = load_checkpoint(fold / "checkpoint_final.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # Without --resume the finished run is not overwritten.
+    again = runner.invoke(app, train_args(data, out, fmt, steps=2))
+    assert again.exit_code == 1 and "--resume" in again.output
+    # Resuming with a different recipe value is refused, a runtime option is fine.
+    bad = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--lr", "0.1"])
+    assert bad.exit_code == 1 and "--lr: differs from the run being resumed" in bad.output
+    ok = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--workers", "1"])
+    assert ok.exit_code == 0, ok.output
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_label_dataset(root: Path) -> Path:
+    import nibabel as nib
+
+    data = make_toy_dataset(root / "BadLabels", "isles22", n_cases=4, shape=(12, 12, 12))
+    label_path = next(data.glob("derivatives/**/*_msk.nii*"))
+    img = nib.load(label_path)
+    arr = np.asarray(img.dataobj).copy()
+    arr[0, 0, 0] = 7  # not a label of the ISLES'22 scheme
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), label_path)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "no_such_net"}, "--model 'no_such_net': unknown network"),
+        ({"--steps": "abc"}, "--steps: must be an integer"),
+        ({"--steps": "0"}, "--steps: must be an integer >= 1"),
+        ({"--patch-size": "16,0,16"}, "--patch-size: must be"),
+        ({"--lr": "-1"}, "--lr: must be a number"),
+        ({"--amp": "fp16"}, "--amp: must be one of"),
+        ({"--device": "tpu"}, "--device: must be cpu, cuda"),
+        ({"--fold": "7"}, "--fold 7 is out of range"),
+        ({"--fold": "x"}, "--fold 'x'"),
+        ({"--set": "augmentation.flip.p=0"}, "unknown config key 'augmentation.flip.p'"),
+        ({"--set": "augmentation.noise.variance=0.1,0.0"}, "augmentation.noise.variance"),
+        ({"--model-arg": "no_such_arg=1"}, "no_such_arg"),
+        ({"--model-arg": "in_channels=3"}, "in_channels=3"),
+        ({"--warmup-steps": "10"}, "--warmup-steps: warm-up (10 steps) must be shorter"),
+        ({"--config": "MISSING"}, "--config"),
+        ({"--config": "BADYAML"}, "not valid YAML"),
+        ({"--config": "UNKNOWNKEY"}, "unknown config key 'optimiser'"),
+        ({"DATA": "NOLABELS"}, "has no labels"),
+        ({"DATA": "MISSING"}, "no such folder"),
+        ({"DATA": "BADLABELS"}, "_msk.nii.gz"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1_and_leaves_no_output(toy, tmp_path, change, message):
+    data, out = toy["isles22"], tmp_path / "runs"
+    args = train_args(data, out, "isles22")
+    (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
+    (tmp_path / "unknown.yaml").write_text("optimiser: {lr: 0.1}\n")
+    files = {
+        "MISSING": str(tmp_path / "missing"),
+        "BADYAML": str(tmp_path / "bad.yaml"),
+        "UNKNOWNKEY": str(tmp_path / "unknown.yaml"),
+    }
+    if change.get("DATA") == "NOLABELS":
+        files["NOLABELS"] = str(
+            make_toy_dataset(tmp_path / "NoLabels", "isles22", with_labels=False)
+        )
+    if change.get("DATA") == "BADLABELS":
+        files["BADLABELS"] = str(_bad_label_dataset(tmp_path))
+    for option, value in change.items():
+        value = files.get(value, value)
+        if option == "DATA":
+            args[1] = value
+        elif option in args:
+            args[args.index(option) + 1] = value
+        else:
+            args += [option, value]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nmfseg: error: "), result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
