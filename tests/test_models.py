@@ -38,7 +38,7 @@ def test_registry_lists_the_paper_presets_and_the_baseline():
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown model 'unet'.*swin_factorizer_brats"):
+    with pytest.raises(ConfigError, match=r"unknown model 'unet'.*swin_factorizer_brats"):
         create_model("unet")
     with pytest.raises(ConfigError, match="unknown model"):
         model_info("unet")
