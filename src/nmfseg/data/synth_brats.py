@@ -188,7 +188,7 @@ def synth_brats_case(
     whole = np.isin(parts, keep) & brain[box]
     core &= whole
 
-    kind = rng.choice(["rim", "solid", "non-enhancing"], p=[0.66, 0.16, 0.18])
+    kind = rng.choice(["rim", "solid", "non-enhancing"], p=[0.72, 0.16, 0.12])
     necrosis_level = rng.uniform(0.4, 0.75)
     inner = core_score + 0.12 * smooth_noise(rng, bshape, max(core_mm / sp * 0.3, 1.2))
     if kind == "rim":
@@ -213,7 +213,7 @@ def synth_brats_case(
     lesion = {k: v * rng.uniform(0.9, 1.1, size=4).astype(np.float32) for k, v in _LESION.items()}
     core_contrast = lesion["net"] if kind == "non-enhancing" else lesion["ncr"]
     base = clean[(slice(None), *box)]
-    fade = np.clip((1.0 - wt_score) / 0.35, 0.35, 1.0)  # edema weakest at its border
+    fade = np.clip((1.0 - wt_score) / 0.35, 0.5, 1.0)  # edema weakest at its border
     blur = 0.6  # voxels of partial-volume blur at region borders
     painted = base.copy()
     for mask, contrast, het, strength_map in (
