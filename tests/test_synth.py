@@ -276,6 +276,7 @@ def test_written_datasets_read_back_exactly(tmp_path, kind, fmt, make):
         assert np.array_equal(got.astype(bool), want)
     manifest = json.loads((root / MANIFEST).read_text())
     assert manifest["kind"] == kind and manifest["format"] == expected_fmt
+    assert manifest["complete"] is True
     assert [c["seed"] for c in manifest["cases"]] == [[4, 0], [4, 1]]
     import matplotlib.image
 
@@ -293,6 +294,27 @@ def test_parallel_workers_give_the_same_files(tmp_path):
     for a, b in zip(open_dataset(one).cases, open_dataset(two).cases, strict=True):
         da, db = load_case(a), load_case(b)
         assert np.array_equal(da.image, db.image) and np.array_equal(da.label, db.label)
+
+
+def test_an_interrupted_run_is_marked_incomplete_and_can_be_overwritten(tmp_path, monkeypatch):
+    import nmfseg.data.synth as synth
+
+    real = synth._make_case
+
+    def failing(job):
+        if job["index"] == 1:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(synth, "_make_case", failing)
+    out = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_dataset("isles", out, 2, spacing=SP, progress=False, overview=0)
+    assert json.loads((out / MANIFEST).read_text())["complete"] is False
+    monkeypatch.setattr(synth, "_make_case", real)
+    synthesize_dataset("isles", out, 2, spacing=SP, progress=False, overview=0, overwrite=True)
+    assert json.loads((out / MANIFEST).read_text())["complete"] is True
+    assert len(open_dataset(out)) == 2
 
 
 # --------------------------------------------------------------------------- CLI

@@ -344,6 +344,21 @@ def synthesize_dataset(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     out = Path(out).expanduser()
     _prepare_out(out, overwrite)
+    from nmfseg import __version__
+
+    manifest: dict[str, Any] = {
+        "generator": "nmfseg synth",
+        "version": __version__,
+        "complete": False,  # until every case is written (an interrupted run can be overwritten)
+        "kind": kind,
+        "format": fmt,
+        "seed": int(seed),
+        "n_cases": int(n_cases),
+        "spacing_mm": float(spacing),
+        "shape": list(shape) if shape is not None else None,
+        "channels": list(spec["channels"]),
+    }
+    write_json(out / MANIFEST, manifest)
 
     jobs = [
         {
@@ -377,20 +392,7 @@ def synthesize_dataset(
     if overview > 0:
         slices = [(r["case_id"], *r.pop("slice")) for r in results if "slice" in r]
         save_overview(out / OVERVIEW, slices, spec["channels"], spec["labels"])
-    from nmfseg import __version__
-
-    manifest = {
-        "generator": "nmfseg synth",
-        "version": __version__,
-        "kind": kind,
-        "format": fmt,
-        "seed": int(seed),
-        "n_cases": len(jobs),
-        "spacing_mm": float(spacing),
-        "shape": list(shape) if shape is not None else None,
-        "channels": list(spec["channels"]),
-        "cases": results,
-    }
+    manifest |= {"complete": True, "cases": results}
     write_json(out / MANIFEST, json.loads(json.dumps(manifest)))
     return out
 
