@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -20,26 +21,41 @@ from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.preprocess import preprocess_case, uncrop
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.data.toy import make_toy_dataset
+from nmfseg.errors import DataError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.inference.sliding_window import sliding_window_predict
-from nmfseg.training.checkpoint import load_checkpoint, load_model
+from nmfseg.training.checkpoint import (
+    CHECKPOINT_NAMES,
+    atomic_save,
+    capture_rng_state,
+    find_checkpoint,
+    load_checkpoint,
+    load_model,
+    restore_rng_state,
+)
+from nmfseg.training.config import load_recipe, recipe_for_scheme, validate_config
+from nmfseg.training.setup import prepare_run
+from nmfseg.training.trainer import WarmupCosine
 
 runner = CliRunner()
 
-# A tiny Factorizer (head_dim 4 -> widths divisible by 4) on 16^3 patches: a step is ~0.1 s.
+# Tiny Factorizers (ISLES presets: head_dim 4, so widths 4..64 work) on 16^3 patches. The
+# trainer sets in/out channels from the data, so an ISLES preset trains on BraTS data too.
 TINY = {
     "isles22": ("swin_factorizer_isles", "channels=4,8,16,32,64"),
-    "brats2023": ("local_factorizer_brats", "channels=8,16,32,64,128"),
-    "msd_brats": ("swin_factorizer_brats", "channels=8,16,32,64,128"),
-}
+    "brats2023": ("local_factorizer_isles", "channels=4,8,16,32,64"),
+    # SegResNet (one output) with dropout: the resume test needs dropout, and speed.
+    "msd_brats": ("segresnet", "init_filters=8", "--model-arg", "blocks_down=1,1,1,1",
+                  "--model-arg", "dropout=0.2"),
+}  # fmt: skip
 
 
 def train_args(data: Path, out: Path, fmt: str, *extra: str, steps: int = 2) -> list[str]:
-    model, channels = TINY[fmt]
+    model, *model_args = TINY[fmt]
     return [
         "train", str(data), "--model", model, "--fold", "1", "--out", str(out),
         "--steps", str(steps), "--patch-size", "16", "--n-folds", "2", "--workers", "0",
-        "--val-every", "2", "--log-every", "1", "--model-arg", channels, "--seed", "3",
+        "--val-every", "2", "--log-every", "1", "--model-arg", *model_args, "--seed", "3",
         "--device", "cpu", "--quiet", *extra,
     ]  # fmt: skip
 
@@ -161,7 +177,9 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
     # Dropout is on: without the per-step reseeding, the resumed run would draw other masks.
     model, _ = load_model(fold_b)
-    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    assert any(
+        isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()
+    )
 
 
 def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
@@ -182,7 +200,7 @@ def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
     # Resuming with a different recipe value is refused, a runtime option is fine.
     bad = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--lr", "0.1"])
     assert bad.exit_code == 1 and "--lr: differs from the run being resumed" in bad.output
-    ok = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--workers", "1"])
+    ok = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--amp", "bf16"])
     assert ok.exit_code == 0, ok.output
 
 
@@ -257,3 +275,92 @@ def test_bad_input_is_one_line_exit_1_and_leaves_no_output(toy, tmp_path, change
     assert message in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- config, checkpoints
+
+
+PAPER_AUGMENTATION = {
+    "affine": {"prob": 0.15, "rotate_deg": [-30.0, 30.0], "scale": [0.7, 1.3]},
+    "flip": {"prob": 0.5},
+    "noise": {"prob": 0.15, "variance": [0.0, 0.1]},
+    "smooth": {"prob": 0.15, "sigma": [0.5, 1.5]},
+    "scale_intensity": {"prob": 0.15, "factor": [0.7, 1.3]},
+    "shift_intensity": {"prob": 0.15, "offset": [-0.1, 0.1]},
+    "contrast": {"prob": 0.15, "gamma": [0.7, 1.5]},
+}
+
+
+@pytest.mark.parametrize(("recipe", "patch"), [("brats", 128), ("isles", 64), ("default", None)])
+def test_shipped_recipes_hold_the_paper_values(recipe, patch):
+    cfg = validate_config(load_recipe(recipe))
+    assert cfg["patch_size"] == (None if patch is None else [patch] * 3)
+    assert (cfg["batch_size"], cfg["steps"], cfg["scheduler"]["warmup_steps"]) == (2, 100000, 2000)
+    assert cfg["optimizer"]["lr"] == 1e-4 and cfg["optimizer"]["weight_decay"] == 1e-2
+    assert cfg["loss"] == {"dice_eps": 1e-5, "ds_weights": [1.0, 0.5, 0.25], "ds_target": "nearest"}
+    assert cfg["augmentation"] == PAPER_AUGMENTATION
+    assert cfg["validation"]["overlap"] == 0.5 and cfg["validation"]["threshold"] == 0.5
+    assert cfg["amp"] is None and cfg["compile"] is False
+
+
+def test_recipe_follows_the_scheme_and_the_preset_patch(toy, tmp_path):
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.models import model_info
+
+    assert [recipe_for_scheme(s) for s in SCHEMES] == [
+        "brats", "brats", "brats", "isles", "default"
+    ]  # fmt: skip
+    nnunet = make_toy_dataset(tmp_path / "Dataset001_Toy", "nnunet", n_cases=5, shape=(12,) * 3)
+    run = prepare_run(
+        nnunet, "swin_factorizer_brats", 0, tmp_path / "runs",
+        overrides={"steps": 10}, model_args={"channels": [8, 16, 32, 64, 128]},
+    )  # fmt: skip
+    assert run.config["patch_size"] == list(model_info("swin_factorizer_brats")["patch_size"])
+    assert run.config["scheduler"]["warmup_steps"] == 0 and run.notes  # 2000 >= 10 steps
+    assert not (tmp_path / "runs").exists()  # preparing writes nothing
+
+
+def test_find_checkpoint_prefers_final_then_best_then_last(tmp_path):
+    for step, name in enumerate(CHECKPOINT_NAMES[::-1]):
+        atomic_save({"step": step}, tmp_path / name)
+    assert not list(tmp_path.glob(".*"))  # atomic writes leave no temporary files
+    for name in CHECKPOINT_NAMES:
+        assert find_checkpoint(tmp_path) == tmp_path / name
+        (tmp_path / name).unlink()
+    with pytest.raises(DataError, match="no checkpoint"):
+        find_checkpoint(tmp_path)
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot load checkpoint"):
+        load_model(tmp_path)
+
+
+def test_rng_state_round_trip():
+    import random
+
+    state = capture_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    restore_rng_state(torch.load(_save(state), weights_only=True))
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def _save(obj) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_warmup_cosine_schedule():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup=4, total=20))
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4])  # linear warm-up
+    assert lrs[4] == pytest.approx(1e-4) and all(np.diff(lrs[4:]) < 0)  # then cosine down
+    assert lrs[12] == pytest.approx(0.5e-4)  # half-way through the cosine
+    assert 0 < lrs[-1] < 1e-6
