@@ -41,7 +41,12 @@ def _key_value(text: str, option: str) -> tuple[str, Any]:
 
 def train(
     data_dir: Path = typer.Argument(..., help="Labelled dataset folder in any supported format."),
-    model: str = typer.Option(..., "--model", "-m", help="Network name (see nmfseg complexity)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Network name, e.g. swin_factorizer_brats (see nmfseg complexity).",
+    ),
     fold: str = typer.Option("0", "--fold", "-f", help="Fold to train: 0..n_folds-1, or 'all'."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Results root; the run goes to OUT/<dataset>/<model>/fold_K."
@@ -103,8 +108,9 @@ def train(
     """Train MODEL on fold K of DATA_DIR with the paper's recipe (configs/brats.yaml, isles.yaml).
 
     Writes OUT/<dataset>/<model>/fold_K/: config.yaml, log.csv, progress.png,
-    checkpoint_{last,best,final}.pt and validation/summary.json. Multi-GPU / multi-node:
-    run the same command under `torchrun --nproc_per_node N -m nmfseg train ...`.
+    checkpoint_{last,best,final}.pt and validation/summary.json.
+
+    Multi-GPU / multi-node: the same command under `torchrun --nproc_per_node N -m nmfseg train`.
     """
     from nmfseg.errors import ConfigError
     from nmfseg.training.config import parse_value
