@@ -1,0 +1,84 @@
+"""The demo job end to end on a tiny configuration (a few phantoms, a few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nmfseg.cli import app
+
+TINY = {
+    "data": {"train_cases": 5, "test_cases": 1, "seed": 3, "spacing": 4.0, "workers": 1},
+    "fold": 0,
+    "train": {
+        "steps": 2,
+        "batch_size": 1,
+        "patch_size": [32, 32, 32],
+        "workers": 0,
+        "val_every": 2,
+        "checkpoint_every": 1,
+        "log_every": 1,
+        "optimizer": {"lr": 1.0e-3},
+        "scheduler": {"warmup_steps": 0},
+    },
+    "models": {
+        "swin_factorizer_brats": {"channels": [8, 16, 32, 64, 128], "patch_size": 4},
+        "segresnet": {"init_filters": 8},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("demo")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    result = CliRunner().invoke(app, ["demo", "--out", str(root / "out"), "--config", str(config)])
+    return root / "out", result
+
+
+def test_demo_writes_a_complete_report(demo_run: tuple[Path, object]) -> None:
+    out, result = demo_run
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    for model in TINY["models"]:
+        assert f"| {model} | 1 |" in report  # one row per model, one held-out case
+        summary = json.loads((out / "reports" / model / "summary.json").read_text())
+        assert set(summary["metrics"]["dice"]) >= {"ET", "TC", "WT"}
+        assert (out / "predictions" / model / "BRATS_001.nii.gz").is_file()
+        assert (out / "figures" / f"progress_{model}.png").stat().st_size > 0
+    assert (out / "figures" / "overlays.png").stat().st_size > 0
+    # Fig. 6 maps exist for the Factorizer only (SegResNet has no NMF layer).
+    assert (out / "figures" / "nmf_swin_factorizer_brats.png").is_file()
+    assert not (out / "figures" / "nmf_segresnet.png").exists()
+    assert "5 training phantoms" in report and "1 held-out" in report
+
+
+def test_demo_rerun_reuses_finished_work(demo_run: tuple[Path, object]) -> None:
+    out, first = demo_run
+    assert first.exit_code == 0
+    stamp = (out / "runs").rglob("checkpoint_final.pt")
+    mtimes = {p: p.stat().st_mtime_ns for p in stamp}
+    config = out.parent / "tiny.yaml"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "reusing" in result.output
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_demo_rejects_unknown_model(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "nope"])
+    assert result.exit_code == 1
+    assert "nope" in result.output and "Traceback" not in result.output
+
+
+def test_demo_rejects_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {}\n")
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert result.exit_code == 1
+    assert "missing the 'train' section" in result.output
