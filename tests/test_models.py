@@ -306,3 +306,66 @@ def test_layers_match_their_references():
     nn.init.normal_(norm.bias)
     ref = nn.functional.layer_norm(x.permute(0, 2, 3, 4, 1), (6,), norm.weight, norm.bias)
     torch.testing.assert_close(norm(x), ref.permute(0, 4, 1, 2, 3))
+
+
+def test_fused_cpu_kernels_have_correct_gradients():
+    from nmfseg.layers.mlp import _FusedMLP
+    from nmfseg.layers.norm import _LayerNormPointwise
+
+    torch.manual_seed(0)
+    kw = dict(dtype=torch.float64, requires_grad=True)
+    x, g, b = torch.randn(2, 5, 7, **kw), torch.randn(5, **kw), torch.randn(5, **kw)
+    w, bias = torch.randn(3, 5, **kw), torch.randn(3, **kw)
+    assert torch.autograd.gradcheck(
+        lambda *a: _LayerNormPointwise.apply(*a, 1e-5), (x, g, b, w, bias)
+    )
+    assert torch.autograd.gradcheck(
+        lambda *a: _LayerNormPointwise.apply(*a, None, 1e-5), (x, g, b, w)
+    )
+    w1, b1 = torch.randn(8, 5, **kw), torch.randn(8, **kw)
+    w2, b2 = torch.randn(5, 8, **kw), torch.randn(5, **kw)
+
+    def mlp(*args):
+        torch.manual_seed(3)  # the same dropout mask in every evaluation
+        return _FusedMLP.apply(*args, 1e-5, 0.4)
+
+    assert torch.autograd.gradcheck(mlp, (x, g, b, w1, b1, w2, b2))
+
+
+def test_fused_and_plain_paths_agree_in_train_mode():
+    """The fused CPU path (training) against the module-by-module path, gradients included."""
+    from nmfseg.layers import unfused
+
+    model = small("swin_factorizer_isles", dropout=0.0).double().train()
+    x = torch.randn(1, 2, 18, 16, 20, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        if fused:
+            outs = model(x)
+        else:
+            with unfused():
+                outs = model(x)
+        sum(
+            (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outs
+        ).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_masks_at_the_requested_rate_and_scale():
+    from nmfseg.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1)
+    x = torch.ones(200, 1000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.5)

@@ -113,7 +113,7 @@ def _conv_flops(module: nn.Module, x: Tensor, out: Tensor) -> int:
 
 @contextmanager
 def _counting(model: nn.Module, tally: dict[str, int]):
-    from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding, WrappedNMF
+    from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding, WrappedNMF, unfused
     from nmfseg.models.factorizer import FactorizerBlock
 
     def hook(module: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
@@ -140,7 +140,8 @@ def _counting(model: nn.Module, tally: dict[str, int]):
             swapped.append((layer, layer.nmf))
             layer.nmf = _CountingNMF(layer.nmf, tally)
     try:
-        yield
+        with unfused():  # every layer's forward (and hook) runs
+            yield
     finally:
         for h in handles:
             h.remove()

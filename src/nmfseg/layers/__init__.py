@@ -1,8 +1,9 @@
 """Layers of the Factorizer networks: channel LayerNorm, pointwise conv, MLP, position
 embedding and the Wrapped NMF subblock."""
 
+from nmfseg.layers.dropout import Dropout, dropout
 from nmfseg.layers.mlp import MLP
-from nmfseg.layers.norm import LayerNorm
+from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise, unfused
 from nmfseg.layers.pointwise import PointwiseConv, is_channels_last
 from nmfseg.layers.pos_embed import PositionEmbedding
 from nmfseg.layers.wrapped_nmf import MATRICIZE_KINDS, NMFRecord, WrappedNMF, factor_maps
@@ -10,11 +11,15 @@ from nmfseg.layers.wrapped_nmf import MATRICIZE_KINDS, NMFRecord, WrappedNMF, fa
 __all__ = [
     "MATRICIZE_KINDS",
     "MLP",
+    "Dropout",
     "LayerNorm",
     "NMFRecord",
     "PointwiseConv",
     "PositionEmbedding",
     "WrappedNMF",
+    "dropout",
     "factor_maps",
     "is_channels_last",
+    "layer_norm_pointwise",
+    "unfused",
 ]

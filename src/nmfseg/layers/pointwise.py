@@ -16,13 +16,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PointwiseConv", "is_channels_last"]
+__all__ = ["PointwiseConv", "channel_mm", "channel_wgrad", "is_channels_last"]
 
 
 def is_channels_last(x: Tensor) -> bool:
     """Whether ``x (B, C, *spatial)`` is stored with channels innermost (and not also
     channels-first contiguous, as a tensor with one voxel or one channel is)."""
     return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+
+
+def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``weight @ x[b] (+ bias)`` for every ``b``: ``(O, C) × (B, C, N) → (B, O, N)``.
+
+    Uses 2-D GEMMs (``addmm``), which take transposed operands without copying them.
+    """
+    if x.shape[0] == 1:
+        out = torch.mm(weight, x[0]) if bias is None else torch.addmm(bias[:, None], weight, x[0])
+        return out.unsqueeze(0)
+    out = torch.matmul(weight, x)
+    return out if bias is None else out.add_(bias[:, None])
+
+
+def channel_wgrad(dy: Tensor, x: Tensor) -> Tensor:
+    """``Σ_b dy[b] @ x[b]ᵀ``: the weight gradient of :func:`channel_mm`, ``(O, C)``."""
+    out = torch.mm(dy[0], x[0].t())
+    for b in range(1, dy.shape[0]):
+        out.addmm_(dy[b], x[b].t())
+    return out
 
 
 class PointwiseConv(nn.Module):
@@ -61,10 +81,10 @@ class PointwiseConv(nn.Module):
             return F.linear(x.movedim(1, -1), self.weight, self.bias).movedim(-1, 1)
         b, _, *spatial = x.shape
         flat = x.reshape(b, self.in_channels, -1)
-        if self.bias is None:
+        if b == 1:
+            out = channel_mm(self.weight, flat, self.bias)
+        elif self.bias is None:
             out = torch.matmul(self.weight, flat)
-        elif b == 1:
-            out = torch.addmm(self.bias.unsqueeze(-1), self.weight, flat[0]).unsqueeze(0)
         else:
             out = torch.baddbmm(self.bias.view(1, -1, 1), self.weight.expand(b, -1, -1), flat)
         return out.view(b, self.out_channels, *spatial)

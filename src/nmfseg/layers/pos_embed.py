@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmfseg.layers.dropout import Dropout
+
 __all__ = ["PositionEmbedding"]
 
 
@@ -42,7 +44,7 @@ class PositionEmbedding(nn.Module):
         self.grid = grid
         self.pos = nn.Parameter(torch.empty(1, channels, *grid))
         nn.init.normal_(self.pos, std=1.0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def embedding(self, spatial_size: Sequence[int]) -> Tensor:
         """The embedding at ``spatial_size`` (interpolated when it differs from the grid)."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nmfseg.layers.dropout import Dropout
+from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise
 from nmfseg.layers.pointwise import PointwiseConv
 from nmfseg.matricize import MATRICIZE_KINDS, MatricizeGeometry, build_matricize
 from nmfseg.nmf import NMF, SOLVERS
@@ -160,13 +162,14 @@ class WrappedNMF(nn.Module):
         self.matricize = build_matricize(matricize, head_dim, patch_size, spatial_dims)
         self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
         self.out_proj = PointwiseConv(channels, channels, bias=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.enabled = True
         self.layer_index = -1
         self.recorder: list[NMFRecord] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.in_proj(x)
+    def forward(self, x: Tensor, norm: LayerNorm | None = None) -> Tensor:
+        """``WrappedNMF(norm(x))`` (``WrappedNMF(x)`` without ``norm``)."""
+        z = self.in_proj(x) if norm is None else layer_norm_pointwise(x, norm, self.in_proj)
         if not self.enabled:
             z = torch.relu(z)
         else:

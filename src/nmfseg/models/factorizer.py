@@ -45,12 +45,14 @@ from torch.utils.checkpoint import checkpoint
 from nmfseg.layers import (
     MATRICIZE_KINDS,
     MLP,
+    Dropout,
     LayerNorm,
     NMFRecord,
     PointwiseConv,
     PositionEmbedding,
     WrappedNMF,
 )
+from nmfseg.layers.norm import fusable
 from nmfseg.models._registry import register_model
 from nmfseg.nmf import SOLVERS
 
@@ -116,9 +118,9 @@ class FactorizerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.nmf is not None:
-            x = x + self.nmf(self.norm1(x))
+            x = x + self.nmf(x, norm=self.norm1)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = x + self.mlp(x, norm=self.norm2)
         return x
 
 
@@ -144,12 +146,21 @@ class _DecoderStage(nn.Module):
         super().__init__()
         self.up = up
         self.proj = PointwiseConv(2 * channels, channels, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.block = block
 
+    def _project(self, skip: Tensor, up: Tensor) -> Tensor:
+        """``proj(cat([skip, up]))`` as ``W_skip · skip + W_up · up``: no concatenated copy,
+        and backward keeps only ``up`` (``skip`` is stored by the down-sampling anyway)."""
+        if not fusable(up) or up.shape[0] != 1:
+            return self.proj(torch.cat([skip, up], dim=1))
+        c = skip.shape[1]
+        w = self.proj.weight
+        out = torch.mm(w[:, :c], skip.reshape(c, -1)).addmm_(w[:, c:], up.reshape(c, -1))
+        return out.view(1, c, *up.shape[2:])
+
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = torch.cat([skip, self.up(x)], dim=1)
-        return self.block(self.drop(self.proj(x)))
+        return self.block(self.drop(self._project(skip, self.up(x))))
 
 
 class Factorizer(nn.Module):

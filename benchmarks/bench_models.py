@@ -1,0 +1,136 @@
+"""Benchmark: Swin Factorizer (BraTS preset) vs MONAI SegResNet, forward and forward+backward.
+
+Each configuration runs in its own subprocess, so that its peak memory is measured alone:
+the peak is ``ru_maxrss`` at the end minus the resident size once the model and the input
+exist (activations, gradients and temporaries of one step; weights excluded). Times are the
+median of ``--repeats`` runs after one warm-up run, with ``torch.set_num_threads(--threads)``.
+
+Forward is inference (``eval()`` under ``torch.inference_mode()``); forward+backward is one
+training step without the optimizer (``train()``, every deep-supervision output in the
+loss). Both models are measured in the same invocation, so the ratio is meaningful on a
+shared machine even when absolute times are not.
+
+Usage::
+
+    python benchmarks/bench_models.py                 # 64³ and 128³, 2 threads
+    python benchmarks/bench_models.py --sizes 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = {
+    "swin_factorizer": ("swin_factorizer_brats", {}),
+    "segresnet": ("segresnet", dict(init_filters=32, blocks_down=(1, 2, 2, 4))),
+}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> dict:
+    """Measure one configuration in this process; returns times (s) and peak memory (MB)."""
+    import torch
+
+    import nmfseg
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    name, overrides = MODELS[model_key]
+    model = nmfseg.create_model(name, **overrides)
+    x = torch.randn(1, 4, size, size, size)
+    base = _rss_mb()
+
+    def step() -> None:
+        if mode == "fwd":
+            model.eval()
+            with torch.inference_mode():
+                model(x)
+        else:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            outs = model(x)
+            loss = sum(o.float().mean() for o in outs)
+            loss.backward()
+
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB on Linux
+    return {
+        "model": model_key,
+        "size": size,
+        "mode": mode,
+        "threads": threads,
+        "time_s": statistics.median(times[1:]),
+        "first_s": times[0],
+        "peak_mb": peak - base,
+    }
+
+
+def run(model_key: str, size: int, mode: str, threads: int, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", model_key, str(size), mode]
+    cmd += ["--threads", str(threads), "--repeats", str(repeats)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        return {"model": model_key, "size": size, "mode": mode, "error": out.stderr[-500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SIZE", "MODE"))
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        key, size, mode = args.worker
+        print(json.dumps(worker(key, int(size), mode, args.threads, args.repeats)))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
+    header = f"{'model':<18}{'input':<14}{'mode':<8}{'time (s)':>10}{'peak (MB)':>11}"
+    print(header + f"{'vs SegResNet':>14}")
+    results = {}
+    order = sorted(args.models, key=lambda k: k != "segresnet")  # the reference first
+    for size in args.sizes:
+        for mode in args.modes:
+            for key in order:
+                r = run(key, size, mode, args.threads, args.repeats)
+                results[key, size, mode] = r
+                label = f"1x4x{size}^3"
+                if "error" in r:
+                    print(f"{key:<18}{label:<14}{mode:<8}  failed: {r['error'].strip()[-200:]}")
+                    continue
+                ref = results.get(("segresnet", size, mode))
+                ratio = ""
+                if key != "segresnet" and ref and "error" not in ref:
+                    ratio = f"{r['time_s'] / ref['time_s']:.2f}x"
+                print(
+                    f"{key:<18}{label:<14}{mode:<8}{r['time_s']:>10.2f}{r['peak_mb']:>11.0f}"
+                    f"{ratio:>14}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
