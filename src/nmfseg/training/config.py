@@ -74,11 +74,16 @@ def recipe_for_scheme(scheme: str) -> str:
 
 
 def load_recipe(name: str) -> dict[str, Any]:
-    """The packaged recipe ``nmfseg/configs/<name>.yaml`` as a dict."""
+    """The packaged recipe: ``configs/default.yaml`` merged with ``configs/<name>.yaml``."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    text = resources.files("nmfseg").joinpath("configs", f"{name}.yaml").read_text("utf-8")
-    cfg = yaml.safe_load(text)
+    def read(recipe: str) -> dict[str, Any]:
+        path = resources.files("nmfseg").joinpath("configs", f"{recipe}.yaml")
+        return yaml.safe_load(path.read_text("utf-8")) or {}
+
+    cfg = read("default")
+    if name != "default":
+        cfg = merge_config(cfg, read(name), where=f"configs/{name}.yaml")
     cfg.setdefault("model_args", {})
     return cfg
 
