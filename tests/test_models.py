@@ -309,25 +309,24 @@ def test_layers_match_their_references():
 
 
 def test_fused_cpu_kernels_have_correct_gradients():
-    from nmfseg.layers.mlp import _FusedMLP
-    from nmfseg.layers.norm import _LayerNormPointwise
+    from nmfseg.layers import fused
 
     torch.manual_seed(0)
     kw = dict(dtype=torch.float64, requires_grad=True)
     x, g, b = torch.randn(2, 5, 7, **kw), torch.randn(5, **kw), torch.randn(5, **kw)
     w, bias = torch.randn(3, 5, **kw), torch.randn(3, **kw)
     assert torch.autograd.gradcheck(
-        lambda *a: _LayerNormPointwise.apply(*a, 1e-5), (x, g, b, w, bias)
+        lambda *a: fused.LayerNormPointwiseFn.apply(*a, 1e-5), (x, g, b, w, bias)
     )
     assert torch.autograd.gradcheck(
-        lambda *a: _LayerNormPointwise.apply(*a, None, 1e-5), (x, g, b, w)
+        lambda *a: fused.LayerNormPointwiseFn.apply(*a, None, 1e-5), (x, g, b, w)
     )
     w1, b1 = torch.randn(8, 5, **kw), torch.randn(8, **kw)
     w2, b2 = torch.randn(5, 8, **kw), torch.randn(5, **kw)
 
     def mlp(*args):
         torch.manual_seed(3)  # the same dropout mask in every evaluation
-        return _FusedMLP.apply(*args, 1e-5, 0.4)
+        return fused.MLPFn.apply(*args, 1e-5, 0.4)
 
     assert torch.autograd.gradcheck(mlp, (x, g, b, w1, b1, w2, b2))
 

@@ -28,9 +28,18 @@ def is_channels_last(x: Tensor) -> bool:
 def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight @ x[b] (+ bias)`` for every ``b``: ``(O, C) × (B, C, N) → (B, O, N)``.
 
-    Uses 2-D GEMMs (``addmm``), which take transposed operands without copying them.
+    Uses 2-D GEMMs (``addmm``), which take transposed operands without copying them. Without
+    autograd (inside custom autograd Functions) the result is written into a fresh 3-D tensor,
+    so that it is not a view.
     """
     if x.shape[0] == 1:
+        if not torch.is_grad_enabled():
+            out = x.new_empty(1, weight.shape[0], x.shape[2])
+            if bias is None:
+                torch.mm(weight, x[0], out=out[0])
+            else:
+                torch.addmm(bias[:, None], weight, x[0], out=out[0])
+            return out
         out = torch.mm(weight, x[0]) if bias is None else torch.addmm(bias[:, None], weight, x[0])
         return out.unsqueeze(0)
     out = torch.matmul(weight, x)

@@ -44,7 +44,7 @@ class PositionEmbedding(nn.Module):
         self.grid = grid
         self.pos = nn.Parameter(torch.empty(1, channels, *grid))
         nn.init.normal_(self.pos, std=1.0)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, inplace=True)  # on the fresh sum
 
     def embedding(self, spatial_size: Sequence[int]) -> Tensor:
         """The embedding at ``spatial_size`` (interpolated when it differs from the grid)."""

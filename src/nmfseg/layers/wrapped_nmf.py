@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nmfseg.layers.dropout import Dropout
+from nmfseg.layers.dropout import Dropout, add_dropout
 from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise
 from nmfseg.layers.pointwise import PointwiseConv
 from nmfseg.matricize import MATRICIZE_KINDS, MatricizeGeometry, build_matricize
@@ -167,8 +167,9 @@ class WrappedNMF(nn.Module):
         self.layer_index = -1
         self.recorder: list[NMFRecord] | None = None
 
-    def forward(self, x: Tensor, norm: LayerNorm | None = None) -> Tensor:
-        """``WrappedNMF(norm(x))`` (``WrappedNMF(x)`` without ``norm``)."""
+    def forward(self, x: Tensor, norm: LayerNorm | None = None, residual: bool = False) -> Tensor:
+        """``WrappedNMF(norm(x))`` (``WrappedNMF(x)`` without ``norm``), plus ``x`` if
+        ``residual``."""
         z = self.in_proj(x) if norm is None else layer_norm_pointwise(x, norm, self.in_proj)
         if not self.enabled:
             z = torch.relu(z)
@@ -184,6 +185,8 @@ class WrappedNMF(nn.Module):
                     NMFRecord(self.layer_index, u.detach(), v.detach(), geometry, self.matricize)
                 )
             z = self.matricize.inverse(m, geometry)
+        if residual:
+            return add_dropout(x, self.out_proj(z), self.dropout.p, self.training)
         return self.dropout(self.out_proj(z))
 
     def extra_repr(self) -> str:

@@ -118,9 +118,9 @@ class FactorizerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.nmf is not None:
-            x = x + self.nmf(x, norm=self.norm1)
+            x = self.nmf(x, norm=self.norm1, residual=True)
         if self.mlp is not None:
-            x = x + self.mlp(x, norm=self.norm2)
+            x = self.mlp(x, norm=self.norm2, residual=True)
         return x
 
 
@@ -146,21 +146,22 @@ class _DecoderStage(nn.Module):
         super().__init__()
         self.up = up
         self.proj = PointwiseConv(2 * channels, channels, bias=False)
-        self.drop = Dropout(dropout)
+        self.drop = Dropout(dropout, inplace=True)  # on the projection's fresh output
         self.block = block
 
     def _project(self, skip: Tensor, up: Tensor) -> Tensor:
-        """``proj(cat([skip, up]))`` as ``W_skip · skip + W_up · up``: no concatenated copy,
-        and backward keeps only ``up`` (``skip`` is stored by the down-sampling anyway)."""
+        """``dropout(proj(cat([skip, up])))``; on CPU as ``W_skip · skip + W_up · up`` with
+        no concatenated copy, and backward keeps only ``up`` (``skip`` is stored by the
+        down-sampling conv anyway)."""
         if not fusable(up) or up.shape[0] != 1:
-            return self.proj(torch.cat([skip, up], dim=1))
+            return self.drop(self.proj(torch.cat([skip, up], dim=1)))
         c = skip.shape[1]
         w = self.proj.weight
         out = torch.mm(w[:, :c], skip.reshape(c, -1)).addmm_(w[:, c:], up.reshape(c, -1))
-        return out.view(1, c, *up.shape[2:])
+        return self.drop(out).view(1, c, *up.shape[2:])  # in-place dropout on the GEMM output
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.block(self.drop(self._project(skip, self.up(x))))
+        return self.block(self._project(skip, self.up(x)))
 
 
 class Factorizer(nn.Module):

@@ -1,0 +1,176 @@
+"""Fused, chunked CPU kernels for the per-voxel parts of a Factorizer block.
+
+A Factorizer block is mostly per-voxel work: LayerNorm over channels followed by a pointwise
+convolution (the NMF subblock's input projection), and the MLP
+``fc2(dropout(gelu(fc1(LN(x)))))``. Written with separate PyTorch ops, every step writes a
+full-size tensor to memory (a transposed copy for the LayerNorm, the normalized map, the
+hidden map before and after GELU, the dropout mask...) and autograd keeps several of them
+for backward. Here each of the two is one autograd node that runs over chunks of voxels:
+
+- temporaries are chunk-sized (about ``CHUNK_ELEMENTS`` floats), so they stay in cache and
+  are recycled by the allocator instead of being page-faulted in at every step;
+- backward recomputes the normalized input, the hidden map and the dropout mask (drawn from
+  a private generator seeded from the global one, replayed in the same chunk order), so the
+  only tensors kept are the input and the per-voxel LayerNorm statistics.
+
+The algebra (``x̂ = (x − μ)·rstd``, LayerNorm weight ``γ`` and bias ``β``, conv ``W``, ``b``)::
+
+    conv(LN(x)) = (W diag γ) x̂ + (W β + b)
+    dW = (dy x̂ᵀ) diag γ + (dy 1) βᵀ,  dγ = diag(Wᵀ dy x̂ᵀ),  dβ = Wᵀ (dy 1),
+    dx = rstd · (d − mean_c(d) − x̂ · mean_c(d ∘ x̂)),  d = diag(γ) Wᵀ dy.
+
+Inputs are channels-first ``(B, C, N)`` float32/float64 CPU tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn"]
+
+CHUNK_ELEMENTS = 2**20  # elements of the widest per-chunk temporary (4 MiB in float32)
+_BITS = 2**15  # dropout masks: 15 random bits per element (see nmfseg.layers.dropout)
+
+
+def _chunks(batch: int, n: int, width: int) -> Iterator[tuple[int, int, int]]:
+    step = max(256, CHUNK_ELEMENTS // max(width, 1))
+    for b in range(batch):
+        for n0 in range(0, n, step):
+            yield b, n0, min(n0 + step, n)
+
+
+def _normalize(xc: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x̂, μ, rstd)`` of a chunk ``xc (C, n)``."""
+    mu = xc.mean(0)
+    xhat = torch.sub(xc, mu)
+    rstd = xhat.square().mean(0).add_(eps).rsqrt_()
+    return xhat.mul_(rstd), mu, rstd
+
+
+def _effective(gamma, beta, weight, bias) -> tuple[Tensor, Tensor]:
+    """``W diag γ`` and ``W β + b``."""
+    b_eff = weight @ beta if bias is None else torch.addmv(bias, weight, beta)
+    return weight * gamma, b_eff
+
+
+def _ln_input_grad(dxhat: Tensor, xhat: Tensor, rstd: Tensor, out: Tensor) -> None:
+    """``out = rstd · (d − mean_c d − x̂ · mean_c(d ∘ x̂))``; overwrites ``dxhat`` and ``xhat``."""
+    m1 = dxhat.mean(0)
+    m2 = torch.mul(dxhat, xhat).mean(0)
+    dxhat.sub_(xhat.mul_(m2)).sub_(m1)
+    torch.mul(dxhat, rstd, out=out)
+
+
+def _param_grads(g_eff, d_sum, gamma, beta, weight):
+    """``(dW, dγ, dβ)`` from ``g_eff = Σ dy x̂ᵀ`` and ``d_sum = Σ dy``."""
+    return g_eff * gamma + torch.outer(d_sum, beta), (weight * g_eff).sum(0), weight.t() @ d_sum
+
+
+class LayerNormPointwiseFn(torch.autograd.Function):
+    """``W (γ ∘ x̂ + β) + b`` for ``x (B, C, N)``, ``W (O, C)``; ``b`` may be ``None``.
+
+    Saves ``x`` and the statistics ``μ, rstd (B, N)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, bias, eps):  # type: ignore[override]
+        batch, _, n = x.shape
+        w_eff, b_eff = _effective(gamma, beta, weight, bias)
+        y = x.new_empty(batch, weight.shape[0], n)
+        mu, rstd = x.new_empty(batch, n), x.new_empty(batch, n)
+        for b, n0, n1 in _chunks(batch, n, max(x.shape[1], weight.shape[0])):
+            xhat, mu[b, n0:n1], rstd[b, n0:n1] = _normalize(x[b, :, n0:n1], eps)
+            torch.addmm(b_eff[:, None], w_eff, xhat, out=y[b, :, n0:n1])
+        ctx.save_for_backward(x, mu, rstd, gamma, beta, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, mu, rstd, gamma, beta, weight = ctx.saved_tensors
+        batch, c, n = x.shape
+        w_eff = weight * gamma
+        dx = torch.empty_like(x)
+        g_eff = x.new_zeros(weight.shape)
+        d_sum = x.new_zeros(weight.shape[0])
+        for b, n0, n1 in _chunks(batch, n, max(c, weight.shape[0])):
+            r = rstd[b, n0:n1]
+            xhat = torch.sub(x[b, :, n0:n1], mu[b, n0:n1]).mul_(r)
+            dyc = dy[b, :, n0:n1]
+            g_eff.addmm_(dyc, xhat.t())
+            d_sum.add_(dyc.sum(1))
+            _ln_input_grad(torch.mm(w_eff.t(), dyc), xhat, r, out=dx[b, :, n0:n1])
+        d_weight, d_gamma, d_beta = _param_grads(g_eff, d_sum, gamma, beta, weight)
+        return dx, d_gamma, d_beta, d_weight, d_sum if ctx.has_bias else None, None
+
+
+def _mask(shape: tuple[int, int], threshold: int, gen: torch.Generator) -> Tensor:
+    return torch.empty(shape, dtype=torch.int16).random_(generator=gen) < threshold
+
+
+class MLPFn(torch.autograd.Function):
+    """``fc2(dropout(gelu(fc1(LN(x))))) `` for ``x (B, C, N)``; fc1 ``(H, C)``, fc2 ``(C, H)``.
+
+    Saves ``x``, ``μ, rstd (B, N)`` and the seed of the dropout masks.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, w1, b1, w2, b2, eps, p):  # type: ignore[override]
+        batch, _, n = x.shape
+        hidden = w1.shape[0]
+        w1_eff, b1_eff = _effective(gamma, beta, w1, b1)
+        w2_eff = w2 * (1.0 / (1.0 - p))  # the dropout scale, folded into fc2
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else 0
+        gen = torch.Generator().manual_seed(seed)
+        threshold = round(p * _BITS)
+        y = x.new_empty(batch, w2.shape[0], n)
+        mu, rstd = x.new_empty(batch, n), x.new_empty(batch, n)
+        for b, n0, n1 in _chunks(batch, n, hidden):
+            xhat, mu[b, n0:n1], rstd[b, n0:n1] = _normalize(x[b, :, n0:n1], eps)
+            a = F.gelu(torch.addmm(b1_eff[:, None], w1_eff, xhat))
+            if p > 0:
+                a.masked_fill_(_mask(a.shape, threshold, gen), 0)
+            torch.addmm(b2[:, None], w2_eff, a, out=y[b, :, n0:n1])
+        ctx.save_for_backward(x, mu, rstd, gamma, beta, w1, b1, w2)
+        ctx.p, ctx.seed, ctx.threshold = p, seed, threshold
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, mu, rstd, gamma, beta, w1, b1, w2 = ctx.saved_tensors
+        p = ctx.p
+        batch, _, n = x.shape
+        hidden = w1.shape[0]
+        w1_eff, b1_eff = _effective(gamma, beta, w1, b1)
+        w2_eff = w2 * (1.0 / (1.0 - p))
+        gen = torch.Generator().manual_seed(ctx.seed)
+        dx = torch.empty_like(x)
+        g1 = x.new_zeros(w1.shape)
+        d1 = x.new_zeros(hidden)
+        g2 = x.new_zeros(w2.shape)
+        d2 = x.new_zeros(w2.shape[0])
+        for b, n0, n1 in _chunks(batch, n, hidden):
+            r = rstd[b, n0:n1]
+            xhat = torch.sub(x[b, :, n0:n1], mu[b, n0:n1]).mul_(r)
+            h = torch.addmm(b1_eff[:, None], w1_eff, xhat)
+            a = F.gelu(h)
+            drop = _mask(a.shape, ctx.threshold, gen) if p > 0 else None
+            if drop is not None:
+                a.masked_fill_(drop, 0)
+            dyc = dy[b, :, n0:n1]
+            g2.addmm_(dyc, a.t())
+            d2.add_(dyc.sum(1))
+            da = torch.mm(w2_eff.t(), dyc)
+            if drop is not None:
+                da.masked_fill_(drop, 0)
+            dh = torch.ops.aten.gelu_backward(da, h)
+            g1.addmm_(dh, xhat.t())
+            d1.add_(dh.sum(1))
+            _ln_input_grad(torch.mm(w1_eff.t(), dh), xhat, r, out=dx[b, :, n0:n1])
+        d_w1, d_gamma, d_beta = _param_grads(g1, d1, gamma, beta, w1)
+        d_w2 = g2.mul_(1.0 / (1.0 - p))
+        return dx, d_gamma, d_beta, d_w1, d1, d_w2, d2, None, None
