@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmfseg.layers.dropout import _BITS, _seed
+
 __all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn"]
 
 CHUNK_ELEMENTS = 2**20  # elements of the widest per-chunk temporary (4 MiB in float32)
-_BITS = 2**15  # dropout masks: 15 random bits per element (see nmfseg.layers.dropout)
 
 
 def _chunks(batch: int, n: int, width: int) -> Iterator[tuple[int, int, int]]:
@@ -124,7 +125,7 @@ class MLPFn(torch.autograd.Function):
         hidden = w1.shape[0]
         w1_eff, b1_eff = _effective(gamma, beta, w1, b1)
         w2_eff = w2 * (1.0 / (1.0 - p))  # the dropout scale, folded into fc2
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else 0
+        seed = _seed() if p > 0 else 0
         gen = torch.Generator().manual_seed(seed)
         threshold = round(p * _BITS)
         y = x.new_empty(batch, w2.shape[0], n)
