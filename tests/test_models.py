@@ -14,6 +14,17 @@ from nmfseg.errors import ConfigError
 from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding, factor_maps
 from nmfseg.models import Factorizer, create_model, list_models, model_info
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these tests are many small ops, and on a shared machine with
+    `-n 2` workers, spinning OpenMP threads cost more than they parallelize."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 FACTORIZERS = list_models("*_factorizer_*")
 SMALL_FACTORIZER = dict(channels=(8, 16, 32, 64, 128))
 
