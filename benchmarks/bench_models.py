@@ -108,6 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
+    knobs = (
+        "OMP_WAIT_POLICY",
+        "THP_MEM_ALLOC_ENABLE",
+        "MALLOC_MMAP_MAX_",
+        "MALLOC_TRIM_THRESHOLD_",
+    )
+    env = ", ".join(f"{k}={os.environ[k]}" for k in knobs if k in os.environ)
+    print(f"environment: {env or 'defaults'}; peak = ru_maxrss - RSS after building model+input")
     header = f"{'model':<18}{'input':<14}{'mode':<8}{'time (s)':>10}{'peak (MB)':>11}"
     print(header + f"{'vs SegResNet':>14}")
     results = {}

@@ -80,9 +80,17 @@ def test_nmf_flops_counts_algorithm_2():
     assert count_flops(model, (1, 2, 64, 64, 64))["nmf"] == 0
 
 
-def test_count_params_matches_the_module():
+def test_count_params_matches_the_module_and_cpu_models_are_counted_on_meta():
     model = create_model("local_factorizer_isles", channels=(8, 16, 32, 64, 128))
     assert count_params(model) == sum(p.numel() for p in model.state_dict().values())
+    on_cpu = count_flops(model, (1, 2, 512, 512, 512))  # instant: counted on the meta device
+    with torch.device("meta"):
+        on_meta = count_flops(
+            create_model("local_factorizer_isles", channels=(8, 16, 32, 64, 128)),
+            (1, 2, 512, 512, 512),
+        )
+    assert on_cpu == on_meta
+    assert next(model.parameters()).device.type == "cpu" and model.training
 
 
 def test_cli_prints_ours_beside_the_paper():

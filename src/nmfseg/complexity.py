@@ -31,6 +31,7 @@ Examples::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -152,22 +153,24 @@ def _counting(model: nn.Module, tally: dict[str, int]):
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """FLOPs of one inference forward pass of ``model`` on an input of ``input_shape``.
 
-    The model is run in ``eval()`` on a meta-device input (a model built on the meta device
-    costs no memory: ``with torch.device("meta"): model = ...``). NMF layers are replaced by
-    their analytic count during the pass, then restored.
+    The pass runs in ``eval()`` on the meta device, so it costs neither time nor memory
+    (a model on another device is copied to the meta device first; building it there,
+    ``with torch.device("meta"): model = ...``, avoids even that). NMF layers are replaced
+    by their analytic count during the pass, then restored.
 
     Returns:
         ``{"conv", "nmf", "norm", "add", "total"}`` in FLOPs.
     """
     tally = {"conv": 0, "nmf": 0, "norm": 0, "add": 0}
+    param = next(model.parameters())
+    if param.device.type != "meta":
+        model = copy.deepcopy(model).to("meta")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    x = torch.empty(tuple(input_shape), device="meta" if device.type == "meta" else device)
+    x = torch.empty(tuple(input_shape), device="meta", dtype=param.dtype)
     try:
         with _counting(model, tally), torch.no_grad():
-            model(x.to(dtype))
+            model(x)
     finally:
         model.train(was_training)
     tally["total"] = sum(tally.values())
