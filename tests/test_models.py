@@ -335,11 +335,20 @@ def test_fused_cpu_kernels_have_correct_gradients():
     w1, b1 = torch.randn(8, 5, **kw), torch.randn(8, **kw)
     w2, b2 = torch.randn(5, 8, **kw), torch.randn(5, **kw)
 
-    def mlp(*args):
-        torch.manual_seed(3)  # the same dropout mask in every evaluation
-        return fused.MLPFn.apply(*args, 1e-5, 0.4)
+    def mlp(*args, residual=True):
+        torch.manual_seed(3)  # the same dropout masks in every evaluation
+        return fused.MLPFn.apply(*args, 1e-5, 0.4, 0.3, residual)
 
     assert torch.autograd.gradcheck(mlp, (x, g, b, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(lambda *a: mlp(*a, residual=False), (x, g, b, w1, b1, w2, b2))
+    z, w3 = torch.randn(2, 5, 7, **kw), torch.randn(5, 5, **kw)
+
+    def project(*args):
+        torch.manual_seed(4)
+        return fused.ProjectAddDropoutFn.apply(*args, 0.3)
+
+    assert torch.autograd.gradcheck(project, (x, z, w3, g))
+    assert torch.autograd.gradcheck(project, (x, z, w3, None))
 
 
 def test_fused_and_plain_paths_agree_in_train_mode():

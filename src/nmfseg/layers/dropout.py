@@ -4,13 +4,14 @@
 mask and keeps the mask for backward, which makes dropout one of the most expensive parts of
 a Factorizer step (32 dropout layers, most of them on full-resolution feature maps). Here:
 
-- the mask is drawn as 15 random bits per element (``int16.random_()`` compared with
-  ``round(p·2¹⁵)``), so an element is dropped with probability ``round(p·2¹⁵) / 2¹⁵``
-  (``p`` to within 1.5e-5);
-- the bits come from a private generator seeded from the global one, and backward replays
-  them instead of keeping the mask: dropout stores nothing but a seed. Results are
-  reproducible under ``torch.manual_seed``, and ``torch.utils.checkpoint`` (which restores
-  the global generator) recomputes the same masks;
+- the mask costs 16 random bits per element (the four int16 lanes of a random int64, one
+  of which has 15 random bits), compared with ``round(p·2¹⁶)`` (``round(p·2¹⁵)`` for the
+  15-bit lane): an element is dropped with probability ``p`` to within 3e-5;
+- the bits come from a private generator seeded from the global one, in chunks of
+  ``2**20`` elements, and backward replays them instead of keeping the mask: dropout stores
+  nothing but a seed and never builds a full-size mask. Results are reproducible under
+  ``torch.manual_seed``, and ``torch.utils.checkpoint`` (which restores the global
+  generator) recomputes the same masks;
 - the residual connection after a subblock's dropout is one pass (:func:`add_dropout`).
 
 On other devices (and under CPU autocast) ``torch.nn.functional.dropout`` is used.
@@ -18,57 +19,101 @@ On other devices (and under CPU autocast) ``torch.nn.functional.dropout`` is use
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Dropout", "add_dropout", "dropout", "dropout_mask"]
 
-_BITS = 2**15
+_CHUNK = 2**20  # elements per mask chunk: the masks never exist at full size
+_HIGH_LANE = 3 if sys.byteorder == "little" else 0
 
 
 def _seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
-def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = None) -> Tensor:
-    """A bool CPU tensor, True where an element is dropped (probability ``≈ p``).
+def _thresholds(p: float) -> Tensor:
+    """Per-lane thresholds for the four int16 lanes of a random int64 in ``[0, 2⁶³)``: three
+    lanes are uniform on ``[-2¹⁵, 2¹⁵)``, the high one on ``[0, 2¹⁵)``."""
+    values = [round(p * 2**16) - 2**15] * 4
+    values[_HIGH_LANE] = round(p * 2**15)
+    return torch.tensor(values, dtype=torch.int16)
 
-    With a ``seed`` the same mask is drawn again from a private generator; without one,
-    from the global generator.
+
+def _drop_bits(n: int, thresholds: Tensor, gen: torch.Generator | None) -> Tensor:
+    """``n`` bools, True where dropped: 16 random bits per element (15 for every fourth)."""
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=gen)
+    return (words.view(torch.int16).view(-1, 4) < thresholds).view(-1)[:n]
+
+
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = None) -> Tensor:
+    """A bool CPU tensor, True where an element is dropped (probability ``p`` to 3e-5).
+
+    With a ``seed`` the mask comes from a private generator and can be drawn again (in the
+    same chunks of ``2**20`` elements, which is how the layers draw it); without one, from
+    the global generator.
     """
     gen = None if seed is None else torch.Generator().manual_seed(seed)
-    return torch.empty(shape, dtype=torch.int16).random_(generator=gen) < round(p * _BITS)
+    thresholds = _thresholds(p)
+    n = math.prod(shape)
+    parts = [_drop_bits(min(_CHUNK, n - i), thresholds, gen) for i in range(0, n, _CHUNK)]
+    return torch.cat(parts).view(shape) if parts else torch.zeros(shape, dtype=torch.bool)
+
+
+def _chunked_masks(n: int, p: float, seed: int) -> Iterator[tuple[int, int, Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    thresholds = _thresholds(p)
+    for i in range(0, n, _CHUNK):
+        j = min(i + _CHUNK, n)
+        yield i, j, _drop_bits(j - i, thresholds, gen)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float, inplace: bool) -> Tensor:  # type: ignore[override]
         ctx.seed, ctx.p, ctx.scale = _seed(), p, 1.0 / (1.0 - p)
-        drop = dropout_mask(x.shape, p, ctx.seed)
         if inplace:
             ctx.mark_dirty(x)
-            return x.masked_fill_(drop, 0).mul_(ctx.scale)
-        return torch.where(drop, 0.0, x).mul_(ctx.scale)
+            out = x
+        else:
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        src, dst = x.reshape(-1), out.view(-1)
+        for i, j, drop in _chunked_masks(dst.numel(), p, ctx.seed):
+            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
+        return out
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        drop = dropout_mask(dy.shape, ctx.p, ctx.seed)
-        return torch.where(drop, 0.0, dy).mul_(ctx.scale), None, None
+        dx = torch.empty_like(dy, memory_format=torch.contiguous_format)
+        src, dst = dy.reshape(-1), dx.view(-1)
+        for i, j, drop in _chunked_masks(dst.numel(), ctx.p, ctx.seed):
+            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
+        return dx, None, None
 
 
 class _AddDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, out: Tensor, p: float) -> Tensor:  # type: ignore[override]
         ctx.seed, ctx.p, ctx.scale = _seed(), p, 1.0 / (1.0 - p)
-        drop = dropout_mask(out.shape, p, ctx.seed)
-        y = torch.add(x, out, alpha=ctx.scale)
-        return torch.where(drop, x, y, out=y)
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        xf, of, yf = x.reshape(-1), out.reshape(-1), y.view(-1)
+        for i, j, drop in _chunked_masks(yf.numel(), p, ctx.seed):
+            torch.add(xf[i:j], of[i:j], alpha=ctx.scale, out=yf[i:j])
+            torch.where(drop, xf[i:j], yf[i:j], out=yf[i:j])
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        drop = dropout_mask(dy.shape, ctx.p, ctx.seed)
-        return dy, torch.where(drop, 0.0, dy).mul_(ctx.scale), None
+        dout = torch.empty_like(dy, memory_format=torch.contiguous_format)
+        src, dst = dy.reshape(-1), dout.view(-1)
+        for i, j, drop in _chunked_masks(dst.numel(), ctx.p, ctx.seed):
+            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
+        return dy, dout, None
 
 
 def _fast_path(x: Tensor) -> bool:

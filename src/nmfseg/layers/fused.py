@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmfseg.layers.dropout import _BITS, _seed
+from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
 
-__all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn"]
+__all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn", "ProjectAddDropoutFn"]
 
 CHUNK_ELEMENTS = 2**20  # elements of the widest per-chunk temporary (4 MiB in float32)
 
@@ -109,46 +109,66 @@ class LayerNormPointwiseFn(torch.autograd.Function):
         return dx, d_gamma, d_beta, d_weight, d_sum if ctx.has_bias else None, None
 
 
-def _mask(shape: tuple[int, int], threshold: int, gen: torch.Generator) -> Tensor:
-    return torch.empty(shape, dtype=torch.int16).random_(generator=gen) < threshold
+def _mask(shape: tuple[int, int], thresholds: Tensor, gen: torch.Generator) -> Tensor:
+    return _drop_bits(shape[0] * shape[1], thresholds, gen).view(shape)
+
+
+def _drop_out(t: Tensor, p: float, gen: torch.Generator) -> Tensor | None:
+    """Output dropout of a chunk ``t`` in place (scale then zero); returns the mask."""
+    if p == 0:
+        return None
+    drop = _mask(t.shape, _thresholds(p), gen)
+    t.mul_(1.0 / (1.0 - p)).masked_fill_(drop, 0)
+    return drop
 
 
 class MLPFn(torch.autograd.Function):
-    """``fc2(dropout(gelu(fc1(LN(x))))) `` for ``x (B, C, N)``; fc1 ``(H, C)``, fc2 ``(C, H)``.
+    """``[x +] dropout(fc2(dropout(gelu(fc1(LN(x))))))`` for ``x (B, C, N)``.
 
-    Saves ``x``, ``μ, rstd (B, N)`` and the seed of the dropout masks.
+    fc1 is ``(H, C)``, fc2 ``(C, H)``, both with biases; ``p`` is the hidden dropout,
+    ``p_out`` the output dropout, ``residual`` adds ``x``. Saves ``x``, ``μ, rstd (B, N)`` and
+    the seed of the dropout masks.
     """
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, w1, b1, w2, b2, eps, p):  # type: ignore[override]
+    def forward(ctx, x, gamma, beta, w1, b1, w2, b2, eps, p, p_out, residual):  # type: ignore[override]
         batch, _, n = x.shape
         hidden = w1.shape[0]
         w1_eff, b1_eff = _effective(gamma, beta, w1, b1)
-        w2_eff = w2 * (1.0 / (1.0 - p))  # the dropout scale, folded into fc2
-        seed = _seed() if p > 0 else 0
+        w2_eff = w2 * (1.0 / (1.0 - p))  # the hidden dropout's scale, folded into fc2
+        seed = _seed() if p > 0 or p_out > 0 else 0
         gen = torch.Generator().manual_seed(seed)
-        threshold = round(p * _BITS)
+        thresholds = _thresholds(p)
         y = x.new_empty(batch, w2.shape[0], n)
         mu, rstd = x.new_empty(batch, n), x.new_empty(batch, n)
         for b, n0, n1 in _chunks(batch, n, hidden):
             xhat, mu[b, n0:n1], rstd[b, n0:n1] = _normalize(x[b, :, n0:n1], eps)
             a = F.gelu(torch.addmm(b1_eff[:, None], w1_eff, xhat))
             if p > 0:
-                a.masked_fill_(_mask(a.shape, threshold, gen), 0)
-            torch.addmm(b2[:, None], w2_eff, a, out=y[b, :, n0:n1])
+                a.masked_fill_(_mask(a.shape, thresholds, gen), 0)
+            if not residual and p_out == 0:
+                torch.addmm(b2[:, None], w2_eff, a, out=y[b, :, n0:n1])
+                continue
+            t = torch.addmm(b2[:, None], w2_eff, a)
+            _drop_out(t, p_out, gen)
+            if residual:
+                torch.add(x[b, :, n0:n1], t, out=y[b, :, n0:n1])
+            else:
+                y[b, :, n0:n1] = t
         ctx.save_for_backward(x, mu, rstd, gamma, beta, w1, b1, w2)
-        ctx.p, ctx.seed, ctx.threshold = p, seed, threshold
+        ctx.p, ctx.p_out, ctx.residual, ctx.seed = p, p_out, residual, seed
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         x, mu, rstd, gamma, beta, w1, b1, w2 = ctx.saved_tensors
-        p = ctx.p
+        p, p_out = ctx.p, ctx.p_out
         batch, _, n = x.shape
         hidden = w1.shape[0]
         w1_eff, b1_eff = _effective(gamma, beta, w1, b1)
         w2_eff = w2 * (1.0 / (1.0 - p))
         gen = torch.Generator().manual_seed(ctx.seed)
+        thresholds = _thresholds(p)
         dx = torch.empty_like(x)
         g1 = x.new_zeros(w1.shape)
         d1 = x.new_zeros(hidden)
@@ -159,19 +179,65 @@ class MLPFn(torch.autograd.Function):
             xhat = torch.sub(x[b, :, n0:n1], mu[b, n0:n1]).mul_(r)
             h = torch.addmm(b1_eff[:, None], w1_eff, xhat)
             a = F.gelu(h)
-            drop = _mask(a.shape, ctx.threshold, gen) if p > 0 else None
+            drop = _mask(a.shape, thresholds, gen) if p > 0 else None
             if drop is not None:
                 a.masked_fill_(drop, 0)
             dyc = dy[b, :, n0:n1]
-            g2.addmm_(dyc, a.t())
-            d2.add_(dyc.sum(1))
-            da = torch.mm(w2_eff.t(), dyc)
+            dt = dyc if p_out == 0 else dyc.clone()
+            _drop_out(dt, p_out, gen)
+            g2.addmm_(dt, a.t())
+            d2.add_(dt.sum(1))
+            da = torch.mm(w2_eff.t(), dt)
             if drop is not None:
                 da.masked_fill_(drop, 0)
             dh = torch.ops.aten.gelu_backward(da, h)
             g1.addmm_(dh, xhat.t())
             d1.add_(dh.sum(1))
-            _ln_input_grad(torch.mm(w1_eff.t(), dh), xhat, r, out=dx[b, :, n0:n1])
+            dxc = dx[b, :, n0:n1]
+            _ln_input_grad(torch.mm(w1_eff.t(), dh), xhat, r, out=dxc)
+            if ctx.residual:
+                dxc.add_(dyc)
         d_w1, d_gamma, d_beta = _param_grads(g1, d1, gamma, beta, w1)
         d_w2 = g2.mul_(1.0 / (1.0 - p))
-        return dx, d_gamma, d_beta, d_w1, d1, d_w2, d2, None, None
+        return dx, d_gamma, d_beta, d_w1, d1, d_w2, d2, None, None, None, None
+
+
+class ProjectAddDropoutFn(torch.autograd.Function):
+    """``x + dropout(W z + b)`` for ``x, z (B, C, N)``, ``W (C, C)``; ``b`` may be ``None``.
+
+    The output projection of the NMF subblock, its dropout and the residual connection in
+    one pass; saves ``z`` and the seed of the dropout mask (``x`` is not needed).
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, weight, bias, p):  # type: ignore[override]
+        batch, c, n = z.shape
+        seed = _seed() if p > 0 else 0
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.empty_like(x)
+        for b, n0, n1 in _chunks(batch, n, max(c, weight.shape[0])):
+            zc = z[b, :, n0:n1]
+            t = torch.mm(weight, zc) if bias is None else torch.addmm(bias[:, None], weight, zc)
+            _drop_out(t, p, gen)
+            torch.add(x[b, :, n0:n1], t, out=y[b, :, n0:n1])
+        ctx.save_for_backward(z, weight)
+        ctx.p, ctx.seed, ctx.has_bias = p, seed, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        z, weight = ctx.saved_tensors
+        batch, c, n = z.shape
+        gen = torch.Generator().manual_seed(ctx.seed)
+        dz = torch.empty_like(z)
+        g = z.new_zeros(weight.shape)
+        d = z.new_zeros(weight.shape[0])
+        for b, n0, n1 in _chunks(batch, n, max(c, weight.shape[0])):
+            dt = dy[b, :, n0:n1]
+            if ctx.p > 0:
+                dt = dt.clone()
+                _drop_out(dt, ctx.p, gen)
+            g.addmm_(dt, z[b, :, n0:n1].t())
+            d.add_(dt.sum(1))
+            torch.mm(weight.t(), dt, out=dz[b, :, n0:n1])
+        return dy, dz, g, d if ctx.has_bias else None, None

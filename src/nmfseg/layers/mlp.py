@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nmfseg.layers.dropout import Dropout, add_dropout
+from nmfseg.layers.dropout import Dropout
 from nmfseg.layers.fused import MLPFn
 from nmfseg.layers.norm import LayerNorm, fusable
 from nmfseg.layers.pointwise import PointwiseConv
@@ -67,6 +67,7 @@ class MLP(nn.Module):
             self.fc2.bias,
             norm.eps,
             self.drop1.p if self.training else 0.0,
+            self.drop2.p if self.training else 0.0,
+            residual,
         )
-        y = y.view(b, c, *spatial)
-        return add_dropout(x, y, self.drop2.p, self.training) if residual else self.drop2(y)
+        return y.view(b, c, *spatial)

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from nmfseg.layers.dropout import Dropout, add_dropout
-from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise
+from nmfseg.layers.fused import ProjectAddDropoutFn
+from nmfseg.layers.norm import LayerNorm, fusable, layer_norm_pointwise
 from nmfseg.layers.pointwise import PointwiseConv
 from nmfseg.matricize import MATRICIZE_KINDS, MatricizeGeometry, build_matricize
 from nmfseg.nmf import NMF, SOLVERS
@@ -185,9 +186,15 @@ class WrappedNMF(nn.Module):
                     NMFRecord(self.layer_index, u.detach(), v.detach(), geometry, self.matricize)
                 )
             z = self.matricize.inverse(m, geometry)
-        if residual:
-            return add_dropout(x, self.out_proj(z), self.dropout.p, self.training)
-        return self.dropout(self.out_proj(z))
+        if not residual:
+            return self.dropout(self.out_proj(z))
+        if fusable(z):
+            b, c = x.shape[:2]
+            p = self.dropout.p if self.training else 0.0
+            w, bias = self.out_proj.weight, self.out_proj.bias
+            y = ProjectAddDropoutFn.apply(x.reshape(b, c, -1), z.reshape(b, c, -1), w, bias, p)
+            return y.view(x.shape)
+        return add_dropout(x, self.out_proj(z), self.dropout.p, self.training)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, matricize={self.kind!r}, enabled={self.enabled}"
