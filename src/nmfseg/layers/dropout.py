@@ -8,7 +8,7 @@ a Factorizer step (32 dropout layers, most of them on full-resolution feature ma
   of which has 15 random bits), compared with ``round(p·2¹⁶)`` (``round(p·2¹⁵)`` for the
   15-bit lane): an element is dropped with probability ``p`` to within 3e-5;
 - the bits come from a private generator seeded from the global one, in chunks of
-  ``2**20`` elements, and backward replays them instead of keeping the mask: dropout stores
+  ``2**22`` elements, and backward replays them instead of keeping the mask: dropout stores
   nothing but a seed and never builds a full-size mask. Results are reproducible under
   ``torch.manual_seed``, and ``torch.utils.checkpoint`` (which restores the global
   generator) recomputes the same masks;
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 __all__ = ["Dropout", "add_dropout", "dropout", "dropout_mask"]
 
-_CHUNK = 2**20  # elements per mask chunk: the masks never exist at full size
+_CHUNK = 2**22  # elements per mask chunk: the masks never exist at full size
 _HIGH_LANE = 3 if sys.byteorder == "little" else 0
 
 
@@ -55,7 +55,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None
     """A bool CPU tensor, True where an element is dropped (probability ``p`` to 3e-5).
 
     With a ``seed`` the mask comes from a private generator and can be drawn again (in the
-    same chunks of ``2**20`` elements, which is how the layers draw it); without one, from
+    same chunks of ``2**22`` elements, which is how the layers draw it); without one, from
     the global generator.
     """
     gen = None if seed is None else torch.Generator().manual_seed(seed)

@@ -7,8 +7,10 @@ full-size tensor to memory (a transposed copy for the LayerNorm, the normalized 
 hidden map before and after GELU, the dropout mask...) and autograd keeps several of them
 for backward. Here each of the two is one autograd node that runs over chunks of voxels:
 
-- temporaries are chunk-sized (about ``CHUNK_ELEMENTS`` floats), so they stay in cache and
-  are recycled by the allocator instead of being page-faulted in at every step;
+- temporaries are chunk-sized (about ``CHUNK_ELEMENTS`` floats), so they are recycled by the
+  allocator instead of being page-faulted in at every step (the chunk is a compromise:
+  smaller chunks are kinder to caches, but every chunk is a dozen more operations, and on
+  a machine whose cores are oversubscribed each parallel operation costs a thread wake-up);
 - backward recomputes the normalized input, the hidden map and the dropout mask (drawn from
   a private generator seeded from the global one, replayed in the same chunk order), so the
   only tensors kept are the input and the per-voxel LayerNorm statistics.
@@ -34,7 +36,7 @@ from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
 
 __all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn", "ProjectAddDropoutFn"]
 
-CHUNK_ELEMENTS = 2**20  # elements of the widest per-chunk temporary (4 MiB in float32)
+CHUNK_ELEMENTS = 2**22  # elements of the widest per-chunk temporary (16 MiB in float32)
 
 
 def _chunks(batch: int, n: int, width: int) -> Iterator[tuple[int, int, int]]:
