@@ -351,16 +351,18 @@ def test_fused_cpu_kernels_have_correct_gradients():
     assert torch.autograd.gradcheck(project, (x, z, w3, None))
 
 
-def test_fused_and_plain_paths_agree_in_train_mode():
-    """The fused CPU path (training) against the module-by-module path, gradients included."""
-    from nmfseg.layers import unfused
+def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
+    """The fused CPU path (training) against the module-by-module path, gradients included,
+    with chunks small enough that every level is processed in several."""
+    from nmfseg.layers import fused, unfused
 
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1000)
     model = small("swin_factorizer_isles", dropout=0.0).double().train()
     x = torch.randn(1, 2, 18, 16, 20, dtype=torch.float64)
     results = []
-    for fused in (True, False):
+    for use_fused in (True, False):
         model.zero_grad()
-        if fused:
+        if use_fused:
             outs = model(x)
         else:
             with unfused():
@@ -373,10 +375,14 @@ def test_fused_and_plain_paths_agree_in_train_mode():
         torch.testing.assert_close(a, b)
 
 
-def test_dropout_masks_at_the_requested_rate_and_scale():
+def test_dropout_masks_at_the_requested_rate_and_scale(monkeypatch):
+    import importlib
+
     from nmfseg.layers import Dropout
     from nmfseg.layers.dropout import add_dropout
 
+    module = importlib.import_module("nmfseg.layers.dropout")
+    monkeypatch.setattr(module, "_CHUNK", 7777)  # masks drawn and replayed in many chunks
     torch.manual_seed(0)
     drop = Dropout(0.1)
     x = torch.ones(200, 1000, requires_grad=True)
