@@ -376,12 +376,10 @@ def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
 
 
 def test_dropout_masks_at_the_requested_rate_and_scale(monkeypatch):
-    import importlib
-
+    import nmfseg.layers.dropout as module
     from nmfseg.layers import Dropout
     from nmfseg.layers.dropout import add_dropout
 
-    module = importlib.import_module("nmfseg.layers.dropout")
     monkeypatch.setattr(module, "_CHUNK", 7777)  # masks drawn and replayed in many chunks
     torch.manual_seed(0)
     drop = Dropout(0.1)

@@ -1,7 +1,7 @@
 """Layers of the Factorizer networks: channel LayerNorm, pointwise conv, MLP, position
 embedding and the Wrapped NMF subblock."""
 
-from nmfseg.layers.dropout import Dropout, dropout
+from nmfseg.layers.dropout import Dropout
 from nmfseg.layers.mlp import MLP
 from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise, unfused
 from nmfseg.layers.pointwise import PointwiseConv, is_channels_last
@@ -17,7 +17,6 @@ __all__ = [
     "PointwiseConv",
     "PositionEmbedding",
     "WrappedNMF",
-    "dropout",
     "factor_maps",
     "is_channels_last",
     "layer_norm_pointwise",
