@@ -77,6 +77,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     """The packaged recipe: ``configs/default.yaml`` merged with ``configs/<name>.yaml``."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+
     def read(recipe: str) -> dict[str, Any]:
         path = resources.files("nmfseg").joinpath("configs", f"{recipe}.yaml")
         return yaml.safe_load(path.read_text("utf-8")) or {}
