@@ -409,3 +409,16 @@ def test_dropout_masks_at_the_requested_rate_and_scale(monkeypatch):
     torch.testing.assert_close(y, torch.where(kept, skip + branch / 0.7, skip))
     torch.testing.assert_close(skip.grad, dy)
     torch.testing.assert_close(branch.grad, torch.where(kept, dy / 0.7, 0.0))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bf16_autocast_runs_in_train_and_eval(train: bool) -> None:
+    """Mixed precision (``--amp bf16``) works for validation (eval, no grad) and training."""
+    torch.manual_seed(0)
+    model = create_model("swin_factorizer_isles", channels=(4, 8, 16, 32, 64)).train(train)
+    x = torch.randn(1, 2, 20, 24, 18)
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    outs = out if isinstance(out, list) else [out]
+    assert outs[0].shape[-3:] == x.shape[-3:]
+    assert all(torch.isfinite(o.float()).all() for o in outs)

@@ -25,6 +25,11 @@ def is_channels_last(x: Tensor) -> bool:
     return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
 
 
+def _autocast_on(x: Tensor) -> bool:
+    """Whether autocast is active for ``x``'s device (never for the meta device)."""
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+
+
 def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight @ x[b] (+ bias)`` for every ``b``: ``(O, C) × (B, C, N) → (B, O, N)``.
 
@@ -33,7 +38,8 @@ def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     so that it is not a view.
     """
     if x.shape[0] == 1:
-        if not torch.is_grad_enabled():
+        # ``out=`` is not allowed to change dtype, which autocast would need (bf16 inference).
+        if not torch.is_grad_enabled() and not _autocast_on(x):
             out = x.new_empty(1, weight.shape[0], x.shape[2])
             if bias is None:
                 torch.mm(weight, x[0], out=out[0])
