@@ -82,3 +82,14 @@ def test_demo_rejects_bad_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "o"), "--config", str(bad)])
     assert result.exit_code == 1
     assert "missing the 'train' section" in result.output
+
+
+def test_demo_with_one_model_writes_a_one_row_table(demo_run: tuple[Path, object]) -> None:
+    out, first = demo_run
+    assert first.exit_code == 0
+    config = out.parent / "tiny.yaml"
+    args = ["demo", "--out", str(out), "--config", str(config), "-m", "swin_factorizer_brats"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "| swin_factorizer_brats | 1 |" in report and "| segresnet |" not in report

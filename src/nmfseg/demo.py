@@ -231,7 +231,7 @@ def run_demo(
         report_dirs.append(report_dir)
         timings[f"predict+evaluate {name}"] = time.perf_counter() - t0
 
-    reports = load_reports(report_dirs, names)
+    reports = load_reports(report_dirs, names, minimum=1)
     comparison = compare_reports(reports, reference=names[0])
     report_path = write_demo_report(
         out, cfg, names, fold_dirs, comparison, test_dir, timings, TARGETS

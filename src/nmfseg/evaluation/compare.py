@@ -161,17 +161,22 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def load_reports(
-    paths: Sequence[str | Path], names: Sequence[str] | None = None
+    paths: Sequence[str | Path], names: Sequence[str] | None = None, minimum: int = 2
 ) -> list[ModelReport]:
     """Read evaluation reports; names default to the shortest unique folder suffixes.
+
+    ``minimum`` is the number of reports required (``nmfseg compare`` needs two; a one-row
+    table, as the demo writes for a single model, needs one).
 
     Raises:
         DataError: a folder that is not a report, or reports with different regions.
         ConfigError: the wrong number of names, or duplicate names.
     """
     paths = [Path(p).expanduser() for p in paths]
-    if len(paths) < 2:
-        raise ConfigError("compare needs at least two reports")
+    if len(paths) < minimum:
+        raise ConfigError(
+            "compare needs at least two reports" if minimum == 2 else f"need {minimum} reports"
+        )
     if names:
         if len(names) != len(paths):
             raise ConfigError(f"--names gives {len(names)} names for {len(paths)} reports")
