@@ -364,3 +364,41 @@ def test_warmup_cosine_schedule():
     assert lrs[4] == pytest.approx(1e-4) and all(np.diff(lrs[4:]) < 0)  # then cosine down
     assert lrs[12] == pytest.approx(0.5e-4)  # half-way through the cosine
     assert 0 < lrs[-1] < 1e-6
+
+
+def _nan_loss_at(monkeypatch, steps: set[int] | None):
+    """Make the training loss NaN at the given (1-based) steps, or always when None."""
+    import nmfseg.training.losses as losses_mod
+
+    base = losses_mod.DeepSupervisionLoss
+    calls = {"n": 0}
+
+    class NanLoss(base):
+        def forward(self, outputs, target):
+            calls["n"] += 1
+            loss = super().forward(outputs, target)
+            return loss * float("nan") if steps is None or calls["n"] in steps else loss
+
+    monkeypatch.setattr(losses_mod, "DeepSupervisionLoss", NanLoss)
+
+
+def test_a_nan_step_is_skipped_and_the_weights_stay_finite(toy, tmp_path, monkeypatch):
+    _nan_loss_at(monkeypatch, {2})
+    data, out = toy["isles22"], tmp_path / "runs"
+    result = runner.invoke(app, train_args(data, out, "isles22", steps=4))
+    assert result.exit_code == 0, result.output
+    assert "step 2: non-finite loss or gradients; step skipped" in result.output
+    fold = out / data.name / TINY["isles22"][0] / "fold_1"
+    ckpt = load_checkpoint(fold / "checkpoint_final.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_diverged_run_stops_with_one_line(toy, tmp_path, monkeypatch):
+    _nan_loss_at(monkeypatch, None)
+    data, out = toy["isles22"], tmp_path / "runs"
+    result = runner.invoke(app, train_args(data, out, "isles22", steps=30))
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert "training diverged: loss or gradients were NaN/Inf for 20 steps in a row" in last
+    assert "Traceback" not in result.output

@@ -48,6 +48,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ __all__ = ["WarmupCosine", "run_training"]
 # Test hook: SIGKILL this process right after the given optimizer step (before any file
 # of that step is written), to test that --resume continues exactly.
 _KILL_ENV = "NMFSEG_DEBUG_KILL_AT_STEP"
+# A run stops once this many optimizer steps in a row had NaN/Inf gradients.
+_MAX_BAD_STEPS = 20
 
 
 class WarmupCosine:
@@ -119,6 +122,8 @@ class _Trainer:
         self.step = 0
         self.val_results: list[dict[str, Any]] | None = None
         self.val_step = -1
+        self.bad_steps = 0  # consecutive optimizer steps skipped for NaN/Inf gradients
+        self.skipped_steps = 0
         self._created: list[Path] = []
 
     # ------------------------------------------------------------------------ setup
@@ -412,12 +417,15 @@ class _Trainer:
             loss = self.loss_fn(outputs, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg["optimizer"]["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg["optimizer"]["grad_clip"]
+            if self._gradients_finite():
+                self.optimizer.step()
+            with warnings.catch_warnings():
+                # After a skipped step torch warns that the schedule steps before the
+                # optimizer; the schedule counts steps, so it is right to advance it.
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
                 )
-            self.optimizer.step()
-            self.scheduler.step()
+                self.scheduler.step()
             self.step += 1
             losses.append(float(loss.detach()))
             if self.step == kill_at:
@@ -445,6 +453,34 @@ class _Trainer:
             if checkpoint:
                 self._save("checkpoint_last.pt")
         bar.close()
+
+    def _gradients_finite(self) -> bool:
+        """Clip (if configured) and check the gradient norm; skip the step if it is not finite.
+
+        A NaN/Inf loss or gradient (a diverging run, an overflow in low precision) would
+        otherwise poison the weights and AdamW's moments for good. The step is skipped
+        instead, as a GradScaler does; the norm is that of the all-reduced gradients, so
+        every DDP rank decides the same. After ``_MAX_BAD_STEPS`` skipped steps in a row the
+        run stops with a one-line error (checkpoint_last.pt still holds the last good state).
+        """
+        clip = self.cfg["optimizer"]["grad_clip"]
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), float(clip) if clip else math.inf
+        )
+        if bool(torch.isfinite(norm)):
+            self.bad_steps = 0
+            return True
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        if self.bad_steps == 1:
+            self._say(f"step {self.step + 1}: non-finite loss or gradients; step skipped")
+        if self.bad_steps >= _MAX_BAD_STEPS:
+            raise NmfsegError(
+                f"training diverged: loss or gradients were NaN/Inf for {self.bad_steps} steps "
+                f"in a row (up to step {self.step + 1}); lower --lr, or set "
+                "--set optimizer.grad_clip=1.0"
+            )
+        return False
 
 
 def run_training(run: TrainingRun, progress: bool = True) -> nn.Module:
