@@ -29,6 +29,7 @@ TINY = {
         "swin_factorizer_brats": {"channels": [8, 16, 32, 64, 128], "patch_size": 4},
         "segresnet": {"init_filters": 8},
     },
+    "model_train": {"segresnet": {"optimizer": {"lr": 5.0e-4, "grad_clip": 1.0}}},
 }
 
 
@@ -56,6 +57,36 @@ def test_demo_writes_a_complete_report(demo_run: tuple[Path, object]) -> None:
     assert (out / "figures" / "nmf_swin_factorizer_brats.png").is_file()
     assert not (out / "figures" / "nmf_segresnet.png").exists()
     assert "5 training phantoms" in report and "1 held-out" in report
+    # Timings come from the trainer's log.csv (they add up over resumed runs).
+    assert "| train swin_factorizer_brats |" in report
+
+
+def test_demo_applies_per_model_training_overrides(demo_run: tuple[Path, object]) -> None:
+    out, result = demo_run
+    assert result.exit_code == 0, result.output
+    runs = out / "runs" / "train"
+    seg = yaml.safe_load((runs / "segresnet" / "fold_0" / "config.yaml").read_text())
+    swin = yaml.safe_load((runs / "swin_factorizer_brats" / "fold_0" / "config.yaml").read_text())
+    assert seg["optimizer"]["lr"] == 5.0e-4 and seg["optimizer"]["grad_clip"] == 1.0
+    assert swin["optimizer"]["lr"] == 1.0e-3 and swin["optimizer"]["grad_clip"] is None
+    assert seg["optimizer"]["weight_decay"] == swin["optimizer"]["weight_decay"]  # merged
+    assert seg["steps"] == swin["steps"] == 2
+    report = (out / "report.md").read_text()
+    assert "`segresnet`: init_filters=8; 2 steps, lr 0.0005" in report
+    assert "gradient clipping 1.0" in report and "gradient clipping off" in report
+
+
+def test_demo_rebuilds_phantoms_when_their_settings_change(tmp_path: Path) -> None:
+    from nmfseg.demo import _make_dataset
+
+    cfg = dict(TINY["data"], shape=[24, 24, 24])
+    folder = _make_dataset(tmp_path / "d", 2, 0, cfg)
+    first = (folder / "synth.json").stat().st_mtime_ns
+    assert _make_dataset(tmp_path / "d", 2, 0, cfg) == folder  # same settings: reused
+    assert (folder / "synth.json").stat().st_mtime_ns == first
+    _make_dataset(tmp_path / "d", 2, 0, dict(cfg, spacing=5.0))  # another grid: rebuilt
+    meta = json.loads((folder / "synth.json").read_text())
+    assert meta["spacing_mm"] == 5.0 and meta["complete"]
 
 
 def test_demo_rerun_reuses_finished_work(demo_run: tuple[Path, object]) -> None:

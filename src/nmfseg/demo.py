@@ -73,6 +73,19 @@ def load_demo_config(path: str | Path | None = None) -> dict[str, Any]:
     return cfg
 
 
+def model_train_config(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``train`` section with the ``model_train[name]`` overrides merged in (deeply)."""
+
+    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in extra.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if both else value
+        return out
+
+    return merge(cfg["train"], (cfg.get("model_train") or {}).get(name) or {})
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config overrides use dotted keys)."""
     flat: dict[str, Any] = {}
@@ -95,12 +108,20 @@ def _log(message: str) -> None:
 
 def _make_dataset(folder: Path, n_cases: int, seed: int, data_cfg: dict[str, Any]) -> Path:
     """Synthesize the dataset unless a complete one with the same settings is there."""
-    from nmfseg.data.synth import MANIFEST, synthesize_dataset
+    from nmfseg.data.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
 
     manifest = folder / MANIFEST
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
-        same = meta.get("n_cases") == n_cases and meta.get("seed") == seed
+        wanted = {
+            "n_cases": n_cases,
+            "seed": seed,
+            "revision": PHANTOM_REVISION,
+            "format": data_cfg.get("format", "msd_brats"),
+            "spacing_mm": float(data_cfg.get("spacing", 2.0)),
+            "shape": data_cfg.get("shape"),
+        }
+        same = all(meta.get(k) == v for k, v in wanted.items())
         if meta.get("complete") and same:
             _log(f"reusing {folder} ({n_cases} cases)")
             return folder
@@ -135,7 +156,7 @@ def _train(
     from nmfseg.training.setup import prepare_run
     from nmfseg.training.trainer import run_training
 
-    overrides = _flatten(cfg["train"])
+    overrides = _flatten(model_train_config(cfg, name))
     fold = cfg.get("fold", 0)
     # resume=True starts a new run when the fold folder has no checkpoint yet.
     run = prepare_run(
@@ -150,11 +171,23 @@ def _train(
     return fold_dir
 
 
+def _training_seconds(fold_dir: Path) -> float:
+    """Training time (validation included) from the last row of the run's ``log.csv``."""
+    import csv
+
+    with (fold_dir / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["time"]) if rows else 0.0
+
+
 def _predict_and_evaluate(fold_dir: Path, test_dir: Path, pred_dir: Path, report_dir: Path):
     from nmfseg.evaluation.evaluate import evaluate, write_report
     from nmfseg.inference.predict import predict_folder
 
-    result = predict_folder(fold_dir, test_dir, pred_dir, overwrite=True, progress=True)
+    # checkpoint_best.pt: picked by the Dice on the fold's validation cases (never the test set).
+    result = predict_folder(
+        fold_dir, test_dir, pred_dir, checkpoint="best", overwrite=True, progress=True
+    )
     if result.failed:
         raise DataError(pred_dir, f"prediction failed for {len(result.failed)} case(s)")
     report = evaluate(pred_dir, test_dir)
@@ -189,9 +222,16 @@ def run_demo(
 
     cfg = load_demo_config(config)
     if steps is not None:
+        # --steps wins over every model's own steps; warm-ups are kept within a tenth of it.
         cfg["train"]["steps"] = int(steps)
-        sched = cfg["train"].setdefault("scheduler", {})
-        sched["warmup_steps"] = min(int(sched.get("warmup_steps", 0)), int(steps) // 10)
+        cfg["train"].setdefault("scheduler", {})
+        sections = [cfg["train"], *(v for v in (cfg.get("model_train") or {}).values() if v)]
+        for section in sections[1:]:
+            section.pop("steps", None)
+        for section in sections:
+            sched = section.get("scheduler")
+            if isinstance(sched, dict):
+                sched["warmup_steps"] = min(int(sched.get("warmup_steps", 0)), int(steps) // 10)
     data_cfg = cfg["data"]
     n_train = int(n_train if n_train is not None else data_cfg.get("train_cases", 40))
     n_test = int(n_test if n_test is not None else data_cfg.get("test_cases", 8))
@@ -222,9 +262,9 @@ def run_demo(
     fold_dirs: dict[str, Path] = {}
     report_dirs: list[Path] = []
     for name in names:
-        t0 = time.perf_counter()
         fold_dirs[name] = _train(train_dir, out / "runs", name, cfg["models"][name] or {}, cfg)
-        timings[f"train {name}"] = time.perf_counter() - t0
+        # The trainer's own clock (log.csv), which adds up the parts of a resumed run.
+        timings[f"train {name}"] = _training_seconds(fold_dirs[name])
         t0 = time.perf_counter()
         report_dir = out / "reports" / name
         _predict_and_evaluate(fold_dirs[name], test_dir, out / "predictions" / name, report_dir)

@@ -130,6 +130,8 @@ def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | N
 
 
 def _config_lines(cfg: dict[str, Any], names: list[str]) -> list[str]:
+    from nmfseg.demo import model_train_config
+
     train, data = cfg["train"], cfg["data"]
     lines = [
         f"- Data: {data.get('train_cases')} training phantoms (fold {cfg.get('fold', 0)} of a "
@@ -137,14 +139,20 @@ def _config_lines(cfg: dict[str, Any], names: list[str]) -> list[str]:
         f"{data.get('test_cases')} held-out test phantoms from another seed; "
         f"{data.get('spacing')} mm grid, MSD Task01 format.",
         f"- Training: {train.get('steps')} steps, batch {train.get('batch_size')}, patch "
-        f"{train.get('patch_size')}, AdamW lr {train.get('optimizer', {}).get('lr')}, "
-        f"warm-up {train.get('scheduler', {}).get('warmup_steps')} then cosine; the paper's "
-        "loss (Dice + BCE, deep supervision) and Appendix A augmentations.",
+        f"{train.get('patch_size')}; the paper's loss (Dice + BCE, deep supervision) and "
+        "Appendix A augmentations; AdamW, linear warm-up then cosine.",
     ]
     for name in names:
         args = cfg["models"].get(name) or {}
         text = ", ".join(f"{k}={v}" for k, v in args.items()) or "preset defaults"
-        lines.append(f"- `{name}`: {text}.")
+        own = model_train_config(cfg, name)
+        opt = own.get("optimizer", {})
+        clip = opt.get("grad_clip")
+        lines.append(
+            f"- `{name}`: {text}; {own.get('steps')} steps, lr {opt.get('lr')}, warm-up "
+            f"{own.get('scheduler', {}).get('warmup_steps')}, gradient clipping "
+            f"{clip if clip else 'off'}."
+        )
     return lines
 
 

@@ -39,6 +39,7 @@ from nmfseg.errors import ConfigError, DataError
 __all__ = [
     "KINDS",
     "MANIFEST",
+    "PHANTOM_REVISION",
     "SynthCase",
     "case_id_for",
     "save_overview",
@@ -51,6 +52,9 @@ __all__ = [
 #: Name of the manifest written next to the cases; ``overwrite`` only clears folders with one.
 MANIFEST = "synth.json"
 OVERVIEW = "overview.png"
+#: Revision of the phantom model, written to the manifest. Bumped whenever the same seed
+#: gives different images or labels, so that cached phantom sets are regenerated.
+PHANTOM_REVISION = 2
 
 #: What each kind of phantom is: generator, internal regions, channels, formats it can be
 #: written in (the first is the default), internal label names and overlay colours.
@@ -349,6 +353,7 @@ def synthesize_dataset(
     manifest: dict[str, Any] = {
         "generator": "nmfseg synth",
         "version": __version__,
+        "revision": PHANTOM_REVISION,
         "complete": False,  # until every case is written (an interrupted run can be overwritten)
         "kind": kind,
         "format": fmt,

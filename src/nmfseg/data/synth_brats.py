@@ -67,7 +67,7 @@ _TISSUE = np.array(
 _LESION = {
     "ed": np.array([0.98, 0.52, 0.54, 0.86], dtype=np.float32),  # bright FLAIR and T2
     "ncr": np.array([0.55, 0.22, 0.24, 0.95], dtype=np.float32),  # necrosis: dark T1(Gd)
-    "net": np.array([0.85, 0.42, 0.46, 0.80], dtype=np.float32),  # non-enhancing solid core
+    "net": np.array([0.82, 0.33, 0.36, 0.95], dtype=np.float32),  # non-enhancing core: dark T1
     "et": np.array([0.78, 0.48, 1.35, 0.66], dtype=np.float32),  # bright rim on T1Gd only
 }
 
@@ -213,7 +213,9 @@ def synth_brats_case(
     lesion = {k: v * rng.uniform(0.9, 1.1, size=4).astype(np.float32) for k, v in _LESION.items()}
     core_contrast = lesion["net"] if kind == "non-enhancing" else lesion["ncr"]
     base = clean[(slice(None), *box)]
-    fade = np.clip((1.0 - wt_score) / 0.35, 0.5, 1.0)  # edema weakest at its border
+    # Edema is weakest at its border but stays clearly hyperintense on FLAIR/T2 there: the
+    # label is what a rater would outline, so no labelled voxel may be invisible.
+    fade = np.clip((1.0 - wt_score) / 0.35, 0.75, 1.0)
     blur = 0.6  # voxels of partial-volume blur at region borders
     painted = base.copy()
     for mask, contrast, het, strength_map in (
