@@ -16,7 +16,9 @@ from nmfseg.cli import app
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.schemes import SCHEMES, labels_to_regions
 from nmfseg.data.synth import (
+    KINDS,
     MANIFEST,
+    PHANTOM_REVISION,
     case_id_for,
     synth_brats_case,
     synth_isles_case,
@@ -254,7 +256,9 @@ def test_scheme_label_mapping_matches_regions():
         ("brats", "msd", synth_brats_case),
         ("brats", "brats2021", synth_brats_case),
         ("brats", "brats2023", synth_brats_case),
+        ("brats", "nnunet", synth_brats_case),
         ("isles", None, synth_isles_case),
+        ("isles", "nnunet", synth_isles_case),
     ],
 )
 def test_written_datasets_read_back_exactly(tmp_path, kind, fmt, make):
@@ -264,7 +268,10 @@ def test_written_datasets_read_back_exactly(tmp_path, kind, fmt, make):
     ds = open_dataset(root)
     expected_fmt = {"msd": "msd_brats", None: "isles22"}.get(fmt, fmt)
     assert ds.fmt == expected_fmt and ds.has_labels
-    assert ds.case_ids == [case_id_for(expected_fmt, i) for i in range(2)]
+    assert ds.case_ids == [case_id_for(expected_fmt, i, kind) for i in range(2)]
+    assert ds.scheme.in_channels == len(KINDS[kind]["channels"])
+    if fmt == "nnunet":  # the dataset.json names the generator's channels
+        assert ds.scheme.channels == KINDS[kind]["channels"]
     regions = BRATS_REGIONS if kind == "brats" else {"lesion": (1,)}
     for i, case in enumerate(ds.cases):
         data = load_case(case)
@@ -276,7 +283,7 @@ def test_written_datasets_read_back_exactly(tmp_path, kind, fmt, make):
         assert np.array_equal(got.astype(bool), want)
     manifest = json.loads((root / MANIFEST).read_text())
     assert manifest["kind"] == kind and manifest["format"] == expected_fmt
-    assert manifest["complete"] is True
+    assert manifest["complete"] is True and manifest["revision"] == PHANTOM_REVISION
     assert [c["seed"] for c in manifest["cases"]] == [[4, 0], [4, 1]]
     import matplotlib.image
 

@@ -17,7 +17,8 @@ def synth(
     fmt: str | None = typer.Option(
         None,
         "--format",
-        help="msd (default for brats), brats2021, brats2023, isles22 (isles).",
+        help="msd (default for brats), brats2021, brats2023, isles22 (default for isles), "
+        "nnunet (either kind).",
     ),
     spacing: float = typer.Option(
         2.0, "--spacing", help="Voxel size in mm (2 = the MNI 2 mm grid; 3-4 for quick runs)."

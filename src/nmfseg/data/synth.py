@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from nmfseg.data.schemes import DatasetScheme
 from nmfseg.data.synth_anatomy import SynthCase
 from nmfseg.data.synth_brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
 from nmfseg.data.synth_isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
@@ -57,34 +58,57 @@ OVERVIEW = "overview.png"
 PHANTOM_REVISION = 2
 
 #: What each kind of phantom is: generator, internal regions, channels, formats it can be
-#: written in (the first is the default), internal label names and overlay colours.
+#: written in (the first is the default), internal label names and overlay colours, and
+#: the scheme of its nnU-Net v2 form: BraTS region-based (labels 1 = edema, 2 = necrosis /
+#: non-enhancing core, 3 = enhancing; regions WT, TC, ET painted in that order, as nnU-Net's
+#: own BraTS conversion), ISLES one lesion label; channels in the generator's order.
 KINDS: dict[str, dict[str, Any]] = {
     "brats": {
         "generate": synth_brats_case,
         "regions": BRATS_REGIONS,
         "channels": BRATS_CHANNELS,
-        "formats": ("msd_brats", "brats2021", "brats2023"),
+        "formats": ("msd_brats", "brats2021", "brats2023", "nnunet"),
         "labels": {NCR: ("NCR", "#e8412c"), ED: ("ED", "#3cc43c"), ET: ("ET", "#ffe119")},
+        "case_prefix": "BRATS",
+        "nnunet_scheme": DatasetScheme(
+            name="nnunet",
+            channels=BRATS_CHANNELS,
+            labels=(0, 1, 2, 3),
+            regions={"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
+            region_labels={"WT": 1, "TC": 2, "ET": 3},
+        ),
     },
     "isles": {
         "generate": synth_isles_case,
         "regions": ISLES_REGIONS,
         "channels": ISLES_CHANNELS,
-        "formats": ("isles22",),
+        "formats": ("isles22", "nnunet"),
         "labels": {LESION: ("lesion", "#e8412c")},
+        "case_prefix": "ISLES",
+        "nnunet_scheme": DatasetScheme(
+            name="nnunet",
+            channels=ISLES_CHANNELS,
+            labels=(0, 1),
+            regions={"lesion": (1,)},
+            region_labels={"lesion": 1},
+        ),
     },
 }
 _FORMAT_ALIASES = {"msd": "msd_brats"}
 
 
-def case_id_for(fmt: str, index: int) -> str:
+def case_id_for(fmt: str, index: int, kind: str = "brats") -> str:
     """The case id of case ``index`` (0-based) in a format's own naming.
 
     Examples::
 
         >>> [case_id_for(f, 0) for f in ("msd_brats", "brats2021", "brats2023", "isles22")]
         ['BRATS_001', 'BraTS2021_00000', 'BraTS-GLI-00000-000', 'sub-strokecase0001']
+        >>> case_id_for("nnunet", 0, "isles")
+        'ISLES_001'
     """
+    if fmt == "nnunet":
+        return f"{KINDS[kind]['case_prefix']}_{index + 1:03d}"
     if fmt == "msd_brats":
         return f"BRATS_{index + 1:03d}"
     if fmt == "brats2021":
@@ -164,9 +188,11 @@ def _make_case(job: dict[str, Any]) -> dict[str, Any]:
     case: SynthCase = spec["generate"](
         (job["seed"], job["index"]), spacing=job["spacing"], shape=job["shape"]
     )
-    scheme = SCHEMES[job["fmt"]]
+    scheme = spec["nnunet_scheme"] if job["fmt"] == "nnunet" else SCHEMES[job["fmt"]]
     label = to_scheme_labels(case.label, spec["regions"], scheme)
-    write_case(job["fmt"], job["out"], job["case_id"], case.image, label, case.affine)
+    write_case(
+        job["fmt"], job["out"], job["case_id"], case.image, label, case.affine, scheme=scheme
+    )
     voxel_ml = float(abs(np.linalg.det(case.affine[:3, :3]))) / 1000.0
     counts = np.bincount(case.label.ravel(), minlength=max(spec["labels"]) + 1)
     result: dict[str, Any] = {
@@ -297,7 +323,8 @@ def synthesize_dataset(
         n_cases: Number of cases.
         seed: Dataset seed; case ``i`` uses the seed ``(seed, i)``.
         fmt: ``"msd"``/``"msd_brats"`` (default for brats), ``"brats2021"``, ``"brats2023"``,
-            or ``"isles22"`` (default and only format for isles).
+            ``"isles22"`` (default for isles), or ``"nnunet"`` (nnU-Net v2 raw, either kind;
+            name the folder ``DatasetNNN_Name`` if nnU-Net itself is to read it).
         spacing: Isotropic voxel size in mm (>= 1; 2 is the default, 3–4 for quick runs).
         shape: Optional grid size ``(X, Y, Z)``, cropped/padded about the brain.
         workers: Processes generating cases in parallel (the result does not depend on it).
@@ -372,7 +399,7 @@ def synthesize_dataset(
             "out": str(out),
             "seed": int(seed),
             "index": i,
-            "case_id": case_id_for(fmt, i),
+            "case_id": case_id_for(fmt, i, kind),
             "spacing": float(spacing),
             "shape": shape,
             "keep_slice": i < overview,
@@ -392,7 +419,11 @@ def synthesize_dataset(
         bar.close()
 
     write_dataset_metadata(
-        fmt, out, name=f"nmfseg {kind} phantoms", description="synthetic phantoms (nmfseg synth)"
+        fmt,
+        out,
+        scheme=spec["nnunet_scheme"] if fmt == "nnunet" else None,
+        name=f"nmfseg {kind} phantoms",
+        description="synthetic phantoms (nmfseg synth)",
     )
     if overview > 0:
         slices = [(r["case_id"], *r.pop("slice")) for r in results if "slice" in r]
