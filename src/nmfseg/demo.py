@@ -86,6 +86,31 @@ def model_train_config(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return merge(cfg["train"], (cfg.get("model_train") or {}).get(name) or {})
 
 
+def set_demo_steps(cfg: dict[str, Any], steps: int) -> None:
+    """Make every model train ``steps`` steps (``--steps``), in place.
+
+    The value replaces ``train.steps`` and any ``model_train.<name>.steps``; every warm-up is
+    capped at a tenth of it.
+
+    Examples::
+
+        >>> cfg = {"train": {"steps": 600, "scheduler": {"warmup_steps": 30}},
+        ...        "model_train": {"segresnet": {"steps": 900}}}
+        >>> set_demo_steps(cfg, 100)
+        >>> model_train_config(cfg, "segresnet")["steps"], cfg["train"]["scheduler"]
+        (100, {'warmup_steps': 10})
+    """
+    steps = int(steps)
+    cfg["train"]["steps"] = steps
+    own = [v for v in (cfg.get("model_train") or {}).values() if isinstance(v, dict)]
+    for section in own:
+        section.pop("steps", None)
+    for section in [cfg["train"], *own]:
+        sched = section.get("scheduler")
+        if isinstance(sched, dict) and "warmup_steps" in sched:
+            sched["warmup_steps"] = min(int(sched["warmup_steps"]), steps // 10)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config overrides use dotted keys)."""
     flat: dict[str, Any] = {}
@@ -222,16 +247,7 @@ def run_demo(
 
     cfg = load_demo_config(config)
     if steps is not None:
-        # --steps wins over every model's own steps; warm-ups are kept within a tenth of it.
-        cfg["train"]["steps"] = int(steps)
-        cfg["train"].setdefault("scheduler", {})
-        sections = [cfg["train"], *(v for v in (cfg.get("model_train") or {}).values() if v)]
-        for section in sections[1:]:
-            section.pop("steps", None)
-        for section in sections:
-            sched = section.get("scheduler")
-            if isinstance(sched, dict):
-                sched["warmup_steps"] = min(int(sched.get("warmup_steps", 0)), int(steps) // 10)
+        set_demo_steps(cfg, steps)
     data_cfg = cfg["data"]
     n_train = int(n_train if n_train is not None else data_cfg.get("train_cases", 40))
     n_test = int(n_test if n_test is not None else data_cfg.get("test_cases", 8))
