@@ -132,7 +132,9 @@ def test_set_nmf_changes_the_output(name):
         rank2 = model(x)
         model.set_nmf(rank=1, solver="hals", enabled=[])
         off = model(x)
-        model.set_nmf()
+        model.set_nmf(iters=5)  # other settings leave the short-circuit as it is
+        assert torch.equal(model(x), off)
+        model.set_nmf(enabled="all")
         back = model(x)
     assert not torch.allclose(base, fewer)
     assert not torch.allclose(base, rank2)
@@ -150,7 +152,7 @@ def test_short_circuit_replaces_the_nmf_output_by_its_input(name):
     with torch.no_grad():
         model.set_nmf(enabled=keep)
         short = model(x)
-        model.set_nmf()
+        model.set_nmf(enabled="all")
         for index, layer in enumerate(model.nmf_layers()):
             if index not in keep:
                 layer.nmf = nn.Identity()  # matricize -> ReLU -> (identity) -> dematricize
@@ -294,6 +296,8 @@ def test_bad_inputs_and_nmf_settings_raise_value_errors():
         model(torch.randn(1, 3, 8, 8, 8))
     with pytest.raises(ValueError, match="enabled"):
         model.set_nmf(enabled=[9])
+    with pytest.raises(ValueError, match="enabled should be 'all'"):
+        model.set_nmf(enabled="none")
     with pytest.raises(ValueError, match="solver"):
         model.set_nmf(solver="als")
     with pytest.raises(ValueError, match="iters"):

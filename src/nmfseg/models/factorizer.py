@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -383,7 +384,7 @@ class Factorizer(nn.Module):
         iters: int | None = None,
         rank: int | None = None,
         solver: str | None = None,
-        enabled: Sequence[int] | None = None,
+        enabled: Sequence[int] | Literal["all"] | None = None,
     ) -> None:
         """Change every NMF layer at inference time, without retraining.
 
@@ -392,16 +393,19 @@ class Factorizer(nn.Module):
             rank: New rank (``None``: unchanged).
             solver: New solver, ``"hals"`` or ``"mu"`` (``None``: unchanged).
             enabled: Indices (into :meth:`nmf_layers`) of the layers to keep; every other
-                layer is short-circuited (its output replaced by its input). ``None``
-                enables all layers. Every call sets this, so pass it again when changing
-                other settings of a partly short-circuited model.
+                layer is short-circuited (its output replaced by its input). ``"all"``
+                enables every layer again; ``None`` leaves the choice unchanged.
 
         Examples::
 
             >>> net = Factorizer(3, 4, 3, channels=(8, 16, 32, 64, 128))
-            >>> net.set_nmf(iters=2, enabled=[0, 1, 2, 3, 4])
+            >>> net.set_nmf(enabled=[0, 1, 2, 3, 4])
+            >>> net.set_nmf(iters=2)  # the short-circuited layers stay short-circuited
             >>> [layer.enabled for layer in net.nmf_layers()][3:6]
             [True, True, False]
+            >>> net.set_nmf(enabled="all")
+            >>> all(layer.enabled for layer in net.nmf_layers())
+            True
         """
         layers = self.nmf_layers()
         if iters is not None and (not isinstance(iters, int) or iters < 0):
@@ -410,7 +414,14 @@ class Factorizer(nn.Module):
             raise ValueError(f"rank should be a positive int, got {rank!r}.")
         if solver is not None and solver not in SOLVERS:
             raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
-        keep = set(range(len(layers))) if enabled is None else set(enabled)
+        if isinstance(enabled, str) and enabled != "all":
+            raise ValueError(f"enabled should be 'all' or a list of indices, got {enabled!r}.")
+        if enabled is None:
+            keep = {i for i, layer in enumerate(layers) if layer.enabled}
+        elif enabled == "all":
+            keep = set(range(len(layers)))
+        else:
+            keep = set(enabled)
         bad = sorted(i for i in keep if not (isinstance(i, int) and 0 <= i < len(layers)))
         if bad:
             raise ValueError(
