@@ -17,7 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from nmfseg.cli import app
-from nmfseg.data.formats import open_dataset, read_nifti
+from nmfseg.data.formats import open_dataset
+from nmfseg.data.nifti import read_nifti
 from nmfseg.data.toy import make_toy_dataset
 from nmfseg.models import create_model, list_models
 from nmfseg.nmf import nmf

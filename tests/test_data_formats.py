@@ -24,8 +24,8 @@ from nmfseg.data.formats import (
     open_input,
     write_case,
     write_dataset_metadata,
-    write_label,
 )
+from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import (
     SCHEMES,
     DatasetScheme,

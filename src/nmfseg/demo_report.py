@@ -52,7 +52,8 @@ def overlay_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nmfseg.data.formats import load_case, open_dataset, read_nifti
+    from nmfseg.data.formats import load_case, open_dataset
+    from nmfseg.data.nifti import read_nifti
     from nmfseg.data.schemes import labels_to_regions
 
     dataset = open_dataset(test_dir)

@@ -3,7 +3,7 @@
 Every case is read file by file and checked for: files present and readable (a truncated
 ``.nii.gz`` is caught), the expected number of channels (an MSD 4D file with 3 volumes, a
 missing BraTS modality), every channel and the label on the same grid (shape equal, affine
-equal to :data:`~nmfseg.data.formats.AFFINE_ATOL` mm), no NaN/Inf, integer label values
+equal to :data:`~nmfseg.data.nifti.AFFINE_ATOL` mm), no NaN/Inf, integer label values
 that the scheme allows. For MSD and nnU-Net folders also: ``numTraining`` matches, no
 stray or out-of-range channel files, no label without an image.
 
@@ -18,20 +18,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nmfseg.data.formats import (
-    _CHANNEL_FILE,
-    Case,
-    Dataset,
-    _json_base,
-    _nifti_files,
-    _read_json,
-    _squeeze_3d,
-    _strip_nifti,
+from nmfseg.data.formats import _CHANNEL_FILE, Case, Dataset, _json_base
+from nmfseg.data.nifti import (
     check_label_values,
     compare_geometry,
     load_nifti,
+    nifti_files,
     nonfinite_count,
+    read_json,
     read_nifti,
+    squeeze_3d,
+    strip_nifti_ending,
 )
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import DataError
@@ -109,7 +106,7 @@ def _check_images(case: Case, scheme: DatasetScheme, add) -> tuple[object, Path]
     for channel, path in zip(scheme.channels, case.image_paths, strict=False):
         try:
             data, img = read_nifti(path)
-            data = _squeeze_3d(data, path)
+            data = squeeze_3d(data, path)
         except DataError as err:
             problem = err.problem
             if problem == "file not found":
@@ -151,7 +148,7 @@ def check_case(case: Case, scheme: DatasetScheme | None = None) -> list[Problem]
         return problems
     try:
         raw, img = read_nifti(case.label_path, dtype=None)
-        raw = _squeeze_3d(raw, case.label_path)
+        raw = squeeze_3d(raw, case.label_path)
     except DataError as err:
         problem = (
             "missing label (file not found)" if err.problem == "file not found" else err.problem
@@ -178,7 +175,7 @@ def _dataset_problems(dataset: Dataset) -> list[Problem]:
     images = root / images_name
     ids = set(dataset.case_ids)
     if images_name == "imagesTr":
-        meta = _read_json(root / "dataset.json")
+        meta = read_json(root / "dataset.json")
         expected = meta.get("numTraining")
         found = len(dataset.cases)
         if expected is not None and expected != found:
@@ -191,7 +188,7 @@ def _dataset_problems(dataset: Dataset) -> list[Problem]:
             )
     if dataset.fmt == "nnunet":
         n = dataset.scheme.in_channels
-        for path in _nifti_files(images):
+        for path in nifti_files(images):
             match = _CHANNEL_FILE.match(path.name)
             if match is None:
                 problems.append(Problem(DATASET, path, "not named CASE_XXXX (channel index)"))
@@ -205,8 +202,8 @@ def _dataset_problems(dataset: Dataset) -> list[Problem]:
                 )
     if dataset.has_labels:
         labels = next(iter(c.label_path for c in dataset.cases if c.label_path), None)
-        for path in _nifti_files(labels.parent) if labels is not None else []:
-            if _strip_nifti(path.name) not in ids:
+        for path in nifti_files(labels.parent) if labels is not None else []:
+            if strip_nifti_ending(path.name) not in ids:
                 problems.append(Problem(DATASET, path, "label file without images"))
     return problems
 

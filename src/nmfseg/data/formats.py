@@ -23,24 +23,38 @@ subject folder, an MSD 4D file or one channel file ``CASE_0000.nii.gz`` of an nn
 
 :func:`load_case` reads a case as a channels-first float32 array in the scheme's channel
 order; every problem (missing, unreadable, wrong geometry, NaN, bad label) is a
-:class:`~nmfseg.errors.DataError` naming the file. :func:`write_case`,
-:func:`write_dataset_metadata`, :func:`write_label` and :func:`write_image` write NIfTI
-files atomically.
+:class:`~nmfseg.errors.DataError` naming the file. :func:`write_case` and
+:func:`write_dataset_metadata` write NIfTI files atomically (file-level helpers:
+:mod:`nmfseg.data.nifti`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from nmfseg.data.nifti import (
+    NIFTI_ENDINGS,
+    check_label_values,
+    compare_geometry,
+    label_dtype,
+    load_nifti,
+    new_nifti,
+    nifti_files,
+    nifti_path,
+    nonfinite_count,
+    read_json,
+    read_nifti,
+    save_nifti_atomic,
+    squeeze_3d,
+    strip_nifti_ending,
+    write_image,
+    write_json,
+)
 from nmfseg.data.schemes import SCHEMES, DatasetScheme, scheme_from_nnunet_json
 from nmfseg.errors import ConfigError, DataError
 
@@ -50,27 +64,19 @@ __all__ = [
     "CaseData",
     "Dataset",
     "case_output_name",
-    "check_label_values",
-    "compare_geometry",
     "detect_format",
     "load_case",
     "open_case",
     "open_dataset",
     "open_input",
-    "read_nifti",
     "write_case",
     "write_dataset_metadata",
-    "write_image",
-    "write_json",
-    "write_label",
 ]
 
 FORMATS = ("msd_brats", "brats2021", "brats2023", "isles22", "nnunet")
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 _BRATS_SEP = {"brats2021": "_", "brats2023": "-"}
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 _ISLES_SESSION = "ses-0001"
-AFFINE_ATOL = 1e-3  # mm: channels and labels of a case must agree to this tolerance
 
 
 @dataclass
@@ -142,217 +148,11 @@ class Dataset:
         raise KeyError(case_id)
 
 
-# --------------------------------------------------------------------------- NIfTI helpers
-
-
-def _strip_nifti(name: str) -> str:
-    for ending in NIFTI_ENDINGS:
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name
-
-
-def _nifti(stem: Path) -> Path:
-    """``stem.nii.gz`` if it (or ``stem.nii``) exists, else the ``.nii.gz`` path."""
-    for ending in NIFTI_ENDINGS:
-        path = stem.with_name(stem.name + ending)
-        if path.is_file():
-            return path
-    return stem.with_name(stem.name + NIFTI_ENDINGS[0])
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS) and p.is_file()
-    )
+# --------------------------------------------------------------------------- folders
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
-
-
-def load_nifti(path: Path) -> Any:
-    """Open a NIfTI file lazily (header only); DataError if missing or not NIfTI."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        img = nib.load(path)
-    except Exception as err:
-        raise DataError(path, f"cannot read NIfTI header ({_short(err)})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(path, f"is a {type(img).__name__}, not a NIfTI image")
-    return img
-
-
-def read_nifti(path: Path, dtype: Any = np.float32) -> tuple[np.ndarray, Any]:
-    """Read a whole NIfTI file: ``(array, image)``; DataError naming the file on failure.
-
-    Examples::
-
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "x.nii.gz"
-        >>> write_image(p, np.ones((2, 3, 4)), np.eye(4))
-        >>> read_nifti(p)[0].shape
-        (2, 3, 4)
-    """
-    img = load_nifti(path)
-    try:
-        data = np.asarray(img.dataobj)
-    except Exception as err:
-        raise DataError(path, f"cannot read NIfTI data, file corrupt? ({_short(err)})") from None
-    if dtype is not None:
-        data = data.astype(dtype, copy=False)
-    return data, img
-
-
-def _squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(path, f"has shape {data.shape}; expected one 3D volume")
-    return data
-
-
-def compare_geometry(img: Any, ref: Any, ref_path: Path, shape: tuple | None = None) -> str | None:
-    """Why ``img`` does not share the reference image's grid, or None if it does.
-
-    Spatial shapes must be equal, affines equal to :data:`AFFINE_ATOL` mm.
-    """
-    shape = tuple(shape if shape is not None else img.shape[:3])
-    ref_shape = tuple(ref.shape[:3])
-    if shape != ref_shape:
-        return f"shape {shape} differs from {Path(ref_path).name}'s {ref_shape}"
-    diff = float(np.abs(np.asarray(img.affine) - np.asarray(ref.affine)).max())
-    if not diff <= AFFINE_ATOL:
-        return f"affine differs from {Path(ref_path).name}'s (max difference {diff:.4g})"
-    return None
-
-
-def nonfinite_count(data: np.ndarray) -> int:
-    """Number of NaN/Inf voxels (0 for integer arrays)."""
-    if not np.issubdtype(data.dtype, np.floating):
-        return 0
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
-
-
-def check_label_values(label: np.ndarray, scheme: DatasetScheme) -> tuple[np.ndarray | None, str]:
-    """Validate a raw label array: ``(int16 labels, "")`` or ``(None, problem)``."""
-    if np.issubdtype(label.dtype, np.floating):
-        if nonfinite_count(label):
-            return None, f"contains {nonfinite_count(label)} NaN/Inf voxel(s)"
-        if not np.array_equal(label, np.round(label)):
-            return None, "has non-integer label values"
-    if label.size and (label.min() < 0 or label.max() > np.iinfo(np.int16).max):
-        bad = sorted({int(label.min()), int(label.max())} - set(scheme.labels))
-        return None, f"label values {bad} are not in the {scheme.name} scheme {scheme.labels}"
-    label = label.astype(np.int16)
-    present = np.flatnonzero(np.bincount(label.ravel())) if label.size else np.array([])
-    bad = sorted(set(present.tolist()) - set(scheme.labels))
-    if bad:
-        return None, f"label values {bad} are not in the {scheme.name} scheme {scheme.labels}"
-    return label, ""
-
-
-def _atomic_save(img: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the ending: nibabel picks gzip from it.
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"cannot read JSON ({_short(err)})") from None
-    if not isinstance(meta, dict):
-        raise DataError(path, "must hold a JSON object")
-    return meta
-
-
-def _new_image(data: np.ndarray, affine: np.ndarray, header: Any = None) -> Any:
-    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    header = header.copy() if header is not None else None
-    if header is not None:
-        header.set_data_dtype(data.dtype)
-        header.set_slope_inter(None, None)
-    img = klass(data, np.asarray(affine, dtype=np.float64), header=header)
-    if header is None:
-        img.set_qform(img.affine, code=1)
-        img.set_sform(img.affine, code=1)
-        img.header.set_xyzt_units("mm", "sec")
-    return img
-
-
-def _label_dtype(label: np.ndarray) -> Any:
-    return np.uint8 if label.size == 0 or (label.min() >= 0 and label.max() <= 255) else np.int16
-
-
-def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=None) -> Path:
-    """Write a label map with the reference image's header (and affine), atomically.
-
-    Args:
-        path: output file (``.nii.gz``).
-        label: ``(X, Y, Z)`` integer label map.
-        reference_header: header of the image it belongs to (``CaseData.header``); a 4D MSD
-            header is fine, the written file is 3D.
-        affine: defaults to the reference header's affine.
-
-    Examples::
-
-        >>> import tempfile
-        >>> hdr = nib.Nifti1Header()
-        >>> p = write_label(Path(tempfile.mkdtemp()) / "c.nii.gz", np.ones((2, 2, 2)), hdr)
-        >>> nib.load(p).get_data_dtype()
-        dtype('uint8')
-    """
-    label = np.asarray(label)
-    if label.ndim != 3:
-        raise ValueError(f"label must be 3D (X, Y, Z), got shape {label.shape}")
-    label = label.astype(_label_dtype(label))
-    affine = reference_header.get_best_affine() if affine is None else affine
-    _atomic_save(_new_image(label, affine, reference_header), Path(path))
-    return Path(path)
-
-
-def write_image(path: Path, data: np.ndarray, affine: np.ndarray, header: Any = None) -> None:
-    """Write ``(X, Y, Z)`` or channels-first ``(C, X, Y, Z)`` data (stored channels last).
-
-    The dtype is kept (use float32 for images and probabilities).
-    """
-    data = np.asarray(data)
-    if data.ndim == 4:
-        data = np.ascontiguousarray(np.moveaxis(data, 0, -1))
-    elif data.ndim != 3:
-        raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {data.shape}")
-    _atomic_save(_new_image(data, affine, header), Path(path))
 
 
 # --------------------------------------------------------------------------- detection
@@ -375,12 +175,12 @@ def _isles_subjects_dir(root: Path) -> Path:
 def _detect(root: Path) -> str | None:
     base = _json_base(root)
     if base is not None:
-        meta = _read_json(base[0] / "dataset.json")
+        meta = read_json(base[0] / "dataset.json")
         if "channel_names" in meta:
             return "nnunet"
         if "modality" in meta:  # MSD, or an nnU-Net v1 dataset (3D files per channel)
             images = base[0] / base[1]
-            v1 = any(_CHANNEL_FILE.match(p.name) for p in _nifti_files(images))
+            v1 = any(_CHANNEL_FILE.match(p.name) for p in nifti_files(images))
             return "nnunet" if v1 else "msd_brats"
         raise DataError(
             base[0] / "dataset.json",
@@ -389,13 +189,13 @@ def _detect(root: Path) -> str | None:
     for sub in _subdirs(root):
         for fmt, sep in _BRATS_SEP.items():
             channel = SCHEMES[fmt].channels[0]
-            if _nifti(sub / f"{sub.name}{sep}{channel}").is_file():
+            if nifti_path(sub / f"{sub.name}{sep}{channel}").is_file():
                 return fmt
     subjects = _isles_subjects_dir(root)
     for sub in sorted(subjects.glob("sub-*")):
         if any(sub.glob("ses-*/dwi/*_dwi.nii*")):
             return "isles22"
-    files = _nifti_files(root)
+    files = nifti_files(root)
     if any(_CHANNEL_FILE.match(p.name) for p in files):
         return "nnunet"
     if files and len(load_nifti(files[0]).shape) == 4:
@@ -449,7 +249,7 @@ def _open_json_format(root: Path, fmt: str, scheme: DatasetScheme | None) -> Dat
     else:
         images = base[0] / base[1]
         labels = base[0] / ("labelsTr" if base[1] == "imagesTr" else "labelsTs")
-        meta = _read_json(base[0] / "dataset.json")
+        meta = read_json(base[0] / "dataset.json")
     meta_path = base[0] / "dataset.json" if base is not None else root
     if fmt == "msd_brats":
         scheme = SCHEMES["msd_brats"]
@@ -475,17 +275,15 @@ def _open_json_format(root: Path, fmt: str, scheme: DatasetScheme | None) -> Dat
         )
     if not images.is_dir():
         raise DataError(images, "images folder not found")
-    has_labels = labels is not None and labels.is_dir() and bool(_nifti_files(labels))
+    has_labels = labels is not None and labels.is_dir() and bool(nifti_files(labels))
     cases: list[Case] = []
     if fmt == "msd_brats":
-        for path in _nifti_files(images):
-            cid = _strip_nifti(path.name)
-            label = _nifti(labels / cid) if has_labels else None
+        for path in nifti_files(images):
+            cid = strip_nifti_ending(path.name)
+            label = nifti_path(labels / cid) if has_labels else None
             cases.append(Case(cid, [path], label, fmt, scheme))
     else:
-        ids = sorted(
-            {m["case"] for p in _nifti_files(images) if (m := _CHANNEL_FILE.match(p.name))}
-        )
+        ids = sorted({m["case"] for p in nifti_files(images) if (m := _CHANNEL_FILE.match(p.name))})
         for cid in ids:
             paths = [images / f"{cid}_{i:04d}{ending}" for i in range(scheme.in_channels)]
             label = labels / f"{cid}{ending}" if has_labels else None
@@ -495,8 +293,8 @@ def _open_json_format(root: Path, fmt: str, scheme: DatasetScheme | None) -> Dat
 
 def _brats_case(folder: Path, fmt: str) -> Case:
     sep, scheme, cid = _BRATS_SEP[fmt], SCHEMES[fmt], folder.name
-    paths = [_nifti(folder / f"{cid}{sep}{c}") for c in scheme.channels]
-    return Case(cid, paths, _nifti(folder / f"{cid}{sep}seg"), fmt, scheme)
+    paths = [nifti_path(folder / f"{cid}{sep}{c}") for c in scheme.channels]
+    return Case(cid, paths, nifti_path(folder / f"{cid}{sep}seg"), fmt, scheme)
 
 
 def _open_brats(root: Path, fmt: str) -> Dataset:
@@ -504,7 +302,9 @@ def _open_brats(root: Path, fmt: str) -> Dataset:
     cases = [
         _brats_case(d, fmt)
         for d in _subdirs(root)
-        if any(_nifti(d / f"{d.name}{sep}{s}").is_file() for s in (*SCHEMES[fmt].channels, "seg"))
+        if any(
+            nifti_path(d / f"{d.name}{sep}{s}").is_file() for s in (*SCHEMES[fmt].channels, "seg")
+        )
     ]
     has_labels = any(c.label_path is not None and c.label_path.is_file() for c in cases)
     for case in cases:
@@ -518,9 +318,9 @@ def _isles_case(subject: Path, derivatives: Path | None) -> Case:
     sessions = sorted(p.name for p in subject.glob("ses-*") if p.is_dir())
     ses = sessions[0] if sessions else _ISLES_SESSION
     paths = [
-        _nifti(subject / ses / "dwi" / f"{sub}_{ses}_{c}") for c in SCHEMES["isles22"].channels
+        nifti_path(subject / ses / "dwi" / f"{sub}_{ses}_{c}") for c in SCHEMES["isles22"].channels
     ]
-    label = _nifti(derivatives / sub / ses / f"{sub}_{ses}_msk") if derivatives else None
+    label = nifti_path(derivatives / sub / ses / f"{sub}_{ses}_msk") if derivatives else None
     return Case(sub, paths, label, "isles22", SCHEMES["isles22"])
 
 
@@ -606,7 +406,7 @@ def open_case(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | 
         for f, sep in _BRATS_SEP.items():
             if (
                 fmt in (None, f)
-                and _nifti(path / f"{path.name}{sep}{SCHEMES[f].channels[0]}").is_file()
+                and nifti_path(path / f"{path.name}{sep}{SCHEMES[f].channels[0]}").is_file()
             ):
                 case = _brats_case(path, f)
                 case.label_path = case.label_path if case.label_path.is_file() else None
@@ -630,7 +430,7 @@ def open_case(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | 
             (b for b in (path.parent, path.parent.parent) if (b / "dataset.json").is_file()), None
         )
         if base is not None:
-            scheme = scheme_from_nnunet_json(_read_json(base / "dataset.json"), base)
+            scheme = scheme_from_nnunet_json(read_json(base / "dataset.json"), base)
         if scheme is None:
             raise DataError(path, "no dataset.json found next to this nnU-Net case: pass scheme=")
         cid, ending = match["case"], match["ending"]
@@ -639,7 +439,7 @@ def open_case(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | 
     if fmt not in (None, "msd_brats"):
         raise DataError(path, f"a single file cannot be a {fmt} case; give the case folder")
     label = _sibling_label(path, path.name)
-    return Case(_strip_nifti(path.name), [path], label, "msd_brats", SCHEMES["msd_brats"])
+    return Case(strip_nifti_ending(path.name), [path], label, "msd_brats", SCHEMES["msd_brats"])
 
 
 def open_input(path: str | Path, fmt: str | None = None, scheme: DatasetScheme | None = None):
@@ -716,7 +516,7 @@ def load_case(case: Case, scheme: DatasetScheme | None = None) -> CaseData:
         image = ref = None
         for c, path in enumerate(case.image_paths):
             data, img = read_nifti(path)
-            data = _squeeze_3d(data, path)
+            data = squeeze_3d(data, path)
             if ref is None:
                 ref, image = img, np.empty((n, *data.shape), np.float32)
             elif problem := compare_geometry(img, ref, ref_path, data.shape):
@@ -727,7 +527,7 @@ def load_case(case: Case, scheme: DatasetScheme | None = None) -> CaseData:
     label = None
     if case.label_path is not None:
         raw, img = read_nifti(case.label_path, dtype=None)
-        raw = _squeeze_3d(raw, case.label_path)
+        raw = squeeze_3d(raw, case.label_path)
         if problem := compare_geometry(img, ref, ref_path, raw.shape):
             raise DataError(case.label_path, problem)
         label, problem = check_label_values(raw, scheme)
@@ -813,7 +613,7 @@ def write_case(
         label = np.asarray(label)
         if label.shape != image.shape[1:]:
             raise ValueError(f"label shape {label.shape} != image shape {image.shape[1:]}")
-        label = label.astype(_label_dtype(label))
+        label = label.astype(label_dtype(label))
     if fmt == "msd_brats":
         images = [root / "imagesTr" / f"{case_id}.nii.gz"]
         label_path = root / "labelsTr" / f"{case_id}.nii.gz"
@@ -838,7 +638,7 @@ def write_case(
             write_image(path, channel, affine)
     if label is None:
         return images
-    _atomic_save(_new_image(label, affine), label_path)
+    save_nifti_atomic(new_nifti(label, affine), label_path)
     return [*images, label_path]
 
 
@@ -859,7 +659,7 @@ def write_dataset_metadata(
 
     Examples::
 
-        >>> import tempfile
+        >>> import json, tempfile
         >>> root = Path(tempfile.mkdtemp())
         >>> _ = write_case("nnunet", root, "case_000", np.ones((4, 8, 8, 8)), np.zeros((8, 8, 8)))
         >>> p = write_dataset_metadata("nnunet", root)
@@ -887,11 +687,11 @@ def write_dataset_metadata(
                 },
             )
         return path
-    labels = {_strip_nifti(p.name) for p in _nifti_files(root / "labelsTr")}
+    labels = {strip_nifti_ending(p.name) for p in nifti_files(root / "labelsTr")}
     if fmt == "msd_brats":
         s = SCHEMES["msd_brats"]
-        ids = [_strip_nifti(p.name) for p in _nifti_files(root / "imagesTr")]
-        test = [_strip_nifti(p.name) for p in _nifti_files(root / "imagesTs")]
+        ids = [strip_nifti_ending(p.name) for p in nifti_files(root / "imagesTr")]
+        test = [strip_nifti_ending(p.name) for p in nifti_files(root / "imagesTs")]
         meta: dict[str, Any] = {
             "name": name or "BRATS",
             "description": description,
@@ -909,7 +709,7 @@ def write_dataset_metadata(
         }
     elif fmt == "nnunet":
         s = scheme if scheme is not None else SCHEMES["nnunet"]
-        files = _nifti_files(root / "imagesTr")
+        files = nifti_files(root / "imagesTr")
         ids = {m["case"] for p in files if (m := _CHANNEL_FILE.match(p.name))}
         meta = {"name": name or root.name, "description": description}
         meta |= scheme_to_nnunet_json(s)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from nmfseg.data.formats import Dataset, read_nifti, write_json
+from nmfseg.data.formats import Dataset
+from nmfseg.data.nifti import read_nifti, write_json
 from nmfseg.errors import ConfigError, DataError
 
 __all__ = [

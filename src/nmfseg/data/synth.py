@@ -352,7 +352,8 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
-    from nmfseg.data.formats import write_dataset_metadata, write_json
+    from nmfseg.data.formats import write_dataset_metadata
+    from nmfseg.data.nifti import write_json
 
     if kind not in KINDS:
         raise ConfigError(f"unknown phantom kind {kind!r}; choose from {', '.join(KINDS)}")

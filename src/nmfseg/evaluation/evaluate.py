@@ -230,7 +230,7 @@ def match_predictions(pred_dir: str | Path, gt: GroundTruth) -> Matching:
 
 def _read_label_file(path: Path) -> tuple[np.ndarray, Any]:
     """Raw 3D array (file dtype) and image of a label file."""
-    from nmfseg.data.formats import read_nifti
+    from nmfseg.data.nifti import read_nifti
 
     data, img = read_nifti(path, dtype=None)
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -241,7 +241,7 @@ def _read_label_file(path: Path) -> tuple[np.ndarray, Any]:
 
 
 def _checked_labels(data: np.ndarray, path: Path, scheme: Any) -> np.ndarray:
-    from nmfseg.data.formats import check_label_values
+    from nmfseg.data.nifti import check_label_values
 
     label, problem = check_label_values(data, scheme)
     if label is None:
@@ -264,7 +264,7 @@ def evaluate_case(
         DataError: unreadable file, labels outside the scheme, or a prediction whose shape
             or affine differs from the truth's (naming the prediction file).
     """
-    from nmfseg.data.formats import compare_geometry
+    from nmfseg.data.nifti import compare_geometry
     from nmfseg.data.schemes import labels_to_regions
 
     label_path = Path(label_path)

@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input, write_label
+from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input
+from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import DataError, NmfsegError
 from nmfseg.inference.ensemble import Ensemble, load_ensemble

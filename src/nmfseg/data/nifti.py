@@ -1,0 +1,262 @@
+"""NIfTI and JSON files: reading with errors that name the file, atomic writing, checks.
+
+Every reader raises :class:`~nmfseg.errors.DataError` naming the file (missing, not NIfTI,
+corrupt data); every writer writes a temporary file in the target folder and renames it, so
+no half-written output is ever left under the final name. The dataset formats built on these
+are in :mod:`nmfseg.data.formats`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from nmfseg.data.schemes import DatasetScheme
+from nmfseg.errors import DataError
+
+__all__ = [
+    "AFFINE_ATOL",
+    "NIFTI_ENDINGS",
+    "check_label_values",
+    "compare_geometry",
+    "label_dtype",
+    "load_nifti",
+    "new_nifti",
+    "nifti_files",
+    "nifti_path",
+    "nonfinite_count",
+    "read_json",
+    "read_nifti",
+    "save_nifti_atomic",
+    "short_error",
+    "squeeze_3d",
+    "strip_nifti_ending",
+    "write_image",
+    "write_json",
+    "write_label",
+]
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+AFFINE_ATOL = 1e-3  # mm: channels and labels of a case must agree to this tolerance
+
+
+def strip_nifti_ending(name: str) -> str:
+    """``name`` without ``.nii.gz`` / ``.nii`` (unchanged if it has neither)."""
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def nifti_path(stem: Path) -> Path:
+    """``stem.nii.gz`` if it (or ``stem.nii``) exists, else the ``.nii.gz`` path."""
+    for ending in NIFTI_ENDINGS:
+        path = stem.with_name(stem.name + ending)
+        if path.is_file():
+            return path
+    return stem.with_name(stem.name + NIFTI_ENDINGS[0])
+
+
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files directly in ``folder``, sorted, hidden ones left out."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS) and p.is_file()
+    )
+
+
+def short_error(err: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters)."""
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def load_nifti(path: Path) -> Any:
+    """Open a NIfTI file lazily (header only); DataError if missing or not NIfTI."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        img = nib.load(path)
+    except Exception as err:
+        raise DataError(path, f"cannot read NIfTI header ({short_error(err)})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(path, f"is a {type(img).__name__}, not a NIfTI image")
+    return img
+
+
+def read_nifti(path: Path, dtype: Any = np.float32) -> tuple[np.ndarray, Any]:
+    """Read a whole NIfTI file: ``(array, image)``; DataError naming the file on failure.
+
+    Examples::
+
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "x.nii.gz"
+        >>> write_image(p, np.ones((2, 3, 4)), np.eye(4))
+        >>> read_nifti(p)[0].shape
+        (2, 3, 4)
+    """
+    img = load_nifti(path)
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as err:
+        problem = f"cannot read NIfTI data, file corrupt? ({short_error(err)})"
+        raise DataError(path, problem) from None
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return data, img
+
+
+def squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    """Drop trailing singleton axes; DataError naming ``path`` unless 3D remains."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(path, f"has shape {data.shape}; expected one 3D volume")
+    return data
+
+
+def compare_geometry(img: Any, ref: Any, ref_path: Path, shape: tuple | None = None) -> str | None:
+    """Why ``img`` does not share the reference image's grid, or None if it does.
+
+    Spatial shapes must be equal, affines equal to :data:`AFFINE_ATOL` mm.
+    """
+    shape = tuple(shape if shape is not None else img.shape[:3])
+    ref_shape = tuple(ref.shape[:3])
+    if shape != ref_shape:
+        return f"shape {shape} differs from {Path(ref_path).name}'s {ref_shape}"
+    diff = float(np.abs(np.asarray(img.affine) - np.asarray(ref.affine)).max())
+    if not diff <= AFFINE_ATOL:
+        return f"affine differs from {Path(ref_path).name}'s (max difference {diff:.4g})"
+    return None
+
+
+def nonfinite_count(data: np.ndarray) -> int:
+    """Number of NaN/Inf voxels (0 for integer arrays)."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
+def check_label_values(label: np.ndarray, scheme: DatasetScheme) -> tuple[np.ndarray | None, str]:
+    """Validate a raw label array: ``(int16 labels, "")`` or ``(None, problem)``."""
+    if np.issubdtype(label.dtype, np.floating):
+        if nonfinite_count(label):
+            return None, f"contains {nonfinite_count(label)} NaN/Inf voxel(s)"
+        if not np.array_equal(label, np.round(label)):
+            return None, "has non-integer label values"
+    if label.size and (label.min() < 0 or label.max() > np.iinfo(np.int16).max):
+        bad = sorted({int(label.min()), int(label.max())} - set(scheme.labels))
+        return None, f"label values {bad} are not in the {scheme.name} scheme {scheme.labels}"
+    label = label.astype(np.int16)
+    present = np.flatnonzero(np.bincount(label.ravel())) if label.size else np.array([])
+    bad = sorted(set(present.tolist()) - set(scheme.labels))
+    if bad:
+        return None, f"label values {bad} are not in the {scheme.name} scheme {scheme.labels}"
+    return label, ""
+
+
+def save_nifti_atomic(img: Any, path: Path) -> None:
+    """Save a nibabel image under a temporary name in the same folder, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the ending: nibabel picks gzip from it.
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; DataError naming the file if unreadable or not an object."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"cannot read JSON ({short_error(err)})") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, "must hold a JSON object")
+    return meta
+
+
+def new_nifti(data: np.ndarray, affine: np.ndarray, header: Any = None) -> Any:
+    """A NIfTI-1 (or NIfTI-2, after such a header) image of ``data``; without a header
+    the qform and sform are set to ``affine`` and the units to mm."""
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    header = header.copy() if header is not None else None
+    if header is not None:
+        header.set_data_dtype(data.dtype)
+        header.set_slope_inter(None, None)
+    img = klass(data, np.asarray(affine, dtype=np.float64), header=header)
+    if header is None:
+        img.set_qform(img.affine, code=1)
+        img.set_sform(img.affine, code=1)
+        img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def label_dtype(label: np.ndarray) -> Any:
+    """uint8 when every label fits, else int16."""
+    return np.uint8 if label.size == 0 or (label.min() >= 0 and label.max() <= 255) else np.int16
+
+
+def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=None) -> Path:
+    """Write a label map with the reference image's header (and affine), atomically.
+
+    Args:
+        path: output file (``.nii.gz``).
+        label: ``(X, Y, Z)`` integer label map.
+        reference_header: header of the image it belongs to (``CaseData.header``); a 4D MSD
+            header is fine, the written file is 3D.
+        affine: defaults to the reference header's affine.
+
+    Examples::
+
+        >>> import tempfile
+        >>> hdr = nib.Nifti1Header()
+        >>> p = write_label(Path(tempfile.mkdtemp()) / "c.nii.gz", np.ones((2, 2, 2)), hdr)
+        >>> nib.load(p).get_data_dtype()
+        dtype('uint8')
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise ValueError(f"label must be 3D (X, Y, Z), got shape {label.shape}")
+    label = label.astype(label_dtype(label))
+    affine = reference_header.get_best_affine() if affine is None else affine
+    save_nifti_atomic(new_nifti(label, affine, reference_header), Path(path))
+    return Path(path)
+
+
+def write_image(path: Path, data: np.ndarray, affine: np.ndarray, header: Any = None) -> None:
+    """Write ``(X, Y, Z)`` or channels-first ``(C, X, Y, Z)`` data (stored channels last).
+
+    The dtype is kept (use float32 for images and probabilities).
+    """
+    data = np.asarray(data)
+    if data.ndim == 4:
+        data = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    elif data.ndim != 3:
+        raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {data.shape}")
+    save_nifti_atomic(new_nifti(data, affine, header), Path(path))
