@@ -75,7 +75,6 @@ __all__ = [
 ]
 
 MISSING_POLICIES = ("empty", "skip")
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 METRICS = ("dice", "hd95")
 AVERAGE = "avg"  # column suffix of the per-case mean over regions
 
@@ -96,20 +95,13 @@ CONVENTIONS = {
 # --------------------------------------------------------------------------- finding files
 
 
-def _strip_nifti(name: str) -> str | None:
-    for ending in NIFTI_ENDINGS:
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return None
-
-
 def _nifti_by_stem(folder: Path) -> dict[str, Path]:
     """``{stem: path}`` of the NIfTI files directly in ``folder``; two files, one stem: error."""
+    from nmfseg.data.nifti import nifti_files, strip_nifti_ending
+
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = _strip_nifti(path.name)
-        if stem is None or path.name.startswith(".") or not path.is_file():
-            continue
+    for path in nifti_files(folder):
+        stem = strip_nifti_ending(path.name)
         if stem in found:
             raise DataError(path, f"clashes with {found[stem].name}: two files for case {stem!r}")
         found[stem] = path
