@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
@@ -57,14 +56,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "seg_lr1e-3": (SEG, _train(1e-3)),
     "seg_lr3e-3": (SEG, _train(3e-3)),
 }
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        both = isinstance(v, dict) and isinstance(out.get(k), dict)
-        out[k] = _merge(out[k], v) if both else v
-    return out
 
 
 def _collect(work: Path, names: list[str]) -> dict[str, Any]:
@@ -114,8 +105,8 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for name in args.variants:
         model, train = VARIANTS[name]
-        cfg = _merge(base, {"train": train})
-        cfg["models"] = {model: base["models"][model]}
+        # The demo merges model_train[model] over `train` (nmfseg.demo.model_train_config).
+        cfg = dict(base, models={model: base["models"][model]}, model_train={model: train})
         run = args.work / name
         for split in ("train", "test"):
             shutil.copytree(shared / split, run / "data" / split, dirs_exist_ok=True)

@@ -97,6 +97,13 @@ KINDS: dict[str, dict[str, Any]] = {
 _FORMAT_ALIASES = {"msd": "msd_brats"}
 
 
+def _scheme(kind: str, fmt: str) -> DatasetScheme:
+    """The label scheme phantoms of ``kind`` are written in for format ``fmt``."""
+    from nmfseg.data.schemes import SCHEMES
+
+    return KINDS[kind]["nnunet_scheme"] if fmt == "nnunet" else SCHEMES[fmt]
+
+
 def case_id_for(fmt: str, index: int, kind: str = "brats") -> str:
     """The case id of case ``index`` (0-based) in a format's own naming.
 
@@ -182,13 +189,12 @@ def _axial_slice(label: np.ndarray, brain: np.ndarray) -> int:
 def _make_case(job: dict[str, Any]) -> dict[str, Any]:
     """Generate, convert and write one case (runs in a worker process)."""
     from nmfseg.data.formats import write_case
-    from nmfseg.data.schemes import SCHEMES
 
     spec = KINDS[job["kind"]]
     case: SynthCase = spec["generate"](
         (job["seed"], job["index"]), spacing=job["spacing"], shape=job["shape"]
     )
-    scheme = spec["nnunet_scheme"] if job["fmt"] == "nnunet" else SCHEMES[job["fmt"]]
+    scheme = _scheme(job["kind"], job["fmt"])
     label = to_scheme_labels(case.label, spec["regions"], scheme)
     write_case(
         job["fmt"], job["out"], job["case_id"], case.image, label, case.affine, scheme=scheme
@@ -422,7 +428,7 @@ def synthesize_dataset(
     write_dataset_metadata(
         fmt,
         out,
-        scheme=spec["nnunet_scheme"] if fmt == "nnunet" else None,
+        scheme=_scheme(kind, fmt),
         name=f"nmfseg {kind} phantoms",
         description="synthetic phantoms (nmfseg synth)",
     )

@@ -123,7 +123,6 @@ class _Trainer:
         self.val_results: list[dict[str, Any]] | None = None
         self.val_step = -1
         self.bad_steps = 0  # consecutive optimizer steps skipped for NaN/Inf gradients
-        self.skipped_steps = 0
         self._created: list[Path] = []
 
     # ------------------------------------------------------------------------ setup
@@ -471,7 +470,6 @@ class _Trainer:
             self.bad_steps = 0
             return True
         self.bad_steps += 1
-        self.skipped_steps += 1
         if self.bad_steps == 1:
             self._say(f"step {self.step + 1}: non-finite loss or gradients; step skipped")
         if self.bad_steps >= _MAX_BAD_STEPS:
