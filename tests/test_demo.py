@@ -115,6 +115,26 @@ def test_demo_rejects_bad_config(tmp_path: Path) -> None:
     assert "missing the 'train' section" in result.output
 
 
+@pytest.mark.parametrize(
+    ("model_train", "message"),
+    [
+        ("[1]", "'model_train' must map model names to train settings"),
+        ("{unet: {steps: 3}}", "model_train.unet: not a model of the 'models' section"),
+        ("{segresnet: 5}", "model_train.segresnet must be a mapping of train keys"),
+    ],
+)
+def test_demo_rejects_bad_model_train(tmp_path: Path, model_train: str, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"data: {{}}\ntrain: {{}}\nmodels: {{segresnet: {{}}}}\nmodel_train: {model_train}\n"
+    )
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(bad)])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()  # rejected before anything is written
+
+
 def test_demo_with_one_model_writes_a_one_row_table(demo_run: tuple[Path, object]) -> None:
     out, first = demo_run
     assert first.exit_code == 0

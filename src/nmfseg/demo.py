@@ -70,6 +70,18 @@ def load_demo_config(path: str | Path | None = None) -> dict[str, Any]:
     for key in ("data", "train", "models"):
         if not isinstance(cfg, dict) or not isinstance(cfg.get(key), dict):
             raise ConfigError(f"{where}: missing the '{key}' section")
+    own = cfg.get("model_train")
+    if own is not None:
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where}: 'model_train' must map model names to train settings")
+        for name, section in own.items():
+            if name not in cfg["models"]:
+                raise ConfigError(
+                    f"{where}: model_train.{name}: not a model of the 'models' section "
+                    f"({', '.join(cfg['models'])})"
+                )
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{where}: model_train.{name} must be a mapping of train keys")
     return cfg
 
 
