@@ -11,11 +11,12 @@ Three figures, all from held-out phantoms:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nmfseg.fileio import atomic_path, write_bytes, write_text
 
 __all__ = ["nmf_component_figure", "overlay_figure", "write_demo_report"]
 
@@ -79,7 +80,8 @@ def overlay_figure(
     handles = [plt.Line2D([], [], color=_COLOURS[n], label=n) for n in names if n in _COLOURS]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -125,7 +127,8 @@ def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | N
                 ax.imshow(np.rot90(maps[k][..., z]), cmap="magma")
                 ax.set_title(f"{title}, component {k + 1}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -169,14 +172,15 @@ def write_demo_report(
 ) -> Path:
     """Write ``out/report.md`` and its figures; return the report's path."""
     from nmfseg.evaluation.compare import format_table, format_tests
-    from nmfseg.training.checkpoint import atomic_write_bytes
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     overlay_figure(test_dir, {n: out / "predictions" / n for n in names}, figures / "overlays.png")
     nmf_figs = {}
     for name in names:
-        shutil.copyfile(fold_dirs[name] / "progress.png", figures / f"progress_{name}.png")
+        write_bytes(
+            figures / f"progress_{name}.png", (fold_dirs[name] / "progress.png").read_bytes()
+        )
         fig = nmf_component_figure(fold_dirs[name], test_dir, figures / f"nmf_{name}.png")
         if fig is not None:
             nmf_figs[name] = fig
@@ -243,5 +247,5 @@ def write_demo_report(
             "",
         ]
     path = out / "report.md"
-    atomic_write_bytes(path, "\n".join(lines).encode())
+    write_text(path, "\n".join(lines))
     return path

@@ -25,13 +25,13 @@ from nmfseg.data.nifti import (
     load_nifti,
     nifti_files,
     nonfinite_count,
-    read_json,
     read_nifti,
     squeeze_3d,
     strip_nifti_ending,
 )
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import DataError
+from nmfseg.fileio import read_json
 
 __all__ = ["CheckReport", "Problem", "check_case", "check_dataset"]
 

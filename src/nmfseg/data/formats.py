@@ -47,16 +47,15 @@ from nmfseg.data.nifti import (
     nifti_files,
     nifti_path,
     nonfinite_count,
-    read_json,
     read_nifti,
-    save_nifti_atomic,
+    save_nifti,
     squeeze_3d,
     strip_nifti_ending,
     write_image,
-    write_json,
 )
 from nmfseg.data.schemes import SCHEMES, DatasetScheme, scheme_from_nnunet_json
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import read_json, write_json
 
 __all__ = [
     "FORMATS",
@@ -638,7 +637,7 @@ def write_case(
             write_image(path, channel, affine)
     if label is None:
         return images
-    save_nifti_atomic(new_nifti(label, affine), label_path)
+    save_nifti(new_nifti(label, affine), label_path)
     return [*images, label_path]
 
 

@@ -8,9 +8,6 @@ are in :mod:`nmfseg.data.formats`.
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import numpy as np
 
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import DataError
+from nmfseg.fileio import atomic_path, short_error
 
 __all__ = [
     "AFFINE_ATOL",
@@ -31,14 +29,11 @@ __all__ = [
     "nifti_files",
     "nifti_path",
     "nonfinite_count",
-    "read_json",
     "read_nifti",
-    "save_nifti_atomic",
-    "short_error",
+    "save_nifti",
     "squeeze_3d",
     "strip_nifti_ending",
     "write_image",
-    "write_json",
     "write_label",
 ]
 
@@ -72,12 +67,6 @@ def nifti_files(folder: Path) -> list[Path]:
         for p in folder.iterdir()
         if not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS) and p.is_file()
     )
-
-
-def short_error(err: BaseException) -> str:
-    """The first line of an exception's message (at most 200 characters)."""
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
 
 
 def load_nifti(path: Path) -> Any:
@@ -165,40 +154,10 @@ def check_label_values(label: np.ndarray, scheme: DatasetScheme) -> tuple[np.nda
     return label, ""
 
 
-def save_nifti_atomic(img: Any, path: Path) -> None:
-    """Save a nibabel image under a temporary name in the same folder, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the ending: nibabel picks gzip from it.
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
+def save_nifti(img: Any, path: Path) -> None:
+    """Save a nibabel image atomically (:func:`nmfseg.fileio.atomic_path`)."""
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a file; DataError naming the file if unreadable or not an object."""
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"cannot read JSON ({short_error(err)})") from None
-    if not isinstance(meta, dict):
-        raise DataError(path, "must hold a JSON object")
-    return meta
 
 
 def new_nifti(data: np.ndarray, affine: np.ndarray, header: Any = None) -> Any:
@@ -245,7 +204,7 @@ def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=Non
         raise ValueError(f"label must be 3D (X, Y, Z), got shape {label.shape}")
     label = label.astype(label_dtype(label))
     affine = reference_header.get_best_affine() if affine is None else affine
-    save_nifti_atomic(new_nifti(label, affine, reference_header), Path(path))
+    save_nifti(new_nifti(label, affine, reference_header), Path(path))
     return Path(path)
 
 
@@ -259,4 +218,4 @@ def write_image(path: Path, data: np.ndarray, affine: np.ndarray, header: Any = 
         data = np.ascontiguousarray(np.moveaxis(data, 0, -1))
     elif data.ndim != 3:
         raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {data.shape}")
-    save_nifti_atomic(new_nifti(data, affine, header), Path(path))
+    save_nifti(new_nifti(data, affine, header), Path(path))

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from nmfseg.data.formats import Dataset
-from nmfseg.data.nifti import read_nifti, write_json
+from nmfseg.data.nifti import read_nifti
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import write_json
 
 __all__ = [
     "default_splits_path",

@@ -21,9 +21,7 @@ coarsens it (4 mm: about 50 x 59 x 48, ~8x fewer voxels, for quick tests and dem
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -36,6 +34,7 @@ from nmfseg.data.synth_anatomy import SynthCase
 from nmfseg.data.synth_brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
 from nmfseg.data.synth_isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import atomic_path, write_json
 
 __all__ = [
     "KINDS",
@@ -278,12 +277,8 @@ def save_overview(
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.35 / (2.5 * len(slices) + 0.4), 1, 1))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -359,7 +354,6 @@ def synthesize_dataset(
     from tqdm.auto import tqdm
 
     from nmfseg.data.formats import write_dataset_metadata
-    from nmfseg.data.nifti import write_json
 
     if kind not in KINDS:
         raise ConfigError(f"unknown phantom kind {kind!r}; choose from {', '.join(KINDS)}")

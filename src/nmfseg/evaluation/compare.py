@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.evaluation.evaluate import AVERAGE, METRICS, StagedFiles, read_report
+from nmfseg.evaluation.evaluate import AVERAGE, METRICS, read_report
 from nmfseg.evaluation.plots import group_label, metric_boxplot, significance_stars
+from nmfseg.fileio import StagedFiles
 
 __all__ = [
     "Comparison",

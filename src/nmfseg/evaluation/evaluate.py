@@ -46,8 +46,6 @@ import csv
 import io
 import json
 import math
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +55,7 @@ import numpy as np
 
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.metrics import HD95_ONE_EMPTY, case_metrics, union_bbox
+from nmfseg.fileio import StagedFiles
 
 __all__ = [
     "MISSING_POLICIES",
@@ -456,47 +455,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- writing
-
-
-class StagedFiles:
-    """Write several files so that either all of them appear or none does.
-
-    Each file is written to a hidden temporary name in its final folder; :meth:`commit`
-    moves them all into place with ``os.replace``; leaving the ``with`` block on an error
-    deletes the temporary files.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self._pending: list[tuple[Path, Path]] = []
-
-    def path(self, name: str) -> Path:
-        """A temporary path (same folder, same ending) that becomes ``folder/name``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".tmp-{uuid.uuid4().hex[:8]}-{name}"
-        self._pending.append((tmp, self.folder / name))
-        return tmp
-
-    def write_text(self, name: str, text: str) -> None:
-        """Stage a text file."""
-        self.path(name).write_text(text, encoding="utf-8")
-
-    def commit(self) -> list[Path]:
-        """Move every staged file into place; returns the final paths."""
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
-        self._pending = []
-        return done
-
-    def __enter__(self) -> StagedFiles:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending = []
 
 
 def _csv_text(rows: Iterable[dict[str, Any]]) -> str:

@@ -36,9 +36,7 @@ Examples::
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open
 from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import DataError, NmfsegError
+from nmfseg.fileio import atomic_open
 from nmfseg.inference.ensemble import Ensemble, load_ensemble
 
 __all__ = [
@@ -110,19 +109,13 @@ def save_probabilities(
         >>> saved["probabilities"].dtype, saved["regions"].tolist()
         (dtype('float16'), ['lesion'])
     """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                probabilities=np.asarray(probabilities, dtype=np.float16),
-                regions=np.asarray(list(regions), dtype=str),
-                affine=np.asarray(affine, dtype=np.float64),
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        np.savez_compressed(
+            fh,
+            probabilities=np.asarray(probabilities, dtype=np.float16),
+            regions=np.asarray(list(regions), dtype=str),
+            affine=np.asarray(affine, dtype=np.float64),
+        )
 
 
 def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, str]:

@@ -39,9 +39,7 @@ Examples::
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +47,11 @@ import numpy as np
 import torch
 
 from nmfseg.errors import DataError
+from nmfseg.fileio import atomic_open
 
 __all__ = [
     "CHECKPOINT_NAMES",
     "atomic_save",
-    "atomic_write_bytes",
     "capture_rng_state",
     "find_checkpoint",
     "load_checkpoint",
@@ -65,36 +63,10 @@ __all__ = [
 CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_last.pt")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (same-folder temp file, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save(obj, path)``, atomically (:func:`nmfseg.fileio.atomic_open`)."""
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
 
 
 def capture_rng_state() -> dict[str, Any]:

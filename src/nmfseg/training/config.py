@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from nmfseg.errors import ConfigError
+from nmfseg.fileio import write_text
 
 __all__ = [
     "RECIPES",
@@ -332,10 +333,7 @@ def validate_config(
 
 def save_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     """Write ``cfg`` as YAML, atomically (temp file in the same folder, then rename)."""
-    from nmfseg.training.checkpoint import atomic_write_bytes
-
-    text = yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    write_text(path, yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None))
 
 
 def _plain(obj: Any) -> Any:

@@ -28,8 +28,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
+
+from nmfseg.fileio import atomic_open, write_json
 
 __all__ = [
     "CACHE_VERSION",
@@ -95,14 +95,8 @@ def _fingerprint(case: Any) -> dict[str, Any]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        np.save(fh, array)
 
 
 def _safe_name(case_id: str) -> str:
@@ -156,9 +150,7 @@ def prepare_case(case: Any, scheme: Any, cache_dir: Path) -> PreparedCase:
         "outside": list(outside),
         "crop": record.to_dict(),
     }
-    from nmfseg.training.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
+    write_json(meta_path, meta)
     return PreparedCase(case.case_id, image_path, regions_path, data.spacing, outside)
 
 

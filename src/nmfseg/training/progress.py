@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nmfseg.training.checkpoint import atomic_write_bytes
+from nmfseg.fileio import write_bytes, write_text
 
 __all__ = ["plot_progress", "write_log_csv"]
 
@@ -50,7 +50,7 @@ def write_log_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
+    write_text(path, buf.getvalue())
 
 
 def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
@@ -84,4 +84,4 @@ def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
         fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_bytes(path, buf.getvalue())

@@ -57,9 +57,9 @@ import torch
 from torch import nn
 
 from nmfseg.errors import NmfsegError
+from nmfseg.fileio import write_json
 from nmfseg.training.checkpoint import (
     atomic_save,
-    atomic_write_bytes,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -101,12 +101,6 @@ class WarmupCosine:
 def _dice(tp: int, n_pred: int, n_gt: int) -> float:
     # nmfseg.evaluation.metrics.dice_score from counts: 1 when both masks are empty.
     return 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    import json
-
-    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
 
 class _Trainer:
@@ -352,7 +346,7 @@ class _Trainer:
             "n_cases": len(self.val_results),
             "per_case": self.val_results,
         }
-        atomic_write_bytes(self.run.fold_dir / "validation" / "summary.json", _json_bytes(summary))
+        write_json(self.run.fold_dir / "validation" / "summary.json", summary)
 
     # ------------------------------------------------------------------------ loop
     def fit(self) -> nn.Module:
