@@ -32,8 +32,7 @@ from collections.abc import Callable
 import torch
 from einops import rearrange
 
-from nmfseg.matricize import SWMatricize
-from nmfseg.nmf import NMF
+from nmfseg.nmf import NMF, SWMatricize
 
 Job = Callable[[], object]
 
@@ -141,7 +140,7 @@ def main() -> None:
 
     if args.matricize:
         feat = torch.randn(1, 32, 64, 64, 64)
-        ours = SWMatricize(head_dim=8, patch_size=8)
+        ours = SWMatricize(head_dim=8, window_size=8)
         fwd, inv = paper_sw(8, 8, tuple(feat.shape))
         pipelines = {
             "einops + torch.roll (Algorithm 3)": lambda t: inv(fwd(t)),

@@ -8,14 +8,16 @@ import torch
 from einops import rearrange
 from torch.autograd import gradcheck
 
-from nmfseg.matricize import (
+from nmfseg.nmf import (
     GlobalMatricize,
     LocalMatricize,
     MatricizeGeometry,
     SWMatricize,
     build_matricize,
+    default_init,
+    nmf,
+    nmf_reconstruct,
 )
-from nmfseg.nmf import default_init, nmf, nmf_reconstruct
 
 SHAPES = [
     (2, 8, 16, 16, 16),  # 3D, divisible
@@ -27,10 +29,10 @@ SHAPES = [
 ]
 MODULES = [
     GlobalMatricize(head_dim=4),
-    LocalMatricize(head_dim=4, patch_size=8),
-    SWMatricize(head_dim=4, patch_size=8),
-    LocalMatricize(head_dim=2, patch_size=3),
-    SWMatricize(head_dim=2, patch_size=5),
+    LocalMatricize(head_dim=4, window_size=8),
+    SWMatricize(head_dim=4, window_size=8),
+    LocalMatricize(head_dim=2, window_size=3),
+    SWMatricize(head_dim=2, window_size=5),
 ]
 
 
@@ -51,7 +53,7 @@ def test_round_trip_is_exact(module, shape):
 
 @pytest.mark.parametrize("kind", ["global", "local", "swin"])
 def test_round_trip_bfloat16_and_tuple_patch(kind):
-    m = build_matricize(kind, head_dim=3, patch_size=(4, 2, 6))
+    m = build_matricize(kind, head_dim=3, window_size=(4, 2, 6))
     x = _randn(2, 6, 9, 5, 13).to(torch.bfloat16)
     assert torch.equal(m.inverse(m(x), x.shape), x)
 
@@ -128,7 +130,7 @@ def test_matches_algorithm_3_on_divisible_sizes(shape, eq):
 
 
 def test_sw_inverse_averages_the_two_views():
-    m = SWMatricize(head_dim=2, patch_size=4)
+    m = SWMatricize(head_dim=2, window_size=4)
     x, y = _randn(2, 4, 10, 7, seed=3), _randn(2, 4, 10, 7, seed=4)
     zx, zy = m(x), m(y)
     half = zx.shape[0] // 2
@@ -153,7 +155,7 @@ def test_padding_does_not_change_rank1_nmf_of_real_voxels():
     # Each window of a padded size, factorized with its zero columns, reconstructs its
     # real voxels as the real voxels alone do from the same initial values (the default
     # init depends on a voxel's position in the window).
-    m = LocalMatricize(head_dim=4, patch_size=4)
+    m = LocalMatricize(head_dim=4, window_size=4)
     x = torch.relu(_randn(1, 4, 6, 5, seed=6, dtype=torch.float64))
     y = m.inverse(nmf_reconstruct(m(x)), x.shape)
     u0, v0 = default_init(m(x)[0], rank=1)
@@ -172,7 +174,7 @@ def test_padding_does_not_change_rank1_nmf_of_real_voxels():
 
 
 def test_batch_shape_orders_views_batch_heads_grid():
-    m = SWMatricize(head_dim=2, patch_size=(4, 2))
+    m = SWMatricize(head_dim=2, window_size=(4, 2))
     x = _randn(2, 6, 8, 6, seed=7)
     g = m.geometry(x.shape)
     z = m(x).reshape(*g.batch_shape, g.head_dim, *g.window)
@@ -207,7 +209,7 @@ def test_dematricize_rank1_factor_of_global_nmf():
 
 
 def test_gradient_flows_through_both_directions():
-    m = SWMatricize(head_dim=2, patch_size=3)
+    m = SWMatricize(head_dim=2, window_size=3)
     x = _randn(1, 2, 5, 4, seed=10, dtype=torch.float64).requires_grad_()
     w = _randn(*m.geometry(x.shape).matrix_shape, seed=11, dtype=torch.float64)
     assert gradcheck(lambda t: m.inverse(m(t) * w, t.shape), (x,))
@@ -228,9 +230,9 @@ def test_head_dim_must_divide_channels():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="head_dim"):
         LocalMatricize(0, 4)
-    with pytest.raises(ValueError, match="patch_size"):
+    with pytest.raises(ValueError, match="window_size"):
         LocalMatricize(4, 0)
-    with pytest.raises(ValueError, match="patch_size"):
+    with pytest.raises(ValueError, match="window_size"):
         SWMatricize(4, (4, 4), spatial_dims=3)
     with pytest.raises(ValueError, match="5D input"):
         SWMatricize(4, 8, spatial_dims=3)(torch.zeros(1, 4, 8, 8))
@@ -249,7 +251,7 @@ def test_factory_and_geometry_type():
         ("local", LocalMatricize),
         ("swin", SWMatricize),
     ):
-        m = build_matricize(kind, head_dim=4, patch_size=4, spatial_dims=2)
+        m = build_matricize(kind, head_dim=4, window_size=4, spatial_dims=2)
         assert type(m) is cls and m.spatial_dims == 2
         g = m.geometry((1, 8, 6, 6))
         assert isinstance(g, MatricizeGeometry) and g.kind == kind

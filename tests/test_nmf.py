@@ -306,7 +306,7 @@ def test_leading_batch_dims(rank):
 
 
 def test_zero_columns_leave_rank1_reconstruction_of_other_columns_unchanged():
-    # What zero-padded windows rely on (nmfseg.matricize): padding only rescales f and g.
+    # What zero-padded windows rely on (nmfseg.nmf.matricize): padding only rescales f and g.
     x = _rand(4, 6, 20, seed=31)
     padded = torch.cat([x, torch.zeros(4, 6, 7, dtype=x.dtype)], dim=-1)
     for solver in ("hals", "mu"):

@@ -16,21 +16,32 @@ Examples::
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["NMF", "__version__", "create_model", "list_models", "nmf"]
+# Public name -> module that defines it. Resolved on first use, so that `import nmfseg`
+# (and `nmfseg --help`) does not import torch.
+_EXPORTS = {
+    "NMF": "nmfseg.nmf",
+    "create_model": "nmfseg.models",
+    "list_models": "nmfseg.models",
+    "model_info": "nmfseg.models",
+    "register_model": "nmfseg.models",
+}
+
+__all__ = ["NMF", "__version__", "create_model", "list_models", "model_info", "register_model"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy exports keep `import nmfseg` (and `nmfseg --help`) fast.
-    if name in ("nmf", "NMF"):
-        from nmfseg import nmf as _nmf
-
-        return getattr(_nmf, name)
-    if name in ("create_model", "list_models", "register_model"):
-        from nmfseg.models import _registry
-
-        return getattr(_registry, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a subpackage, e.g. nmfseg.nmf
     raise AttributeError(f"module 'nmfseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

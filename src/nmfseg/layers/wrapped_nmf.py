@@ -26,8 +26,7 @@ from nmfseg.layers.dropout import Dropout, add_dropout
 from nmfseg.layers.fused import ProjectAddDropoutFn
 from nmfseg.layers.norm import LayerNorm, fusable, layer_norm_pointwise
 from nmfseg.layers.pointwise import PointwiseConv
-from nmfseg.matricize import MATRICIZE_KINDS, MatricizeGeometry, build_matricize
-from nmfseg.nmf import NMF, SOLVERS
+from nmfseg.nmf import MATRICIZE_KINDS, NMF, SOLVERS, MatricizeGeometry, build_matricize
 
 __all__ = ["MATRICIZE_KINDS", "NMFRecord", "WrappedNMF", "factor_maps"]
 
@@ -41,7 +40,7 @@ class NMFRecord:
         u: Channel factor ``(B', head_dim, R)``.
         v: Spatial factor ``(B', N, R)``.
         geometry: Where every matrix and column came from
-            (:class:`~nmfseg.matricize.MatricizeGeometry`: kind, input shape, windows).
+            (:class:`~nmfseg.nmf.MatricizeGeometry`: kind, input shape, windows).
         matricize: The matricize module that produced the matrices (used to dematricize).
         size: Spatial size to crop dematricized maps to (the unpadded stage size), or
             ``None`` to keep the matricized feature map's size.

@@ -5,7 +5,7 @@ into a batch of nonnegative-able matrices ``z (B', E, N)`` with ``E = head_dim``
 (one head of channels) and ``N`` columns (voxels):
 
 - :class:`GlobalMatricize`: heads × all voxels, ``(B·C/E, E, prod(S))``.
-- :class:`LocalMatricize`: heads × non-overlapping windows of ``patch_size``, eq. 7:
+- :class:`LocalMatricize`: heads × non-overlapping windows of ``window_size``, eq. 7:
   ``z[(b h g₁ … g_d), e, (p₁ … p_d)] = x[b, (h e), (g₁ p₁), …, (g_d p_d)]``.
 - :class:`SWMatricize`: Local on ``x`` and on ``x`` rolled by half a window, concatenated
   along the batch (eq. 8); its inverse averages both after rolling back (Algorithm 3).
@@ -20,8 +20,8 @@ component maps of the paper's Fig. 6). The leading dim of the matrices is ordere
 channel side, ``u (…, E, R)``, reads as ``u.reshape(*geometry.batch_shape, E, R)``.
 
 Sizes a window does not divide. The window is first clamped to the stage size along each
-dim (``min(patch, S)``), so a stage smaller than the patch, such as the 4³ bridge of a
-network at a 64³ input with ``patch_size=8``, is one window rather than mostly padding;
+dim (``min(window, S)``), so a stage smaller than the window, such as the 4³ bridge of a
+network at a 64³ input with ``window_size=8``, is one window rather than mostly padding;
 this is what the official code computes at its native sizes, where the last stage is
 exactly one window. The input is then zero-padded at the far end of each dim up to a
 multiple of the window, and the inverse crops the padding. For SW, the roll by half a
@@ -47,7 +47,7 @@ direction (the adjoint), so a training step does no extra copies.
 Examples::
 
     >>> import torch
-    >>> sw = SWMatricize(head_dim=8, patch_size=8)
+    >>> sw = SWMatricize(head_dim=8, window_size=8)
     >>> x = torch.randn(2, 16, 20, 24, 8)
     >>> z = sw(x)
     >>> z.shape  # 2 views x 2 batch x 2 heads x (3*3*1) windows, 8 rows, 8*8*8 voxels
@@ -61,13 +61,12 @@ Examples::
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import torch
 from torch import Tensor, nn
+
+from nmfseg.nmf.windows import MatricizeGeometry, dematricize, is_view, matricize, ntuple
 
 __all__ = [
     "MATRICIZE_KINDS",
@@ -81,207 +80,6 @@ __all__ = [
 MATRICIZE_KINDS = ("global", "local", "swin")
 
 
-@dataclass(frozen=True)
-class MatricizeGeometry:
-    """Where every matrix and column of a matricized input comes from.
-
-    Attributes:
-        kind: ``"global"``, ``"local"`` or ``"swin"``.
-        batch_size: ``B`` of the input.
-        channels: ``C`` of the input.
-        head_dim: ``E``, the rows of every matrix.
-        spatial_size: The input's spatial size ``S``.
-        window: The window actually used along each dim (``patch_size`` clamped to ``S``;
-            ``S`` itself for global).
-        padded_size: ``S`` rounded up to a multiple of ``window``.
-        shifts: The roll of the second (shifted) view; zeros when there is none.
-        views: 1, or 2 for SW (regular windows first, then shifted windows).
-    """
-
-    kind: str
-    batch_size: int
-    channels: int
-    head_dim: int
-    spatial_size: tuple[int, ...]
-    window: tuple[int, ...]
-    padded_size: tuple[int, ...]
-    shifts: tuple[int, ...]
-    views: int
-
-    @property
-    def spatial_dims(self) -> int:
-        return len(self.spatial_size)
-
-    @property
-    def heads(self) -> int:
-        """Number of heads ``C / E``."""
-        return self.channels // self.head_dim
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Number of windows along each spatial dim."""
-        return tuple(p // w for p, w in zip(self.padded_size, self.window, strict=True))
-
-    @property
-    def num_windows(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def window_numel(self) -> int:
-        """Columns ``N`` of every matrix."""
-        return math.prod(self.window)
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """The matrices' leading dim unflattened: ``(views, B, heads, *grid)``."""
-        return (self.views, self.batch_size, self.heads, *self.grid)
-
-    @property
-    def num_matrices(self) -> int:
-        return math.prod(self.batch_shape)
-
-    @property
-    def matrix_shape(self) -> tuple[int, int, int]:
-        """Shape of the matricized tensor ``(num_matrices, E, N)``."""
-        return (self.num_matrices, self.head_dim, self.window_numel)
-
-    @property
-    def padded(self) -> bool:
-        return self.padded_size != self.spatial_size
-
-
-def _ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != n or any(v < 1 for v in out):
-        raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The data movement. Windows are stored as (views, B, heads, *grid, rows, *window), which
-# is the matrices' memory layout. One view of the input is moved with a few strided block
-# copies (no roll, pad or stack): along each dim, the voxels of the (rolled) input that
-# land in the windows form at most four blocks that are rectangular in (window, offset)
-# coordinates, so the whole view takes at most 4^d copies, whatever the number of windows.
-
-
-def _is_view(geom: MatricizeGeometry) -> bool:
-    """Global-like geometry: one window per head, no padding, no shift: a pure reshape."""
-    return geom.views == 1 and not geom.padded and all(g == 1 for g in geom.grid)
-
-
-def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, int, int]]:
-    """Blocks ``(src, g0, ng, o0, nw)`` of one dim: input voxels ``src ... src + ng·nw`` go
-    to windows ``g0 ... g0 + ng``, offsets ``o0 ... o0 + nw``, for the input rolled by
-    ``shift`` (position ``p`` of the rolled input holds voxel ``(p - shift) mod size``)."""
-    ranges = [(0, size)] if shift == 0 else [(size - shift, size), (0, size - shift)]
-    out, dst = [], 0
-    for src, stop in ranges:
-        a, b = dst, dst + stop - src
-        while a < b:
-            g, o = divmod(a, window)
-            if o or b - a < window:  # a partial window
-                nw = min(window - o, b - a)
-                out.append((src, g, 1, o, nw))
-            else:  # whole windows
-                nw = window
-                out.append((src, g, (b - a) // window, 0, window))
-            step = out[-1][2] * nw
-            a, src = a + step, src + step
-        dst = b
-    return out
-
-
-def _blocks(geom: MatricizeGeometry, view: int):
-    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims."""
-    shifts = geom.shifts if view == 1 else (0,) * geom.spatial_dims
-    per_dim = [
-        _segments(s, w, sh) for s, w, sh in zip(geom.spatial_size, geom.window, shifts, strict=True)
-    ]
-    return itertools.product(*per_dim)
-
-
-def _spatial_block(x: Tensor, geom: MatricizeGeometry, block) -> Tensor:
-    """View of ``x (B, C, *S)`` as ``(B, heads, *ng, rows, *nw)`` for one block."""
-    d = geom.spatial_dims
-    for i, (src, _, ng, _, nw) in enumerate(block):
-        x = x.narrow(2 + 2 * i, src, ng * nw).unflatten(2 + 2 * i, (ng, nw))
-    x = x.unflatten(1, (geom.heads, geom.head_dim))
-    return x.permute(0, 1, *range(3, 3 + 2 * d, 2), 2, *range(4, 4 + 2 * d, 2))
-
-
-def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
-    """View of one view's windows ``(B, heads, *grid, rows, *window)`` for one block."""
-    d = geom.spatial_dims
-    for i, (_, g0, ng, o0, nw) in enumerate(block):
-        w = w.narrow(2 + i, g0, ng).narrow(3 + d + i, o0, nw)
-    return w
-
-
-def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
-    """``x (B, C, *S)`` -> matrices ``(num_matrices, rows, N)``, zeros at padding."""
-    shape = (*geom.batch_shape, geom.head_dim, *geom.window)
-    out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
-    for view in range(geom.views):
-        for block in _blocks(geom, view):
-            _window_block(out[view], geom, block).copy_(_spatial_block(x, geom, block))
-    return out.view(geom.matrix_shape)
-
-
-def _from_windows(z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:
-    """Matrices -> ``(B, C, *S)``: the sum (or the average) of the views, padding dropped."""
-    z = z.reshape(*geom.batch_shape, geom.head_dim, *geom.window)
-    shape = (geom.batch_size, geom.channels, *geom.spatial_size)
-    out = torch.empty(shape, dtype=z.dtype, device=z.device)
-    for view in range(geom.views):
-        for block in _blocks(geom, view):
-            dst, src = _spatial_block(out, geom, block), _window_block(z[view], geom, block)
-            dst.copy_(src) if view == 0 else dst.add_(src)
-    if geom.views == 2 and average:
-        out.mul_(0.5)  # (a + b) * 0.5 is exact for a == b: the round trip is exact
-    return out
-
-
-class _MatricizeFn(torch.autograd.Function):
-    """Matricize; its adjoint is the sum of the views folded back."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
-        ctx.geom = geom
-        return _to_windows(x, geom)
-
-    @staticmethod
-    def backward(ctx, dz: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return _FoldSumFn.apply(dz, ctx.geom), None
-
-
-class _FoldSumFn(torch.autograd.Function):
-    """Sum of the views folded back (the adjoint of matricize)."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
-        ctx.geom = geom
-        return _from_windows(z, geom, average=False)
-
-    @staticmethod
-    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return _MatricizeFn.apply(dx, ctx.geom), None
-
-
-class _DematricizeFn(torch.autograd.Function):
-    """Dematricize: the average of the views folded back (Algorithm 3)."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
-        ctx.geom = geom
-        return _from_windows(z, geom, average=True)
-
-    @staticmethod
-    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        dz = _MatricizeFn.apply(dx, ctx.geom)
-        return (dz * 0.5 if ctx.geom.views == 2 else dz), None
-
-
 class _Matricize(nn.Module):
     """Shared machinery: windows of ``window`` voxels, ``views`` of the input."""
 
@@ -290,32 +88,32 @@ class _Matricize(nn.Module):
     def __init__(
         self,
         head_dim: int,
-        patch_size: int | Sequence[int] | None = None,
+        window_size: int | Sequence[int] | None = None,
         spatial_dims: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f"head_dim should be a positive int, got {head_dim!r}.")
-        if patch_size is not None and not isinstance(patch_size, int):
-            if spatial_dims is not None and len(patch_size) != spatial_dims:
+        if window_size is not None and not isinstance(window_size, int):
+            if spatial_dims is not None and len(window_size) != spatial_dims:
                 raise ValueError(
-                    f"patch_size {tuple(patch_size)} should have spatial_dims={spatial_dims} "
+                    f"window_size {tuple(window_size)} should have spatial_dims={spatial_dims} "
                     "entries."
                 )
-            spatial_dims = len(patch_size)
+            spatial_dims = len(window_size)
         if spatial_dims is not None and spatial_dims < 1:
             raise ValueError(f"spatial_dims should be >= 1, got {spatial_dims}.")
-        if patch_size is not None:
-            _ntuple(patch_size, spatial_dims or 1, "patch_size")  # validate early
+        if window_size is not None:
+            ntuple(window_size, spatial_dims or 1, "window_size")  # validate early
         self.head_dim = head_dim
-        self.patch_size = patch_size
+        self.window_size = window_size
         self.spatial_dims = spatial_dims
 
     # -- geometry --------------------------------------------------------------------
 
     def _window(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        patch = _ntuple(self.patch_size, len(spatial), "patch_size")
-        return tuple(min(p, s) for p, s in zip(patch, spatial, strict=True))
+        window = ntuple(self.window_size, len(spatial), "window_size")
+        return tuple(min(w, s) for w, s in zip(window, spatial, strict=True))
 
     def _shifts(self, window: tuple[int, ...]) -> tuple[int, ...]:
         return (0,) * len(window)
@@ -363,9 +161,9 @@ class _Matricize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Matricize ``x (B, C, *S)`` into ``(num_matrices, head_dim, N)``."""
         geom = self.geometry(x.shape)
-        if _is_view(geom):
+        if is_view(geom):
             return x.reshape(geom.matrix_shape)
-        return _MatricizeFn.apply(x, geom)
+        return matricize(x, geom)
 
     def _fold(self, z: Tensor, geom: MatricizeGeometry, rows: int) -> Tensor:
         if (
@@ -379,9 +177,9 @@ class _Matricize(nn.Module):
             )
         if rows != geom.head_dim:
             geom = replace(geom, head_dim=rows, channels=geom.heads * rows)
-        if _is_view(geom):
+        if is_view(geom):
             return z.reshape(geom.batch_size, geom.channels, *geom.spatial_size)
-        return _DematricizeFn.apply(z, geom)
+        return dematricize(z, geom)
 
     def inverse(self, z: Tensor, like: MatricizeGeometry | Sequence[int]) -> Tensor:
         """Dematricize ``z (num_matrices, head_dim, N)`` back to ``(B, C, *S)``.
@@ -407,7 +205,7 @@ class _Matricize(nn.Module):
         return maps.reshape(geom.batch_size, geom.heads, rank, *geom.spatial_size)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, patch_size={self.patch_size}"
+        return f"head_dim={self.head_dim}, window_size={self.window_size}"
 
 
 class GlobalMatricize(_Matricize):
@@ -421,6 +219,7 @@ class GlobalMatricize(_Matricize):
 
     Examples::
 
+        >>> import torch
         >>> m = GlobalMatricize(head_dim=4)
         >>> x = torch.randn(2, 8, 5, 6)
         >>> m(x).shape
@@ -442,17 +241,18 @@ class GlobalMatricize(_Matricize):
 
 
 class LocalMatricize(_Matricize):
-    """Local matricize (eq. 7): heads × non-overlapping windows of ``patch_size`` voxels.
+    """Local matricize (eq. 7): heads × non-overlapping windows of ``window_size`` voxels.
 
     Args:
         head_dim: Channels per head ``E``; must divide ``C``.
-        patch_size: Window size, an int or one per spatial dim; clamped to the input size
+        window_size: Window size, an int or one per spatial dim; clamped to the input size
             and padded as described in the module docstring.
-        spatial_dims: 2 or 3; inferred from ``patch_size`` or the input when ``None``.
+        spatial_dims: 2 or 3; inferred from ``window_size`` or the input when ``None``.
 
     Examples::
 
-        >>> m = LocalMatricize(head_dim=4, patch_size=4)
+        >>> import torch
+        >>> m = LocalMatricize(head_dim=4, window_size=4)
         >>> x = torch.randn(1, 8, 8, 10)  # 10 is padded to 12
         >>> m(x).shape, m.geometry(x.shape).grid
         (torch.Size([12, 4, 16]), (2, 3))
@@ -463,9 +263,9 @@ class LocalMatricize(_Matricize):
     kind = "local"
 
     def __init__(
-        self, head_dim: int, patch_size: int | Sequence[int] = 8, spatial_dims: int | None = None
+        self, head_dim: int, window_size: int | Sequence[int] = 8, spatial_dims: int | None = None
     ) -> None:
-        super().__init__(head_dim, patch_size, spatial_dims)
+        super().__init__(head_dim, window_size, spatial_dims)
 
 
 class SWMatricize(_Matricize):
@@ -478,13 +278,14 @@ class SWMatricize(_Matricize):
 
     Args:
         head_dim: Channels per head ``E``; must divide ``C``.
-        patch_size: Window size, an int or one per spatial dim (clamped and padded as
+        window_size: Window size, an int or one per spatial dim (clamped and padded as
             described in the module docstring); the shift is ``window // 2``.
-        spatial_dims: 2 or 3; inferred from ``patch_size`` or the input when ``None``.
+        spatial_dims: 2 or 3; inferred from ``window_size`` or the input when ``None``.
 
     Examples::
 
-        >>> m = SWMatricize(head_dim=2, patch_size=4)
+        >>> import torch
+        >>> m = SWMatricize(head_dim=2, window_size=4)
         >>> x = torch.randn(1, 4, 8, 8)
         >>> m(x).shape  # 2 views x 2 heads x 4 windows
         torch.Size([16, 2, 16])
@@ -495,9 +296,9 @@ class SWMatricize(_Matricize):
     kind = "swin"
 
     def __init__(
-        self, head_dim: int, patch_size: int | Sequence[int] = 8, spatial_dims: int | None = None
+        self, head_dim: int, window_size: int | Sequence[int] = 8, spatial_dims: int | None = None
     ) -> None:
-        super().__init__(head_dim, patch_size, spatial_dims)
+        super().__init__(head_dim, window_size, spatial_dims)
 
     def _shifts(self, window: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(w // 2 for w in window)
@@ -506,26 +307,26 @@ class SWMatricize(_Matricize):
 def build_matricize(
     kind: str,
     head_dim: int,
-    patch_size: int | Sequence[int] = 8,
+    window_size: int | Sequence[int] = 8,
     spatial_dims: int | None = None,
 ) -> GlobalMatricize | LocalMatricize | SWMatricize:
-    """Build a matricize module by name (``patch_size`` is ignored for ``"global"``).
+    """Build a matricize module by name (``window_size`` is ignored for ``"global"``).
 
     Args:
         kind: ``"global"``, ``"local"`` or ``"swin"``.
         head_dim: Channels per head ``E``.
-        patch_size: Window size for ``"local"`` and ``"swin"``.
+        window_size: Window size for ``"local"`` and ``"swin"``.
         spatial_dims: 2 or 3; inferred when ``None``.
 
     Examples::
 
-        >>> build_matricize("swin", head_dim=8, patch_size=8)
-        SWMatricize(head_dim=8, patch_size=8)
+        >>> build_matricize("swin", head_dim=8, window_size=8)
+        SWMatricize(head_dim=8, window_size=8)
     """
     if kind == "global":
         return GlobalMatricize(head_dim, spatial_dims)
     if kind == "local":
-        return LocalMatricize(head_dim, patch_size, spatial_dims)
+        return LocalMatricize(head_dim, window_size, spatial_dims)
     if kind == "swin":
-        return SWMatricize(head_dim, patch_size, spatial_dims)
+        return SWMatricize(head_dim, window_size, spatial_dims)
     raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {kind!r}.")

@@ -1,0 +1,229 @@
+"""Where the columns of matricized feature maps come from, and the data movement.
+
+:class:`MatricizeGeometry` describes one matricized input: its shape, the window actually
+used along each dim, the padded size and the shift of the second (Swin) view. The functions
+below move voxels between ``(B, C, *S)`` feature maps and ``(num_matrices, rows, N)``
+matrices for a geometry, as autograd functions whose backward is the other direction (the
+adjoint); :mod:`nmfseg.nmf.matricize` wraps them as modules.
+
+Windows are stored as ``(views, B, heads, *grid, rows, *window)``, which is the matrices'
+memory layout. One view of the input is moved with a few strided block copies (no roll, pad
+or stack): along each dim, the voxels of the (rolled) input that land in the windows form at
+most four blocks that are rectangular in (window, offset) coordinates, so a whole view takes
+at most ``4^d`` copies, whatever the number of windows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MatricizeGeometry", "dematricize", "is_view", "matricize", "ntuple"]
+
+
+@dataclass(frozen=True)
+class MatricizeGeometry:
+    """Where every matrix and column of a matricized input comes from.
+
+    Attributes:
+        kind: ``"global"``, ``"local"`` or ``"swin"``.
+        batch_size: ``B`` of the input.
+        channels: ``C`` of the input.
+        head_dim: ``E``, the rows of every matrix.
+        spatial_size: The input's spatial size ``S``.
+        window: The window actually used along each dim (``window_size`` clamped to ``S``;
+            ``S`` itself for global).
+        padded_size: ``S`` rounded up to a multiple of ``window``.
+        shifts: The roll of the second (shifted) view; zeros when there is none.
+        views: 1, or 2 for SW (regular windows first, then shifted windows).
+    """
+
+    kind: str
+    batch_size: int
+    channels: int
+    head_dim: int
+    spatial_size: tuple[int, ...]
+    window: tuple[int, ...]
+    padded_size: tuple[int, ...]
+    shifts: tuple[int, ...]
+    views: int
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.spatial_size)
+
+    @property
+    def heads(self) -> int:
+        """Number of heads ``C / E``."""
+        return self.channels // self.head_dim
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of windows along each spatial dim."""
+        return tuple(p // w for p, w in zip(self.padded_size, self.window, strict=True))
+
+    @property
+    def num_windows(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def window_numel(self) -> int:
+        """Columns ``N`` of every matrix."""
+        return math.prod(self.window)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The matrices' leading dim unflattened: ``(views, B, heads, *grid)``."""
+        return (self.views, self.batch_size, self.heads, *self.grid)
+
+    @property
+    def num_matrices(self) -> int:
+        return math.prod(self.batch_shape)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """Shape of the matricized tensor ``(num_matrices, E, N)``."""
+        return (self.num_matrices, self.head_dim, self.window_numel)
+
+    @property
+    def padded(self) -> bool:
+        return self.padded_size != self.spatial_size
+
+
+def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(out) != n or any(v < 1 for v in out):
+        raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
+    return out
+
+
+def is_view(geom: MatricizeGeometry) -> bool:
+    """Global-like geometry: one window per head, no padding, no shift: a pure reshape."""
+    return geom.views == 1 and not geom.padded and all(g == 1 for g in geom.grid)
+
+
+def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, int, int]]:
+    """Blocks ``(src, g0, ng, o0, nw)`` of one dim: input voxels ``src ... src + ng·nw`` go
+    to windows ``g0 ... g0 + ng``, offsets ``o0 ... o0 + nw``, for the input rolled by
+    ``shift`` (position ``p`` of the rolled input holds voxel ``(p - shift) mod size``)."""
+    ranges = [(0, size)] if shift == 0 else [(size - shift, size), (0, size - shift)]
+    out, dst = [], 0
+    for src, stop in ranges:
+        a, b = dst, dst + stop - src
+        while a < b:
+            g, o = divmod(a, window)
+            if o or b - a < window:  # a partial window
+                nw = min(window - o, b - a)
+                out.append((src, g, 1, o, nw))
+            else:  # whole windows
+                nw = window
+                out.append((src, g, (b - a) // window, 0, window))
+            step = out[-1][2] * nw
+            a, src = a + step, src + step
+        dst = b
+    return out
+
+
+def _blocks(geom: MatricizeGeometry, view: int):
+    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims."""
+    shifts = geom.shifts if view == 1 else (0,) * geom.spatial_dims
+    per_dim = [
+        _segments(s, w, sh) for s, w, sh in zip(geom.spatial_size, geom.window, shifts, strict=True)
+    ]
+    return itertools.product(*per_dim)
+
+
+def _spatial_block(x: Tensor, geom: MatricizeGeometry, block) -> Tensor:
+    """View of ``x (B, C, *S)`` as ``(B, heads, *ng, rows, *nw)`` for one block."""
+    d = geom.spatial_dims
+    for i, (src, _, ng, _, nw) in enumerate(block):
+        x = x.narrow(2 + 2 * i, src, ng * nw).unflatten(2 + 2 * i, (ng, nw))
+    x = x.unflatten(1, (geom.heads, geom.head_dim))
+    return x.permute(0, 1, *range(3, 3 + 2 * d, 2), 2, *range(4, 4 + 2 * d, 2))
+
+
+def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
+    """View of one view's windows ``(B, heads, *grid, rows, *window)`` for one block."""
+    d = geom.spatial_dims
+    for i, (_, g0, ng, o0, nw) in enumerate(block):
+        w = w.narrow(2 + i, g0, ng).narrow(3 + d + i, o0, nw)
+    return w
+
+
+def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
+    """``x (B, C, *S)`` -> matrices ``(num_matrices, rows, N)``, zeros at padding."""
+    shape = (*geom.batch_shape, geom.head_dim, *geom.window)
+    out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
+    for view in range(geom.views):
+        for block in _blocks(geom, view):
+            _window_block(out[view], geom, block).copy_(_spatial_block(x, geom, block))
+    return out.view(geom.matrix_shape)
+
+
+def _from_windows(z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:
+    """Matrices -> ``(B, C, *S)``: the sum (or the average) of the views, padding dropped."""
+    z = z.reshape(*geom.batch_shape, geom.head_dim, *geom.window)
+    shape = (geom.batch_size, geom.channels, *geom.spatial_size)
+    out = torch.empty(shape, dtype=z.dtype, device=z.device)
+    for view in range(geom.views):
+        for block in _blocks(geom, view):
+            dst, src = _spatial_block(out, geom, block), _window_block(z[view], geom, block)
+            dst.copy_(src) if view == 0 else dst.add_(src)
+    if geom.views == 2 and average:
+        out.mul_(0.5)  # (a + b) * 0.5 is exact for a == b: the round trip is exact
+    return out
+
+
+class _MatricizeFn(torch.autograd.Function):
+    """Matricize; its adjoint is the sum of the views folded back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _to_windows(x, geom)
+
+    @staticmethod
+    def backward(ctx, dz: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _FoldSumFn.apply(dz, ctx.geom), None
+
+
+class _FoldSumFn(torch.autograd.Function):
+    """Sum of the views folded back (the adjoint of matricize)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _from_windows(z, geom, average=False)
+
+    @staticmethod
+    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _MatricizeFn.apply(dx, ctx.geom), None
+
+
+class _DematricizeFn(torch.autograd.Function):
+    """Dematricize: the average of the views folded back (Algorithm 3)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geom = geom
+        return _from_windows(z, geom, average=True)
+
+    @staticmethod
+    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        dz = _MatricizeFn.apply(dx, ctx.geom)
+        return (dz * 0.5 if ctx.geom.views == 2 else dz), None
+
+
+def matricize(x: Tensor, geom: MatricizeGeometry) -> Tensor:
+    """``x (B, C, *S)`` as matrices ``(num_matrices, head_dim, N)`` (zeros at padding)."""
+    return _MatricizeFn.apply(x, geom)
+
+
+def dematricize(z: Tensor, geom: MatricizeGeometry) -> Tensor:
+    """Matrices back to ``(B, C, *S)``: the views folded back and averaged (Algorithm 3)."""
+    return _DematricizeFn.apply(z, geom)
