@@ -12,7 +12,7 @@ import torch
 
 from nmfseg.data.toy import make_toy_dataset
 from nmfseg.models import create_model
-from nmfseg.training.checkpoint import load_checkpoint
+from nmfseg.models.checkpoint import read_checkpoint as load_checkpoint
 from nmfseg.training.data import TAG_INIT, derive_seed
 
 # Runs the real CLI (`nmfseg train ...`) in every torchrun process; the wrapper only keeps a

@@ -26,7 +26,7 @@ TINY = {
         "scheduler": {"warmup_steps": 0},
     },
     "models": {
-        "swin_factorizer_brats": {"channels": [8, 16, 32, 64, 128], "patch_size": 4},
+        "swin_factorizer_brats": {"channels": [8, 16, 32, 64, 128], "window_size": 4},
         "segresnet": {"init_filters": 8},
     },
     "model_train": {"segresnet": {"optimizer": {"lr": 5.0e-4, "grad_clip": 1.0}}},

@@ -11,7 +11,8 @@ from torch import nn
 
 import nmfseg
 from nmfseg.errors import ConfigError
-from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding, factor_maps
+from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
+from nmfseg.mixers.nmf import factor_maps
 from nmfseg.models import Factorizer, create_model, list_models, model_info
 
 
@@ -44,8 +45,8 @@ def test_registry_lists_the_paper_presets_and_the_baseline():
     assert "segresnet" in names
     assert nmfseg.list_models() == names
     info = model_info("swin_factorizer_isles")
-    assert info["defaults"]["head_dim"] == 4 and info["defaults"]["mlp_ratio"] == 4
-    assert info["patch_size"] == (64, 64, 64) and info["paper_gflops"] == 29.1
+    assert info.kwargs["head_dim"] == 4 and info.kwargs["mlp_ratio"] == 4
+    assert info.patch_size == (64, 64, 64) and info.paper_gflops == 29.1
 
 
 def test_unknown_model_name_lists_the_known_ones():
@@ -175,7 +176,7 @@ def test_record_factors_shapes_and_maps(name):
     model = small(name).eval()
     size = (20, 18, 17)
     x = torch.randn(1, model.in_channels, *size)
-    head_dim = model_info(name)["defaults"]["head_dim"]
+    head_dim = model_info(name).kwargs["head_dim"]
     model.set_nmf(enabled=[0, 1, 2, 3, 4, 5, 6, 8])
     with model.record_factors() as records, torch.no_grad():
         y = model(x)
@@ -248,7 +249,7 @@ def test_full_width_preset_and_deep_supervision_options():
     with torch.no_grad():
         y = model(torch.randn(1, 4, 20, 16, 24))
     assert y.shape == (1, 3, 20, 16, 24) and torch.isfinite(y).all()
-    one = small("local_factorizer_isles", deep_supervision=1).train()
+    one = small("local_factorizer_isles", deep_supervision=False).train()
     outs = one(torch.randn(1, 2, 16, 16, 16))
     assert len(outs) == 1 and outs[0].shape == (1, 1, 16, 16, 16)
 
@@ -273,14 +274,15 @@ def test_grad_checkpointing_gives_the_same_gradients():
         (dict(head_dim=7), "head_dim"),
         (dict(channels=(8,)), "channels"),
         (dict(matricize="axial"), "matricize"),
-        (dict(patch_size=(8, 8)), "patch_size"),
+        (dict(window_size=(8, 8)), "window_size"),
         (dict(rank=0), "rank"),
         (dict(iters=-1), "iters"),
         (dict(solver="als"), "solver"),
         (dict(mlp_ratio=0), "mlp_ratio"),
         (dict(dropout=1.0), "dropout"),
         (dict(pos_embed_grid=(8, 8)), "pos_embed_grid"),
-        (dict(deep_supervision=5), "deep_supervision"),
+        (dict(deep_supr_num=4), "deep_supr_num"),
+        (dict(deep_supervision=3), "deep_supervision"),
         (dict(in_channels=0), "in_channels"),
         (dict(grad_iters=-2), "grad_iters"),
     ],
@@ -358,7 +360,7 @@ def test_fused_cpu_kernels_have_correct_gradients():
 def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
     """The fused CPU path (training) against the module-by-module path, gradients included,
     with chunks small enough that every level is processed in several."""
-    from nmfseg.layers import fused, unfused
+    from nmfseg.layers import fused, fused_kernels
 
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1000)
     model = small("swin_factorizer_isles", dropout=0.0).double().train()
@@ -369,7 +371,7 @@ def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
         if use_fused:
             outs = model(x)
         else:
-            with unfused():
+            with fused_kernels(model, False):
                 outs = model(x)
         sum(
             (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outs

@@ -226,7 +226,7 @@ def test_load_ensemble_checks_folds_agree(tmp_path, monkeypatch):
         k = int(path.parent.name[-1])
         return _pointwise(2, 3, seed=k), {"patch_size": [8, 8, 8 + 8 * k]}
 
-    monkeypatch.setattr(ensemble_mod, "load_checkpoint", fake_load)
+    monkeypatch.setattr(ensemble_mod, "load_model", fake_load)
     with pytest.raises(
         DataError, match=r"fold_1.*patch size \(8, 8, 16\) differs from .*fold_0.*\(8, 8, 8\)"
     ):
@@ -248,15 +248,15 @@ BRATS_LAYOUT = {
 
 
 @pytest.fixture
-def pointwise_registry(monkeypatch):
+def pointwise_registry():
     """Register a 1×1×1-conv network for the duration of one test (the registry is restored)."""
-    from nmfseg.models import _registry
+    from nmfseg.models import ModelConfig, temporarily_registered_model
 
     def build(in_channels: int, out_channels: int) -> nn.Module:
         return nn.Conv3d(in_channels, out_channels, kernel_size=1)
 
-    monkeypatch.setitem(_registry._CONSTRUCTORS, POINTWISE, build)
-    monkeypatch.setitem(_registry._INFO, POINTWISE, {"name": POINTWISE, "defaults": {}})
+    with temporarily_registered_model(ModelConfig(POINTWISE, build)):
+        yield
 
 
 THRESHOLDS = (0.5, 0.0, -0.5)  # oracle: output r is "z-scored channel r >= THRESHOLDS[r]"
@@ -548,9 +548,7 @@ def test_cli_real_factorizer_checkpoint(tmp_path):
     from nmfseg.models import create_model
     from nmfseg.training.checkpoint import atomic_save
 
-    kwargs = dict(
-        channels=(4, 8, 16), head_dim=4, patch_size=2, pos_embed_grid=1, deep_supervision=2
-    )
+    kwargs = dict(channels=(4, 8, 16), head_dim=4, window_size=2, pos_embed_grid=1, deep_supr_num=1)
     torch.manual_seed(0)
     net = create_model("swin_factorizer_isles", **kwargs)
     root = make_toy_dataset(tmp_path / "isles", "isles22", n_cases=2, shape=(13, 10, 9))

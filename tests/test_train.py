@@ -24,15 +24,10 @@ from nmfseg.data.toy import make_toy_dataset
 from nmfseg.errors import DataError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.inference.sliding_window import sliding_window_predict
-from nmfseg.training.checkpoint import (
-    CHECKPOINT_NAMES,
-    atomic_save,
-    capture_rng_state,
-    find_checkpoint,
-    load_checkpoint,
-    load_model,
-    restore_rng_state,
-)
+from nmfseg.models import load_model
+from nmfseg.models.checkpoint import CHECKPOINT_NAMES, find_checkpoint
+from nmfseg.models.checkpoint import read_checkpoint as load_checkpoint
+from nmfseg.training.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from nmfseg.training.config import load_recipe, recipe_for_scheme, validate_config
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import WarmupCosine
@@ -315,7 +310,7 @@ def test_recipe_follows_the_scheme_and_the_preset_patch(toy, tmp_path):
         nnunet, "swin_factorizer_brats", 0, tmp_path / "runs",
         overrides={"steps": 10}, model_args={"channels": [8, 16, 32, 64, 128]},
     )  # fmt: skip
-    assert run.config["patch_size"] == list(model_info("swin_factorizer_brats")["patch_size"])
+    assert run.config["patch_size"] == list(model_info("swin_factorizer_brats").patch_size)
     assert run.config["scheduler"]["warmup_steps"] == 0 and run.notes  # 2000 >= 10 steps
     assert not (tmp_path / "runs").exists()  # preparing writes nothing
 

@@ -28,11 +28,20 @@ _EXPORTS = {
     "NMF": "nmfseg.nmf",
     "create_model": "nmfseg.models",
     "list_models": "nmfseg.models",
+    "load_model": "nmfseg.models",
     "model_info": "nmfseg.models",
     "register_model": "nmfseg.models",
 }
 
-__all__ = ["NMF", "__version__", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "NMF",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_model",
+    "model_info",
+    "register_model",
+]
 
 
 def __getattr__(name: str) -> Any:

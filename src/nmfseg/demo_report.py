@@ -5,7 +5,7 @@ Three figures, all from held-out phantoms:
 - ``overlays.png``: FLAIR with the ground-truth and predicted regions of each model, on the
   axial slice through the largest tumour cross-section of a few cases;
 - ``nmf_components.png``: the NMF spatial components of the first and last Factorizer block
-  (paper Fig. 6), dematricized with :func:`nmfseg.layers.factor_maps`;
+  (paper Fig. 6), dematricized with :func:`nmfseg.mixers.nmf.factor_maps`;
 - each model's ``progress.png`` (loss, Dice, learning rate), copied from its run folder.
 """
 
@@ -100,8 +100,8 @@ def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | N
     from nmfseg.data.formats import load_case, open_dataset
     from nmfseg.data.preprocess import preprocess_case
     from nmfseg.data.schemes import labels_to_regions
-    from nmfseg.layers import factor_maps
-    from nmfseg.training.checkpoint import load_model
+    from nmfseg.mixers.nmf import factor_maps
+    from nmfseg.models import load_model
 
     model, _ = load_model(fold_dir)
     if not hasattr(model, "record_factors"):

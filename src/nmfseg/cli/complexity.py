@@ -46,8 +46,8 @@ def complexity(
     ),
 ) -> None:
     """Print #params and FLOPs per model at the paper's input size, beside the paper's."""
-    from nmfseg.complexity import FLOP_CONVENTION, model_complexity
     from nmfseg.models import list_models
+    from nmfseg.models.complexity import FLOP_CONVENTION, model_complexity
 
     names = list(model) if model else list_models()
     size = parse_size(input_size) if input_size else None

@@ -37,6 +37,7 @@ from nmfseg.data.preprocess import preprocess_case, uncrop
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.sliding_window import sliding_window_predict
+from nmfseg.models import load_model
 
 __all__ = [
     "CHECKPOINTS",
@@ -50,13 +51,6 @@ __all__ = [
 CHECKPOINTS = ("final", "best", "last")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 _CKPT_SUFFIXES = (".pt", ".pth")
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Adapter to the training package: rebuild the network stored in ``path``."""
-    from nmfseg.training.checkpoint import load_model
-
-    return load_model(path, device)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -286,7 +280,7 @@ def load_ensemble(
     models, first = [], None
     for path in paths:
         try:
-            net, config = load_checkpoint(path, dev)
+            net, config = load_model(path, dev)
         except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
             raise DataError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err
         net.eval()

@@ -1,24 +1,22 @@
-"""Layers of the Factorizer networks: channel LayerNorm, pointwise conv, MLP, position
-embedding and the Wrapped NMF subblock."""
+"""Small reusable layers: channel LayerNorm, pointwise conv, MLP, dropout, position embedding,
+and the fused CPU kernels the blocks use."""
 
 from nmfseg.layers.dropout import Dropout
-from nmfseg.layers.mlp import MLP
-from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise, unfused
+from nmfseg.layers.fused import fusable, fused_kernels
+from nmfseg.layers.mlp import MLP, norm_mlp_residual
+from nmfseg.layers.norm import LayerNorm, layer_norm_pointwise
 from nmfseg.layers.pointwise import PointwiseConv, is_channels_last
 from nmfseg.layers.pos_embed import PositionEmbedding
-from nmfseg.layers.wrapped_nmf import MATRICIZE_KINDS, NMFRecord, WrappedNMF, factor_maps
 
 __all__ = [
-    "MATRICIZE_KINDS",
     "MLP",
     "Dropout",
     "LayerNorm",
-    "NMFRecord",
     "PointwiseConv",
     "PositionEmbedding",
-    "WrappedNMF",
-    "factor_maps",
+    "fusable",
+    "fused_kernels",
     "is_channels_last",
     "layer_norm_pointwise",
-    "unfused",
+    "norm_mlp_residual",
 ]

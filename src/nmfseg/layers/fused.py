@@ -21,20 +21,32 @@ The algebra (``x̂ = (x − μ)·rstd``, LayerNorm weight ``γ`` and bias ``β``
     dW = (dy x̂ᵀ) diag γ + (dy 1) βᵀ,  dγ = diag(Wᵀ dy x̂ᵀ),  dβ = Wᵀ (dy 1),
     dx = rstd · (d − mean_c(d) − x̂ · mean_c(d ∘ x̂)),  d = diag(γ) Wᵀ dy.
 
-Inputs are channels-first ``(B, C, N)`` float32/float64 CPU tensors.
+Inputs are channels-first ``(B, C, N)`` float32/float64 CPU tensors (:func:`fusable`). The
+blocks decide once per call whether to use these kernels: a module that can has a boolean
+``fused`` attribute (``True`` by default), which :func:`fused_kernels` switches for a whole
+network, e.g. to run every layer's plain ``forward`` for hooks or as a reference in tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
 
-__all__ = ["CHUNK_ELEMENTS", "LayerNormPointwiseFn", "MLPFn", "ProjectAddDropoutFn"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "LayerNormPointwiseFn",
+    "MLPFn",
+    "ProjectAddDropoutFn",
+    "fusable",
+    "fused_kernels",
+    "project_add_dropout",
+]
 
 CHUNK_ELEMENTS = 2**22  # elements of the widest per-chunk temporary (16 MiB in float32)
 
@@ -243,3 +255,52 @@ class ProjectAddDropoutFn(torch.autograd.Function):
             d.add_(dt.sum(1))
             torch.mm(weight.t(), dt, out=dz[b, :, n0:n1])
         return dy, dz, g, d if ctx.has_bias else None, None
+
+
+def fusable(x: Tensor) -> bool:
+    """Whether the fused kernels of this module apply to ``x`` (a float32/float64 CPU
+    tensor, no autocast)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def project_add_dropout(x: Tensor, z: Tensor, conv: nn.Module, p: float) -> Tensor:
+    """``x + dropout(conv(z))`` for a pointwise ``conv`` (:class:`ProjectAddDropoutFn`).
+
+    Args:
+        x: The residual ``(B, C, *spatial)``.
+        z: The projection's input ``(B, C_in, *spatial)``.
+        conv: A :class:`~nmfseg.layers.PointwiseConv` from ``C_in`` to ``C`` channels.
+        p: Dropout probability (0 in eval mode).
+    """
+    b, c = x.shape[:2]
+    y = ProjectAddDropoutFn.apply(
+        x.reshape(b, c, -1), z.reshape(b, z.shape[1], -1), conv.weight, conv.bias, p
+    )
+    return y.view(x.shape)
+
+
+@contextmanager
+def fused_kernels(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Switch the fused kernels of every submodule of ``model`` on or off inside the block.
+
+    Examples::
+
+        >>> import nmfseg
+        >>> net = nmfseg.create_model("swin_factorizer_isles", channels=(8, 16, 32, 64, 128))
+        >>> with fused_kernels(net, False):  # the plain module-by-module path
+        ...     all(not m.fused for m in net.modules() if hasattr(m, "fused"))
+        True
+    """
+    switches = [m for m in model.modules() if isinstance(getattr(m, "fused", None), bool)]
+    previous = [m.fused for m in switches]
+    for m in switches:
+        m.fused = enabled
+    try:
+        yield
+    finally:
+        for m, value in zip(switches, previous, strict=True):
+            m.fused = value

@@ -4,11 +4,11 @@
 ``mlp_ratio × channels``; both convolutions have a bias, as in ViT's MLP and in the official
 Factorizer code.
 
-On CPU, the block's LayerNorm, the first convolution, GELU, dropout and the second
-convolution run as one chunked autograd node (:class:`~nmfseg.layers.fused.MLPFn`) that keeps
-only its input and the per-voxel LayerNorm statistics for backward: the hidden map, the
-largest tensor of a block (``mlp_ratio × C`` channels), and its dropout mask are recomputed
-chunk by chunk instead of being stored.
+On CPU, a block's LayerNorm, the first convolution, GELU, dropout, the second convolution
+and the residual connection run as one chunked autograd node (:func:`norm_mlp_residual`,
+:class:`~nmfseg.layers.fused.MLPFn`) that keeps only its input and the per-voxel LayerNorm
+statistics for backward: the hidden map, the largest tensor of a block (``mlp_ratio × C``
+channels), and its dropout mask are recomputed chunk by chunk instead of being stored.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from nmfseg.layers.dropout import Dropout
-from nmfseg.layers.fused import MLPFn
-from nmfseg.layers.norm import LayerNorm, fusable
+from nmfseg.layers.fused import MLPFn, fusable
+from nmfseg.layers.norm import LayerNorm
 from nmfseg.layers.pointwise import PointwiseConv
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "norm_mlp_residual"]
 
 
 class MLP(nn.Module):
@@ -50,24 +50,36 @@ class MLP(nn.Module):
         self.fc2 = PointwiseConv(hidden, channels)
         self.drop2 = Dropout(dropout)
 
-    def forward(self, x: Tensor, norm: LayerNorm | None = None, residual: bool = False) -> Tensor:
-        """``MLP(norm(x))`` (``MLP(x)`` without ``norm``), plus ``x`` if ``residual``."""
-        if norm is None or not fusable(x):
-            h = self.fc1(x if norm is None else norm(x))
-            out = self.drop2(self.fc2(self.drop1(self.act(h))))
-            return x + out if residual else out
-        b, c, *spatial = x.shape
-        y = MLPFn.apply(
-            x.reshape(b, c, -1),
-            norm.weight,
-            norm.bias,
-            self.fc1.weight,
-            self.fc1.bias,
-            self.fc2.weight,
-            self.fc2.bias,
-            norm.eps,
-            self.drop1.p if self.training else 0.0,
-            self.drop2.p if self.training else 0.0,
-            residual,
-        )
-        return y.view(b, c, *spatial)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def norm_mlp_residual(x: Tensor, norm: LayerNorm, mlp: MLP) -> Tensor:
+    """``x + mlp(norm(x))``, as one fused node where it applies (:func:`fusable`).
+
+    Examples::
+
+        >>> import torch
+        >>> norm, mlp = LayerNorm(8), MLP(8).eval()
+        >>> x = torch.randn(1, 8, 3, 4, 5)
+        >>> torch.allclose(norm_mlp_residual(x, norm, mlp), x + mlp(norm(x)), atol=1e-5)
+        True
+    """
+    if not fusable(x):
+        return x + mlp(norm(x))
+    b, c, *spatial = x.shape
+    p_hidden, p_out = (mlp.drop1.p, mlp.drop2.p) if mlp.training else (0.0, 0.0)
+    y = MLPFn.apply(
+        x.reshape(b, c, -1),
+        norm.weight,
+        norm.bias,
+        mlp.fc1.weight,
+        mlp.fc1.bias,
+        mlp.fc2.weight,
+        mlp.fc2.bias,
+        norm.eps,
+        p_hidden,
+        p_out,
+        True,
+    )
+    return y.view(b, c, *spatial)

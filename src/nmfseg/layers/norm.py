@@ -8,23 +8,19 @@ In a Factorizer block a LayerNorm is always followed by a pointwise convolution 
 subblock's input projection, the MLP's first layer). :func:`layer_norm_pointwise` computes
 ``conv(norm(x))`` in one autograd node on channels-first CPU tensors
 (:class:`~nmfseg.layers.fused.LayerNormPointwiseFn`: no transposes, chunk-sized
-temporaries, and only ``x`` and the per-voxel statistics kept for backward).
+temporaries, and only ``x`` and the per-voxel statistics kept for backward). The blocks that
+use it decide when (their ``fused`` attribute, see :func:`~nmfseg.layers.fused.fused_kernels`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmfseg.layers.fused import LayerNormPointwiseFn
+from nmfseg.layers.fused import LayerNormPointwiseFn, fusable
 
-__all__ = ["LayerNorm", "layer_norm_pointwise", "unfused"]
-
-_FUSION = {"enabled": True}
+__all__ = ["LayerNorm", "layer_norm_pointwise"]
 
 
 class LayerNorm(nn.Module):
@@ -58,27 +54,6 @@ class LayerNorm(nn.Module):
         return f"{self.num_channels}, eps={self.eps}"
 
 
-@contextmanager
-def unfused() -> Iterator[None]:
-    """Run the plain module-by-module path inside (e.g. for forward hooks on every layer)."""
-    previous = _FUSION["enabled"]
-    _FUSION["enabled"] = False
-    try:
-        yield
-    finally:
-        _FUSION["enabled"] = previous
-
-
-def fusable(x: Tensor) -> bool:
-    """Whether the fused CPU kernels of this package apply to ``x``."""
-    return (
-        _FUSION["enabled"]
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
 def layer_norm_pointwise(x: Tensor, norm: LayerNorm, conv: nn.Module) -> Tensor:
     """``conv(norm(x))`` for a :class:`LayerNorm` and a pointwise conv, fused on CPU.
 
@@ -88,8 +63,8 @@ def layer_norm_pointwise(x: Tensor, norm: LayerNorm, conv: nn.Module) -> Tensor:
         conv: A :class:`~nmfseg.layers.PointwiseConv` from ``C`` channels.
 
     Returns:
-        ``(B, conv.out_channels, *spatial)``, channels-first. On other devices, dtypes or
-        under autocast this is ``conv(norm(x))``.
+        ``(B, conv.out_channels, *spatial)``, channels-first; ``conv(norm(x))`` where the
+        fused kernel does not apply (:func:`~nmfseg.layers.fused.fusable`).
 
     Examples::
 

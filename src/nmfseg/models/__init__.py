@@ -2,18 +2,44 @@
 
 Importing this package registers every preset: the paper's Factorizers
 (``{global,local,swin}_factorizer_{brats,isles}``) and the ``segresnet`` baseline.
+
+========================= ==================================================================
+module                    what it holds
+========================= ==================================================================
+:mod:`~._registry`        :class:`ModelConfig`, :func:`create_model`, :func:`load_model`, ...
+:mod:`~.base`             :class:`SegmentationNetwork`: the any-size / eval / train contract
+:mod:`~.unet`             :class:`UNet`: the paper's skeleton, blocks chosen by name
+:mod:`~.factorizer`       :class:`Factorizer` and the paper's presets
+:mod:`~.segresnet`        MONAI SegResNet under the contract
+:mod:`~.checkpoint`       finding, reading and upgrading checkpoint files
+:mod:`~.complexity`       #params and FLOPs of any network (paper Tables 1-2)
+========================= ==================================================================
 """
 
-from nmfseg.models._registry import create_model, list_models, model_info, register_model
-from nmfseg.models.factorizer import Factorizer, FactorizerBlock
+from nmfseg.models._registry import (
+    ModelConfig,
+    create_model,
+    list_models,
+    load_model,
+    model_info,
+    register_model,
+    temporarily_registered_model,
+)
+from nmfseg.models.base import SegmentationNetwork
+from nmfseg.models.factorizer import Factorizer
 from nmfseg.models.segresnet import SegResNet
+from nmfseg.models.unet import UNet
 
 __all__ = [
     "Factorizer",
-    "FactorizerBlock",
+    "ModelConfig",
     "SegResNet",
+    "SegmentationNetwork",
+    "UNet",
     "create_model",
     "list_models",
+    "load_model",
     "model_info",
     "register_model",
+    "temporarily_registered_model",
 ]

@@ -28,7 +28,7 @@ from nmfseg.nmf.matricize import (
     SWMatricize,
     build_matricize,
 )
-from nmfseg.nmf.solvers import NMF, SOLVERS, nmf, nmf_reconstruct, reconstruct
+from nmfseg.nmf.solvers import NMF, SOLVERS, nmf, nmf_flops, nmf_reconstruct, reconstruct
 from nmfseg.nmf.steps import default_init
 from nmfseg.nmf.windows import MatricizeGeometry
 
@@ -43,6 +43,7 @@ __all__ = [
     "build_matricize",
     "default_init",
     "nmf",
+    "nmf_flops",
     "nmf_reconstruct",
     "reconstruct",
 ]

@@ -8,15 +8,15 @@ module         what it holds
 ``data``       preprocessed case cache, the deterministic patch stream
 ``setup``      :func:`prepare_run`: every check before anything is written
 ``trainer``    :func:`run_training`: the loop, validation, checkpoints, resume, DDP
-``checkpoint`` the checkpoint dict and :func:`load_model` (used by prediction)
+``checkpoint`` the training part of a checkpoint, RNG state (reading: :mod:`nmfseg.models`)
 ``distributed`` ``torchrun`` / DDP process group
 ``progress``   ``log.csv`` and ``progress.png``
 ============== ==============================================================
 
 Examples::
 
-    >>> from nmfseg.training import load_model, prepare_run, run_training
-    >>> callable(load_model) and callable(prepare_run) and callable(run_training)
+    >>> from nmfseg.training import prepare_run, run_training
+    >>> callable(prepare_run) and callable(run_training)
     True
 """
 
@@ -24,15 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_model", "prepare_run", "run_training"]
+__all__ = ["prepare_run", "run_training"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing nmfseg.training.config does not pull in torch.
-    if name == "load_model":
-        from nmfseg.training.checkpoint import load_model
-
-        return load_model
     if name == "prepare_run":
         from nmfseg.training.setup import prepare_run
 

@@ -94,7 +94,7 @@ def _resolve_config(
     cfg = apply_overrides(cfg, overrides)
     cfg["model_args"] = {**cfg.get("model_args", {}), **model_args}
     if cfg["patch_size"] is None:
-        preset = model_info(model_name).get("patch_size")
+        preset = model_info(model_name).patch_size
         cfg["patch_size"] = list(preset) if preset else [128, 128, 128]
     cfg = validate_config(cfg, sources)
     steps, warmup = cfg["steps"], cfg["scheduler"]["warmup_steps"]
@@ -292,10 +292,10 @@ def _config_for_resume(
     sources: dict[str, str],
 ) -> dict[str, Any]:
     """The stored config, after checking that the given options do not contradict it."""
-    from nmfseg.training.checkpoint import load_checkpoint
+    from nmfseg.models.checkpoint import read_checkpoint
     from nmfseg.training.config import load_yaml
 
-    stored = load_checkpoint(path)["config"]
+    stored = read_checkpoint(path)["config"]
     new, _ = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)
     given = dict.fromkeys(overrides)
     if config_file is not None:

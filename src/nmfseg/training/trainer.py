@@ -58,10 +58,10 @@ from torch import nn
 
 from nmfseg.errors import NmfsegError
 from nmfseg.fileio import write_json
+from nmfseg.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from nmfseg.training.checkpoint import (
     atomic_save,
     capture_rng_state,
-    load_checkpoint,
     restore_rng_state,
 )
 from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_seed, prepare_case
@@ -192,7 +192,7 @@ class _Trainer:
             cfg["loss"]["ds_weights"], cfg["loss"]["dice_eps"], cfg["loss"]["ds_target"]
         )
         if self.run.resume_from is not None:
-            ckpt = load_checkpoint(self.run.resume_from, device="cpu")
+            ckpt = read_checkpoint(self.run.resume_from)
             model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -254,6 +254,7 @@ class _Trainer:
         rng = capture_rng_state()
         rng["sampler"] = {"step": self.step, "seed": self.cfg["seed"]}
         return {
+            "checkpoint_format": CHECKPOINT_FORMAT,
             "model_name": self.cfg["model"]["name"],
             "model_kwargs": self.cfg["model"]["kwargs"],
             "model": self.model.state_dict(),

@@ -1,9 +1,11 @@
-"""The Wrapped NMF subblock of a Factorizer block (paper §3.4, eq. 6, Fig. 2b).
+"""The Wrapped NMF token mixer of a Factorizer block (paper §3.4, eq. 6, Fig. 2b).
 
 ``WrappedNMF(x) = Dropout(PointwiseConv(Dematricize(NMF(ReLU(Matricize(PointwiseConv(x)))))))``:
 the input projection has no bias, the output projection has one (as in the official code).
+Registered as mixer ``"nmf"``.
 
-Two inference-time controls (paper §4.5) live here:
+Two inference-time controls (paper §4.5) live here, with functions that apply them to every
+NMF layer of any network (:func:`nmf_layers`, :func:`set_nmf`):
 
 - ``enabled = False`` short-circuits the NMF layer: its output is replaced by its input, the
   ReLU'd matrices. Dematricize is the exact inverse of Matricize (for Swin, the average of
@@ -18,17 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from nmfseg.layers.dropout import Dropout, add_dropout
-from nmfseg.layers.fused import ProjectAddDropoutFn
-from nmfseg.layers.norm import LayerNorm, fusable, layer_norm_pointwise
-from nmfseg.layers.pointwise import PointwiseConv
+from nmfseg.layers import PointwiseConv
+from nmfseg.mixers._registry import register_mixer
+from nmfseg.mixers.base import ProjectedMixer
 from nmfseg.nmf import MATRICIZE_KINDS, NMF, SOLVERS, MatricizeGeometry, build_matricize
 
-__all__ = ["MATRICIZE_KINDS", "NMFRecord", "WrappedNMF", "factor_maps"]
+__all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
 
 
 @dataclass
@@ -36,12 +38,14 @@ class NMFRecord:
     """The factors one NMF layer computed in one forward pass.
 
     Attributes:
-        layer: Index of the layer in ``Factorizer.nmf_layers()`` (``-1`` if standalone).
+        layer: Index of the layer in :func:`nmf_layers` of its network (``-1`` if standalone).
         u: Channel factor ``(B', head_dim, R)``.
         v: Spatial factor ``(B', N, R)``.
         geometry: Where every matrix and column came from
             (:class:`~nmfseg.nmf.MatricizeGeometry`: kind, input shape, windows).
         matricize: The matricize module that produced the matrices (used to dematricize).
+        level: Resolution level of the layer in its network (feature maps at ``1 / 2**level``
+            of the input), or ``None`` if standalone.
         size: Spatial size to crop dematricized maps to (the unpadded stage size), or
             ``None`` to keep the matricized feature map's size.
     """
@@ -51,6 +55,7 @@ class NMFRecord:
     v: Tensor
     geometry: MatricizeGeometry
     matricize: nn.Module
+    level: int | None = None
     size: tuple[int, ...] | None = None
 
     @property
@@ -90,8 +95,7 @@ def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
 
     Examples::
 
-        >>> import torch
-        >>> layer = WrappedNMF(8, spatial_dims=2, matricize="local", head_dim=4, patch_size=4)
+        >>> layer = WrappedNMF(8, spatial_dims=2, matricize="local", head_dim=4, window_size=4)
         >>> layer.recorder = []
         >>> _ = layer(torch.randn(1, 8, 10, 12))
         >>> factor_maps(layer.recorder[0]).shape
@@ -109,7 +113,7 @@ def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
     return out
 
 
-class WrappedNMF(nn.Module):
+class WrappedNMF(ProjectedMixer):
     """Pointwise conv → matricize → ReLU → NMF → dematricize → pointwise conv → dropout.
 
     Args:
@@ -117,7 +121,7 @@ class WrappedNMF(nn.Module):
         spatial_dims: 2 or 3.
         matricize: ``"global"``, ``"local"`` or ``"swin"`` (shifted window).
         head_dim: Channels per matrix (rows ``E``).
-        patch_size: Window size of Local/Swin matricize (ignored by Global).
+        window_size: Window of Local/Swin matricize (ignored by Global).
         rank: NMF rank ``R``.
         iters: NMF outer iterations ``T``.
         solver: ``"hals"`` or ``"mu"``.
@@ -126,8 +130,7 @@ class WrappedNMF(nn.Module):
 
     Examples::
 
-        >>> import torch
-        >>> layer = WrappedNMF(16, spatial_dims=3, matricize="swin", head_dim=8, patch_size=4)
+        >>> layer = WrappedNMF(16, spatial_dims=3, matricize="swin", head_dim=8, window_size=4)
         >>> layer(torch.randn(1, 16, 8, 8, 8)).shape
         torch.Size([1, 16, 8, 8, 8])
     """
@@ -138,62 +141,120 @@ class WrappedNMF(nn.Module):
         spatial_dims: int = 3,
         matricize: str = "swin",
         head_dim: int = 8,
-        patch_size: int | Sequence[int] = 8,
+        window_size: int | Sequence[int] = 8,
         rank: int = 1,
         iters: int = 5,
         solver: str = "hals",
         grad_iters: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(dropout)
         if matricize not in MATRICIZE_KINDS:
             raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
-        if head_dim < 1 or channels % head_dim:
+        if not isinstance(head_dim, int) or head_dim < 1 or channels % head_dim:
             raise ValueError(
                 f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
             )
         if solver not in SOLVERS:
             raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank should be a positive int, got {rank!r}.")
+        if not isinstance(iters, int) or iters < 0:
+            raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
+        if grad_iters is not None and (not isinstance(grad_iters, int) or grad_iters < 0):
+            raise ValueError(
+                f"grad_iters should be None or a non-negative int, got {grad_iters!r}."
+            )
         self.channels = channels
         self.spatial_dims = spatial_dims
         self.kind = matricize
         self.head_dim = head_dim
         self.in_proj = PointwiseConv(channels, channels, bias=False)
-        self.matricize = build_matricize(matricize, head_dim, patch_size, spatial_dims)
+        self.matricize = build_matricize(matricize, head_dim, window_size, spatial_dims)
         self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
         self.out_proj = PointwiseConv(channels, channels, bias=True)
-        self.dropout = Dropout(dropout)
         self.enabled = True
         self.layer_index = -1
+        self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
 
-    def forward(self, x: Tensor, norm: LayerNorm | None = None, residual: bool = False) -> Tensor:
-        """``WrappedNMF(norm(x))`` (``WrappedNMF(x)`` without ``norm``), plus ``x`` if
-        ``residual``."""
-        z = self.in_proj(x) if norm is None else layer_norm_pointwise(x, norm, self.in_proj)
+    def mix(self, z: Tensor) -> Tensor:
+        """ReLU, matricize, NMF reconstruction, dematricize (or only the ReLU if disabled)."""
         if not self.enabled:
-            z = torch.relu(z)
+            return torch.relu(z)
+        geometry = self.matricize.geometry(z.shape)
+        m = torch.relu(self.matricize(z))
+        if self.recorder is None:
+            m = self.nmf(m)
         else:
-            geometry = self.matricize.geometry(z.shape)
-            m = torch.relu(self.matricize(z))
-            if self.recorder is None:
-                m = self.nmf(m)
-            else:
-                u, v = self.nmf.factorize(m)
-                m = u @ v.mT
-                self.recorder.append(
-                    NMFRecord(self.layer_index, u.detach(), v.detach(), geometry, self.matricize)
-                )
-            z = self.matricize.inverse(m, geometry)
-        if not residual:
-            return self.dropout(self.out_proj(z))
-        if fusable(z):
-            b, c = x.shape[:2]
-            p = self.dropout.p if self.training else 0.0
-            w, bias = self.out_proj.weight, self.out_proj.bias
-            y = ProjectAddDropoutFn.apply(x.reshape(b, c, -1), z.reshape(b, c, -1), w, bias, p)
-            return y.view(x.shape)
-        return add_dropout(x, self.out_proj(z), self.dropout.p, self.training)
+            u, v = self.nmf.factorize(m)
+            m = u @ v.mT
+            record = NMFRecord(
+                self.layer_index, u.detach(), v.detach(), geometry, self.matricize, self.level
+            )
+            self.recorder.append(record)
+        return self.matricize.inverse(m, geometry)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, matricize={self.kind!r}, enabled={self.enabled}"
+
+
+@register_mixer("nmf")
+def _wrapped_nmf(channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs) -> nn.Module:
+    return WrappedNMF(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
+
+
+def nmf_layers(model: nn.Module) -> list[WrappedNMF]:
+    """The Wrapped NMF layers of ``model``, in the order of ``model.modules()``."""
+    return [m for m in model.modules() if isinstance(m, WrappedNMF)]
+
+
+def set_nmf(
+    model: nn.Module,
+    iters: int | None = None,
+    rank: int | None = None,
+    solver: str | None = None,
+    enabled: Sequence[int] | Literal["all"] | None = None,
+) -> None:
+    """Change every NMF layer of ``model`` at inference time, without retraining (§4.5).
+
+    Args:
+        model: Any network with :class:`WrappedNMF` layers.
+        iters: New number of outer iterations (``None``: unchanged).
+        rank: New rank (``None``: unchanged).
+        solver: New solver, ``"hals"`` or ``"mu"`` (``None``: unchanged).
+        enabled: Indices (into :func:`nmf_layers`) of the layers to keep; every other layer
+            is short-circuited (its output replaced by its input). ``"all"`` enables every
+            layer again; ``None`` leaves the choice unchanged.
+
+    Raises:
+        ValueError: A value out of range (the message names it).
+    """
+    layers = nmf_layers(model)
+    if iters is not None and (not isinstance(iters, int) or iters < 0):
+        raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
+    if rank is not None and (not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank should be a positive int, got {rank!r}.")
+    if solver is not None and solver not in SOLVERS:
+        raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
+    if isinstance(enabled, str) and enabled != "all":
+        raise ValueError(f"enabled should be 'all' or a list of indices, got {enabled!r}.")
+    if enabled is None:
+        keep = {i for i, layer in enumerate(layers) if layer.enabled}
+    elif enabled == "all":
+        keep = set(range(len(layers)))
+    else:
+        keep = set(enabled)
+    bad = sorted(i for i in keep if not (isinstance(i, int) and 0 <= i < len(layers)))
+    if bad:
+        raise ValueError(
+            f"enabled should hold NMF layer indices in [0, {len(layers) - 1}], got {bad}."
+        )
+    for index, layer in enumerate(layers):
+        if iters is not None:
+            layer.nmf.iters = iters
+        if rank is not None:
+            layer.nmf.rank = rank
+        if solver is not None:
+            layer.nmf.solver = solver
+        layer.enabled = index in keep

@@ -1,0 +1,37 @@
+"""Token mixers by name: what a :class:`~nmfseg.blocks.MixerBlock` puts before its MLP.
+
+========= ==================================================================================
+name      mixer
+========= ==================================================================================
+``nmf``   :class:`~nmfseg.mixers.nmf.WrappedNMF`, the Factorizer's (paper §3.4)
+``none``  no mixer: the block is its MLP only (the paper's "no NMF" ablation)
+========= ==================================================================================
+
+A new mixer is one module file that registers a constructor
+``fn(channels, spatial_dims, dropout, **kwargs) -> nn.Module`` with :func:`register_mixer`
+(best a :class:`~nmfseg.mixers.base.ProjectedMixer`, which blocks fuse on CPU), plus a model
+preset that names it. Names keep checkpoints plain data: a network stores ``mixer="nmf"``,
+never a class.
+
+Examples::
+
+    >>> from nmfseg.mixers import create_mixer, list_mixers
+    >>> list_mixers()
+    ['nmf', 'none']
+    >>> create_mixer("nmf", 16, spatial_dims=3, matricize="swin", window_size=4).kind
+    'swin'
+    >>> create_mixer("none", 16) is None
+    True
+"""
+
+from __future__ import annotations
+
+from nmfseg.mixers import nmf  # noqa: F401  (registers "nmf")
+from nmfseg.mixers._registry import (
+    create_mixer,
+    list_mixers,
+    register_mixer,
+    temporarily_registered_mixer,
+)
+
+__all__ = ["create_mixer", "list_mixers", "register_mixer", "temporarily_registered_mixer"]

@@ -1,0 +1,122 @@
+"""The contract every registered network keeps, in one place.
+
+A :class:`SegmentationNetwork` takes ``(B, in_channels, *spatial)`` of **any** spatial size
+and returns logits of the same spatial size: one tensor in ``eval()`` (what sliding-window
+inference wants), and in ``train()`` a list of deep-supervision logits, full resolution
+first (``[full, 1/2, 1/4]`` for the paper's Factorizers; one element for a network without
+deep supervision), which the loss takes as it is.
+
+Any size: the input is zero-padded at the end of each spatial dim to a multiple of
+:attr:`~SegmentationNetwork.size_multiple` (``2**levels`` for a U-Net), the network runs on
+the padded tensor (:meth:`~SegmentationNetwork.forward_logits`), and output ``i`` is cropped
+to ``ceil(size / 2**i)``.
+
+Subclasses (the skeleton :class:`~nmfseg.models.unet.UNet`, wrappers of MONAI networks)
+implement :meth:`~SegmentationNetwork.forward_logits` only.
+
+Examples::
+
+    >>> import torch
+    >>> class Pointwise(SegmentationNetwork):
+    ...     def __init__(self):
+    ...         super().__init__(spatial_dims=3, in_channels=2, out_channels=1, size_multiple=4)
+    ...         self.conv = torch.nn.Conv3d(2, 1, 1)
+    ...     def forward_logits(self, x, size):
+    ...         return [self.conv(x)]
+    >>> net = Pointwise().eval()
+    >>> net(torch.randn(1, 2, 5, 6, 7)).shape
+    torch.Size([1, 1, 5, 6, 7])
+    >>> [o.shape[2:] for o in net.train()(torch.randn(1, 2, 5, 6, 7))]
+    [torch.Size([5, 6, 7])]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SegmentationNetwork", "check_channels"]
+
+
+def check_channels(**values: int) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive int.
+
+    Examples::
+
+        >>> check_channels(in_channels=4, out_channels=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: out_channels should be a positive int, got 0.
+    """
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} should be a positive int, got {value!r}.")
+
+
+class SegmentationNetwork(nn.Module):
+    """Base class of the registered networks: any input size, a tensor in eval, a list in train.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: Number of input channels.
+        out_channels: Number of output channels (logits).
+        size_multiple: The input is zero-padded to a multiple of this along every dim.
+
+    Raises:
+        ValueError: An argument is out of range; the message names it.
+    """
+
+    model_config = None  # set by nmfseg.create_model (a ModelConfig)
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, size_multiple: int = 1
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims should be 2 or 3, got {spatial_dims!r}.")
+        check_channels(in_channels=in_channels, out_channels=out_channels)
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.size_multiple = int(size_multiple)
+
+    def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
+        """Logits of a padded input, full resolution first.
+
+        Args:
+            x: The input, zero-padded to a multiple of :attr:`size_multiple`.
+            size: The spatial size before padding.
+
+        Returns:
+            In ``train()`` every deep-supervision output (output ``i`` at ``1 / 2**i`` of the
+            padded size); in ``eval()`` at least the full-resolution one.
+        """
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` with the offending shape unless ``x`` is
+        ``(B, in_channels, *spatial_dims sizes)``."""
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input of shape (B, {self.in_channels}, *{self.spatial_dims} spatial "
+                f"dims), got {tuple(x.shape)}."
+            )
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        self.check_input(x)
+        size = tuple(int(s) for s in x.shape[2:])
+        pad = [(-s) % self.size_multiple for s in size]
+        if any(pad):
+            x = F.pad(x, [p for d in reversed(pad) for p in (0, d)])
+        outs = self.forward_logits(x, size)
+        if any(pad):
+            outs = [crop(o, size, 2**i) for i, o in enumerate(outs)]
+        return outs if self.training else outs[0]
+
+
+def crop(x: Tensor, size: Sequence[int], factor: int = 1) -> Tensor:
+    """``x (B, C, *S)`` cropped to ``ceil(size / factor)`` from the start of every dim."""
+    return x[(..., *(slice(0, math.ceil(s / factor)) for s in size))]

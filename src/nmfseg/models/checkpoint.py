@@ -1,0 +1,180 @@
+"""Checkpoint files: finding them, reading them, upgrading old ones, loading their weights.
+
+A checkpoint is one ``torch.save`` file holding a plain dict (only tensors, numbers,
+strings, lists and dicts, so it loads with ``torch.load(..., weights_only=True)``):
+
+=====================  ==============================================================
+``model_name``         registry name of the network (``nmfseg.create_model(model_name)``)
+``model_kwargs``       keyword arguments that rebuild it (incl. ``in_channels``/``out_channels``)
+``model``              ``state_dict`` of the network (never of a DDP / compiled wrapper)
+``config``             the resolved training config (patch size, dataset, scheme, fold...)
+``checkpoint_format``  :data:`CHECKPOINT_FORMAT` (absent in files of nmfseg 0.1)
+=====================  ==============================================================
+
+plus, from training, ``optimizer``, ``scheduler``, ``step``, ``rng``, ``scheme``,
+``nmfseg_version``, ``history`` and ``best_metric`` (:mod:`nmfseg.training.checkpoint`).
+
+Files written by earlier versions are upgraded in memory when read
+(:func:`upgrade_checkpoint`), so every trained model keeps loading.
+
+Examples::
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> fold = Path(tempfile.mkdtemp())
+    >>> torch.save({"step": 3}, fold / "checkpoint_last.pt")
+    >>> find_checkpoint(fold).name
+    'checkpoint_last.pt'
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmfseg.errors import DataError
+from nmfseg.fileio import short_error
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAMES",
+    "find_checkpoint",
+    "load_weights",
+    "read_checkpoint",
+    "read_weights",
+    "upgrade_checkpoint",
+]
+
+#: Version of the checkpoint layout; bumped (with an upgrade step) when it changes.
+CHECKPOINT_FORMAT = 2
+#: Preference order of :func:`find_checkpoint` in a fold folder.
+CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_last.pt")
+_REQUIRED = ("model_name", "model_kwargs", "model", "config")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names, or the preferred one in a fold folder.
+
+    In a folder the order of preference is ``checkpoint_final.pt`` (a finished run), then
+    ``checkpoint_best.pt`` (best validation Dice), then ``checkpoint_last.pt`` (a run
+    still going or stopped early).
+
+    Raises:
+        DataError: ``path`` does not exist, or the folder holds no checkpoint.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(path, "no such checkpoint file or fold folder")
+    for name in CHECKPOINT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    raise DataError(
+        path, f"no checkpoint in this folder (looked for {', '.join(CHECKPOINT_NAMES)})"
+    )
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or not a torch file
+        raise DataError(path, f"cannot load checkpoint ({type(err).__name__})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read an nmfseg checkpoint (``weights_only``, on the CPU), upgraded to this version.
+
+    ``path`` may also be a fold folder (see :func:`find_checkpoint`).
+
+    Raises:
+        DataError: The file cannot be read or is not an nmfseg checkpoint.
+    """
+    path = find_checkpoint(path)
+    ckpt = _load(path)
+    missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DataError(path, f"not an nmfseg checkpoint (missing {', '.join(missing)})")
+    return upgrade_checkpoint(ckpt)
+
+
+def read_weights(path: str | Path) -> dict[str, Any]:
+    """An nmfseg checkpoint (upgraded, as :func:`read_checkpoint`) or a bare ``state_dict``.
+
+    Raises:
+        DataError: The file cannot be read or holds neither.
+    """
+    path = find_checkpoint(path)
+    obj = _load(path)
+    if isinstance(obj, dict) and all(k in obj for k in _REQUIRED):
+        return upgrade_checkpoint(obj)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise DataError(path, "neither an nmfseg checkpoint nor a state_dict of tensors")
+
+
+def _upgrade_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """0.1 network arguments -> 2: ``patch_size`` (the matricize window) -> ``window_size``;
+    ``deep_supervision`` as a number of heads -> a bool and ``deep_supr_num``."""
+    kwargs = dict(kwargs)
+    if "patch_size" in kwargs and "window_size" not in kwargs:
+        kwargs["window_size"] = kwargs.pop("patch_size")
+    heads = kwargs.get("deep_supervision")
+    if type(heads) is int:  # a bool is the new form
+        kwargs["deep_supervision"] = heads > 1
+        if heads > 1:
+            kwargs["deep_supr_num"] = heads - 1
+    return kwargs
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checkpoint dict in the current layout (:data:`CHECKPOINT_FORMAT`).
+
+    Format 1 (nmfseg 0.1) to 2: the network arguments of :func:`_upgrade_kwargs` (in
+    ``model_kwargs``, ``config.model.kwargs`` and ``config.model_args``), and the weights of a
+    block's token mixer moved from ``*.block.nmf.*`` to ``*.block.mixer.*``.
+
+    Examples::
+
+        >>> old = {"model_kwargs": {"patch_size": 4, "deep_supervision": 1},
+        ...        "model": {"encoder.0.block.nmf.in_proj.weight": 0}, "config": {}}
+        >>> new = upgrade_checkpoint(old)
+        >>> new["model_kwargs"], list(new["model"])
+        ({'deep_supervision': False, 'window_size': 4}, ['encoder.0.block.mixer.in_proj.weight'])
+    """
+    ckpt = dict(ckpt)
+    if int(ckpt.get("checkpoint_format", 1)) < 2:
+        ckpt["model_kwargs"] = _upgrade_kwargs(ckpt.get("model_kwargs", {}))
+        config = copy.deepcopy(ckpt.get("config", {}))
+        if isinstance(config.get("model"), dict) and isinstance(
+            config["model"].get("kwargs"), dict
+        ):
+            config["model"]["kwargs"] = _upgrade_kwargs(config["model"]["kwargs"])
+        if isinstance(config.get("model_args"), dict):
+            config["model_args"] = _upgrade_kwargs(config["model_args"])
+        ckpt["config"] = config
+        ckpt["model"] = {
+            k.replace(".block.nmf.", ".block.mixer."): v for k, v in ckpt.get("model", {}).items()
+        }
+    ckpt["checkpoint_format"] = CHECKPOINT_FORMAT
+    return ckpt
+
+
+def load_weights(model: nn.Module, source: dict[str, Any], where: str | Path) -> None:
+    """Load the weights of ``source`` (an nmfseg checkpoint dict or a bare ``state_dict``).
+
+    Raises:
+        DataError: Naming ``where``, if the weights do not fit the network.
+    """
+    state = source["model"] if "model_name" in source and "model" in source else source
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        name = getattr(getattr(model, "model_config", None), "name", type(model).__name__)
+        raise DataError(
+            where, f"weights do not fit network {name!r} ({short_error(err)})"
+        ) from None

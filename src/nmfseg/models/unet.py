@@ -1,0 +1,219 @@
+"""The U-shaped skeleton of the Factorizer paper (§3.2, Fig. 1), for any registered block.
+
+- stem: 3×3×3 convolution without bias to ``channels[0]`` (no norm, no activation);
+- encoder level ``i > 0``: 2×2×2 stride-2 convolution without bias, then one block; the
+  deepest level (the bridge) adds a learnable position embedding right after down-sampling;
+- decoder level: 2×2×2 stride-2 transposed convolution (with bias), concatenation with the
+  skip, a bias-free pointwise projection ``2C → C`` with dropout, then one block;
+- heads: 1×1×1 convolutions at the highest decoder resolutions (deep supervision).
+
+The block of every level is built by name (:mod:`nmfseg.blocks`): ``"mixer"`` with the NMF
+mixer is the Factorizer, with FAVOR+ the Performer baseline, and so on; the baselines and
+ablations of the paper differ only in the block. The any-size / eval-tensor / train-list
+contract is :class:`~nmfseg.models.base.SegmentationNetwork`'s.
+
+Examples::
+
+    >>> import torch
+    >>> net = UNet(3, in_channels=4, out_channels=3, channels=(8, 16, 32, 64),
+    ...            block_args={"mixer": "none"})  # an MLP-only U-Net
+    >>> _ = net.eval()
+    >>> net(torch.randn(1, 4, 9, 10, 11)).shape
+    torch.Size([1, 3, 9, 10, 11])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from nmfseg.blocks import create_block
+from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
+from nmfseg.models.base import SegmentationNetwork
+
+__all__ = ["UNet", "int_tuple"]
+
+
+def int_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """``value`` as ``n`` positive ints (one int is repeated); ``ValueError`` naming ``name``.
+
+    Examples::
+
+        >>> int_tuple(8, 3, "window_size"), int_tuple([4, 4, 2], 3, "window_size")
+        ((8, 8, 8), (4, 4, 2))
+    """
+    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(out) != n or min(out) < 1:
+        raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
+    return out
+
+
+class _EncoderStage(nn.Module):
+    def __init__(self, down: nn.Module | None, pos_embed: nn.Module | None, block: nn.Module):
+        super().__init__()
+        self.down = down
+        self.pos_embed = pos_embed
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.down is not None:
+            x = self.down(x)
+        if self.pos_embed is not None:
+            x = self.pos_embed(x)
+        return self.block(x)
+
+
+class _DecoderStage(nn.Module):
+    def __init__(self, up: nn.Module, channels: int, dropout: float, block: nn.Module) -> None:
+        super().__init__()
+        self.up = up
+        self.proj = PointwiseConv(2 * channels, channels, bias=False)
+        self.drop = Dropout(dropout, inplace=True)  # on the projection's fresh output
+        self.block = block
+        self.fused = True
+
+    def _project(self, skip: Tensor, up: Tensor) -> Tensor:
+        """``dropout(proj(cat([skip, up])))``; on CPU as ``W_skip · skip + W_up · up`` with
+        no concatenated copy, and backward keeps only ``up`` (``skip`` is stored by the
+        down-sampling conv anyway)."""
+        if not (self.fused and fusable(up)) or up.shape[0] != 1:
+            return self.drop(self.proj(torch.cat([skip, up], dim=1)))
+        c = skip.shape[1]
+        w = self.proj.weight
+        out = torch.mm(w[:, :c], skip.reshape(c, -1)).addmm_(w[:, c:], up.reshape(c, -1))
+        return self.drop(out).view(1, c, *up.shape[2:])  # in-place dropout on the GEMM output
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.block(self._project(skip, self.up(x)))
+
+
+class UNet(SegmentationNetwork):
+    """The paper's U-Net skeleton with a block chosen by name, on inputs of any size.
+
+    ``forward`` returns one logit tensor of the input's spatial size in ``eval()`` and, with
+    ``deep_supervision``, the list ``[full, 1/2, ...]`` of ``1 + deep_supr_num`` outputs in
+    ``train()`` (``[full]`` without).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: Number of input channels.
+        out_channels: Number of output channels (logits).
+        channels: Widths of the levels, highest resolution first; the last is the bridge.
+        block: Registered block (:func:`nmfseg.blocks.list_blocks`).
+        block_args: Keyword arguments of the block (e.g. ``{"mixer": "nmf", "mixer_args":
+            {...}, "mlp_ratio": 2}``).
+        dropout: Dropout probability (inside the blocks, after the position embedding and
+            after the decoder projections).
+        pos_embed: Add the learnable position embedding in the bridge.
+        pos_embed_grid: Bridge grid the embedding is stored at (training patch size / 16);
+            it is interpolated for other bridge sizes.
+        deep_supervision: Return the lower-resolution outputs too in ``train()``.
+        deep_supr_num: Number of lower-resolution outputs (MONAI DynUNet's name); at most
+            ``len(channels) - 2``.
+
+    Raises:
+        ValueError: An argument is out of range; the message names it.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        block: str = "mixer",
+        block_args: dict[str, Any] | None = None,
+        dropout: float = 0.0,
+        pos_embed: bool = True,
+        pos_embed_grid: int | Sequence[int] = 8,
+        deep_supervision: bool = True,
+        deep_supr_num: int = 2,
+    ) -> None:
+        channels = tuple(channels)
+        if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
+            raise ValueError(f"channels should be at least 2 positive ints, got {channels!r}.")
+        super().__init__(spatial_dims, in_channels, out_channels, 2 ** (len(channels) - 1))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout should be in [0, 1), got {dropout!r}.")
+        grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
+        if not isinstance(deep_supervision, bool):
+            raise ValueError(f"deep_supervision should be True or False, got {deep_supervision!r}.")
+        heads = 1 + deep_supr_num if deep_supervision else 1
+        if deep_supervision and not (
+            isinstance(deep_supr_num, int) and 1 <= deep_supr_num <= len(channels) - 2
+        ):
+            raise ValueError(
+                f"deep_supr_num should be an int in [1, {len(channels) - 2}] for "
+                f"{len(channels)} levels, got {deep_supr_num!r}."
+            )
+        self.channels = channels
+        self.deep_supervision = deep_supervision
+        self.deep_supr_num = deep_supr_num
+        self.grad_checkpointing = False
+
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        tconv = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+
+        def make_block(c: int) -> nn.Module:
+            return create_block(block, c, spatial_dims, dropout, **(block_args or {}))
+
+        self.stem = conv(in_channels, channels[0], kernel_size=3, padding=1, bias=False)
+        last = len(channels) - 1
+        self.encoder = nn.ModuleList(
+            _EncoderStage(
+                down=conv(channels[i - 1], c, kernel_size=2, stride=2, bias=False) if i else None,
+                pos_embed=PositionEmbedding(c, grid, dropout) if pos_embed and i == last else None,
+                block=make_block(c),
+            )
+            for i, c in enumerate(channels)
+        )
+        self.decoder = nn.ModuleList(
+            _DecoderStage(
+                up=tconv(channels[i + 1], channels[i], kernel_size=2, stride=2),
+                channels=channels[i],
+                dropout=dropout,
+                block=make_block(channels[i]),
+            )
+            for i in reversed(range(last))
+        )
+        self.heads = nn.ModuleList(PointwiseConv(channels[i], out_channels) for i in range(heads))
+
+    def levels(self) -> list[tuple[int, nn.Module]]:
+        """``(level, stage)`` of every stage in network order: encoder levels ``0 .. L``
+        (``L`` the bridge), then decoder levels ``L - 1 .. 0``; level ``i`` runs at
+        ``1 / 2**i`` of the input size."""
+        last = len(self.channels) - 1
+        return [*enumerate(self.encoder), *zip(reversed(range(last)), self.decoder, strict=True)]
+
+    def _run(self, module: nn.Module, *args: Tensor) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """Decoder feature maps of a padded input, highest resolution first:
+        ``len(channels) - 1`` tensors ``(B, channels[i], *size / 2**i)``."""
+        skips = []
+        out = self.stem(x)
+        for stage in self.encoder:
+            out = self._run(stage, out)
+            skips.append(out)
+        out = skips.pop()
+        feats = []
+        for stage in self.decoder:
+            out = self._run(stage, out, skips.pop())
+            feats.append(out)
+        return feats[::-1]
+
+    def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
+        feats = self.forward_features(x)
+        heads = self.heads if self.training else self.heads[:1]
+        return [head(f) for head, f in zip(heads, feats, strict=False)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of storing its activations (timm API)."""
+        self.grad_checkpointing = enable
