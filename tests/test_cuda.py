@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from nmfseg.cli import app
 from nmfseg.data.formats import open_dataset
 from nmfseg.data.nifti import read_nifti
-from nmfseg.data.toy import make_toy_dataset
 from nmfseg.models import create_model, list_models
 from nmfseg.nmf import nmf
+from nmfseg.phantoms.toy import make_toy_dataset
 
 DEV = os.environ.get("NMFSEG_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(

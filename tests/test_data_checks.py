@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from nmfseg.cli import app
 from nmfseg.data.checks import check_dataset
-from nmfseg.data.formats import FORMATS, open_dataset
-from nmfseg.data.toy import make_toy_dataset, toy_affine
+from nmfseg.data.formats import list_formats, open_dataset
+from nmfseg.phantoms.toy import make_toy_dataset, toy_affine
 
 SHAPE = (24, 26, 28)
 runner = CliRunner()
@@ -25,7 +25,7 @@ def _check(root, *args):
     return result
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", list_formats())
 def test_good_data_passes(tmp_path, fmt):
     root = make_toy_dataset(tmp_path / fmt, fmt, n_cases=3, shape=SHAPE)
     result = _check(root)
@@ -103,12 +103,12 @@ def test_affine_within_tolerance_passes(tmp_path):
 
 def test_nan(tmp_path):
     root = make_toy_dataset(tmp_path / "nn", "nnunet", n_cases=3, shape=SHAPE)
-    path = root / "imagesTr" / "toy_001_0002.nii.gz"
+    path = root / "imagesTr" / "toy_002_0002.nii.gz"
     data = np.asarray(nib.load(path).dataobj).copy()
     data[3, 4, 5] = np.nan
     data[3, 4, 6] = np.inf
     _save(path, data)
-    _one_problem(root, "toy_001", "toy_001_0002.nii.gz", "2 NaN/Inf")
+    _one_problem(root, "toy_002", "toy_002_0002.nii.gz", "2 NaN/Inf")
 
 
 def test_label_outside_scheme(tmp_path):
@@ -146,13 +146,13 @@ def test_nnunet_folder_problems(tmp_path):
     meta = json.loads((root / "dataset.json").read_text())
     meta["numTraining"] = 5
     (root / "dataset.json").write_text(json.dumps(meta))
-    src = root / "imagesTr" / "toy_000_0000.nii.gz"
-    (root / "imagesTr" / "toy_000_0004.nii.gz").write_bytes(src.read_bytes())
+    src = root / "imagesTr" / "toy_001_0000.nii.gz"
+    (root / "imagesTr" / "toy_001_0004.nii.gz").write_bytes(src.read_bytes())
     (root / "labelsTr" / "orphan.nii.gz").write_bytes(src.read_bytes())
     result = _check(root)
     assert result.exit_code == 1
     assert "dataset.json: numTraining is 5 but 3" in result.stdout
-    assert "toy_000: imagesTr/toy_000_0004.nii.gz: channel 0004" in result.stdout
+    assert "toy_001: imagesTr/toy_001_0004.nii.gz: channel 0004" in result.stdout
     assert "labelsTr/orphan.nii.gz: label file without images" in result.stdout
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from nmfseg.data.formats import (
-    FORMATS,
     case_output_name,
     detect_format,
+    get_format,
+    list_formats,
     load_case,
     open_case,
     open_dataset,
@@ -34,8 +35,8 @@ from nmfseg.data.schemes import (
     scheme_from_nnunet_json,
     scheme_to_nnunet_json,
 )
-from nmfseg.data.toy import make_toy_case, make_toy_dataset, toy_affine, toy_case_id
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.phantoms.toy import make_toy_case, make_toy_dataset, toy_affine
 
 SHAPE = (24, 28, 30)  # odd, different sizes per axis: catches transposed axes
 
@@ -205,7 +206,7 @@ def test_scheme_dict_round_trip_and_validation():
 # --------------------------------------------------------------------------- writers/readers
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", list_formats())
 def test_write_case_uses_real_layout_and_channel_order(tmp_path, fmt):
     scheme = SCHEMES[fmt]
     case_id = CASE_IDS[fmt]
@@ -242,12 +243,12 @@ def test_write_case_uses_real_layout_and_channel_order(tmp_path, fmt):
     assert data.spacing == (1.2, 1.0, 1.5) and data.shape == SHAPE
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", list_formats())
 def test_toy_dataset_round_trip(tmp_path, fmt):
     root = make_toy_dataset(tmp_path / fmt, fmt, n_cases=3, shape=SHAPE, seed=3)
     assert detect_format(root) == fmt
     ds = open_dataset(root)
-    assert ds.case_ids == [toy_case_id(fmt, i) for i in range(3)]
+    assert ds.case_ids == [get_format(fmt).case_id(i, "toy") for i in range(3)]
     assert len(ds) == 3 and ds.has_labels and ds.scheme.name == fmt
     for case in ds.cases:
         data = load_case(case)
@@ -282,7 +283,7 @@ def test_toy_dataset_is_deterministic(tmp_path):
 
 
 def test_unlabelled_dataset(tmp_path):
-    for fmt in FORMATS:
+    for fmt in list_formats():
         root = make_toy_dataset(tmp_path / fmt, fmt, n_cases=2, shape=SHAPE, with_labels=False)
         ds = open_dataset(root)
         assert not ds.has_labels and all(c.label_path is None for c in ds.cases), fmt
@@ -336,7 +337,7 @@ def test_detection_of_images_folders_and_rawdata(tmp_path):
         open_dataset(bare)
     assert str(bare) in str(info.value)
     ds = open_dataset(bare, scheme=SCHEMES["nnunet"])
-    assert ds.fmt == "nnunet" and ds.case_ids == ["toy_000", "toy_001"] and not ds.has_labels
+    assert ds.fmt == "nnunet" and ds.case_ids == ["toy_001", "toy_002"] and not ds.has_labels
     assert load_case(ds.cases[1]).image.shape == (4, *SHAPE)
 
     msd_bare = tmp_path / "msd_bare"
@@ -358,7 +359,7 @@ def test_detection_failures_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         open_dataset(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"looked for dataset\.json") as info:
+    with pytest.raises(DataError, match=r"no dataset format found \(looked for .*dataset\.json") as info:
         open_dataset(tmp_path / "empty")
     assert str(tmp_path / "empty") in str(info.value)
     make_toy_dataset(tmp_path / "outer" / "BraTS2021_Training", "brats2021", 1, SHAPE)
@@ -387,7 +388,7 @@ def test_msd_other_task_is_refused(tmp_path):
 # --------------------------------------------------------------------------- single cases
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", list_formats())
 def test_open_case_and_open_input(tmp_path, fmt):
     root = make_toy_dataset(tmp_path, fmt, n_cases=2, shape=SHAPE)
     ds = open_dataset(root)
@@ -406,7 +407,7 @@ def test_open_case_and_open_input(tmp_path, fmt):
     one = open_input(single)
     assert len(one) == 1 and one.fmt == fmt and one.scheme == ds.scheme
     assert len(open_input(root)) == 2
-    assert case_output_name(case, fmt) == f"{case.case_id}.nii.gz"
+    assert case_output_name(case) == f"{case.case_id}.nii.gz"
 
 
 def test_open_case_errors(tmp_path):
@@ -524,7 +525,7 @@ def test_write_case_validates_input(tmp_path):
         write_case("isles22", tmp_path, "sub-x", np.zeros((2, *SHAPE)), np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="sub-"):
         write_case("isles22", tmp_path, "strokecase1", np.zeros((2, *SHAPE)))
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(ConfigError, match="unknown dataset format 'brats2019'; registered"):
         write_case("brats2019", tmp_path, "x", np.zeros((4, *SHAPE)))
 
 

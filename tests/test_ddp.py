@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from nmfseg.data.toy import make_toy_dataset
 from nmfseg.models import create_model
 from nmfseg.models.checkpoint import read_checkpoint as load_checkpoint
+from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.data import TAG_INIT, derive_seed
 
 # Runs the real CLI (`nmfseg train ...`) in every torchrun process; the wrapper only keeps a

@@ -13,9 +13,8 @@ from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from nmfseg.cli import app
-from nmfseg.data.formats import FORMATS, open_dataset
+from nmfseg.data.formats import list_formats, open_dataset
 from nmfseg.data.schemes import SCHEMES, labels_to_regions
-from nmfseg.data.toy import TOY_SPACING, make_toy_dataset
 from nmfseg.evaluation.compare import (
     compare_reports,
     format_table,
@@ -31,6 +30,7 @@ from nmfseg.evaluation.evaluate import (
     write_report,
 )
 from nmfseg.evaluation.metrics import region_metrics
+from nmfseg.phantoms.toy import TOY_SPACING, make_toy_dataset
 
 runner = CliRunner()
 AFFINE = np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm along x
@@ -191,7 +191,7 @@ def test_report_files_round_trip(tmp_path):
         assert a["dice_TC"] == b["dice_TC"] and a["hd95_avg"] == b["hd95_avg"]
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", list_formats())
 def test_dataset_folder_each_format(tmp_path, fmt):
     root = make_toy_dataset(tmp_path / "ds", fmt, n_cases=2, shape=(24, 24, 24), seed=1)
     dataset = open_dataset(root)

@@ -344,7 +344,7 @@ def test_predict_every_format_labels_and_geometry(fmt, tmp_path, pointwise_regis
     import nibabel as nib
 
     from nmfseg.data.formats import load_case, open_dataset
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / fmt, fmt, n_cases=2, shape=(13, 10, 9), seed=3)
     ds = open_dataset(root)
@@ -377,7 +377,7 @@ def test_predict_every_format_labels_and_geometry(fmt, tmp_path, pointwise_regis
 def test_cli_fold_ensemble_tta_probabilities_and_small_volume(tmp_path, pointwise_registry):
     """Two folds, --tta, --save-probabilities; the volume is smaller than the 16³ window."""
     from nmfseg.data.formats import load_case, open_dataset
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "d", "brats2023", n_cases=1, shape=(13, 10, 9))
     scheme = open_dataset(root).scheme
@@ -401,7 +401,7 @@ def test_cli_single_case_input_and_overwrite(tmp_path, pointwise_registry):
     import nibabel as nib
 
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "Task01", "msd_brats", n_cases=2, shape=(12, 11, 10))
     run = _write_run(tmp_path / "run", SCHEMES["msd_brats"], [_oracle(4, 3)])
@@ -422,7 +422,7 @@ def test_cli_single_case_input_and_overwrite(tmp_path, pointwise_registry):
 
 def test_cli_missing_model_and_bad_options(tmp_path, pointwise_registry):
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "d", "isles22", n_cases=1, shape=(10, 10, 10))
     out = tmp_path / "pred"
@@ -452,7 +452,7 @@ def test_cli_missing_model_and_bad_options(tmp_path, pointwise_registry):
 
 def test_cli_wrong_channel_count_names_the_case(tmp_path, pointwise_registry):
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "isles", "isles22", n_cases=2, shape=(10, 10, 10))
     run = _write_run(tmp_path / "run", SCHEMES["brats2021"], [_oracle(4, 3)])
@@ -466,7 +466,7 @@ def test_cli_wrong_channel_count_names_the_case(tmp_path, pointwise_registry):
 
 def test_cli_corrupt_case_is_skipped_and_others_written(tmp_path, pointwise_registry):
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "b21", "brats2021", n_cases=3, shape=(10, 11, 9))
     bad = root / "BraTS2021_00001" / "BraTS2021_00001_t1ce.nii.gz"
@@ -491,7 +491,7 @@ def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry,
     import nibabel as nib
 
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "b23", "brats2023", n_cases=2, shape=(10, 10, 10))
     run = _write_run(tmp_path / "run", SCHEMES["brats2023"], [_oracle(4, 3)])
@@ -519,9 +519,9 @@ def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry,
 def test_output_scheme_follows_dataset_or_falls_back_to_model(tmp_path):
     from nmfseg.data.formats import open_dataset
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.data.toy import make_toy_dataset
     from nmfseg.inference.ensemble import Ensemble
     from nmfseg.inference.predict import output_scheme
+    from nmfseg.phantoms.toy import make_toy_dataset
 
     b21 = open_dataset(make_toy_dataset(tmp_path / "b21", "brats2021", 1, (8, 8, 8)))
     nnu = open_dataset(make_toy_dataset(tmp_path / "nnu", "nnunet", 1, (8, 8, 8)))
@@ -544,8 +544,8 @@ def test_cli_real_factorizer_checkpoint(tmp_path):
     import torch.nn.functional as F
 
     from nmfseg.data.formats import load_case, open_dataset
-    from nmfseg.data.toy import make_toy_dataset
     from nmfseg.models import create_model
+    from nmfseg.phantoms.toy import make_toy_dataset
     from nmfseg.training.checkpoint import atomic_save
 
     kwargs = dict(channels=(4, 8, 16), head_dim=4, window_size=2, pos_embed_grid=1, deep_supr_num=1)

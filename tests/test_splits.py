@@ -19,8 +19,8 @@ from nmfseg.data.splits import (
     save_splits,
     select_fold,
 )
-from nmfseg.data.toy import make_toy_dataset, toy_affine
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.phantoms.toy import make_toy_dataset, toy_affine
 
 SHAPE = (16, 16, 16)
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Phantom generator (nmfseg.data.synth*) and the ``nmfseg synth`` command.
+"""Phantom generator (nmfseg.phantoms.synth*) and the ``nmfseg synth`` command.
 
 Everything runs at 4 mm (about 50 x 59 x 48 voxels), where a case takes a fraction of a
 second; the anatomy is the real nilearn MNI152 template at that spacing.
@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from nmfseg.cli import app
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.schemes import SCHEMES, labels_to_regions
-from nmfseg.data.synth import (
+from nmfseg.phantoms.anatomy import load_anatomy
+from nmfseg.phantoms.brats import BRATS_REGIONS, ED, ET, NCR, mass_effect
+from nmfseg.phantoms.synth import (
     KINDS,
     MANIFEST,
     PHANTOM_REVISION,
@@ -25,8 +27,6 @@ from nmfseg.data.synth import (
     synthesize_dataset,
     to_scheme_labels,
 )
-from nmfseg.data.synth_anatomy import load_anatomy
-from nmfseg.data.synth_brats import BRATS_REGIONS, ED, ET, NCR, mass_effect
 
 SP = 4.0
 BRATS_SEEDS = [(3, i) for i in range(12)]
@@ -304,7 +304,7 @@ def test_parallel_workers_give_the_same_files(tmp_path):
 
 
 def test_an_interrupted_run_is_marked_incomplete_and_can_be_overwritten(tmp_path, monkeypatch):
-    import nmfseg.data.synth as synth
+    import nmfseg.phantoms.synth as synth
 
     real = synth._make_case
 

@@ -20,13 +20,13 @@ from nmfseg.cli import app
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.preprocess import preprocess_case, uncrop
 from nmfseg.data.schemes import labels_to_regions
-from nmfseg.data.toy import make_toy_dataset
 from nmfseg.errors import DataError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
 from nmfseg.models.checkpoint import CHECKPOINT_NAMES, find_checkpoint
 from nmfseg.models.checkpoint import read_checkpoint as load_checkpoint
+from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from nmfseg.training.config import load_recipe, recipe_for_scheme, validate_config
 from nmfseg.training.setup import prepare_run

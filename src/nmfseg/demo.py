@@ -2,7 +2,7 @@
 
 ``make demo`` (``nmfseg demo``) shows nmfseg doing its whole job on a laptop CPU, with data it
 makes itself: BraTS-like phantoms built from the MNI152 template that ships inside the
-``nilearn`` wheel (:mod:`nmfseg.data.synth`). It
+``nilearn`` wheel (:mod:`nmfseg.phantoms.synth`). It
 
 1. writes a training set and a separate held-out test set (different seeds) in the MSD
    Task01 format and checks both like ``nmfseg check-data``;
@@ -145,7 +145,7 @@ def _log(message: str) -> None:
 
 def _make_dataset(folder: Path, n_cases: int, seed: int, data_cfg: dict[str, Any]) -> Path:
     """Synthesize the dataset unless a complete one with the same settings is there."""
-    from nmfseg.data.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
+    from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
 
     manifest = folder / MANIFEST
     if manifest.is_file():

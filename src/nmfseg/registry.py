@@ -97,3 +97,7 @@ class Registry(Generic[T]):
         """Registered names, sorted; ``pattern`` is a shell-style filter."""
         names = sorted(self._entries)
         return names if pattern is None else fnmatch.filter(names, pattern)
+
+    def in_order(self) -> list[str]:
+        """Registered names in registration order (e.g. the order formats are detected in)."""
+        return list(self._entries)

@@ -38,8 +38,8 @@ def synth(
     overview.png shows every channel and the labels of the first cases.
     The same seed always gives the same files.
     """
-    from nmfseg.data.synth import synthesize_dataset
     from nmfseg.errors import ConfigError
+    from nmfseg.phantoms.synth import synthesize_dataset
 
     grid = None
     if shape is not None:

@@ -1,11 +1,13 @@
-"""Datasets: formats, the scheme table, checks, splits and toy data.
+"""Reading and checking datasets (the phantoms that write them are :mod:`nmfseg.phantoms`).
 
 - :mod:`~nmfseg.data.schemes`: the one table of channel orders and label -> region maps.
-- :mod:`~nmfseg.data.formats`: readers and writers for MSD Task01, BraTS 2021, BraTS 2023,
-  ISLES'22 (BIDS) and nnU-Net v2 raw folders.
+- :mod:`~nmfseg.data.formats`: the dataset formats (MSD Task01, BraTS 2021, BraTS 2023,
+  ISLES'22 BIDS, nnU-Net v2 raw) behind one protocol and a registry.
+- :mod:`~nmfseg.data.nifti`: NIfTI files: reads that name the file on error, atomic writes.
 - :mod:`~nmfseg.data.checks`: ``nmfseg check-data`` (nnU-Net style integrity checks).
 - :mod:`~nmfseg.data.splits`: deterministic k-fold ``splits.json``.
-- :mod:`~nmfseg.data.toy`: tiny learnable datasets in the real formats, for tests.
+- :mod:`~nmfseg.data.preprocess`: crop to the nonzero box, z-score, undo the crop.
+- :mod:`~nmfseg.data.transforms`: training patches and the paper's augmentations (MONAI).
 
 Import from the submodules (``from nmfseg.data.formats import open_dataset``); this package
 itself imports nothing heavy.

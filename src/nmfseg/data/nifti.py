@@ -109,6 +109,8 @@ def squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
     """Drop trailing singleton axes; DataError naming ``path`` unless 3D remains."""
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.ndim < 3:
+        raise DataError(path, f"is a {data.ndim}D image {data.shape}; a 3D volume is expected")
     if data.ndim != 3:
         raise DataError(path, f"has shape {data.shape}; expected one 3D volume")
     return data

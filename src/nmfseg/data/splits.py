@@ -81,7 +81,7 @@ def make_splits(
 
         >>> import tempfile
         >>> from nmfseg.data.formats import open_dataset
-        >>> from nmfseg.data.toy import make_toy_dataset
+        >>> from nmfseg.phantoms.toy import make_toy_dataset
         >>> ds = open_dataset(make_toy_dataset(Path(tempfile.mkdtemp()), "brats2023", n_cases=3))
         >>> splits = make_splits(ds, n_folds=3)
         >>> sorted(v for s in splits for v in s["val"]) == ds.case_ids
@@ -176,7 +176,7 @@ def load_or_create_splits(
 
         >>> import tempfile
         >>> from nmfseg.data.formats import open_dataset
-        >>> from nmfseg.data.toy import make_toy_dataset
+        >>> from nmfseg.phantoms.toy import make_toy_dataset
         >>> ds = open_dataset(make_toy_dataset(Path(tempfile.mkdtemp()), "nnunet", n_cases=5))
         >>> len(load_or_create_splits(ds)), default_splits_path(ds).is_file()
         (5, True)

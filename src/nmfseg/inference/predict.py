@@ -22,7 +22,7 @@ Examples::
 
     >>> import tempfile, torch
     >>> from pathlib import Path
-    >>> from nmfseg.data.toy import make_toy_dataset
+    >>> from nmfseg.phantoms.toy import make_toy_dataset
     >>> from nmfseg.inference.ensemble import Ensemble
     >>> from nmfseg.inference.predict import predict_folder
     >>> tmp = Path(tempfile.mkdtemp())
@@ -246,7 +246,7 @@ def predict_folder(
     bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
         bar.set_postfix_str(case.case_id)
-        out_path = output / case_output_name(case, dataset.fmt)
+        out_path = output / case_output_name(case)
         prob_path = output / probabilities_name(out_path.name) if save_probabilities else None
         done = out_path.is_file() and (prob_path is None or prob_path.is_file())
         if done and not overwrite:

@@ -25,7 +25,7 @@ are deterministic, see ``deterministic: true``).
 Examples::
 
     >>> import tempfile
-    >>> from nmfseg.data.toy import make_toy_dataset
+    >>> from nmfseg.phantoms.toy import make_toy_dataset
     >>> from nmfseg.training.setup import prepare_run
     >>> from nmfseg.training.trainer import run_training
     >>> tmp = tempfile.mkdtemp()

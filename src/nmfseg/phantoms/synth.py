@@ -2,8 +2,8 @@
 
 Real BraTS and ISLES data need a registration and a download; these phantoms need neither.
 They are built from the MNI152 template and tissue maps shipped inside the ``nilearn`` wheel
-(see :mod:`nmfseg.data.synth_anatomy`), with tumours (:mod:`nmfseg.data.synth_brats`) or
-infarcts (:mod:`nmfseg.data.synth_isles`) and a scanner model (pose, bias, gain, Rician
+(see :mod:`nmfseg.phantoms.anatomy`), with tumours (:mod:`nmfseg.phantoms.brats`) or
+infarcts (:mod:`nmfseg.phantoms.isles`) and a scanner model (pose, bias, gain, Rician
 noise, skull stripping). They are not real patients: use them to check that a pipeline
 runs and learns, not to claim clinical accuracy.
 
@@ -21,6 +21,7 @@ coarsens it (4 mm: about 50 x 59 x 48, ~8x fewer voxels, for quick tests and dem
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from nmfseg import __version__
+from nmfseg.data.formats import get_format, list_formats, write_case, write_dataset_metadata
 from nmfseg.data.schemes import DatasetScheme
-from nmfseg.data.synth_anatomy import SynthCase
-from nmfseg.data.synth_brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
-from nmfseg.data.synth_isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.fileio import atomic_path, write_json
+from nmfseg.fileio import write_json
+from nmfseg.phantoms.anatomy import SynthCase, load_anatomy, prime_anatomy
+from nmfseg.phantoms.brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
+from nmfseg.phantoms.isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
+from nmfseg.phantoms.overview import save_overview
 
 __all__ = [
     "KINDS",
@@ -42,6 +47,7 @@ __all__ = [
     "PHANTOM_REVISION",
     "SynthCase",
     "case_id_for",
+    "phantom_formats",
     "save_overview",
     "synth_brats_case",
     "synth_isles_case",
@@ -56,20 +62,22 @@ OVERVIEW = "overview.png"
 #: gives different images or labels, so that cached phantom sets are regenerated.
 PHANTOM_REVISION = 2
 
-#: What each kind of phantom is: generator, internal regions, channels, formats it can be
-#: written in (the first is the default), internal label names and overlay colours, and
-#: the scheme of its nnU-Net v2 form: BraTS region-based (labels 1 = edema, 2 = necrosis /
-#: non-enhancing core, 3 = enhancing; regions WT, TC, ET painted in that order, as nnU-Net's
-#: own BraTS conversion), ISLES one lesion label; channels in the generator's order.
+#: What each kind of phantom is: generator, internal regions, channels, the default format,
+#: internal label names and overlay colours, the prefix of case ids in formats without their
+#: own naming, and the scheme used in formats without a fixed one (nnU-Net v2): BraTS
+#: region-based (labels 1 = edema, 2 = necrosis / non-enhancing core, 3 = enhancing; regions WT,
+#: TC, ET painted in that order, as nnU-Net's own BraTS conversion), ISLES one lesion label;
+#: channels in the generator's order. A kind can be written in every registered format whose
+#: fixed scheme has its regions, and in those without a fixed scheme.
 KINDS: dict[str, dict[str, Any]] = {
     "brats": {
         "generate": synth_brats_case,
         "regions": BRATS_REGIONS,
         "channels": BRATS_CHANNELS,
-        "formats": ("msd_brats", "brats2021", "brats2023", "nnunet"),
+        "default_format": "msd_brats",
         "labels": {NCR: ("NCR", "#e8412c"), ED: ("ED", "#3cc43c"), ET: ("ET", "#ffe119")},
         "case_prefix": "BRATS",
-        "nnunet_scheme": DatasetScheme(
+        "scheme": DatasetScheme(
             name="nnunet",
             channels=BRATS_CHANNELS,
             labels=(0, 1, 2, 3),
@@ -81,10 +89,10 @@ KINDS: dict[str, dict[str, Any]] = {
         "generate": synth_isles_case,
         "regions": ISLES_REGIONS,
         "channels": ISLES_CHANNELS,
-        "formats": ("isles22", "nnunet"),
+        "default_format": "isles22",
         "labels": {LESION: ("lesion", "#e8412c")},
         "case_prefix": "ISLES",
-        "nnunet_scheme": DatasetScheme(
+        "scheme": DatasetScheme(
             name="nnunet",
             channels=ISLES_CHANNELS,
             labels=(0, 1),
@@ -96,11 +104,27 @@ KINDS: dict[str, dict[str, Any]] = {
 _FORMAT_ALIASES = {"msd": "msd_brats"}
 
 
+def phantom_formats(kind: str) -> list[str]:
+    """The registered formats phantoms of ``kind`` can be written in (default first).
+
+    Examples::
+
+        >>> phantom_formats("isles")
+        ['isles22', 'nnunet']
+    """
+    regions = set(KINDS[kind]["regions"])
+    names = [
+        n
+        for n in list_formats()
+        if (s := get_format(n).scheme) is None or set(s.regions) == regions
+    ]
+    default = KINDS[kind]["default_format"]
+    return [default, *(n for n in names if n != default)]
+
+
 def _scheme(kind: str, fmt: str) -> DatasetScheme:
     """The label scheme phantoms of ``kind`` are written in for format ``fmt``."""
-    from nmfseg.data.schemes import SCHEMES
-
-    return KINDS[kind]["nnunet_scheme"] if fmt == "nnunet" else SCHEMES[fmt]
+    return get_format(fmt).scheme or KINDS[kind]["scheme"]
 
 
 def case_id_for(fmt: str, index: int, kind: str = "brats") -> str:
@@ -113,17 +137,7 @@ def case_id_for(fmt: str, index: int, kind: str = "brats") -> str:
         >>> case_id_for("nnunet", 0, "isles")
         'ISLES_001'
     """
-    if fmt == "nnunet":
-        return f"{KINDS[kind]['case_prefix']}_{index + 1:03d}"
-    if fmt == "msd_brats":
-        return f"BRATS_{index + 1:03d}"
-    if fmt == "brats2021":
-        return f"BraTS2021_{index:05d}"
-    if fmt == "brats2023":
-        return f"BraTS-GLI-{index:05d}-000"
-    if fmt == "isles22":
-        return f"sub-strokecase{index + 1:04d}"
-    raise ValueError(f"no phantom case naming for format {fmt!r}")
+    return get_format(fmt).case_id(index, KINDS[kind]["case_prefix"])
 
 
 def to_scheme_labels(
@@ -138,7 +152,7 @@ def to_scheme_labels(
     Args:
         label: Internal label map.
         regions: Internal region -> codes, e.g.
-            :data:`~nmfseg.data.synth_brats.BRATS_REGIONS`.
+            :data:`~nmfseg.phantoms.brats.BRATS_REGIONS`.
         scheme: A :class:`~nmfseg.data.schemes.DatasetScheme` with the same region names.
 
     Returns:
@@ -187,8 +201,6 @@ def _axial_slice(label: np.ndarray, brain: np.ndarray) -> int:
 
 def _make_case(job: dict[str, Any]) -> dict[str, Any]:
     """Generate, convert and write one case (runs in a worker process)."""
-    from nmfseg.data.formats import write_case
-
     spec = KINDS[job["kind"]]
     case: SynthCase = spec["generate"](
         (job["seed"], job["index"]), spacing=job["spacing"], shape=job["shape"]
@@ -211,75 +223,6 @@ def _make_case(job: dict[str, Any]) -> dict[str, Any]:
         z = _axial_slice(case.label, case.image[0] > 0)
         result["slice"] = (z, case.image[:, :, :, z].copy(), case.label[:, :, z].copy())
     return result
-
-
-def save_overview(
-    path: str | Path,
-    slices: Sequence[tuple[str, int, np.ndarray, np.ndarray]],
-    channels: Sequence[str],
-    labels: dict[int, tuple[str, str]],
-) -> Path:
-    """Save a figure of axial slices: every channel plus a label overlay per case.
-
-    Args:
-        path: The PNG to write (atomically).
-        slices: ``(case_id, z, image (C, X, Y), label (X, Y))`` per row; labels in
-            internal codes.
-        channels: Channel names (column titles).
-        labels: Internal code -> ``(name, colour)``.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    path = Path(path)
-    ncols = len(channels) + 1
-    fig = Figure(figsize=(2.3 * ncols, 2.5 * len(slices) + 0.4))
-    FigureCanvasAgg(fig)
-    codes = sorted(labels)
-    cmap = ListedColormap([labels[c][1] for c in codes])
-    lut = np.zeros(max(codes) + 1, dtype=float)
-    lut[codes] = np.arange(len(codes))
-    axes = fig.subplots(len(slices), ncols, squeeze=False)
-    for row, (case_id, z, image, label) in zip(axes, slices, strict=True):
-        for c, ax in enumerate(row):
-            chan = image[min(c, len(channels) - 1) if c < len(channels) else 0]
-            nz = chan[chan > 0]
-            vmax = float(np.percentile(nz, 99.5)) if nz.size else 1.0
-            ax.imshow(chan.T, origin="lower", cmap="gray", vmin=0.0, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(channels):
-                ax.set_title(channels[c], fontsize=9)
-            else:
-                ax.set_title("labels on " + channels[0], fontsize=9)
-                shown = np.ma.masked_where(label.T == 0, lut[label.T])
-                ax.imshow(
-                    shown,
-                    origin="lower",
-                    cmap=cmap,
-                    vmin=-0.5,
-                    vmax=len(codes) - 0.5,
-                    alpha=0.55,
-                    interpolation="nearest",
-                )
-        empty = "" if label.any() else " (no lesion)"
-        row[0].set_ylabel(f"{case_id}\nz={z}{empty}", fontsize=8)
-    fig.legend(
-        handles=[Patch(color=labels[c][1], label=labels[c][0]) for c in codes],
-        loc="lower center",
-        ncol=len(codes),
-        frameon=False,
-        fontsize=9,
-    )
-    fig.tight_layout(rect=(0, 0.35 / (2.5 * len(slices) + 0.4), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    return path
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -351,16 +294,13 @@ def synthesize_dataset(
         >>> ds.fmt, ds.case_ids
         ('isles22', ['sub-strokecase0001', 'sub-strokecase0002'])
     """
-    from tqdm.auto import tqdm
-
-    from nmfseg.data.formats import write_dataset_metadata
-
     if kind not in KINDS:
         raise ConfigError(f"unknown phantom kind {kind!r}; choose from {', '.join(KINDS)}")
     spec = KINDS[kind]
-    given, fmt = fmt, _FORMAT_ALIASES.get(fmt, fmt) if fmt is not None else spec["formats"][0]
-    if fmt not in spec["formats"]:
-        names = ", ".join(("msd" if f == "msd_brats" else f) for f in spec["formats"])
+    formats = phantom_formats(kind)
+    given, fmt = fmt, _FORMAT_ALIASES.get(fmt, fmt) if fmt is not None else formats[0]
+    if fmt not in formats:
+        names = ", ".join(("msd" if f == "msd_brats" else f) for f in formats)
         raise ConfigError(f"--format {given!r} cannot hold {kind} phantoms; choose from {names}")
     if int(n_cases) < 1:
         raise ConfigError(f"--cases must be at least 1, got {n_cases}")
@@ -376,8 +316,6 @@ def synthesize_dataset(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     out = Path(out).expanduser()
     _prepare_out(out, overwrite)
-    from nmfseg import __version__
-
     manifest: dict[str, Any] = {
         "generator": "nmfseg synth",
         "version": __version__,
@@ -438,10 +376,6 @@ def _run_parallel(
     jobs: list[dict[str, Any]], results: list[dict[str, Any]], workers: int, tick: Callable
 ) -> None:
     """Run ``_make_case`` over ``jobs`` in spawned processes (safe after importing torch)."""
-    import multiprocessing
-
-    from nmfseg.data.synth_anatomy import load_anatomy, prime_anatomy
-
     job = jobs[0]
     key = (job["spacing"], job["shape"])
     anatomy = {key: load_anatomy(*key)}  # loaded once here, sent to the workers

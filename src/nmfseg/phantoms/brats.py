@@ -2,11 +2,11 @@
 
 A case is built in this order (all randomness from one seeded generator):
 
-1. a random rigid pose of the head (:func:`~nmfseg.data.synth_anatomy.random_pose`);
+1. a random rigid pose of the head (:func:`~nmfseg.phantoms.anatomy.random_pose`);
 2. a tumour centre in deep cerebral tissue and the sizes of the whole tumour and its core;
 3. the mass effect: a smooth radial displacement about the core (uniform expansion inside,
    decaying as 1/r² outside) that pushes the surrounding tissue maps, composed with the
-   pose into one warp (:func:`~nmfseg.data.synth_anatomy.warp_tissue`);
+   pose into one warp (:func:`~nmfseg.phantoms.anatomy.warp_tissue`);
 4. the tumour regions on the output grid: a core (a randomly oriented, noise-deformed
    ellipsoid), offset inside an edema region that follows the pushed white matter and stops
    at cortex and ventricles; inside the core either an enhancing rim around necrosis, a
@@ -16,7 +16,7 @@ A case is built in this order (all randomness from one seeded generator):
    masks, edema fading towards its border; then bias, gain, Rician noise, skull stripping.
 
 Internal labels are ``NCR = 1`` (necrosis / non-enhancing core), ``ED = 2`` (edema) and
-``ET = 3`` (enhancing tumour); :mod:`nmfseg.data.synth` writes them in each format's scheme.
+``ET = 3`` (enhancing tumour); :mod:`nmfseg.phantoms.synth` writes them in each format's scheme.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from nmfseg.data.synth_anatomy import (
+from nmfseg.phantoms.anatomy import (
     SynthCase,
     acquire,
     case_rng,
@@ -119,10 +119,10 @@ def synth_brats_case(
 
     Args:
         seed: Seed of this case; the same seed gives byte-identical arrays.
-            :func:`~nmfseg.data.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
+            :func:`~nmfseg.phantoms.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
         spacing: Isotropic voxel size in mm (2 mm by default; 4 mm for quick tests).
         shape: Optional output grid size (crop/pad about the brain, see
-            :func:`~nmfseg.data.synth_anatomy.load_anatomy`).
+            :func:`~nmfseg.phantoms.anatomy.load_anatomy`).
 
     Returns:
         ``SynthCase(image, label, affine)``: ``image`` is ``(4, X, Y, Z)`` float32 in the

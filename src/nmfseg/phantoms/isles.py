@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from nmfseg.data.synth_anatomy import (
+from nmfseg.phantoms.anatomy import (
     SynthCase,
     acquire,
     case_rng,
@@ -110,7 +110,7 @@ def synth_isles_case(
 
     Args:
         seed: Seed of this case; the same seed gives byte-identical arrays.
-            :func:`~nmfseg.data.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
+            :func:`~nmfseg.phantoms.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
         spacing: Isotropic voxel size in mm (2 mm by default; 4 mm for quick tests).
         shape: Optional output grid size (crop/pad about the brain).
 

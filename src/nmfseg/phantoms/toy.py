@@ -8,7 +8,7 @@ channel, the same in every case, so a network can learn the task in a few steps.
 deterministic for a seed, and the affine is not the identity (1.2 × 1.0 × 1.5 mm voxels, x
 and y flipped as in BraTS, an offset).
 
-For realistic phantoms built on an anatomical template see :mod:`nmfseg.data.synth`.
+For realistic phantoms built on an anatomical template see :mod:`nmfseg.phantoms.synth`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nmfseg.data.formats import FORMATS, write_case, write_dataset_metadata
+from nmfseg.data.formats import get_format, write_case, write_dataset_metadata
 from nmfseg.data.schemes import SCHEMES, DatasetScheme, regions_to_labels
 
-__all__ = ["make_toy_case", "make_toy_dataset", "toy_affine", "toy_case_id"]
+__all__ = ["make_toy_case", "make_toy_dataset", "toy_affine"]
 
 TOY_SPACING = (1.2, 1.0, 1.5)
 
@@ -36,23 +36,6 @@ def toy_affine(spacing: tuple[float, float, float] = TOY_SPACING) -> np.ndarray:
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = (90.0, 126.0, -72.0)
     return affine
-
-
-def toy_case_id(fmt: str, index: int) -> str:
-    """A case id in the style of the real dataset (``BRATS_001``, ``sub-strokecase0001``...).
-
-    Examples::
-
-        >>> [toy_case_id(f, 0) for f in ("msd_brats", "brats2021", "brats2023")]
-        ['BRATS_001', 'BraTS2021_00000', 'BraTS-GLI-00000-000']
-    """
-    return {
-        "msd_brats": f"BRATS_{index + 1:03d}",
-        "brats2021": f"BraTS2021_{index:05d}",
-        "brats2023": f"BraTS-GLI-{index:05d}-000",
-        "isles22": f"sub-strokecase{index + 1:04d}",
-        "nnunet": f"toy_{index:03d}",
-    }[fmt]
 
 
 def _ellipsoid(grid: np.ndarray, center: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -130,13 +113,14 @@ def make_toy_dataset(
 
     Args:
         root: dataset folder (created).
-        fmt: one of ``msd_brats``, ``brats2021``, ``brats2023``, ``isles22``, ``nnunet``.
+        fmt: a registered format (:func:`nmfseg.data.formats.list_formats`); case ``i`` is
+            named ``format.case_id(i, "toy")``.
         n_cases: number of cases.
         shape: spatial shape of every case.
         seed: case ``i`` uses ``np.random.default_rng([seed, i])``.
         with_labels: write label files (else an unlabelled, test-set-like dataset).
-        scheme: nnU-Net only: the dataset's scheme (default: the region-based BraTS template
-            ``SCHEMES["nnunet"]``), written to its dataset.json.
+        scheme: for a format without a fixed scheme (nnU-Net): the dataset's scheme (default:
+            the region-based BraTS template ``SCHEMES["nnunet"]``), written to its metadata.
 
     Examples::
 
@@ -145,16 +129,21 @@ def make_toy_dataset(
         >>> sorted(p.name for p in (root / "imagesTr").iterdir())
         ['BRATS_001.nii.gz', 'BRATS_002.nii.gz']
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
-    scheme = scheme if fmt == "nnunet" and scheme is not None else SCHEMES[fmt]
+    format_ = get_format(fmt)
+    scheme = format_.scheme or scheme or SCHEMES["nnunet"]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     affine = toy_affine()
     for i in range(n_cases):
         image, label = make_toy_case(scheme, shape, np.random.default_rng([seed, i]))
         write_case(
-            fmt, root, toy_case_id(fmt, i), image, label if with_labels else None, affine, scheme
+            fmt,
+            root,
+            format_.case_id(i, "toy"),
+            image,
+            label if with_labels else None,
+            affine,
+            scheme,
         )
     write_dataset_metadata(fmt, root, scheme)
     return root
