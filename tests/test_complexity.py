@@ -12,17 +12,6 @@ from nmfseg.models import create_model, list_models
 from nmfseg.models.complexity import count_flops, count_params, model_complexity
 from nmfseg.nmf import nmf_flops
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests are many small ops, and on a shared machine with
-    `-n 2` workers, spinning OpenMP threads cost more than they parallelize."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PAPER = {
     # name: (#params, GFLOPs) from Table 1 (BraTS, 1×4×128³) and Table 2 (ISLES, 1×2×64³)
     "global_factorizer_brats": (5.9e6, 170.0),

@@ -10,31 +10,17 @@ import torch
 from torch import nn
 
 import nmfseg
+from helpers import small_kwargs, small_model
 from nmfseg.errors import ConfigError
 from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
 from nmfseg.mixers.nmf import factor_maps
 from nmfseg.models import Factorizer, create_model, list_models, model_info
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests are many small ops, and on a shared machine with
-    `-n 2` workers, spinning OpenMP threads cost more than they parallelize."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FACTORIZERS = list_models("*_factorizer_*")
 SMALL_FACTORIZER = dict(channels=(8, 16, 32, 64, 128))
 
 
-def small(name: str, seed: int = 0, **kwargs) -> nn.Module:
-    """The preset with reduced widths, to keep CPU time low."""
-    extra = dict(init_filters=8) if name == "segresnet" else dict(SMALL_FACTORIZER)
-    torch.manual_seed(seed)
-    return create_model(name, **{**extra, **kwargs})
+small = small_model
 
 
 def test_registry_lists_the_paper_presets_and_the_baseline():
@@ -76,8 +62,7 @@ def test_odd_size_3d_eval_and_train_contract(name):
     with torch.no_grad():
         outs = model(x)
     assert isinstance(outs, list)
-    expected = 1 if name == "segresnet" else 3
-    assert len(outs) == expected
+    assert len(outs) == small_kwargs(name)[1]
     for level, out in enumerate(outs):
         size = tuple(math.ceil(s / 2**level) for s in (40, 56, 72))
         assert out.shape == (1, model.out_channels, *size)
@@ -90,9 +75,9 @@ def test_2d_any_size(name):
         y = model(torch.randn(2, model.in_channels, 50, 70))
     assert y.shape == (2, model.out_channels, 50, 70)
     assert torch.isfinite(y).all()
-    if name != "segresnet":
-        outs = model.train()(torch.randn(1, model.in_channels, 50, 70))
-        assert [tuple(o.shape[2:]) for o in outs] == [(50, 70), (25, 35), (13, 18)]
+    outs = model.train()(torch.randn(1, model.in_channels, 50, 70))
+    expected = [(50, 70), (25, 35), (13, 18)][: small_kwargs(name)[1]]
+    assert [tuple(o.shape[2:]) for o in outs] == expected
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -92,10 +92,11 @@ def test_a_new_mixer_is_one_registration_and_a_preset(tmp_path):
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"unknown mixer 'attn'; registered mixers: nmf, none"):
+    listed = ", ".join(list_mixers())
+    with pytest.raises(ConfigError, match=rf"unknown mixer 'attn'; registered mixers: {listed}$"):
         create_mixer("attn", 8)
-    with pytest.raises(ConfigError, match=r"unknown block 'conv'.*mixer"):
-        create_block("conv", 8)
+    with pytest.raises(ConfigError, match=r"unknown block 'nosuch'; registered blocks: .*mixer"):
+        create_block("nosuch", 8)
     with pytest.raises(ConfigError, match="unknown mixer"):
         UNet(3, 1, 2, channels=(8, 16, 32, 64), block_args={"mixer": "attn"})
     with (
@@ -103,7 +104,7 @@ def test_unknown_names_list_the_registered_ones():
         temporarily_registered_block("mixer", lambda c, **kw: nn.Identity()),
     ):
         pass
-    assert list_blocks() == ["mixer"]
+    assert "mixer" in list_blocks()
 
 
 def test_mlp_only_block_and_no_mixer_norm():

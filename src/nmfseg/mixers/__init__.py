@@ -4,6 +4,7 @@
 name      mixer
 ========= ==================================================================================
 ``nmf``   :class:`~nmfseg.mixers.nmf.WrappedNMF`, the Factorizer's (paper §3.4)
+``favor`` :class:`~nmfseg.mixers.favor.FAVORAttention`, the Performer baseline's (FAVOR+)
 ``none``  no mixer: the block is its MLP only (the paper's "no NMF" ablation)
 ========= ==================================================================================
 
@@ -17,7 +18,7 @@ Examples::
 
     >>> from nmfseg.mixers import create_mixer, list_mixers
     >>> list_mixers()
-    ['nmf', 'none']
+    ['favor', 'nmf', 'none']
     >>> create_mixer("nmf", 16, spatial_dims=3, matricize="swin", window_size=4).kind
     'swin'
     >>> create_mixer("none", 16) is None
@@ -26,7 +27,7 @@ Examples::
 
 from __future__ import annotations
 
-from nmfseg.mixers import nmf  # noqa: F401  (registers "nmf")
+from nmfseg.mixers import favor, nmf  # noqa: F401  (register "favor", "nmf")
 from nmfseg.mixers._registry import (
     create_mixer,
     list_mixers,

@@ -1,7 +1,8 @@
 """Networks and their registry.
 
 Importing this package registers every preset: the paper's Factorizers
-(``{global,local,swin}_factorizer_{brats,isles}``) and the ``segresnet`` baseline.
+(``{global,local,swin}_factorizer_{brats,isles}``) and its baselines (``performer_*``,
+``nnformer_*``, ...), each for BraTS and ISLES'22, and ``segresnet``.
 
 ========================= ==================================================================
 module                    what it holds
@@ -10,12 +11,15 @@ module                    what it holds
 :mod:`~.base`             :class:`SegmentationNetwork`: the any-size / eval / train contract
 :mod:`~.unet`             :class:`UNet`: the paper's skeleton, blocks chosen by name
 :mod:`~.factorizer`       :class:`Factorizer` and the paper's presets
+:mod:`~.performer`        the Performer baseline: the skeleton with the FAVOR+ mixer
+:mod:`~.nnformer`         nnFormer (Zhou et al., 2021), written natively (and its blocks)
 :mod:`~.segresnet`        MONAI SegResNet under the contract
 :mod:`~.checkpoint`       finding, reading and upgrading checkpoint files
 :mod:`~.complexity`       #params and FLOPs of any network (paper Tables 1-2)
 ========================= ==================================================================
 """
 
+from nmfseg.models import performer  # noqa: F401  (registers performer_brats, _isles)
 from nmfseg.models._registry import (
     ModelConfig,
     create_model,
@@ -27,12 +31,14 @@ from nmfseg.models._registry import (
 )
 from nmfseg.models.base import SegmentationNetwork
 from nmfseg.models.factorizer import Factorizer
+from nmfseg.models.nnformer import NNFormer
 from nmfseg.models.segresnet import SegResNet
 from nmfseg.models.unet import UNet
 
 __all__ = [
     "Factorizer",
     "ModelConfig",
+    "NNFormer",
     "SegResNet",
     "SegmentationNetwork",
     "UNet",

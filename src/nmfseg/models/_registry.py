@@ -124,7 +124,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
     Examples::
 
-        >>> list_models("*_isles")
+        >>> list_models("*_factorizer_isles")
         ['global_factorizer_isles', 'local_factorizer_isles', 'swin_factorizer_isles']
     """
     return MODELS.names(pattern)

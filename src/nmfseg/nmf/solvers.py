@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
 from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
 
-__all__ = ["NMF", "SOLVERS", "nmf", "nmf_flops", "nmf_reconstruct", "reconstruct"]
+__all__ = ["NMF", "SOLVERS", "autocast_off", "nmf", "nmf_flops", "nmf_reconstruct", "reconstruct"]
 
 SOLVERS = ("hals", "mu")
 
@@ -53,7 +53,8 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _autocast_off(x: Tensor):
+def autocast_off(x: Tensor):
+    """A context that disables autocast for ``x``'s device if it is on (NMF runs in float32)."""
     if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         return torch.autocast(device_type=x.device.type, enabled=False)
     return nullcontext()
@@ -142,7 +143,7 @@ def nmf(
     """
     _check(x, rank, iters, solver, grad_iters)
     out_dtype, shape = x.dtype, x.shape
-    with _autocast_off(x):
+    with autocast_off(x):
         x, u0, v0 = _prepare(x, rank, init)
         if _use_fast(rank, iters, solver, init, fast):
             with _no_grad_if(grad_iters == 0):
@@ -182,7 +183,7 @@ def nmf_reconstruct(
     if not _use_fast(rank, iters, solver, init, fast):
         return reconstruct(*nmf(x, rank, iters, solver, init, grad_iters, fast=fast))
     out_dtype, shape = x.dtype, x.shape
-    with _autocast_off(x):
+    with autocast_off(x):
         x, _, v0 = _prepare(x, rank, init)
         with _no_grad_if(grad_iters == 0):
             y = Rank1Projection.apply(

@@ -1,0 +1,46 @@
+"""Helpers shared by the test modules (fixtures are in ``conftest.py``).
+
+- :func:`small_model` builds any registered network at a reduced width (:data:`SMALL`), so a
+  registry-wide test stays well under a second per network.
+- :func:`cli` runs the ``nmfseg`` command in-process and returns typer's result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+from typer.testing import CliRunner, Result
+
+from nmfseg.cli import app
+from nmfseg.models import create_model
+
+# Reduced-width constructor overrides, by model name pattern (the first match wins), and the
+# number of outputs each returns in train() (deep supervision).
+SMALL: dict[str, tuple[dict[str, Any], int]] = {
+    "*_factorizer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
+    "performer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
+    "nnformer_*": (dict(feature_size=12, num_heads=(1, 2, 4, 8)), 3),
+    "segresnet*": (dict(init_filters=8), 1),
+}
+
+
+def small_kwargs(name: str) -> tuple[dict[str, Any], int]:
+    """``(overrides, outputs in train())`` of :data:`SMALL` for a registered model."""
+    for pattern, entry in SMALL.items():
+        if fnmatch.fnmatch(name, pattern):
+            return entry
+    raise KeyError(f"no reduced-width entry in tests/conftest.py SMALL for model {name!r}")
+
+
+def small_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """The preset ``name`` at a reduced width (:data:`SMALL`), built from ``seed``."""
+    torch.manual_seed(seed)
+    return create_model(name, **{**small_kwargs(name)[0], **kwargs})
+
+
+def cli(*args: Any) -> Result:
+    """``nmfseg ARGS`` in-process; every argument is passed as a string."""
+    return CliRunner().invoke(app, [str(a) for a in args])
