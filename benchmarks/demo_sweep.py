@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from nmfseg.demo import _make_dataset, load_demo_config
+from nmfseg.demo import load_demo_config
+from nmfseg.demo.run import _make_dataset
 
 SW, SEG = "swin_factorizer_brats", "segresnet"
 
@@ -99,13 +100,13 @@ def main() -> None:
     data_cfg = dict(base["data"], workers=args.data_workers)
     shared = args.work / "data"
     _make_dataset(shared / "train", int(data_cfg["train_cases"]), int(data_cfg["seed"]), data_cfg)
-    test_seed = int(data_cfg["seed"]) + 1000  # as nmfseg.demo.run_demo
+    test_seed = int(data_cfg["seed"]) + 1000  # as nmfseg.demo.run.run_demo
     _make_dataset(shared / "test", int(data_cfg["test_cases"]), test_seed, data_cfg)
     procs = {}
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for name in args.variants:
         model, train = VARIANTS[name]
-        # The demo merges model_train[model] over `train` (nmfseg.demo.model_train_config).
+        # The demo merges model_train[model] over `train` (nmfseg.demo.config.model_train_config).
         cfg = dict(base, models={model: base["models"][model]}, model_train={model: train})
         run = args.work / name
         for split in ("train", "test"):

@@ -77,7 +77,7 @@ def test_demo_applies_per_model_training_overrides(demo_run: tuple[Path, object]
 
 
 def test_demo_rebuilds_phantoms_when_their_settings_change(tmp_path: Path) -> None:
-    from nmfseg.demo import _make_dataset
+    from nmfseg.demo.run import _make_dataset
 
     cfg = dict(TINY["data"], shape=[24, 24, 24])
     folder = _make_dataset(tmp_path / "d", 2, 0, cfg)

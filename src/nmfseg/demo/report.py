@@ -1,4 +1,4 @@
-"""Figures and ``report.md`` of the demo (:mod:`nmfseg.demo`).
+"""Figures and ``report.md`` of the demo (:mod:`nmfseg.demo.run`).
 
 Three figures, all from held-out phantoms:
 
@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from nmfseg.data.formats import load_case, open_dataset
+from nmfseg.data.nifti import read_nifti
+from nmfseg.data.preprocess import preprocess_case
+from nmfseg.data.schemes import labels_to_regions
+from nmfseg.demo.config import model_train_config
+from nmfseg.evaluation.compare import format_table, format_tests
 from nmfseg.fileio import atomic_path, write_bytes, write_text
+from nmfseg.mixers.nmf import factor_maps
+from nmfseg.models import load_model
 
 __all__ = ["nmf_component_figure", "overlay_figure", "write_demo_report"]
 
@@ -48,14 +57,7 @@ def overlay_figure(
     test_dir: Path, pred_dirs: dict[str, Path], path: Path, n_cases: int = 3
 ) -> Path:
     """FLAIR + truth + each model's prediction on a few held-out cases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nmfseg.data.formats import load_case, open_dataset
-    from nmfseg.data.nifti import read_nifti
-    from nmfseg.data.schemes import labels_to_regions
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     dataset = open_dataset(test_dir)
     scheme = dataset.scheme
@@ -91,17 +93,7 @@ def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | N
 
     Returns ``None`` for a network without NMF layers.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from nmfseg.data.formats import load_case, open_dataset
-    from nmfseg.data.preprocess import preprocess_case
-    from nmfseg.data.schemes import labels_to_regions
-    from nmfseg.mixers.nmf import factor_maps
-    from nmfseg.models import load_model
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     model, _ = load_model(fold_dir)
     if not hasattr(model, "record_factors"):
@@ -134,8 +126,6 @@ def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | N
 
 
 def _config_lines(cfg: dict[str, Any], names: list[str]) -> list[str]:
-    from nmfseg.demo import model_train_config
-
     train, data = cfg["train"], cfg["data"]
     lines = [
         f"- Data: {data.get('train_cases')} training phantoms (fold {cfg.get('fold', 0)} of a "
@@ -171,8 +161,6 @@ def write_demo_report(
     targets: dict[str, float],
 ) -> Path:
     """Write ``out/report.md`` and its figures; return the report's path."""
-    from nmfseg.evaluation.compare import format_table, format_tests
-
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     overlay_figure(test_dir, {n: out / "predictions" / n for n in names}, figures / "overlays.png")

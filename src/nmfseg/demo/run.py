@@ -24,17 +24,30 @@ CPU cores. They are not the paper's recipe, which ``nmfseg train`` uses by defau
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nmfseg.errors import ConfigError, DataError
+from tqdm import tqdm
 
-__all__ = ["DemoResult", "load_demo_config", "run_demo"]
+from nmfseg.data.checks import check_dataset
+from nmfseg.data.formats import open_dataset
+from nmfseg.demo.config import flatten, load_demo_config, model_train_config, set_demo_steps
+from nmfseg.demo.report import write_demo_report
+from nmfseg.errors import ConfigError, DataError
+from nmfseg.evaluation.compare import compare_reports, load_reports
+from nmfseg.evaluation.evaluate import evaluate, write_report
+from nmfseg.inference.predict import predict_folder
+from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
+from nmfseg.training.setup import prepare_run
+from nmfseg.training.trainer import run_training
+
+__all__ = ["TARGETS", "DemoResult", "run_demo"]
 
 #: Targets of the demo on held-out phantoms (mean Dice per region).
 TARGETS = {"WT": 0.90, "TC": 0.80, "ET": 0.70}
@@ -50,103 +63,12 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_demo_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The demo settings: ``configs/demo.yaml`` or a YAML file with the same sections."""
-    import yaml
-
-    if path is None:
-        text = resources.files("nmfseg").joinpath("configs/demo.yaml").read_text()
-        where = "configs/demo.yaml"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise DataError(path, f"cannot read the demo config ({err.strerror})") from None
-        where = str(path)
-    try:
-        cfg = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML ({err})") from None
-    for key in ("data", "train", "models"):
-        if not isinstance(cfg, dict) or not isinstance(cfg.get(key), dict):
-            raise ConfigError(f"{where}: missing the '{key}' section")
-    own = cfg.get("model_train")
-    if own is not None:
-        if not isinstance(own, dict):
-            raise ConfigError(f"{where}: 'model_train' must map model names to train settings")
-        for name, section in own.items():
-            if name not in cfg["models"]:
-                raise ConfigError(
-                    f"{where}: model_train.{name}: not a model of the 'models' section "
-                    f"({', '.join(cfg['models'])})"
-                )
-            if section is not None and not isinstance(section, dict):
-                raise ConfigError(f"{where}: model_train.{name} must be a mapping of train keys")
-    return cfg
-
-
-def model_train_config(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    """The ``train`` section with the ``model_train[name]`` overrides merged in (deeply)."""
-
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in extra.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = merge(out[key], value) if both else value
-        return out
-
-    return merge(cfg["train"], (cfg.get("model_train") or {}).get(name) or {})
-
-
-def set_demo_steps(cfg: dict[str, Any], steps: int) -> None:
-    """Make every model train ``steps`` steps (``--steps``), in place.
-
-    The value replaces ``train.steps`` and any ``model_train.<name>.steps``; every warm-up is
-    capped at a tenth of it.
-
-    Examples::
-
-        >>> cfg = {"train": {"steps": 600, "scheduler": {"warmup_steps": 30}},
-        ...        "model_train": {"segresnet": {"steps": 900}}}
-        >>> set_demo_steps(cfg, 100)
-        >>> model_train_config(cfg, "segresnet")["steps"], cfg["train"]["scheduler"]
-        (100, {'warmup_steps': 10})
-    """
-    steps = int(steps)
-    cfg["train"]["steps"] = steps
-    own = [v for v in (cfg.get("model_train") or {}).values() if isinstance(v, dict)]
-    for section in own:
-        section.pop("steps", None)
-    for section in [cfg["train"], *own]:
-        sched = section.get("scheduler")
-        if isinstance(sched, dict) and "warmup_steps" in sched:
-            sched["warmup_steps"] = min(int(sched["warmup_steps"]), steps // 10)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config overrides use dotted keys)."""
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _log(message: str) -> None:
-    import sys
-
-    from tqdm import tqdm
-
     tqdm.write(f"[demo] {message}", file=sys.stderr)
 
 
 def _make_dataset(folder: Path, n_cases: int, seed: int, data_cfg: dict[str, Any]) -> Path:
     """Synthesize the dataset unless a complete one with the same settings is there."""
-    from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
-
     manifest = folder / MANIFEST
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
@@ -177,9 +99,6 @@ def _make_dataset(folder: Path, n_cases: int, seed: int, data_cfg: dict[str, Any
 
 
 def _check(folder: Path) -> None:
-    from nmfseg.data.checks import check_dataset
-    from nmfseg.data.formats import open_dataset
-
     report = check_dataset(open_dataset(folder), progress=False)
     if not report.ok:
         first = report.problems[0].describe(folder)
@@ -190,10 +109,7 @@ def _check(folder: Path) -> None:
 def _train(
     train_dir: Path, runs: Path, name: str, model_args: dict[str, Any], cfg: dict[str, Any]
 ) -> Path:
-    from nmfseg.training.setup import prepare_run
-    from nmfseg.training.trainer import run_training
-
-    overrides = _flatten(model_train_config(cfg, name))
+    overrides = flatten(model_train_config(cfg, name))
     fold = cfg.get("fold", 0)
     # resume=True starts a new run when the fold folder has no checkpoint yet.
     run = prepare_run(
@@ -210,17 +126,12 @@ def _train(
 
 def _training_seconds(fold_dir: Path) -> float:
     """Training time (validation included) from the last row of the run's ``log.csv``."""
-    import csv
-
     with (fold_dir / "log.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return float(rows[-1]["time"]) if rows else 0.0
 
 
 def _predict_and_evaluate(fold_dir: Path, test_dir: Path, pred_dir: Path, report_dir: Path):
-    from nmfseg.evaluation.evaluate import evaluate, write_report
-    from nmfseg.inference.predict import predict_folder
-
     # checkpoint_best.pt: picked by the Dice on the fold's validation cases (never the test set).
     result = predict_folder(
         fold_dir, test_dir, pred_dir, checkpoint="best", overwrite=True, progress=True
@@ -254,9 +165,6 @@ def run_demo(
     Returns:
         A :class:`DemoResult` with the report path, per-model summaries and timings.
     """
-    from nmfseg.demo_report import write_demo_report
-    from nmfseg.evaluation.compare import compare_reports, load_reports
-
     cfg = load_demo_config(config)
     if steps is not None:
         set_demo_steps(cfg, steps)
@@ -310,8 +218,3 @@ def run_demo(
     }
     _log(f"report: {report_path}")
     return DemoResult(out=out, report=report_path, summaries=summaries, timings=timings)
-
-
-def mean_dice(summary: dict[str, Any], region: str) -> float:
-    """Mean Dice of ``region`` in an evaluation ``summary.json``."""
-    return float(summary["metrics"]["dice"][region]["mean"])
