@@ -23,6 +23,21 @@ SMALL: dict[str, tuple[dict[str, Any], int]] = {
     "*_factorizer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
     "performer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
     "nnformer_*": (dict(feature_size=12, num_heads=(1, 2, 4, 8)), 3),
+    "nnunet_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
+    "resunet_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
+    "transbts_*": (
+        dict(
+            feature_size=8,
+            blocks_down=[1, 1, 1, 1],
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            mlp_dim=64,
+        ),
+        1,
+    ),
+    "unetr_*": (dict(feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2), 1),
+    "swin_unetr_*": (dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 1),
     "segresnet*": (dict(init_filters=8), 1),
 }
 

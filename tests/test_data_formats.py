@@ -359,7 +359,9 @@ def test_detection_failures_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         open_dataset(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"no dataset format found \(looked for .*dataset\.json") as info:
+    with pytest.raises(
+        DataError, match=r"no dataset format found \(looked for .*dataset\.json"
+    ) as info:
         open_dataset(tmp_path / "empty")
     assert str(tmp_path / "empty") in str(info.value)
     make_toy_dataset(tmp_path / "outer" / "BraTS2021_Training", "brats2021", 1, SHAPE)

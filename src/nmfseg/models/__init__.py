@@ -1,8 +1,9 @@
 """Networks and their registry.
 
 Importing this package registers every preset: the paper's Factorizers
-(``{global,local,swin}_factorizer_{brats,isles}``) and its baselines (``performer_*``,
-``nnformer_*``, ...), each for BraTS and ISLES'22, and ``segresnet``.
+(``{global,local,swin}_factorizer_{brats,isles}``) and its baselines (``nnunet_*``,
+``resunet_*``, ``performer_*``, ``transbts_*``, ``unetr_*``, ``swin_unetr_*``,
+``nnformer_*``), each for BraTS and ISLES'22, and ``segresnet``.
 
 ========================= ==================================================================
 module                    what it holds
@@ -12,6 +13,9 @@ module                    what it holds
 :mod:`~.unet`             :class:`UNet`: the paper's skeleton, blocks chosen by name
 :mod:`~.factorizer`       :class:`Factorizer` and the paper's presets
 :mod:`~.performer`        the Performer baseline: the skeleton with the FAVOR+ mixer
+:mod:`~.convnets`         the nnU-Net and Res-U-Net baselines: the skeleton with conv blocks
+:mod:`~.transbts`         TransBTS (Wang et al., 2021), written natively
+:mod:`~.monai_nets`       MONAI's UNETR and Swin UNETR under the contract
 :mod:`~.nnformer`         nnFormer (Zhou et al., 2021), written natively (and its blocks)
 :mod:`~.segresnet`        MONAI SegResNet under the contract
 :mod:`~.checkpoint`       finding, reading and upgrading checkpoint files
@@ -19,7 +23,7 @@ module                    what it holds
 ========================= ==================================================================
 """
 
-from nmfseg.models import performer  # noqa: F401  (registers performer_brats, _isles)
+from nmfseg.models import convnets, performer  # noqa: F401  (register their presets)
 from nmfseg.models._registry import (
     ModelConfig,
     create_model,
@@ -31,16 +35,21 @@ from nmfseg.models._registry import (
 )
 from nmfseg.models.base import SegmentationNetwork
 from nmfseg.models.factorizer import Factorizer
+from nmfseg.models.monai_nets import UNETR, SwinUNETR
 from nmfseg.models.nnformer import NNFormer
 from nmfseg.models.segresnet import SegResNet
+from nmfseg.models.transbts import TransBTS
 from nmfseg.models.unet import UNet
 
 __all__ = [
+    "UNETR",
     "Factorizer",
     "ModelConfig",
     "NNFormer",
     "SegResNet",
     "SegmentationNetwork",
+    "SwinUNETR",
+    "TransBTS",
     "UNet",
     "create_model",
     "list_models",

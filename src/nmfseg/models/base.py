@@ -14,6 +14,7 @@ to ``ceil(size / 2**i)``.
 Subclasses (the skeleton :class:`~nmfseg.models.unet.UNet`, wrappers of MONAI networks)
 implement :meth:`~SegmentationNetwork.forward_logits` only.
 
+
 Examples::
 
     >>> import torch
@@ -38,22 +39,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationNetwork", "check_channels"]
+from nmfseg.layers.args import check_channels
 
-
-def check_channels(**values: int) -> None:
-    """Raise ``ValueError`` naming the first argument that is not a positive int.
-
-    Examples::
-
-        >>> check_channels(in_channels=4, out_channels=0)
-        Traceback (most recent call last):
-        ...
-        ValueError: out_channels should be a positive int, got 0.
-    """
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} should be a positive int, got {value!r}.")
+__all__ = ["SegmentationNetwork", "crop"]
 
 
 class SegmentationNetwork(nn.Module):

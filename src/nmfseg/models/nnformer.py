@@ -61,10 +61,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nmfseg.layers import LayerNorm
+from nmfseg.layers.args import int_tuple
 from nmfseg.models._registry import ModelConfig, register_model
 from nmfseg.models.base import SegmentationNetwork
 from nmfseg.models.nnformer_blocks import SkipAttentionLayer, TransformerLayer
-from nmfseg.models.unet import int_tuple
 
 __all__ = ["NNFormer", "conv_embedding"]
 

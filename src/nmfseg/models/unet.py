@@ -33,23 +33,10 @@ from torch.utils.checkpoint import checkpoint
 
 from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
+from nmfseg.layers.args import int_tuple
 from nmfseg.models.base import SegmentationNetwork
 
-__all__ = ["UNet", "int_tuple"]
-
-
-def int_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    """``value`` as ``n`` positive ints (one int is repeated); ``ValueError`` naming ``name``.
-
-    Examples::
-
-        >>> int_tuple(8, 3, "window_size"), int_tuple([4, 4, 2], 3, "window_size")
-        ((8, 8, 8), (4, 4, 2))
-    """
-    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != n or min(out) < 1:
-        raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
-    return out
+__all__ = ["UNet"]
 
 
 class _EncoderStage(nn.Module):
@@ -68,10 +55,12 @@ class _EncoderStage(nn.Module):
 
 
 class _DecoderStage(nn.Module):
-    def __init__(self, up: nn.Module, channels: int, dropout: float, block: nn.Module) -> None:
+    def __init__(
+        self, up: nn.Module, channels: int, dropout: float, block: nn.Module, proj: bool = True
+    ) -> None:
         super().__init__()
         self.up = up
-        self.proj = PointwiseConv(2 * channels, channels, bias=False)
+        self.proj = PointwiseConv(2 * channels, channels, bias=False) if proj else None
         self.drop = Dropout(dropout, inplace=True)  # on the projection's fresh output
         self.block = block
         self.fused = True
@@ -79,7 +68,9 @@ class _DecoderStage(nn.Module):
     def _project(self, skip: Tensor, up: Tensor) -> Tensor:
         """``dropout(proj(cat([skip, up])))``; on CPU as ``W_skip · skip + W_up · up`` with
         no concatenated copy, and backward keeps only ``up`` (``skip`` is stored by the
-        down-sampling conv anyway)."""
+        down-sampling conv anyway). Without a projection: ``cat([skip, up])``."""
+        if self.proj is None:
+            return torch.cat([skip, up], dim=1)
         if not (self.fused and fusable(up)) or up.shape[0] != 1:
             return self.drop(self.proj(torch.cat([skip, up], dim=1)))
         c = skip.shape[1]
@@ -114,6 +105,9 @@ class UNet(SegmentationNetwork):
         deep_supervision: Return the lower-resolution outputs too in ``train()``.
         deep_supr_num: Number of lower-resolution outputs (MONAI DynUNet's name); at most
             ``len(channels) - 2``.
+        decoder_proj: Project the ``2C``-channel concatenation of skip and up-sampled
+            features to ``C`` before the decoder block; ``False`` feeds the concatenation to
+            the block (built with ``in_channels=2C``), as the paper's CNN baselines do.
 
     Raises:
         ValueError: An argument is out of range; the message names it.
@@ -132,6 +126,7 @@ class UNet(SegmentationNetwork):
         pos_embed_grid: int | Sequence[int] = 8,
         deep_supervision: bool = True,
         deep_supr_num: int = 2,
+        decoder_proj: bool = True,
     ) -> None:
         channels = tuple(channels)
         if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
@@ -142,6 +137,8 @@ class UNet(SegmentationNetwork):
         grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         if not isinstance(deep_supervision, bool):
             raise ValueError(f"deep_supervision should be True or False, got {deep_supervision!r}.")
+        if not isinstance(decoder_proj, bool):
+            raise ValueError(f"decoder_proj should be True or False, got {decoder_proj!r}.")
         heads = 1 + deep_supr_num if deep_supervision else 1
         if deep_supervision and not (
             isinstance(deep_supr_num, int) and 1 <= deep_supr_num <= len(channels) - 2
@@ -158,8 +155,8 @@ class UNet(SegmentationNetwork):
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         tconv = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
 
-        def make_block(c: int) -> nn.Module:
-            return create_block(block, c, spatial_dims, dropout, **(block_args or {}))
+        def make_block(c: int, **extra: Any) -> nn.Module:
+            return create_block(block, c, spatial_dims, dropout, **extra, **(block_args or {}))
 
         self.stem = conv(in_channels, channels[0], kernel_size=3, padding=1, bias=False)
         last = len(channels) - 1
@@ -176,7 +173,10 @@ class UNet(SegmentationNetwork):
                 up=tconv(channels[i + 1], channels[i], kernel_size=2, stride=2),
                 channels=channels[i],
                 dropout=dropout,
-                block=make_block(channels[i]),
+                block=make_block(
+                    channels[i], **({} if decoder_proj else {"in_channels": 2 * channels[i]})
+                ),
+                proj=decoder_proj,
             )
             for i in reversed(range(last))
         )

@@ -146,14 +146,14 @@ def open_case(
             return case
     if path.is_file() and not path.name.endswith(NIFTI_ENDINGS):
         raise DataError(path, "not a NIfTI file (.nii.gz or .nii)")
+    kind = "folder" if path.is_dir() else "file"
     if fmt is not None:
-        kind = "folder" if path.is_dir() else "file"
         raise DataError(path, f"this {kind} is not a {fmt} case ({get_format(fmt).layout})")
     raise DataError(
         path,
-        f"not a case {'folder' if path.is_dir() else 'file'}: expected a BraTS case folder (CASE_flair.nii.gz / CASE-t2f.nii.gz), an "
-        "ISLES'22 subject (ses-*/dwi/*_dwi.nii.gz), an MSD 4D file or an nnU-Net "
-        "CASE_0000.nii.gz",
+        f"not a case {kind}: expected a BraTS case folder (CASE_flair.nii.gz / "
+        "CASE-t2f.nii.gz), an ISLES'22 subject (ses-*/dwi/*_dwi.nii.gz), an MSD 4D file or an "
+        "nnU-Net CASE_0000.nii.gz",
     )
 
 
