@@ -32,7 +32,7 @@ def test_good_data_passes(tmp_path, fmt):
     assert result.exit_code == 0, result.output
     assert f"{fmt}, channels" in result.stdout and "3 of 3 case(s) OK" in result.stdout
     assert result.stderr == ""
-    assert _check(root, "--fmt", fmt).exit_code == 0
+    assert _check(root, "--format", fmt).exit_code == 0
 
 
 def _brats(tmp_path, n_cases=3):

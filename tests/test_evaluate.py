@@ -75,7 +75,7 @@ def test_perfect_prediction(tmp_path):
     gt, pred, labels = _folders(tmp_path)
     for cid, lab in labels.items():
         _save(pred / f"{cid}.nii.gz", lab)
-    report = evaluate(pred, gt, scheme="brats2021")
+    report = evaluate(pred, gt, fmt="brats2021")
     assert report.regions == ["ET", "TC", "WT"]
     assert [r["case_id"] for r in report.rows] == ["case0", "case1", "case2"]
     for row in report.rows:
@@ -94,7 +94,7 @@ def test_shifted_prediction_expected_values(tmp_path):
     gt, pred, labels = _folders(tmp_path, n=2)
     for cid, lab in labels.items():
         _save(pred / f"{cid}.nii.gz", np.roll(lab, 2, axis=0))
-    report = evaluate(pred, gt, scheme="brats2021")
+    report = evaluate(pred, gt, fmt="brats2021")
     expected = {"ET": 2 / 4, "TC": 6 / 8, "WT": 10 / 12}
     for row in report.rows:
         for region, dice in expected.items():
@@ -115,7 +115,7 @@ def test_labels_touching_the_volume_border(tmp_path):
     guess[:, :, :3] = 0
     _save(gt / "case0.nii.gz", truth)
     _save(pred / "case0.nii.gz", guess)
-    row = evaluate(pred, gt, scheme="brats2021").rows[0]
+    row = evaluate(pred, gt, fmt="brats2021").rows[0]
     for i, region in enumerate(["ET", "TC", "WT"]):
         region_truth = labels_to_regions(truth, SCHEMES["brats2021"])[i]
         region_guess = labels_to_regions(guess, SCHEMES["brats2021"])[i]
@@ -136,7 +136,7 @@ def test_lesion_free_cases_isles(tmp_path):
     for cid, truth, guess in (("s1", empty, empty), ("s2", empty, alarm), ("s3", alarm, empty)):
         _save(gt / f"{cid}.nii.gz", truth)
         _save(pred / f"{cid}.nii.gz", guess)
-    report = evaluate(pred, gt, scheme="isles22")
+    report = evaluate(pred, gt, fmt="isles22")
     assert report.regions == ["lesion"]
     got = [(r["dice_lesion"], r["hd95_lesion"], r["pred_voxels_lesion"]) for r in report.rows]
     assert got == [(1.0, 0.0, 0), (0.0, 373.13, 8), (0.0, 373.13, 0)]
@@ -151,7 +151,7 @@ def test_missing_and_extra_predictions(tmp_path):
     _save(pred / "case0.nii.gz", lab)  # ... nor in the prediction: Dice 1, HD95 0
     _save(pred / "case1.nii.gz", labels["case1"])
     _save(pred / "stray.nii.gz", labels["case1"])
-    report = evaluate(pred, gt, scheme="brats2021")
+    report = evaluate(pred, gt, fmt="brats2021")
     rows = {r["case_id"]: r for r in report.rows}
     assert (rows["case0"]["dice_ET"], rows["case0"]["hd95_ET"]) == (1.0, 0.0)
     assert rows["case2"]["prediction"] == "missing"
@@ -162,7 +162,7 @@ def test_missing_and_extra_predictions(tmp_path):
     assert report.summary["extra_predictions"] == ["stray.nii.gz"]
     assert report.summary["metrics"]["dice"]["WT"]["mean"] == pytest.approx(2 / 3)
 
-    skipped = evaluate(pred, gt, scheme="brats2021", missing="skip")
+    skipped = evaluate(pred, gt, fmt="brats2021", missing="skip")
     assert [r["case_id"] for r in skipped.rows] == ["case0", "case1"]
     assert skipped.summary["n_cases"] == 2 and skipped.summary["missing_policy"] == "skip"
     assert skipped.summary["missing_predictions"] == ["case2"]
@@ -172,7 +172,7 @@ def test_report_files_round_trip(tmp_path):
     gt, pred, labels = _folders(tmp_path)
     for cid, lab in labels.items():
         _save(pred / f"{cid}.nii.gz", np.roll(lab, 1, axis=2))
-    report = evaluate(pred, gt, scheme="brats2021")
+    report = evaluate(pred, gt, fmt="brats2021")
     written = write_report(report, tmp_path / "report")
     assert sorted(p.name for p in written) == [
         "dice_boxplot.png",
@@ -241,7 +241,7 @@ def test_cli_evaluate(tmp_path):
     _save(pred / "case1.nii.gz", labels["case1"])
     _save(pred / "extra.nii.gz", labels["case1"])
     result = _cli(
-        "evaluate", "--pred", pred, "--gt", gt, "-o", tmp_path / "rep", "--scheme", "brats2021"
+        "evaluate", "--pred", pred, "--gt", gt, "-o", tmp_path / "rep", "--format", "brats2021"
     )
     assert result.exit_code == 0, result.output
     assert "folder of label files, scheme brats2021, 3 cases, regions ET, TC, WT" in result.stdout
@@ -265,7 +265,10 @@ def _corrupt(path):
     [
         ("no_pred_dir", "pred_missing: prediction folder not found"),
         ("no_gt_dir", "gt_missing: ground-truth folder not found"),
-        ("no_scheme", "is a folder of label files: name their label scheme with --scheme"),
+        (
+            "no_scheme",
+            "is a folder of label files: name the format whose labels they use with --format",
+        ),
         ("bad_scheme", "unknown dataset format 'brats2099'"),
         ("bad_missing", "--missing 'maybe'"),
         ("no_match", "no prediction matches a case of"),
@@ -321,7 +324,7 @@ def test_cli_evaluate_errors(tmp_path, case, expected):
     cmd = ["evaluate", "--pred", args["pred"], "--gt", args["gt"], "-o", out]
     cmd += ["--missing", args["missing"]]
     if args["scheme"]:
-        cmd += ["--scheme", args["scheme"]]
+        cmd += ["--format", args["scheme"]]
     result = _cli(*cmd)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("nmfseg: error:")]
@@ -478,7 +481,7 @@ def test_cli_compare_on_evaluate_reports(tmp_path):
             gt,
             "-o",
             tmp_path / name,
-            "--scheme",
+            "--scheme",  # the old spelling of --format still works
             "brats2021",
             "--no-plots",
         )

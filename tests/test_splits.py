@@ -149,7 +149,7 @@ def test_bad_splits_files(brats, tmp_path, content, match):
 
 def test_split_cli(tmp_path):
     root = make_toy_dataset(tmp_path / "isles", "isles22", n_cases=6, shape=SHAPE)
-    result = runner.invoke(app, ["split", str(root), "--folds", "3", "--seed", "4"])
+    result = runner.invoke(app, ["split", str(root), "--n-folds", "3", "--seed", "4"])
     assert result.exit_code == 0, result.output
     path = default_splits_path(open_dataset(root))
     assert path == root / "splits.json"
@@ -158,18 +158,18 @@ def test_split_cli(tmp_path):
     )
     assert json.loads(path.read_text()) == make_splits(open_dataset(root), 3, seed=4)
     # same again: fine; different seed: refused without --force, file untouched
-    assert runner.invoke(app, ["split", str(root), "--folds", "3", "--seed", "4"]).exit_code == 0
+    assert runner.invoke(app, ["split", str(root), "--n-folds", "3", "--seed", "4"]).exit_code == 0
     before = path.read_text()
     result = runner.invoke(app, ["split", str(root), "--folds", "3", "--seed", "5"])
     assert result.exit_code == 1 and "pass --force" in result.stderr
     assert path.read_text() == before
-    result = runner.invoke(app, ["split", str(root), "--folds", "3", "--seed", "5", "--force"])
+    result = runner.invoke(app, ["split", str(root), "--n-folds", "3", "--seed", "5", "--force"])
     assert result.exit_code == 0 and path.read_text() != before
 
     out = tmp_path / "elsewhere" / "s.json"
     assert runner.invoke(app, ["split", str(root), "-o", str(out)]).exit_code == 0
     assert len(json.loads(out.read_text())) == 5
-    result = runner.invoke(app, ["split", str(root), "--folds", "7"])
+    result = runner.invoke(app, ["split", str(root), "--n-folds", "7"])
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"nmfseg: error: cannot make 7 folds from 6 case(s) in {root}: "

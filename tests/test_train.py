@@ -139,7 +139,8 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     assert result.exit_code == 0, result.output
     # Killed with SIGKILL right after step 3 (checkpoint of step 2 on disk), with 2 workers.
     b = tmp_path / "b"
-    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3"}
+    # Bitwise equality needs the same intra-op threads as the in-process runs (conftest: 1).
+    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3", "OMP_NUM_THREADS": "1"}
     args = train_args(data, b, fmt, *steps, "--workers", "2", steps=4)
     proc = subprocess.run(
         [sys.executable, "-m", "nmfseg", *args],

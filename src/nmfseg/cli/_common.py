@@ -1,4 +1,10 @@
-"""Shared CLI plumbing: one-line user errors and exit codes."""
+"""Shared CLI plumbing: one-line user errors and exit codes, and the shared vocabulary.
+
+Every verb speaks the same words: ``-o/--out`` for what it writes, ``--format`` for a dataset
+format, ``--folds`` for fold ids and ``--n-folds`` for a number of folds, ``--workers`` for a
+number of worker processes. Older spellings (``--fmt``, ``--scheme``, ``--output``, ``split
+--folds N``) are hidden aliases for one release (:func:`one_of`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,11 @@ from typing import Any, TypeVar
 import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+FORMAT_HELP = (
+    "Dataset format: msd_brats, brats2021, brats2023, isles22, nnunet or any registered one "
+    "(default: detected from the files)."
+)
 
 
 def handle_errors(fn: F) -> F:
@@ -32,3 +43,23 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_of(value: Any, old: Any, name: str, old_name: str) -> Any:
+    """The value of option ``name``, or of its old spelling ``old_name`` (a hidden alias).
+
+    Raises:
+        ConfigError: Both are given with different values.
+
+    Examples::
+
+        >>> one_of(None, "isles22", "--format", "--fmt")
+        'isles22'
+    """
+    from nmfseg.errors import ConfigError
+
+    if old is None:
+        return value
+    if value is not None and value != old:
+        raise ConfigError(f"{old_name} is the old spelling of {name}; give only {name}")
+    return old

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import FORMAT_HELP, handle_errors, one_of
 
-FMT_HELP = "Dataset format: msd_brats, brats2021, brats2023, isles22 or nnunet (default: detect)."
+DATA_DIR = typer.Argument(..., metavar="DATA_DIR", help="Dataset folder in any supported format.")
 
 
 def _open(data_dir: Path, fmt: str | None):
@@ -18,8 +18,9 @@ def _open(data_dir: Path, fmt: str | None):
 
 
 def check_data(
-    data_dir: Path = typer.Argument(..., help="Dataset folder in any supported format."),
-    fmt: str = typer.Option(None, "--fmt", help=FMT_HELP),
+    data_dir: Path = DATA_DIR,
+    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    old_fmt: str = typer.Option(None, "--fmt", hidden=True),
 ) -> None:
     """Verify a dataset like nnU-Net's --verify_dataset_integrity.
 
@@ -30,7 +31,7 @@ def check_data(
     from nmfseg.data.checks import check_dataset
     from nmfseg.errors import DataError
 
-    dataset = _open(data_dir, fmt)
+    dataset = _open(data_dir, one_of(fmt, old_fmt, "--format", "--fmt"))
     scheme = dataset.scheme
     report = check_dataset(dataset)
     for problem in report.problems:
@@ -46,14 +47,17 @@ def check_data(
 
 
 def split(
-    data_dir: Path = typer.Argument(..., help="Dataset folder in any supported format."),
-    folds: int = typer.Option(5, "--folds", help="Number of cross-validation folds."),
+    data_dir: Path = DATA_DIR,
+    n_folds: int = typer.Option(None, "--n-folds", help="Number of cross-validation folds [5]."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    output: Path = typer.Option(
-        None, "-o", "--output", help="Where to write the splits (default: DATA_DIR/splits.json)."
+    out: Path = typer.Option(
+        None, "-o", "--out", help="Where to write the splits (default: DATA_DIR/splits.json)."
     ),
-    fmt: str = typer.Option(None, "--fmt", help=FMT_HELP),
+    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite different existing splits."),
+    old_folds: int = typer.Option(None, "--folds", hidden=True),
+    old_out: Path = typer.Option(None, "--output", hidden=True),
+    old_fmt: str = typer.Option(None, "--fmt", hidden=True),
 ) -> None:
     """Write deterministic k-fold splits.json (nnU-Net's splits_final.json shape).
 
@@ -65,7 +69,9 @@ def split(
     from nmfseg.data.splits import default_splits_path, make_splits, save_splits
     from nmfseg.errors import ConfigError
 
-    dataset = _open(data_dir, fmt)
+    folds = one_of(n_folds, old_folds, "--n-folds", "--folds") or 5
+    output = one_of(out, old_out, "-o/--out", "--output")
+    dataset = _open(data_dir, one_of(fmt, old_fmt, "--format", "--fmt"))
     path = output if output is not None else default_splits_path(dataset)
     splits = make_splits(dataset, folds, seed)
     if path.is_file() and not force:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import handle_errors, one_of
 
 EVALUATE_HELP = (
     "Dice and HD95 (mm) per case and region of the predictions in --pred against --gt.\n\n"
@@ -32,15 +32,16 @@ def evaluate(
         ...,
         "--gt",
         help="Ground truth: a dataset folder in any supported format, or a plain folder of "
-        "label files CASE.nii.gz (then --scheme is required).",
+        "label files CASE.nii.gz (then --format names their labels).",
     ),
     out: Path = typer.Option(..., "-o", "--out", help="Report folder to write."),
-    scheme: str = typer.Option(
+    fmt: str = typer.Option(
         None,
-        "--scheme",
-        help="Label scheme of a plain label folder: msd_brats, brats2021, brats2023, isles22.",
+        "--format",
+        help="Format whose labels a plain label folder holds: msd_brats, brats2021, brats2023, "
+        "isles22 (a dataset folder names its own).",
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes computing metrics."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes computing metrics."),
     missing: str = typer.Option(
         "empty",
         "--missing",
@@ -48,6 +49,7 @@ def evaluate(
         "HD95 373.13 mm where the truth is non-empty, like BraTS); 'skip' leaves it out.",
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the box plots."),
+    old_fmt: str = typer.Option(None, "--scheme", hidden=True),
 ) -> None:
     """Dice and HD95 (mm) per case and region, with BraTS conventions for empty masks.
 
@@ -56,16 +58,12 @@ def evaluate(
     Both empty: Dice 1, HD95 0; only one empty: Dice 0, HD95 373.13 mm.
     """
     from nmfseg.errors import ConfigError
-    from nmfseg.evaluation.evaluate import (
-        evaluate_matching,
-        find_ground_truth,
-        match_predictions,
-        write_report,
-    )
+    from nmfseg.evaluation.evaluate import evaluate_matching, write_report
+    from nmfseg.evaluation.matching import find_ground_truth, match_predictions
 
     if missing not in ("empty", "skip"):
         raise ConfigError(f"--missing {missing!r}: choose 'empty' or 'skip'")
-    truth = find_ground_truth(gt, scheme)
+    truth = find_ground_truth(gt, one_of(fmt, old_fmt, "--format", "--scheme"))
     regions = ", ".join(truth.scheme.regions)
     typer.echo(
         f"ground truth: {truth.root} ({truth.source}, scheme {truth.scheme.name}, "
@@ -112,7 +110,9 @@ def _split_names(names: list[str] | None) -> list[str] | None:
 
 
 def compare(
-    reports: list[Path] = typer.Argument(..., help="Report folders written by nmfseg evaluate."),
+    reports: list[Path] = typer.Argument(
+        ..., metavar="REPORT...", help="Report folders written by nmfseg evaluate."
+    ),
     reference: str = typer.Option(
         None, "--reference", help="Model the others are tested against (default: the first)."
     ),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import handle_errors, one_of
 
 HELP = (
     "Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels.\n\n"
@@ -34,7 +34,7 @@ def predict(
         "a BraTS case folder, an ISLES'22 subject folder, an MSD 4D file or an nnU-Net "
         "CASE_0000.nii.gz.",
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for CASE.nii.gz files."),
+    out: Path = typer.Option(None, "-o", "--out", help="Folder for CASE.nii.gz files."),
     folds: list[str] = typer.Option(
         None,
         "-f",
@@ -58,6 +58,7 @@ def predict(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo cases whose outputs exist (default: skip them)."
     ),
+    old_out: Path = typer.Option(None, "--output", hidden=True),
 ) -> None:
     """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels.
 
@@ -66,9 +67,12 @@ def predict(
     crop undone; each output keeps its input's shape, affine and header. A case that
     cannot be read is reported and skipped; the exit status is 1 if any case failed.
     """
-    from nmfseg.errors import NmfsegError
+    from nmfseg.errors import ConfigError, NmfsegError
     from nmfseg.inference.predict import describe, predict_folder
 
+    output = one_of(out, old_out, "-o/--out", "--output")
+    if output is None:
+        raise ConfigError("-o/--out is required: the folder for the predictions")
     fold_ids = _parse_folds(folds or [], ctx.args)
     result = predict_folder(
         model,

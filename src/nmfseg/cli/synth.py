@@ -10,7 +10,9 @@ from nmfseg.cli._common import handle_errors
 
 
 def synth(
-    kind: str = typer.Argument(..., help="brats (FLAIR/T1/T1Gd/T2 gliomas) or isles (DWI/ADC)."),
+    kind: str = typer.Argument(
+        ..., metavar="KIND", help="brats (FLAIR/T1/T1Gd/T2 gliomas) or isles (DWI/ADC)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (empty/new)."),
     cases: int = typer.Option(10, "--cases", "-n", help="Number of cases."),
     seed: int = typer.Option(0, "--seed", help="Dataset seed; case i uses the seed (seed, i)."),
@@ -26,7 +28,7 @@ def synth(
     shape: str | None = typer.Option(
         None, "--shape", help="Crop/pad the grid about the brain to X,Y,Z voxels, e.g. 64,64,64."
     ),
-    workers: int = typer.Option(1, "--workers", "-j", help="Parallel processes."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes generating cases."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier nmfseg synth dataset in --out."
     ),

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import FORMAT_HELP, handle_errors, one_of
 
 # CLI option -> config key. Values are parsed here (not by click) so that a bad value is
 # one "nmfseg: error: --steps: ..." line with exit status 1, like every other bad input.
@@ -40,12 +40,14 @@ def _key_value(text: str, option: str) -> tuple[str, Any]:
 
 
 def train(
-    data_dir: Path = typer.Argument(..., help="Labelled dataset folder in any supported format."),
+    data_dir: Path = typer.Argument(
+        ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
+    ),
     model: str = typer.Option(
         ...,
         "--model",
         "-m",
-        help="Network name, e.g. swin_factorizer_brats (see nmfseg complexity).",
+        help="Network name, e.g. swin_factorizer_brats (see nmfseg models).",
     ),
     fold: str = typer.Option("0", "--fold", "-f", help="Fold to train: 0..n_folds-1, or 'all'."),
     out: Path = typer.Option(
@@ -102,7 +104,8 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from checkpoint_last.pt of the fold, if there is one."
     ),
-    fmt: str = typer.Option(None, "--fmt", help="Dataset format (default: detect)."),
+    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    old_fmt: str = typer.Option(None, "--fmt", hidden=True),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train MODEL on fold K of DATA_DIR with the paper's recipe (configs/brats.yaml, isles.yaml).
@@ -166,7 +169,7 @@ def train(
         model_args=model_args,
         sources=sources,
         resume=resume,
-        fmt=fmt,
+        fmt=one_of(fmt, old_fmt, "--format", "--fmt"),
     )
     run_training(run, progress=not quiet)
     from nmfseg.training.distributed import is_main_process

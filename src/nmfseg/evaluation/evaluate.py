@@ -2,13 +2,12 @@
 
 ``nmfseg evaluate --pred DIR --gt DIR -o REPORT_DIR`` in library form:
 
-1. :func:`find_ground_truth` reads ``--gt``: a dataset folder in any supported format (its
-   reader finds the label files and the label scheme), or a plain folder of label files
-   ``CASE.nii.gz`` (then the scheme must be named). A folder with NIfTI files directly in
-   it is a plain folder; anything else is opened as a dataset.
-2. :func:`match_predictions` pairs ``DIR/CASE.nii.gz`` (or ``.nii``) with the cases by
-   name. Predictions are label maps in the dataset's own label scheme, as
-   ``nmfseg predict`` writes them.
+1. :func:`~nmfseg.evaluation.matching.find_ground_truth` reads ``--gt``: a dataset folder in
+   any registered format, or a plain folder of label files ``CASE.nii.gz`` (then their format
+   must be named).
+2. :func:`~nmfseg.evaluation.matching.match_predictions` pairs ``DIR/CASE.nii.gz`` (or
+   ``.nii``) with the cases by name. Predictions are label maps in the dataset's own label
+   scheme, as ``nmfseg predict`` writes them.
 3. :func:`evaluate_matching` computes Dice / HD95 / volumes per case and region
    (:mod:`nmfseg.evaluation.metrics`, BraTS empty-mask conventions) and the summary.
 4. :func:`write_report` writes ``metrics.csv``, ``summary.json``, ``dice_boxplot.png`` and
@@ -33,7 +32,7 @@ Examples::
     >>> lab = np.zeros((12, 12, 12), np.uint8); lab[3:8, 3:8, 3:8] = 1
     >>> nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "gt" / "c1.nii.gz")
     >>> nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "pred" / "c1.nii.gz")
-    >>> report = evaluate(root / "pred", root / "gt", scheme="isles22")
+    >>> report = evaluate(root / "pred", root / "gt", fmt="isles22")
     >>> report.rows[0]["dice_lesion"], report.rows[0]["hd95_lesion"]
     (1.0, 0.0)
     >>> sorted(p.name for p in write_report(report, root / "report", plots=False))
@@ -46,28 +45,30 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from nmfseg.errors import ConfigError, DataError
+from nmfseg.data.nifti import check_label_values, compare_geometry, read_nifti, squeeze_3d
+from nmfseg.data.schemes import labels_to_regions
+from nmfseg.errors import ConfigError, DataError, NmfsegError
+from nmfseg.evaluation.matching import Matching, find_ground_truth, match_predictions
 from nmfseg.evaluation.metrics import HD95_ONE_EMPTY, case_metrics, union_bbox
+from nmfseg.evaluation.plots import metric_boxplot
 from nmfseg.fileio import StagedFiles
 
 __all__ = [
     "MISSING_POLICIES",
     "EvaluationReport",
-    "GroundTruth",
-    "Matching",
     "evaluate",
     "evaluate_case",
     "evaluate_matching",
-    "find_ground_truth",
-    "find_predictions",
-    "match_predictions",
     "read_report",
     "summarize",
     "write_report",
@@ -91,149 +92,16 @@ CONVENTIONS = {
 }
 
 
-# --------------------------------------------------------------------------- finding files
-
-
-def _nifti_by_stem(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of the NIfTI files directly in ``folder``; two files, one stem: error."""
-    from nmfseg.data.nifti import nifti_files, strip_nifti_ending
-
-    found: dict[str, Path] = {}
-    for path in nifti_files(folder):
-        stem = strip_nifti_ending(path.name)
-        if stem in found:
-            raise DataError(path, f"clashes with {found[stem].name}: two files for case {stem!r}")
-        found[stem] = path
-    return found
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    """Where the truth comes from.
-
-    Attributes:
-        root: the ``--gt`` folder.
-        scheme: the label scheme (``nmfseg.data.schemes.DatasetScheme``).
-        labels: ``{case_id: label file}`` in case order.
-        source: how it was read, e.g. ``"brats2021 dataset"`` or ``"folder of label files"``.
-    """
-
-    root: Path
-    scheme: Any
-    labels: dict[str, Path]
-    source: str
-
-
-def find_ground_truth(gt: str | Path, scheme: str | None = None) -> GroundTruth:
-    """Read the ``--gt`` folder: a dataset in any supported format, or a folder of labels.
-
-    Args:
-        gt: dataset folder, or a folder of ``CASE.nii.gz`` label files.
-        scheme: label scheme name (a key of ``nmfseg.data.schemes.SCHEMES``); required for
-            a plain folder; for a dataset it must match the dataset's own scheme if given.
-
-    Raises:
-        DataError: missing folder, no labels, or an unrecognised layout.
-        ConfigError: unknown or contradicting scheme name.
-    """
-    from nmfseg.data.schemes import get_scheme
-
-    root = Path(gt).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            root, "ground-truth folder not found" if not root.exists() else "not a folder"
-        )
-    files = _nifti_by_stem(root)
-    if files:
-        if scheme is None:
-            raise ConfigError(
-                f"--gt {root} is a folder of label files: name their label scheme with "
-                "--scheme (msd_brats, brats2021, brats2023, isles22)"
-            )
-        return GroundTruth(root, get_scheme(scheme), files, "folder of label files")
-
-    from nmfseg.data.formats import open_dataset
-
-    dataset = open_dataset(root)
-    if scheme is not None and get_scheme(scheme).name != dataset.scheme.name:
-        raise ConfigError(
-            f"--scheme {scheme} contradicts the {dataset.fmt} dataset in {root} "
-            f"(scheme {dataset.scheme.name}); leave --scheme out for a dataset folder"
-        )
-    if not dataset.has_labels:
-        raise DataError(root, f"{dataset.fmt} dataset without label files: nothing to compare to")
-    labels = {c.case_id: Path(c.label_path) for c in dataset.cases if c.label_path is not None}
-    return GroundTruth(root, dataset.scheme, labels, f"{dataset.fmt} dataset")
-
-
-def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
-    """``{case_id: file}`` of the ``CASE.nii.gz`` / ``CASE.nii`` files in ``pred_dir``."""
-    root = Path(pred_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            root, "prediction folder not found" if not root.exists() else "not a folder"
-        )
-    return _nifti_by_stem(root)
-
-
-@dataclass
-class Matching:
-    """Predictions paired with cases.
-
-    Attributes:
-        gt: the ground truth.
-        predictions: ``{case_id: prediction file}`` for the cases that have one.
-        missing: case ids without a prediction, in case order.
-        extra: prediction files that match no case.
-    """
-
-    gt: GroundTruth
-    predictions: dict[str, Path]
-    missing: list[str]
-    extra: list[Path]
-
-
-def match_predictions(pred_dir: str | Path, gt: GroundTruth) -> Matching:
-    """Pair the prediction files with the ground-truth cases by name.
-
-    Raises:
-        DataError: no prediction matches any case (naming an expected file name).
-    """
-    preds = find_predictions(pred_dir)
-    if not gt.labels:
-        raise DataError(gt.root, "no cases with labels found")
-    matched = {cid: preds[cid] for cid in gt.labels if cid in preds}
-    if not matched:
-        example = next(iter(gt.labels))
-        found = f"found {len(preds)} NIfTI file(s)" if preds else "found no NIfTI files"
-        raise DataError(
-            Path(pred_dir),
-            f"no prediction matches a case of {gt.root} ({found}; expected names like "
-            f"{example}.nii.gz)",
-        )
-    missing = [cid for cid in gt.labels if cid not in preds]
-    extra = [p for cid, p in preds.items() if cid not in gt.labels]
-    return Matching(gt, matched, missing, extra)
-
-
 # --------------------------------------------------------------------------- one case
 
 
 def _read_label_file(path: Path) -> tuple[np.ndarray, Any]:
     """Raw 3D array (file dtype) and image of a label file."""
-    from nmfseg.data.nifti import read_nifti
-
     data, img = read_nifti(path, dtype=None)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(path, f"has shape {data.shape}; expected one 3D label map")
-    return data, img
+    return squeeze_3d(data, path), img
 
 
 def _checked_labels(data: np.ndarray, path: Path, scheme: Any) -> np.ndarray:
-    from nmfseg.data.nifti import check_label_values
-
     label, problem = check_label_values(data, scheme)
     if label is None:
         raise DataError(path, problem)
@@ -255,9 +123,6 @@ def evaluate_case(
         DataError: unreadable file, labels outside the scheme, or a prediction whose shape
             or affine differs from the truth's (naming the prediction file).
     """
-    from nmfseg.data.nifti import compare_geometry
-    from nmfseg.data.schemes import labels_to_regions
-
     label_path = Path(label_path)
     gt_raw, gt_img = _read_label_file(label_path)
     pred_raw = None
@@ -302,8 +167,6 @@ def evaluate_case(
 
 def _case_task(args: tuple) -> tuple[str, Any]:
     """Worker wrapper: errors come back as data (DataError does not pickle)."""
-    from nmfseg.errors import NmfsegError
-
     try:
         return "ok", evaluate_case(*args)
     except DataError as err:
@@ -313,7 +176,7 @@ def _case_task(args: tuple) -> tuple[str, Any]:
 
 
 def _init_worker() -> None:
-    import torch
+    import torch  # heavy: imported by the metrics anyway, here only to set its threads
 
     torch.set_num_threads(1)
 
@@ -371,8 +234,6 @@ class EvaluationReport:
 
 
 def _run_cases(tasks: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]] = []
     try:
@@ -381,9 +242,6 @@ def _run_cases(tasks: list[tuple], workers: int, progress: bool) -> list[dict[st
                 rows.append(evaluate_case(*task))
                 bar.update()
             return rows
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         ctx = multiprocessing.get_context("spawn")  # safe with torch threads, unlike fork
         with ProcessPoolExecutor(min(workers, len(tasks)), ctx, _init_worker) as pool:
             for status, value in pool.map(_case_task, tasks):
@@ -442,13 +300,15 @@ def evaluate_matching(
 def evaluate(
     pred_dir: str | Path,
     gt: str | Path,
-    scheme: str | None = None,
+    fmt: str | None = None,
     missing: str = "empty",
     workers: int = 1,
     progress: bool = False,
 ) -> EvaluationReport:
-    """Evaluate the predictions in ``pred_dir`` against ``gt`` (see the module docstring)."""
-    matching = match_predictions(pred_dir, find_ground_truth(gt, scheme))
+    """Evaluate the predictions in ``pred_dir`` against ``gt`` (see the module docstring);
+    ``fmt`` names the format of a plain folder of label files
+    (:func:`~nmfseg.evaluation.matching.find_ground_truth`)."""
+    matching = match_predictions(pred_dir, find_ground_truth(gt, fmt))
     report = evaluate_matching(matching, missing=missing, workers=workers, progress=progress)
     report.summary["pred"] = str(Path(pred_dir))
     return report
@@ -472,8 +332,6 @@ def write_report(report: EvaluationReport, out_dir: str | Path, plots: bool = Tr
     Returns:
         the written paths.
     """
-    from nmfseg.evaluation.plots import metric_boxplot
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(out, "exists and is not a folder")
