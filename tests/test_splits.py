@@ -13,7 +13,6 @@ from nmfseg.cli import app
 from nmfseg.data.formats import open_dataset, write_case, write_dataset_metadata
 from nmfseg.data.splits import (
     default_splits_path,
-    load_or_create_splits,
     load_splits,
     make_splits,
     save_splits,
@@ -114,19 +113,13 @@ def test_select_fold(brats):
         select_fold(splits, "first")
 
 
-def test_save_load_and_load_or_create(brats, tmp_path):
+def test_save_and_load(brats, tmp_path):
     path = tmp_path / "splits.json"
     splits = make_splits(brats, 3, seed=2)
     save_splits(splits, path)
     assert json.loads(path.read_text()) == splits  # nnU-Net splits_final.json shape
     assert load_splits(path, brats) == splits
-    assert load_or_create_splits(brats, path, n_folds=3) == splits  # existing file wins
-    assert load_or_create_splits(brats, path) == splits
-    with pytest.raises(ConfigError, match="has 3 folds but 5"):
-        load_or_create_splits(brats, path, n_folds=5)
-    created = load_or_create_splits(brats, tmp_path / "new.json", n_folds=4, seed=9)
-    assert created == make_splits(brats, 4, seed=9)
-    assert load_splits(tmp_path / "new.json") == created
+    assert load_splits(path) == splits
 
 
 @pytest.mark.parametrize(

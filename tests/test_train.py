@@ -364,9 +364,9 @@ def test_warmup_cosine_schedule():
 
 def _nan_loss_at(monkeypatch, steps: set[int] | None):
     """Make the training loss NaN at the given (1-based) steps, or always when None."""
-    import nmfseg.training.losses as losses_mod
+    import nmfseg.training.trainer as trainer_mod
 
-    base = losses_mod.DeepSupervisionLoss
+    base = trainer_mod.DeepSupervisionLoss
     calls = {"n": 0}
 
     class NanLoss(base):
@@ -375,7 +375,7 @@ def _nan_loss_at(monkeypatch, steps: set[int] | None):
             loss = super().forward(outputs, target)
             return loss * float("nan") if steps is None or calls["n"] in steps else loss
 
-    monkeypatch.setattr(losses_mod, "DeepSupervisionLoss", NanLoss)
+    monkeypatch.setattr(trainer_mod, "DeepSupervisionLoss", NanLoss)
 
 
 def test_a_nan_step_is_skipped_and_the_weights_stay_finite(toy, tmp_path, monkeypatch):

@@ -28,7 +28,6 @@ from nmfseg.fileio import write_json
 __all__ = [
     "default_splits_path",
     "foreground_volumes",
-    "load_or_create_splits",
     "load_splits",
     "make_splits",
     "save_splits",
@@ -152,47 +151,6 @@ def load_splits(path: str | Path, dataset: Dataset | None = None) -> list[Split]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(path, f"cannot read JSON ({err})") from None
     return _validate(splits, path, dataset.case_ids if dataset is not None else None)
-
-
-def load_or_create_splits(
-    dataset: Dataset,
-    path: str | Path | None = None,
-    n_folds: int | None = None,
-    seed: int = 0,
-) -> list[Split]:
-    """Read ``path`` if it exists, else make the splits and write them there.
-
-    Args:
-        dataset: the dataset.
-        path: the splits file; defaults to :func:`default_splits_path`.
-        n_folds: expected number of folds (5 when creating); None accepts an existing file
-            with any number of folds.
-        seed: random seed when creating.
-
-    Raises:
-        ConfigError: the existing file has a different number of folds than ``n_folds``.
-
-    Examples::
-
-        >>> import tempfile
-        >>> from nmfseg.data.formats import open_dataset
-        >>> from nmfseg.phantoms.toy import make_toy_dataset
-        >>> ds = open_dataset(make_toy_dataset(Path(tempfile.mkdtemp()), "nnunet", n_cases=5))
-        >>> len(load_or_create_splits(ds)), default_splits_path(ds).is_file()
-        (5, True)
-    """
-    path = Path(path) if path is not None else default_splits_path(dataset)
-    if path.is_file():
-        splits = load_splits(path, dataset)
-        if n_folds is not None and len(splits) != n_folds:
-            raise ConfigError(
-                f"{path} has {len(splits)} folds but {n_folds} were asked for; "
-                "delete it or use its number of folds"
-            )
-        return splits
-    splits = make_splits(dataset, n_folds or 5, seed)
-    save_splits(splits, path)
-    return splits
 
 
 def select_fold(splits: list[Split], fold: int | str) -> Split:

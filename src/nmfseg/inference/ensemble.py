@@ -35,6 +35,7 @@ from torch import nn
 
 from nmfseg.data.preprocess import preprocess_case, uncrop
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
+from nmfseg.device import resolve_device
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
@@ -45,33 +46,11 @@ __all__ = [
     "find_checkpoints",
     "load_ensemble",
     "predict_case",
-    "resolve_device",
 ]
 
 CHECKPOINTS = ("final", "best", "last")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 _CKPT_SUFFIXES = (".pt", ".pth")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → CUDA when available, else CPU; refuse CUDA on a machine without it.
-
-    Examples::
-
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"--device {device!r}: not a device (use cpu or cuda)") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
-    return dev
 
 
 def _fold_sort_key(path: Path) -> tuple[int, int | str]:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input
 from nmfseg.data.nifti import write_label
@@ -159,8 +160,6 @@ def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, 
 
 
 def _echo(message: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(message, file=sys.stderr)
 
 
@@ -224,8 +223,6 @@ def predict_folder(
     Raises:
         NmfsegError: a problem that concerns every case (model, input, channel count).
     """
-    from tqdm import tqdm
-
     ensemble = (
         model if isinstance(model, Ensemble) else load_ensemble(model, folds, checkpoint, device)
     )

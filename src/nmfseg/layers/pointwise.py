@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PointwiseConv", "channel_mm", "channel_wgrad", "is_channels_last"]
+__all__ = ["PointwiseConv", "channel_mm", "is_channels_last"]
 
 
 def is_channels_last(x: Tensor) -> bool:
@@ -50,14 +50,6 @@ def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
         return out.unsqueeze(0)
     out = torch.matmul(weight, x)
     return out if bias is None else out.add_(bias[:, None])
-
-
-def channel_wgrad(dy: Tensor, x: Tensor) -> Tensor:
-    """``Σ_b dy[b] @ x[b]ᵀ``: the weight gradient of :func:`channel_mm`, ``(O, C)``."""
-    out = torch.mm(dy[0], x[0].t())
-    for b in range(1, dy.shape[0]):
-        out.addmm_(dy[b], x[b].t())
-    return out
 
 
 class PointwiseConv(nn.Module):

@@ -13,28 +13,13 @@ module         what it holds
 ``progress``   ``log.csv`` and ``progress.png``
 ============== ==============================================================
 
+Import from the submodules (``from nmfseg.training.setup import prepare_run``); this package
+itself imports nothing.
+
 Examples::
 
-    >>> from nmfseg.training import prepare_run, run_training
+    >>> from nmfseg.training.setup import prepare_run
+    >>> from nmfseg.training.trainer import run_training
     >>> callable(prepare_run) and callable(run_training)
     True
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["prepare_run", "run_training"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so that importing nmfseg.training.config does not pull in torch.
-    if name == "prepare_run":
-        from nmfseg.training.setup import prepare_run
-
-        return prepare_run
-    if name == "run_training":
-        from nmfseg.training.trainer import run_training
-
-        return run_training
-    raise AttributeError(f"module 'nmfseg.training' has no attribute {name!r}")

@@ -37,6 +37,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from nmfseg.data.formats import load_case
+from nmfseg.data.preprocess import preprocess_case
+from nmfseg.data.schemes import labels_to_regions
+from nmfseg.data.transforms import augment, build_augmentation, random_patch
+from nmfseg.errors import DataError
 from nmfseg.fileio import atomic_open, write_json
 
 __all__ = [
@@ -109,10 +114,6 @@ def prepare_case(case: Any, scheme: Any, cache_dir: Path) -> PreparedCase:
     Raises:
         DataError: the case has no label, or its files fail the reader's checks.
     """
-    from nmfseg.data.formats import load_case
-    from nmfseg.data.preprocess import preprocess_case
-    from nmfseg.data.schemes import labels_to_regions
-    from nmfseg.errors import DataError
 
     name = _safe_name(case.case_id)
     meta_path = cache_dir / f"{name}.json"
@@ -184,8 +185,6 @@ class PatchDataset(TorchDataset):
         world_size: int = 1,
         length: int | None = None,
     ) -> None:
-        from nmfseg.data.transforms import build_augmentation
-
         if not cases:
             raise ValueError("PatchDataset needs at least one case.")
         if batch_size % world_size:
@@ -215,8 +214,6 @@ class PatchDataset(TorchDataset):
         return int(rng.permutation(n)[pos])
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        from nmfseg.data.transforms import augment, random_patch
-
         g = self.global_index(k)
         case = self.cases[self.case_of(g)]
         rng = np.random.default_rng(derive_seed(self.seed, TAG_SAMPLE, g))

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nmfseg.errors import ConfigError
+from nmfseg.device import resolve_device
 
-__all__ = ["DistContext", "init_distributed", "is_main_process", "resolve_device"]
+__all__ = ["DistContext", "init_distributed", "is_main_process"]
 
 # Validation or preprocessing on one rank can keep the others waiting at a barrier.
 _TIMEOUT = datetime.timedelta(hours=4)
@@ -43,27 +43,6 @@ _TIMEOUT = datetime.timedelta(hours=4)
 def is_main_process() -> bool:
     """Whether this process is rank 0 (or not part of a ``torchrun`` job)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; ``cuda`` under DDP -> ``cuda:LOCAL_RANK``.
-
-    Raises:
-        ConfigError: CUDA asked for on a machine without it.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-        if device == "cuda":
-            device = f"cuda:{local_rank}"
-        index = torch.device(device).index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    return torch.device(device)
 
 
 @dataclass
@@ -108,14 +87,6 @@ class DistContext:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
-
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.is_distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def close(self) -> None:
         """Leave the process group (if this process joined one)."""

@@ -25,9 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from nmfseg.data.formats import open_dataset
+from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.models import create_model, list_models, model_info
+from nmfseg.models.checkpoint import read_checkpoint
+from nmfseg.training.config import (
+    apply_overrides,
+    load_recipe,
+    load_yaml,
+    merge_config,
+    recipe_for_scheme,
+    validate_config,
+)
+from nmfseg.training.data import TAG_INIT, derive_seed
 
 __all__ = ["RUNTIME_KEYS", "TrainingRun", "prepare_run"]
 
@@ -77,15 +91,6 @@ def _resolve_config(
     model_args: dict[str, Any],
     sources: dict[str, str],
 ) -> tuple[dict[str, Any], list[str]]:
-    from nmfseg.models._registry import model_info
-    from nmfseg.training.config import (
-        apply_overrides,
-        load_recipe,
-        load_yaml,
-        merge_config,
-        recipe_for_scheme,
-        validate_config,
-    )
 
     notes: list[str] = []
     cfg = load_recipe(recipe_for_scheme(dataset.scheme.name))
@@ -119,10 +124,6 @@ def _resolve_config(
 
 
 def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    import torch
-
-    from nmfseg.models._registry import create_model
-    from nmfseg.training.data import TAG_INIT, derive_seed
 
     kwargs = dict(cfg["model_args"])
     channels = len(cfg["dataset"]["channels"])
@@ -147,7 +148,6 @@ def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, A
 def _splits(
     dataset: Any, dataset_dir: Path, n_folds: int, fold: str
 ) -> tuple[Path, list[dict[str, list[str]]] | None, dict[str, list[str]]]:
-    from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
 
     new = None
     path = default_splits_path(dataset)
@@ -198,8 +198,6 @@ def prepare_run(
     Raises:
         ConfigError / DataError: one line naming the option or file and the problem.
     """
-    from nmfseg.data.formats import open_dataset
-    from nmfseg.models._registry import list_models
 
     overrides, model_args, sources = (
         dict(overrides or {}),
@@ -292,8 +290,6 @@ def _config_for_resume(
     sources: dict[str, str],
 ) -> dict[str, Any]:
     """The stored config, after checking that the given options do not contradict it."""
-    from nmfseg.models.checkpoint import read_checkpoint
-    from nmfseg.training.config import load_yaml
 
     stored = read_checkpoint(path)["config"]
     new, _ = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)

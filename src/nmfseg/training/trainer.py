@@ -55,17 +55,32 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from nmfseg import __version__
+from nmfseg.data.splits import save_splits
 from nmfseg.errors import NmfsegError
 from nmfseg.fileio import write_json
+from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from nmfseg.training.checkpoint import (
     atomic_save,
     capture_rng_state,
     restore_rng_state,
 )
-from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_seed, prepare_case
+from nmfseg.training.config import save_config
+from nmfseg.training.data import (
+    TAG_STEP,
+    PatchDataset,
+    PreparedCase,
+    derive_seed,
+    prepare_case,
+    worker_init,
+)
 from nmfseg.training.distributed import DistContext, init_distributed
+from nmfseg.training.losses import DeepSupervisionLoss
+from nmfseg.training.progress import plot_progress, write_log_csv
 from nmfseg.training.setup import TrainingRun
 
 __all__ = ["WarmupCosine", "run_training"]
@@ -138,8 +153,6 @@ class _Trainer:
         return result
 
     def _prepare_data(self) -> None:
-        from tqdm import tqdm
-
         run, ctx = self.run, self.ctx
         cache = run.dataset_dir / "preprocessed"
         ids = list(dict.fromkeys(run.train_ids + run.val_ids))
@@ -186,8 +199,6 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg["scheduler"]["warmup_steps"], self.total)
         )
-        from nmfseg.training.losses import DeepSupervisionLoss
-
         self.loss_fn = DeepSupervisionLoss(
             cfg["loss"]["ds_weights"], cfg["loss"]["dice_eps"], cfg["loss"]["ds_target"]
         )
@@ -216,10 +227,6 @@ class _Trainer:
         self.net = net
 
     def _loader(self) -> Any:
-        from torch.utils.data import DataLoader
-
-        from nmfseg.training.data import worker_init
-
         per_rank = self.cfg["batch_size"] // self.ctx.world_size
         dataset = PatchDataset(
             self.train_cases,
@@ -249,8 +256,6 @@ class _Trainer:
         return contextlib.nullcontext()
 
     def _checkpoint(self) -> dict[str, Any]:
-        from nmfseg import __version__
-
         rng = capture_rng_state()
         rng["sampler"] = {"step": self.step, "seed": self.cfg["seed"]}
         return {
@@ -279,8 +284,6 @@ class _Trainer:
     def _write_logs(self, plot: bool) -> None:
         if not self.ctx.is_main:
             return
-        from nmfseg.training.progress import plot_progress, write_log_csv
-
         write_log_csv(self.history, self.run.fold_dir / "log.csv")
         if plot:
             cfg = self.cfg
@@ -289,8 +292,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------------ validation
     def _validate(self) -> dict[str, float]:
-        from nmfseg.inference.sliding_window import sliding_window_predict
-
         vcfg = self.cfg["validation"]
         results = []
         for case in self.val_cases[self.ctx.rank :: self.ctx.world_size]:
@@ -351,8 +352,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------------ loop
     def fit(self) -> nn.Module:
-        from nmfseg.training.config import save_config
-
         ctx, cfg = self.ctx, self.cfg
         try:
             self._make_dirs()
@@ -365,8 +364,6 @@ class _Trainer:
             self._say(note)
         if ctx.is_main:
             if self.run.new_splits is not None and not self.run.splits_path.exists():
-                from nmfseg.data.splits import save_splits
-
                 save_splits(self.run.new_splits, self.run.splits_path)
             save_config(cfg, self.run.fold_dir / "config.yaml")
         self._build()
@@ -390,8 +387,6 @@ class _Trainer:
     def _train_steps(
         self, t0: float, time_offset: float, losses: list[float], kill_at: int
     ) -> None:
-        from tqdm import tqdm
-
         cfg, ctx = self.cfg, self.ctx
         bar = tqdm(
             total=self.total, initial=self.step, desc=f"fold {cfg['fold']}", unit="step",

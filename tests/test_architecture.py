@@ -1,0 +1,211 @@
+"""The house rules of docs/architecture.md, checked on the source: arrows point one way, no
+import cycles, no file over 500 lines, function-local imports only where they pay."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "nmfseg"
+MAX_LINES = 500
+
+# What each floor may import from nmfseg (besides itself and the root package, which holds
+# only the version and lazy exports). Read top to bottom: every floor sits on those above it.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "fileio": {"errors"},
+    "registry": {"errors"},
+    "nmf": set(),  # the NMF core imports only torch
+    "layers": {"nmf"},
+    "mixers": {"layers", "nmf", "errors", "registry"},
+    "blocks": {"mixers", "layers", "nmf", "errors", "registry"},
+    "models": {"blocks", "mixers", "layers", "nmf", "errors", "fileio", "registry"},
+    "data": {"errors", "fileio", "registry"},
+    "phantoms": {"data", "errors", "fileio", "registry"},
+    "evaluation": {"data", "errors", "fileio", "registry"},
+    "device": {"errors"},
+    "inference": {
+        "data",
+        "models",
+        "mixers",
+        "layers",
+        "nmf",
+        "errors",
+        "fileio",
+        "registry",
+        "device",
+    },
+}
+_LOW = {
+    "errors",
+    "fileio",
+    "registry",
+    "device",
+    "nmf",
+    "layers",
+    "mixers",
+    "blocks",
+    "models",
+    "data",
+}
+ALLOWED["training"] = _LOW | {"inference", "evaluation"}
+ALLOWED["study"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
+ALLOWED["demo"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
+ALLOWED["cli"] = set(ALLOWED) | {"study", "demo", "cli"}
+
+# Imports worth deferring into a function: they cost seconds, or only some paths need them.
+HEAVY = ("torch", "monai", "matplotlib", "scipy", "nilearn", "onnx", "onnxruntime")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _target(name: str) -> str:
+    """The nmfseg module an imported name lives in (a submodule, or its package)."""
+    while name not in MODULES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def _imports(tree: ast.Module, top_level: bool) -> list[tuple[int, str]]:
+    """``(line, module)`` of the imports at module level, or of those inside functions."""
+    found = []
+    nodes = tree.body if top_level else [n for n in ast.walk(tree) if _in_function(n, tree)]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _in_function(node: ast.AST, tree: ast.Module) -> bool:
+    return isinstance(node, ast.Import | ast.ImportFrom) and node in _FUNCTION_IMPORTS[id(tree)]
+
+
+_FUNCTION_IMPORTS: dict[int, set[ast.AST]] = {}
+
+
+def _parse(path: Path) -> ast.Module:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    inner: set[ast.AST] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            inner.update(n for n in ast.walk(fn) if isinstance(n, ast.Import | ast.ImportFrom))
+    _FUNCTION_IMPORTS[id(tree)] = inner
+    return tree
+
+
+TREES = {name: _parse(path) for name, path in MODULES.items()}
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, tree in TREES.items():
+        edges = set()
+        for _, imported in _imports(tree, top_level=True):
+            if imported.startswith("nmfseg."):
+                target = _target(imported)
+                if target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _floor(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_file_over_500_lines(name):
+    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines"
+
+
+def test_arrows_point_one_way():
+    bad = []
+    for name, edges in _graph().items():
+        floor = _floor(name)
+        if floor not in ALLOWED:
+            continue  # the root package and single-module floors are checked by name below
+        for target in edges:
+            dest = _floor(target)
+            if dest and dest != floor and dest not in ALLOWED[floor]:
+                bad.append(f"{name} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_floor_is_known():
+    floors = {_floor(name) for name in MODULES} - {"", "__main__"}
+    assert floors <= set(ALLOWED), f"add {floors - set(ALLOWED)} to ALLOWED (and the docs)"
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_function_local_imports_only_at_the_cli_boundary_or_for_heavy_modules():
+    bad = []
+    for name, tree in TREES.items():
+        if name.startswith("nmfseg.cli"):
+            continue  # command bodies defer their imports so that `nmfseg --help` is instant
+        for line, imported in _imports(tree, top_level=False):
+            if not imported.startswith(HEAVY):
+                bad.append(f"{MODULES[name]}:{line} imports {imported} inside a function")
+    assert not bad, "\n".join(bad)
+
+
+STDLIB_OF_THE_CORE = ("__future__", "math", "itertools", "collections", "dataclasses", "contextlib",
+                      "typing")  # fmt: skip
+
+
+def test_the_nmf_core_imports_only_torch():
+    for name, tree in TREES.items():
+        if not name.startswith("nmfseg.nmf"):
+            continue
+        for _, imported in _imports(tree, top_level=True):
+            root = imported.split(".")[0]
+            assert root in ("torch", "nmfseg", *STDLIB_OF_THE_CORE), f"{name} imports {imported}"
