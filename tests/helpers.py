@@ -20,7 +20,7 @@ from nmfseg.models import create_model
 # Reduced-width constructor overrides, by model name pattern (the first match wins), and the
 # number of outputs each returns in train() (deep supervision).
 SMALL: dict[str, tuple[dict[str, Any], int]] = {
-    "*_factorizer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
+    "*factorizer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
     "performer_*": (dict(channels=(8, 16, 32, 64, 128)), 3),
     "nnformer_*": (dict(feature_size=12, num_heads=(1, 2, 4, 8)), 3),
     "nnunet_*": (dict(channels=(8, 16, 32, 64, 128)), 3),

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nmfseg.models.convnets  # noqa: F401  (registers the CNN presets)
+from helpers import small_kwargs, small_model
 from nmfseg.blocks import create_block
 from nmfseg.blocks.conv import ConvBlock, ResConvBlock
 from nmfseg.errors import ConfigError
@@ -22,22 +23,11 @@ from nmfseg.models.monai_nets import UNETR, SwinUNETR
 
 CONV_PRESETS = ["nnunet_brats", "nnunet_isles", "resunet_brats", "resunet_isles"]
 MONAI_PRESETS = ["unetr_brats", "unetr_isles", "swin_unetr_brats", "swin_unetr_isles"]
-SMALL_CONV = dict(channels=(8, 16, 32, 64, 128))
-SMALL_UNETR = dict(feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2)
-SMALL_SWIN = dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+SMALL_UNETR = small_kwargs("unetr_brats")[0]
+SMALL_SWIN = small_kwargs("swin_unetr_brats")[0]
 
 
-def small(name: str, seed: int = 0, **kwargs) -> nn.Module:
-    """The preset with reduced widths (the preset's img_size, in/out channels); one intra-op
-    thread comes from conftest's autouse fixture."""
-    if name.startswith("unetr"):
-        extra = SMALL_UNETR
-    elif name.startswith("swin_unetr"):
-        extra = SMALL_SWIN
-    else:
-        extra = SMALL_CONV
-    torch.manual_seed(seed)
-    return create_model(name, **{**extra, **kwargs})
+small = small_model
 
 
 # ------------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_cli_prints_ours_beside_the_paper():
     assert "7.37M" in row and "7.4M" in row and "29.1" in row and "1x2x64x64x64" in row
 
 
+@pytest.mark.slow
 def test_cli_input_size_and_all_models():
     result = CliRunner().invoke(
         app, ["complexity", "-m", "global_factorizer_brats", "--input-size", "64"]
@@ -115,3 +116,16 @@ def test_cli_errors_are_one_line(args, message):
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_ablation_presets_leave_out_exactly_their_part():
+    """Tables 3-4: the MLP-only, NMF-only and no-position-embedding Factorizers."""
+    full = model_complexity("swin_factorizer_brats")
+    no_nmf = model_complexity("factorizer_brats_no_nmf")
+    no_mlp = model_complexity("swin_factorizer_brats_no_mlp")
+    no_pos = model_complexity("swin_factorizer_brats_no_pos")
+    assert (no_nmf.params, no_mlp.params, no_pos.params) == (4_978_377, 4_102_985, 5_593_097)
+    assert full.params - no_pos.params == 512 * 8**3  # the bridge embedding
+    assert no_nmf.breakdown["nmf"] == 0 and no_mlp.breakdown["nmf"] == full.breakdown["nmf"]
+    assert no_pos.flops == full.flops - 512 * 8**3  # one addition per bridge element less
+    assert no_nmf.paper_gflops is None and no_mlp.input_shape == (1, 4, 128, 128, 128)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from nmfseg.models import create_model
@@ -35,6 +36,8 @@ LAUNCHER = textwrap.dedent(
     app(sys.argv[1:], prog_name="nmfseg")
     """
 )
+
+pytestmark = pytest.mark.slow  # fresh interpreters / processes
 
 
 def test_two_gloo_processes_train_identical_replicas(tmp_path: Path):

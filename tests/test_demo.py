@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from nmfseg.cli import app
 
+pytestmark = pytest.mark.slow  # trains two networks, end to end
+
 TINY = {
     "data": {"train_cases": 5, "test_cases": 1, "seed": 3, "spacing": 4.0, "workers": 1},
     "fold": 0,
@@ -94,6 +96,7 @@ def test_demo_rerun_reuses_finished_work(demo_run: tuple[Path, object]) -> None:
     assert first.exit_code == 0
     stamp = (out / "runs").rglob("checkpoint_final.pt")
     mtimes = {p: p.stat().st_mtime_ns for p in stamp}
+    assert len(mtimes) == len(TINY["models"])  # one finished run per model
     config = out.parent / "tiny.yaml"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(config)])
     assert result.exit_code == 0, result.output

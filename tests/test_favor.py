@@ -22,14 +22,6 @@ from nmfseg.models import UNet, create_model, model_info
 from nmfseg.models.complexity import count_flops, count_params, model_complexity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``V softmax_l(KᵀQ / √d)`` for tokens as columns."""
     return v @ torch.softmax(k.mT @ q / math.sqrt(q.shape[-2]), dim=-2)

@@ -12,7 +12,7 @@ from torch import nn
 import nmfseg
 from helpers import small_kwargs, small_model
 from nmfseg.errors import ConfigError
-from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
+from nmfseg.layers import PositionEmbedding
 from nmfseg.mixers.nmf import factor_maps
 from nmfseg.models import Factorizer, create_model, list_models, model_info
 
@@ -293,55 +293,6 @@ def test_bad_inputs_and_nmf_settings_raise_value_errors():
         create_model("segresnet", init_filters=12)
 
 
-def test_layers_match_their_references():
-    torch.manual_seed(0)
-    x = torch.randn(2, 6, 5, 4, 3)
-    conv = nn.Conv3d(6, 5, kernel_size=1)
-    pw = PointwiseConv(6, 5)
-    pw.weight.data.copy_(conv.weight.view(5, 6))
-    pw.bias.data.copy_(conv.bias)
-    torch.testing.assert_close(pw(x), conv(x))
-    xcl = x.contiguous(memory_format=torch.channels_last_3d)
-    torch.testing.assert_close(pw(xcl), conv(x))
-    norm = LayerNorm(6)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
-    ref = nn.functional.layer_norm(x.permute(0, 2, 3, 4, 1), (6,), norm.weight, norm.bias)
-    torch.testing.assert_close(norm(x), ref.permute(0, 4, 1, 2, 3))
-
-
-def test_fused_cpu_kernels_have_correct_gradients():
-    from nmfseg.layers import fused
-
-    torch.manual_seed(0)
-    kw = dict(dtype=torch.float64, requires_grad=True)
-    x, g, b = torch.randn(2, 5, 7, **kw), torch.randn(5, **kw), torch.randn(5, **kw)
-    w, bias = torch.randn(3, 5, **kw), torch.randn(3, **kw)
-    assert torch.autograd.gradcheck(
-        lambda *a: fused.LayerNormPointwiseFn.apply(*a, 1e-5), (x, g, b, w, bias)
-    )
-    assert torch.autograd.gradcheck(
-        lambda *a: fused.LayerNormPointwiseFn.apply(*a, None, 1e-5), (x, g, b, w)
-    )
-    w1, b1 = torch.randn(8, 5, **kw), torch.randn(8, **kw)
-    w2, b2 = torch.randn(5, 8, **kw), torch.randn(5, **kw)
-
-    def mlp(*args, residual=True):
-        torch.manual_seed(3)  # the same dropout masks in every evaluation
-        return fused.MLPFn.apply(*args, 1e-5, 0.4, 0.3, residual)
-
-    assert torch.autograd.gradcheck(mlp, (x, g, b, w1, b1, w2, b2))
-    assert torch.autograd.gradcheck(lambda *a: mlp(*a, residual=False), (x, g, b, w1, b1, w2, b2))
-    z, w3 = torch.randn(2, 5, 7, **kw), torch.randn(5, 5, **kw)
-
-    def project(*args):
-        torch.manual_seed(4)
-        return fused.ProjectAddDropoutFn.apply(*args, 0.3)
-
-    assert torch.autograd.gradcheck(project, (x, z, w3, g))
-    assert torch.autograd.gradcheck(project, (x, z, w3, None))
-
-
 def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
     """The fused CPU path (training) against the module-by-module path, gradients included,
     with chunks small enough that every level is processed in several."""
@@ -364,42 +315,6 @@ def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
         results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]))
     for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1], strict=True):
         torch.testing.assert_close(a, b)
-
-
-def test_dropout_masks_at_the_requested_rate_and_scale(monkeypatch):
-    import nmfseg.layers.dropout as module
-    from nmfseg.layers import Dropout
-    from nmfseg.layers.dropout import add_dropout
-
-    monkeypatch.setattr(module, "_CHUNK", 7777)  # masks drawn and replayed in many chunks
-    torch.manual_seed(0)
-    drop = Dropout(0.1)
-    x = torch.ones(200, 1000, requires_grad=True)
-    y = drop(x)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.9) < 0.003
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
-    y.sum().backward()
-    assert torch.equal(x.grad != 0, kept)
-    assert torch.equal(drop.eval()(x), x)
-    with pytest.raises(ValueError, match="dropout probability"):
-        Dropout(1.5)
-    # in place on a fresh tensor, and the residual form: backward replays the same mask
-    base = torch.randn(300, 100, requires_grad=True)
-    out = Dropout(0.3, inplace=True).train()(base * 2.0)
-    dy = torch.randn_like(out)
-    out.backward(dy)
-    kept = out != 0
-    torch.testing.assert_close(base.grad, torch.where(kept, dy * 2.0 / 0.7, 0.0))
-    skip = torch.randn(300, 100, requires_grad=True)
-    branch = torch.randn(300, 100, requires_grad=True)
-    y = add_dropout(skip, branch, 0.3)
-    y.backward(dy)
-    kept = y != skip
-    assert abs(kept.float().mean().item() - 0.7) < 0.01
-    torch.testing.assert_close(y, torch.where(kept, skip + branch / 0.7, skip))
-    torch.testing.assert_close(skip.grad, dy)
-    torch.testing.assert_close(branch.grad, torch.where(kept, dy / 0.7, 0.0))
 
 
 @pytest.mark.parametrize("train", [False, True])

@@ -25,14 +25,6 @@ from nmfseg.models.nnformer_blocks import (
 SMALL = dict(feature_size=12, num_heads=(1, 2, 4, 8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(seed: int = 0, **kwargs) -> NNFormer:
     torch.manual_seed(seed)
     return NNFormer(**{"in_channels": 4, "out_channels": 3, **SMALL, **kwargs})

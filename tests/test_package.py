@@ -9,6 +9,8 @@ import pytest
 
 import nmfseg
 
+pytestmark = pytest.mark.slow  # fresh interpreters / processes
+
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -291,6 +291,7 @@ def test_written_datasets_read_back_exactly(tmp_path, kind, fmt, make):
     assert png.ndim == 3 and png.shape[0] > 200 and png.std() > 0.05
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_files(tmp_path):
     one = synthesize_dataset(
         "isles", tmp_path / "a", 2, seed=9, spacing=SP, progress=False, overview=0

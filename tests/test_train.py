@@ -65,6 +65,7 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["isles22", "brats2023"])
 def test_train_end_to_end_writes_the_whole_fold_folder(toy, tmp_path, fmt):
     data, out = toy[fmt], tmp_path / "runs"
@@ -130,6 +131,7 @@ def test_train_end_to_end_writes_the_whole_fold_folder(toy, tmp_path, fmt):
         assert summary["mean"][name] == pytest.approx(mean)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     data, fmt = toy["msd_brats"], "msd_brats"
     steps = ["--checkpoint-every", "2", "--val-every", "4"]
@@ -178,6 +180,7 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
     data, fmt = toy["isles22"], "isles22"
     out = tmp_path / "runs"
@@ -378,6 +381,7 @@ def _nan_loss_at(monkeypatch, steps: set[int] | None):
     monkeypatch.setattr(trainer_mod, "DeepSupervisionLoss", NanLoss)
 
 
+@pytest.mark.slow
 def test_a_nan_step_is_skipped_and_the_weights_stay_finite(toy, tmp_path, monkeypatch):
     _nan_loss_at(monkeypatch, {2})
     data, out = toy["isles22"], tmp_path / "runs"
@@ -390,6 +394,7 @@ def test_a_nan_step_is_skipped_and_the_weights_stay_finite(toy, tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_with_one_line(toy, tmp_path, monkeypatch):
     _nan_loss_at(monkeypatch, None)
     data, out = toy["isles22"], tmp_path / "runs"

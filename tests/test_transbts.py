@@ -8,30 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import small_kwargs, small_model
 from nmfseg.layers import fused_kernels
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models.complexity import count_flops, count_params
 from nmfseg.models.transbts import SelfAttention, TransBTS, TransformerLayer
 
-# Reduced widths: a forward + backward at 20³ takes a fraction of a second on one thread.
-SMALL = dict(
-    feature_size=8, blocks_down=[1, 1, 1, 1], hidden_size=32, num_layers=1, num_heads=2,
-    mlp_dim=64,
-)  # fmt: skip
+SMALL = small_kwargs("transbts_brats")[0]  # reduced widths (tests/helpers.py)
 PRESETS = ["transbts_brats", "transbts_isles"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(name: str = "transbts_brats", seed: int = 0, **kwargs) -> TransBTS:
-    torch.manual_seed(seed)
-    return create_model(name, **{**SMALL, **kwargs})
+    return small_model(name, seed, **kwargs)
 
 
 def test_presets_are_registered_as_data():

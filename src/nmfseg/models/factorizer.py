@@ -8,7 +8,9 @@ stem) this follows the official code, which reproduces the paper's parameter cou
 (Table 1: 5.9M, Table 2: 7.4M).
 
 The presets of the paper (§4.2; Table 1 for BraTS at 1×4×128³, Table 2 for ISLES'22 at
-1×2×64³) are registered as data at the end of this file.
+1×2×64³) and its BraTS ablations (Tables 3–4: ``{global,local,swin}_factorizer_brats_no_mlp``,
+``..._no_pos`` and the MLP-only ``factorizer_brats_no_nmf``) are registered as data at the end of
+this file.
 
 Examples::
 
@@ -240,3 +242,32 @@ for _kind, (_brats_gflops, _isles_gflops, _text) in _VARIANTS.items():
                 **_info,
             )
         )
+
+
+# The ablations of Tables 3 (subblocks) and 4 (position embedding), BraTS: the full preset with
+# one part left out. Without NMF the matricize no longer matters, so Table 3's "MLP only" row is
+# one network for the three variants.
+_ABLATIONS = {
+    "no_mlp": (dict(mlp=False), "without MLP subblocks (NMF only), Table 3"),
+    "no_pos": (dict(pos_embed=False), "without the bridge position embedding, Table 4"),
+}
+for _kind, (_, _, _text) in _VARIANTS.items():
+    for _suffix, (_overrides, _what) in _ABLATIONS.items():
+        register_model(
+            ModelConfig(
+                name=f"{_kind}_factorizer_brats_{_suffix}",
+                builder=Factorizer,
+                kwargs={**_BRATS, "matricize": _kind, **_overrides},
+                description=f"{_text} {_what}",
+                **{k: v for k, v in _DATASETS["brats"][1].items() if k != "paper_params"},
+            )
+        )
+register_model(
+    ModelConfig(
+        name="factorizer_brats_no_nmf",
+        builder=Factorizer,
+        kwargs={**_BRATS, "nmf": False},
+        description="Factorizer without NMF subblocks (MLP only), Table 3",
+        **{k: v for k, v in _DATASETS["brats"][1].items() if k != "paper_params"},
+    )
+)

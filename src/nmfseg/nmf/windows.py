@@ -96,6 +96,13 @@ class MatricizeGeometry:
 
 
 def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """``value`` as ``n`` positive ints (one int is repeated); ``ValueError`` naming ``name``.
+
+    Examples::
+
+        >>> ntuple(8, 3, "window_size"), ntuple([4, 4, 2], 3, "window_size")
+        ((8, 8, 8), (4, 4, 2))
+    """
     out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
     if len(out) != n or any(v < 1 for v in out):
         raise ValueError(f"{name} should be a positive int or {n} positive ints, got {value!r}.")
