@@ -16,11 +16,15 @@ from nmfseg.cli import app
 from nmfseg.data.formats import list_formats, open_dataset
 from nmfseg.data.schemes import SCHEMES, labels_to_regions
 from nmfseg.evaluation.compare import (
+    ModelCost,
+    ModelReport,
     compare_reports,
+    comparison_csv,
     format_table,
     format_tests,
     load_reports,
     paired_wilcoxon,
+    write_comparison,
 )
 from nmfseg.evaluation.evaluate import (
     EvaluationReport,
@@ -442,6 +446,53 @@ def test_single_region_table_like_table_2(tmp_path):
         "| a | 2 | 75.00 | 2.50 |",
         "| b | 2 | **77.50** | **2.25** |",
     ]
+
+
+def _cells(table: list[str]) -> dict[str, list[str]]:
+    return {ln.split(" | ")[0].strip("| "): ln.strip("| ").split(" | ")[1:] for ln in table[2:]}
+
+
+def test_compare_underlines_second_best_shows_costs_and_keeps_failed_rows(tmp_path):
+    *paths, _ = _three_reports(tmp_path)
+    reports = load_reports(paths)
+    cmp = compare_reports(reports, reference="better")
+    rows = _cells(format_table(cmp).splitlines())
+    for col in range(1, 9):  # three models, no ties: one bold, one underlined, one plain
+        cells = [rows[m][col] for m in ("base", "better", "noisy")]
+        assert sum(c.startswith("**") for c in cells) == 1
+        assert sum(c.startswith("<u>") and c.endswith("</u>") for c in cells) == 1
+    second = sorted(cmp.means, key=lambda m: cmp.means[m]["dice"]["avg"])[1]
+    assert rows[second][4].startswith("<u>")  # Dice Avg.: the second best
+
+    # A failed model keeps its row (reason, no metrics); costs give the paper's columns.
+    failed = ModelReport("big_net", reports[0].regions, [], failure="fold 2 train: OOM | x")
+    cmp = compare_reports([reports[0], reports[1], failed], reference="base")
+    assert "big_net" not in cmp.means and "big_net" not in cmp.tests
+    shape = (1, 4, 128, 128, 128)
+    cmp.costs = {
+        "base": ModelCost(5_855_241, 174_200_000_000, shape),
+        "better": ModelCost(28_700_000, 1_152_800_000_000, shape),
+    }
+    text = format_table(cmp)
+    lines = text.splitlines()
+    assert lines[0].startswith("| Model | #Params | FLOPs | n | Dice ET (%) |")
+    assert lines[0].endswith("| HD95 Avg. (mm) | Status |")
+    assert lines[2].startswith("| base | 5.9M | 174.2G | 9 |") and lines[2].endswith("| ok |")
+    assert lines[3].startswith("| better | 28.7M | 1.2T | 9 | **")
+    assert lines[4] == "| big_net | n/a | n/a | " + "– | " * 9 + "failed: fold 2 train: OOM \\| x |"
+    assert "<u>" not in text  # two evaluated models: the best only
+    assert "forward pass at 1×4×128×128×128;" in text
+    with_failure = {r["model"]: r for r in csv.DictReader(comparison_csv(cmp).splitlines())}
+    assert with_failure["base"]["params"] == "5855241" and with_failure["base"]["status"] == "ok"
+    assert with_failure["big_net"]["failure"] == "fold 2 train: OOM | x"
+    assert with_failure["big_net"]["dice_avg_mean"] == "" and with_failure["big_net"]["flops"] == ""
+    # The reference failed: no tests, said so.
+    cmp = compare_reports([reports[0], failed], reference="big_net")
+    assert cmp.tests == {}
+    assert format_tests(cmp) == "No paired tests: the reference model big_net failed."
+    write_comparison(cmp, tmp_path / "out", plots=False, preamble="# Title\n\n")
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert md.startswith("# Title\n\n| Model | n |") and "No paired tests" in md
 
 
 def test_cli_compare_writes_outputs(tmp_path):

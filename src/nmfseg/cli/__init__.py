@@ -1,7 +1,7 @@
 """The ``nmfseg`` command line.
 
 One verb per stage, nnU-Net style: ``check-data``, ``synth``, ``train``, ``predict``,
-``evaluate``, ``compare``, ``complexity``, ``demo``. Each verb lives in its own module
+``evaluate``, ``compare``, ``study``, ``complexity``, ``demo``. Each verb lives in its own module
 under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "nmfseg.cli.train",
     "nmfseg.cli.predict",
     "nmfseg.cli.evaluate",
+    "nmfseg.cli.study",
     "nmfseg.cli.complexity",
     "nmfseg.cli.demo",
 )

@@ -18,7 +18,8 @@ EVALUATE_HELP = (
 )
 COMPARE_HELP = (
     "The paper's Table 1 for several evaluation reports, and paired Wilcoxon tests.\n\n"
-    "Mean Dice (%) and HD95 (mm) per region and averaged over regions, best in bold; then "
+    "Mean Dice (%) and HD95 (mm) per region and averaged over regions, best in bold (second "
+    "underlined with three or more models); then "
     "two-sided Wilcoxon signed-rank p-values of every model against the reference on the "
     "cases both reports contain (* p<0.05, ** p<0.01, *** p<0.001, **** p<0.0001)."
 )
@@ -128,7 +129,8 @@ def compare(
 ) -> None:
     """Table 1 of the paper for several models, and paired Wilcoxon tests vs a reference.
 
-    Mean Dice (%) and HD95 (mm) per region and averaged over regions, best in bold; then
+    Mean Dice (%) and HD95 (mm) per region and averaged over regions, best in bold (second
+    underlined with three or more models); then
     two-sided Wilcoxon signed-rank p-values against the reference on the cases both reports
     contain (* p<0.05, ** p<0.01, *** p<0.001, **** p<0.0001).
     """

@@ -24,7 +24,6 @@ CPU cores. They are not the paper's recipe, which ``nmfseg train`` uses by defau
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -44,6 +43,7 @@ from nmfseg.evaluation.compare import compare_reports, load_reports
 from nmfseg.evaluation.evaluate import evaluate, write_report
 from nmfseg.inference.predict import predict_folder
 from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
+from nmfseg.training.progress import training_seconds
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import run_training
 
@@ -124,13 +124,6 @@ def _train(
     return fold_dir
 
 
-def _training_seconds(fold_dir: Path) -> float:
-    """Training time (validation included) from the last row of the run's ``log.csv``."""
-    with (fold_dir / "log.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return float(rows[-1]["time"]) if rows else 0.0
-
-
 def _predict_and_evaluate(fold_dir: Path, test_dir: Path, pred_dir: Path, report_dir: Path):
     # checkpoint_best.pt: picked by the Dice on the fold's validation cases (never the test set).
     result = predict_folder(
@@ -200,7 +193,7 @@ def run_demo(
     for name in names:
         fold_dirs[name] = _train(train_dir, out / "runs", name, cfg["models"][name] or {}, cfg)
         # The trainer's own clock (log.csv), which adds up the parts of a resumed run.
-        timings[f"train {name}"] = _training_seconds(fold_dirs[name])
+        timings[f"train {name}"] = training_seconds(fold_dirs[name]) or 0.0
         t0 = time.perf_counter()
         report_dir = out / "reports" / name
         _predict_and_evaluate(fold_dirs[name], test_dir, out / "predictions" / name, report_dir)

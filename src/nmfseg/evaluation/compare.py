@@ -5,8 +5,11 @@ several ``nmfseg evaluate`` reports (one per model) and gives
 
 - a table shaped like the paper's Table 1 (Table 2 for a single region): one row per model,
   mean Dice (%) per region and averaged over regions, mean HD95 (mm) likewise, the best
-  value of each column in bold (``**x**``; ties all bold), each model's mean over its own
-  cases;
+  value of each column in bold (``**x**``; ties all bold) and, with three or more models,
+  the second best underlined (``<u>x</u>``, as the paper's Markdown does), each model's mean
+  over its own cases. When :attr:`Comparison.costs` is filled (``nmfseg study`` does) the
+  table has the paper's #Params and FLOPs columns, and a model that could not be evaluated
+  (:attr:`ModelReport.failure`) keeps its row, marked failed with the reason;
 - a table of two-sided paired Wilcoxon signed-rank p-values (``scipy.stats.wilcoxon`` with
   its defaults) of every model against the reference model, per region and for the
   average, on the cases present in both reports, with Fig. 3's significance marks. When all
@@ -47,6 +50,7 @@ from nmfseg.fileio import StagedFiles
 
 __all__ = [
     "Comparison",
+    "ModelCost",
     "ModelReport",
     "PairedTest",
     "compare_reports",
@@ -66,12 +70,17 @@ _BETTER = {"dice": max, "hd95": min}
 
 @dataclass
 class ModelReport:
-    """One model's evaluation: its name, region names and per-case rows."""
+    """One model's evaluation: its name, region names and per-case rows.
+
+    ``failure`` (one line) marks a model that could not be evaluated: it keeps its row in the
+    table, without metrics, and takes part in no mean, ranking or test.
+    """
 
     name: str
     regions: list[str]
     rows: list[dict[str, Any]]
     path: Path | None = None
+    failure: str | None = None
 
     @property
     def groups(self) -> list[str]:
@@ -132,16 +141,47 @@ def paired_wilcoxon(a: dict[str, float], b: dict[str, float]) -> PairedTest:
     return PairedTest(p if np.isfinite(p) else None, len(common))
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """A network's #params and FLOPs (None: could not be counted) and the FLOPs' input shape.
+
+    Examples::
+
+        >>> ModelCost(5_855_241, 174_200_000_000, (1, 4, 128, 128, 128)).cells()
+        ['5.9M', '174.2G']
+    """
+
+    params: int | None
+    flops: int | None
+    input_shape: tuple[int, ...] = ()
+
+    def cells(self) -> list[str]:
+        """The #Params and FLOPs cells of the table, in the paper's units."""
+        return [_count(self.params), _count(self.flops)]
+
+
+def _count(value: int | None) -> str:
+    """``5855241`` -> ``'5.9M'`` (K, M, G, T with one decimal); None -> ``'n/a'``."""
+    if value is None:
+        return "n/a"
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return str(value)
+
+
 @dataclass
 class Comparison:
     """Means per model and tests against the reference (what the tables show).
 
     Attributes:
-        models: the reports, in table order.
+        models: the reports, in table order (failed ones included).
         reference: name of the reference model.
         groups: regions, plus ``avg`` for more than one region.
-        means: ``{model: {metric: {group: mean}}}`` (Dice as a fraction).
-        tests: ``{model: {metric: {group: PairedTest}}}`` for every non-reference model.
+        means: ``{model: {metric: {group: mean}}}`` (Dice as a fraction), evaluated models.
+        tests: ``{model: {metric: {group: PairedTest}}}`` for every evaluated non-reference
+            model (none when the reference itself failed).
+        costs: ``{model: ModelCost}``; when not empty the table has #Params and FLOPs columns.
     """
 
     models: list[ModelReport]
@@ -150,6 +190,17 @@ class Comparison:
     means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     stds: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     tests: dict[str, dict[str, dict[str, PairedTest]]] = field(default_factory=dict)
+    costs: dict[str, ModelCost] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> list[ModelReport]:
+        """The models that have metrics (not failed), in table order."""
+        return [rep for rep in self.models if rep.failure is None]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """``{model: one-line reason}`` of the failed models."""
+        return {rep.name: rep.failure for rep in self.models if rep.failure is not None}
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -204,19 +255,22 @@ def compare_reports(reports: Sequence[ModelReport], reference: str | None = None
     """Means of every model and paired Wilcoxon tests against ``reference``.
 
     Args:
-        reports: at least two model reports with the same regions.
-        reference: a model name; defaults to the first report.
+        reports: model reports with the same regions; failed ones (``failure`` set) are kept
+            as rows but get no means and no tests.
+        reference: a model name; defaults to the first evaluated report.
 
     Raises:
         ConfigError: unknown reference name.
     """
     names = [r.name for r in reports]
-    reference = names[0] if reference is None else reference
+    evaluated = [r for r in reports if r.failure is None]
+    if reference is None:
+        reference = (evaluated or list(reports))[0].name
     if reference not in names:
         raise ConfigError(f"--reference {reference!r} is not one of the models: {', '.join(names)}")
     ref = reports[names.index(reference)]
     cmp = Comparison(list(reports), reference, ref.groups)
-    for rep in reports:
+    for rep in evaluated:
         cmp.means[rep.name], cmp.stds[rep.name] = {}, {}
         for metric in METRICS:
             vals = {g: np.array(list(rep.values(metric, g).values())) for g in cmp.groups}
@@ -224,7 +278,7 @@ def compare_reports(reports: Sequence[ModelReport], reference: str | None = None
             cmp.stds[rep.name][metric] = {
                 g: float(v.std(ddof=1)) if v.size > 1 else 0.0 for g, v in vals.items()
             }
-        if rep.name != reference:
+        if rep.name != reference and ref.failure is None:
             cmp.tests[rep.name] = {
                 metric: {
                     g: paired_wilcoxon(rep.values(metric, g), ref.values(metric, g))
@@ -250,24 +304,73 @@ def _markdown(header: list[str], rows: list[list[str]], right_from: int = 1) -> 
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
+def _ranks(values: list[float], better: Any, second: bool) -> tuple[float | None, float | None]:
+    """The best value and (``second``) the best of those strictly worse than it."""
+    if not values:
+        return None, None
+    best = better(values)
+    rest = [v for v in values if v != best]
+    return best, (better(rest) if second and rest else None)
+
+
 def format_table(cmp: Comparison) -> str:
-    """The paper's Table 1 as Markdown: mean Dice (%) and HD95 (mm), best in bold."""
+    """The paper's Table 1 as Markdown: mean Dice (%) and HD95 (mm), best in bold, second
+    underlined (three or more models); #Params and FLOPs when ``cmp.costs`` is filled."""
     single = len(cmp.groups) == 1
     cols = [(m, g) for m in METRICS for g in cmp.groups]
+    evaluated = cmp.evaluated
     shown = {
         rep.name: {(m, g): f"{cmp.means[rep.name][m][g] * _SCALE[m]:.2f}" for m, g in cols}
-        for rep in cmp.models
+        for rep in evaluated
     }
-    best = {(m, g): _BETTER[m](float(shown[r.name][(m, g)]) for r in cmp.models) for m, g in cols}
+    ranks = {
+        (m, g): _ranks(
+            [float(shown[r.name][(m, g)]) for r in evaluated], _BETTER[m], len(evaluated) >= 3
+        )
+        for m, g in cols
+    }
+    failed = cmp.failed
     rows = []
     for rep in cmp.models:
-        cells = [rep.name, str(len(rep.rows))]
-        for m, g in cols:
-            text = shown[rep.name][(m, g)]
-            cells.append(f"**{text}**" if float(text) == best[(m, g)] else text)
+        cells = [rep.name]
+        if cmp.costs:
+            cost = cmp.costs.get(rep.name, ModelCost(None, None))
+            cells += cost.cells()
+        if rep.failure is not None:
+            cells += ["–"] * (1 + len(cols))
+        else:
+            cells.append(str(len(rep.rows)))
+            for m, g in cols:
+                text = shown[rep.name][(m, g)]
+                best, second = ranks[(m, g)]
+                if float(text) == best:
+                    text = f"**{text}**"
+                elif float(text) == second:
+                    text = f"<u>{text}</u>"
+                cells.append(text)
+        if failed:
+            reason = (rep.failure or "").replace("|", "\\|")
+            cells.append(f"failed: {reason}" if rep.failure is not None else "ok")
         rows.append(cells)
-    header = ["Model", "n", *(_header(m, g, single) for m, g in cols)]
-    return _markdown(header, rows)
+    header = ["Model", *(["#Params", "FLOPs"] if cmp.costs else [])]
+    header += ["n", *(_header(m, g, single) for m, g in cols), *(["Status"] if failed else [])]
+    table = _markdown(header, rows)
+    if cmp.costs:
+        table += "\n\n" + _cost_note(cmp.costs)
+    return table
+
+
+def _cost_note(costs: dict[str, ModelCost]) -> str:
+    shapes = {c.input_shape for c in costs.values() if c.input_shape and c.flops is not None}
+    where = (
+        f"at {'×'.join(str(d) for d in next(iter(shapes)))}"
+        if len(shapes) == 1
+        else "at each network's own paper input (compare.csv: flops_input)"
+    )
+    return (
+        "#Params: parameters of the networks as trained. FLOPs: one inference forward pass "
+        f"{where}; 2 × multiply-adds, norms and element-wise operations included."
+    )
 
 
 def _p_text(test: PairedTest) -> str:
@@ -278,10 +381,12 @@ def _p_text(test: PairedTest) -> str:
 
 def format_tests(cmp: Comparison) -> str:
     """Markdown table of paired Wilcoxon p-values (and marks) against the reference."""
+    if cmp.reference in cmp.failed:
+        return f"No paired tests: the reference model {cmp.reference} failed."
     single = len(cmp.groups) == 1
     cols = [(m, g) for m in METRICS for g in cmp.groups]
     rows = []
-    for rep in cmp.models:
+    for rep in cmp.evaluated:
         if rep.name == cmp.reference:
             continue
         tests = cmp.tests[rep.name]
@@ -296,18 +401,35 @@ def format_tests(cmp: Comparison) -> str:
 
 
 def comparison_csv(cmp: Comparison) -> str:
-    """One row per model: n, mean/std per metric and group, p-value and pair count."""
+    """One row per model: n, mean/std per metric and group, p-value and pair count.
+
+    With ``cmp.costs`` (or a failed model) also ``params``, ``flops``, ``flops_input``,
+    ``status`` (``ok`` / ``failed``) and ``failure`` (the reason); a failed model's metric
+    cells are empty.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    extra = bool(cmp.costs or cmp.failed)
     header = ["model", "report", "n_cases", "reference"]
+    if extra:
+        header += ["params", "flops", "flops_input", "status", "failure"]
     for m in METRICS:
         for g in cmp.groups:
             header += [f"{m}_{g}_mean", f"{m}_{g}_std", f"{m}_{g}_p", f"{m}_{g}_pairs"]
     writer.writerow(header)
     for rep in cmp.models:
         row: list[Any] = [rep.name, str(rep.path or ""), len(rep.rows), rep.name == cmp.reference]
+        if extra:
+            cost = cmp.costs.get(rep.name, ModelCost(None, None))
+            row += ["" if cost.params is None else cost.params]
+            row += ["" if cost.flops is None else cost.flops]
+            row += ["x".join(str(d) for d in cost.input_shape)]
+            row += ["ok" if rep.failure is None else "failed", rep.failure or ""]
         for m in METRICS:
             for g in cmp.groups:
+                if rep.failure is not None:
+                    row += ["", "", "", ""]
+                    continue
                 test = cmp.tests.get(rep.name, {}).get(m, {}).get(g)
                 p = "" if test is None or test.p is None else repr(test.p)
                 n = "" if test is None else test.n
@@ -316,19 +438,24 @@ def comparison_csv(cmp: Comparison) -> str:
     return buf.getvalue()
 
 
-def write_comparison(cmp: Comparison, out_dir: str | Path, plots: bool = True) -> list[Path]:
-    """Write ``compare.md``, ``compare.csv`` and the combined box plots, all or nothing."""
+def write_comparison(
+    cmp: Comparison, out_dir: str | Path, plots: bool = True, preamble: str = ""
+) -> list[Path]:
+    """Write ``compare.md`` (``preamble`` first), ``compare.csv`` and the combined box plots
+    (Fig. 3; evaluated models only), all or nothing."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(out, "exists and is not a folder")
+    tests = format_tests(cmp) if cmp.tests or cmp.reference in cmp.failed else ""
+    text = preamble + format_table(cmp) + ("\n\n" + tests if tests else "") + "\n"
     with StagedFiles(out) as staged:
-        staged.write_text("compare.md", format_table(cmp) + "\n\n" + format_tests(cmp) + "\n")
+        staged.write_text("compare.md", text)
         staged.write_text("compare.csv", comparison_csv(cmp))
-        if plots:
+        if plots and cmp.evaluated:
             for metric, ylabel in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
                 samples = {
                     rep.name: {g: list(rep.values(metric, g).values()) for g in cmp.groups}
-                    for rep in cmp.models
+                    for rep in cmp.evaluated
                 }
                 stars = {
                     (name, g): tests[metric][g].stars

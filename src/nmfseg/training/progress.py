@@ -29,7 +29,7 @@ from typing import Any
 
 from nmfseg.fileio import write_bytes, write_text
 
-__all__ = ["plot_progress", "write_log_csv"]
+__all__ = ["plot_progress", "training_seconds", "write_log_csv"]
 
 _BASE_COLUMNS = ("step", "loss", "lr", "time")
 
@@ -85,3 +85,23 @@ def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     write_bytes(path, buf.getvalue())
+
+
+def training_seconds(fold_dir: str | Path) -> float | None:
+    """A run's training time (validation included, every session of a resumed run): the
+    ``time`` of the last row of its ``log.csv``; None without a readable log.
+
+    Examples::
+
+        >>> import tempfile
+        >>> fold = Path(tempfile.mkdtemp())
+        >>> write_log_csv([{"step": 1, "loss": 1.0, "lr": 1e-4, "time": 12.5}], fold / "log.csv")
+        >>> training_seconds(fold), training_seconds(fold / "nothing")
+        (12.5, None)
+    """
+    try:
+        with (Path(fold_dir) / "log.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return float(rows[-1]["time"]) if rows else None
+    except (OSError, KeyError, ValueError):
+        return None

@@ -1,0 +1,158 @@
+"""``nmfseg study``: train, predict and evaluate several models on several folds; Table 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nmfseg.cli._common import FORMAT_HELP, handle_errors
+
+HELP = (
+    "The paper's comparison in one command: train every model on every fold of DATA_DIR, "
+    "predict each fold's validation cases with its final checkpoint, evaluate them and pool "
+    "the folds per model (cross-validation) into the paper's Table 1.\n\n"
+    "Writes into OUT: compare.md and compare.csv (Dice and HD95 per region and averaged, "
+    "#Params, FLOPs at the preset's paper input, best in bold, second underlined, paired "
+    "Wilcoxon tests against --reference), dice_boxplot.png and hd95_boxplot.png (Fig. 3), "
+    "study.json (models, folds, settings, status and time of every stage, failures), and "
+    "runs/, predictions/, reports/.\n\n"
+    "Rerun the same command after an interruption: it continues where it stopped. A model "
+    "that fails (out of memory, an error) is marked failed in the table and the others "
+    "finish; the exit status is then 1. With --print-jobs it prints one 'nmfseg train ... && "
+    "nmfseg predict ...' line per (model, fold) for a cluster scheduler; rerunning the study "
+    "afterwards only collects, evaluates and writes the table."
+)
+
+
+def study(
+    data_dir: Path = typer.Argument(
+        ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
+    ),
+    models: list[str] = typer.Option(
+        ...,
+        "--models",
+        "-m",
+        metavar="NAME[,NAME...]",
+        help="Networks to compare, in table order: --models a,b,c.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", help="Study folder (created if needed)."
+    ),
+    folds: str = typer.Option(
+        None, "--folds", "-f", metavar="FOLDS", help="Folds: 0-4, 0,2,3 or 1 [every fold]."
+    ),
+    reference: str = typer.Option(
+        None,
+        "--reference",
+        metavar="NAME",
+        help="Model the others are tested against [the first].",
+    ),
+    config: Path = typer.Option(
+        None, "--config", "-c", metavar="YAML", help="Training config keys for every model."
+    ),
+    steps: str = typer.Option(None, "--steps", metavar="INT", help="Optimizer steps [100000]."),
+    patch_size: str = typer.Option(
+        None, "--patch-size", metavar="INT[,INT,INT]", help="Patch size [the preset's]."
+    ),
+    n_folds: str = typer.Option(
+        None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
+    ),
+    seed: str = typer.Option(None, "--seed", metavar="INT", help="Random seed [42]."),
+    workers: str = typer.Option(
+        None, "--workers", metavar="INT", help="DataLoader workers per process [4]."
+    ),
+    device: str = typer.Option(
+        None,
+        "--device",
+        metavar="DEVICE",
+        help="cpu, cuda or cuda:N, to train and predict [cuda if available].",
+    ),
+    set_: list[str] = typer.Option(
+        None,
+        "--set",
+        metavar="[MODEL:]KEY=VALUE",
+        help="Config key for every model, or for MODEL only: --set segresnet:optimizer.lr=1e-3.",
+    ),
+    model_arg: list[str] = typer.Option(
+        None,
+        "--model-arg",
+        metavar="[MODEL:]KEY=VALUE",
+        help="Network argument for every model, or for MODEL only: "
+        "--model-arg segresnet:init_filters=16.",
+    ),
+    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    print_jobs: bool = typer.Option(
+        False,
+        "--print-jobs",
+        help="Print one 'nmfseg train ... && nmfseg predict ...' line per (model, fold) and "
+        "exit; run them anywhere, then rerun the study to collect.",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bars (the line per stage stays)."
+    ),
+) -> None:
+    """The paper's comparison: train, predict, evaluate every (model, fold); write Table 1."""
+    from nmfseg.errors import NmfsegError
+    from nmfseg.study.plan import StudyOptions, job_lines, plan_study
+
+    flags = (
+        ("--steps", steps),
+        ("--patch-size", patch_size),
+        ("--n-folds", n_folds),
+        ("--seed", seed),
+        ("--workers", workers),
+        ("--device", device),
+    )
+    train = [(flag, value) for flag, value in flags if value is not None]
+    train += [("--set", text) for text in set_ or []]
+    options = StudyOptions(
+        data_dir=data_dir,
+        out=out.expanduser(),
+        models=[n.strip() for item in models for n in item.split(",") if n.strip()],
+        folds=folds,
+        reference=reference,
+        config_file=config,
+        train=train,
+        model_args=list(model_arg or []),
+        fmt=fmt,
+    )
+    plan = plan_study(options)
+    if print_jobs:
+        lines = job_lines(plan)
+        typer.echo(
+            f"# {len(lines)} job(s), one line per (model, fold): train, then predict with "
+            "checkpoint_final.pt. Run each line once, anywhere (a SLURM job array runs line "
+            "$SLURM_ARRAY_TASK_ID; on a GPU node, 'torchrun --nproc_per_node N -m nmfseg train "
+            "...' instead of 'nmfseg train ...'), then "
+            "rerun this nmfseg study command without --print-jobs to collect the table.",
+            err=True,
+        )
+        for line in lines:
+            typer.echo(line)
+        return
+
+    from nmfseg.evaluation.compare import format_table, format_tests
+    from nmfseg.study.run import run_plan
+
+    result = run_plan(plan, progress=not quiet)
+    cmp = result.comparison
+    typer.echo(format_table(cmp))
+    if cmp.tests or cmp.reference in cmp.failed:
+        typer.echo("")
+        typer.echo(format_tests(cmp))
+    names = ", ".join(str(p) for p in [*result.files, result.manifest])
+    typer.echo(f"wrote {names}", err=True)
+    if result.failed:
+        n, total = len(result.failed), len(plan.models)
+        first, why = next(iter(result.failed.items()))
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise NmfsegError(
+            f"{n} of {total} model(s) failed: {first}: {why}{more}; "
+            f"see {plan.out / 'compare.md'} and {plan.out / 'study.json'}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``nmfseg study`` to ``app``."""
+    app.command("study", help=HELP)(handle_errors(study))

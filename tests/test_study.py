@@ -1,0 +1,316 @@
+"""``nmfseg study`` end to end on tiny toy phantoms: the table, resume after SIGKILL, the printed
+cluster jobs, a failing model, and bad input (one line, nothing written)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wilcoxon
+from torch import nn
+
+from helpers import cli
+from nmfseg.cli import app
+from nmfseg.cli import study as study_cli
+from nmfseg.data.splits import load_splits
+from nmfseg.evaluation.compare import ModelCost
+from nmfseg.evaluation.evaluate import read_report
+from nmfseg.models import ModelConfig, load_model, temporarily_registered_model
+from nmfseg.models.checkpoint import read_checkpoint
+from nmfseg.models.complexity import count_flops, count_params
+from nmfseg.phantoms.toy import make_toy_dataset
+from nmfseg.study.plan import parse_folds, parse_setting
+
+if "study" not in {c.name for c in app.registered_commands}:
+    study_cli.register(app)  # until nmfseg.cli lists "nmfseg.cli.study"
+
+# Two tiny networks on 16^3 patches, 2 folds; SegResNet trains one step more (3), so that a
+# kill after step 3 hits it after the Swin Factorizer is done (trained, predicted, evaluated).
+MODELS = ["swin_factorizer_brats", "segresnet"]
+SWIN = ["channels=8,16,32", "window_size=2", "pos_embed_grid=1", "deep_supr_num=1"]
+ARGS = [
+    "--models", ",".join(MODELS), "--n-folds", "2", "--steps", "2", "--patch-size", "16",
+    "--set", "segresnet:steps=3", "--set", "checkpoint_every=1", "--workers", "0",
+    "--device", "cpu", "--model-arg", "segresnet:init_filters=8", "--quiet",
+    *(a for arg in SWIN for a in ("--model-arg", f"swin_factorizer_brats:{arg}")),
+]  # fmt: skip
+OUTPUTS = ["compare.csv", "compare.md", "dice_boxplot.png", "hd95_boxplot.png", "study.json"]
+
+# `python -c` that runs the CLI with `study` registered (a subprocess, to be SIGKILLed).
+RUNNER = (
+    "import sys\n"
+    "from nmfseg.cli import app, main, study\n"
+    "if 'study' not in {c.name for c in app.registered_commands}:\n"
+    "    study.register(app)\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return make_toy_dataset(root / "Toy", "msd_brats", n_cases=5, shape=(20, 20, 20), seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(toy, tmp_path_factory):
+    """An uninterrupted study: ``(out, result)``."""
+    out = tmp_path_factory.mktemp("reference") / "study"
+    return out, cli("study", toy, *ARGS, "-o", out)
+
+
+def _table(out: Path) -> tuple[str, str]:
+    return (out / "compare.md").read_text(), (out / "compare.csv").read_text()
+
+
+def _csv(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "compare.csv").open(newline="") as fh:
+        return {row["model"]: row for row in csv.DictReader(fh)}
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("nmfseg: error: "), result.output
+    assert sum(line.startswith("nmfseg: error:") for line in lines) == 1
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_parse_folds_and_settings():
+    assert parse_folds(None, 3) == [0, 1, 2]
+    assert parse_folds("3,1-2,1", 5) == [3, 1, 2]
+    for spec, problem in (("0-9", "fold 5 is out of range: there are 5 folds (0-4)"),
+                          ("a", "expected fold numbers"), ("3-1", "is empty")):  # fmt: skip
+        with pytest.raises(Exception, match=re.escape(problem)):
+            parse_folds(spec, 5)
+    s = parse_setting("segresnet:optimizer.lr=1e-3", "--set", MODELS)
+    assert (s.model, s.key, s.value, s.source) == (
+        "segresnet", "optimizer.lr", 1e-3, "--set segresnet:optimizer.lr"
+    )  # fmt: skip
+    assert parse_setting("device=cuda:1", "--set", MODELS).value == "cuda:1"
+    with pytest.raises(Exception, match="'unet' is not one of --models"):
+        parse_setting("unet:x=1", "--model-arg", MODELS)
+
+
+@pytest.mark.slow
+def test_study_writes_table_1_pooled_over_the_folds(toy, reference):
+    out, result = reference
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*OUTPUTS, "predictions", "reports", "runs"]
+    )
+    # one line per (model, fold) stage, with the time taken and what is left
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("nmfseg study: [")]
+    assert len(lines) == 12
+    assert lines[0].startswith("nmfseg study: [1/12] swin_factorizer_brats fold 0 train: ")
+    assert " in " in lines[0] and "left" in lines[0] and lines[-1].endswith("nothing left")
+
+    splits = load_splits(out / "runs" / "Toy" / "splits.json")
+    rows = _csv(out)
+    md = (out / "compare.md").read_text()
+    assert "| Model | #Params | FLOPs | n | Dice ET (%) |" in md
+    assert "Wilcoxon signed-rank test against swin_factorizer_brats" in md
+    for model in MODELS:
+        pooled = []
+        for fold, split in enumerate(splits):
+            report = out / "reports" / model / f"fold_{fold}"
+            _, fold_rows = read_report(report)
+            assert [r["case_id"] for r in fold_rows] == split["val"]  # the fold's own cases
+            preds = sorted(
+                p.name for p in (out / "predictions" / model / f"fold_{fold}").glob("*.nii*")
+            )
+            assert preds == sorted(f"{c}.nii.gz" for c in split["val"])
+            pooled += fold_rows
+        assert int(rows[model]["n_cases"]) == 5  # every case once: cross-validation
+        mean = np.mean([r["dice_avg"] for r in pooled])
+        assert float(rows[model]["dice_avg_mean"]) == pytest.approx(mean)
+        # #params of the networks as trained, FLOPs at the preset's paper input (1x4x128^3)
+        net, _ = load_model(out / "runs" / "Toy" / model / "fold_0")
+        params, flops = count_params(net), count_flops(net, (1, 4, 128, 128, 128))["total"]
+        assert int(rows[model]["params"]) == params and int(rows[model]["flops"]) == flops
+        assert rows[model]["flops_input"] == "1x4x128x128x128" and rows[model]["status"] == "ok"
+        cells = ModelCost(params, flops).cells()
+        assert f"| {model} | {cells[0]} | {cells[1]} | 5 |" in md
+    ref_rows = {r["case_id"]: r for f in (0, 1) for r in read_report(
+        out / "reports" / "swin_factorizer_brats" / f"fold_{f}")[1]}  # fmt: skip
+    seg_rows = {r["case_id"]: r for f in (0, 1) for r in read_report(
+        out / "reports" / "segresnet" / f"fold_{f}")[1]}  # fmt: skip
+    x = [seg_rows[c]["dice_avg"] for c in ref_rows]
+    y = [ref_rows[c]["dice_avg"] for c in ref_rows]
+    p = rows["segresnet"]["dice_avg_p"]
+    assert p == "" if x == y else float(p) == pytest.approx(wilcoxon(x, y).pvalue)
+
+    manifest = json.loads((out / "study.json").read_text())
+    assert manifest["status"] == "done" and manifest["failed"] == {}
+    assert manifest["models"] == MODELS and manifest["folds"] == [0, 1]
+    assert manifest["checkpoint"] == "final" and sorted(manifest["files"]) == OUTPUTS[:4]
+    assert [(j["model"], j["fold"], j["status"]) for j in manifest["jobs"]] == [
+        (m, f, "done") for m in MODELS for f in (0, 1)
+    ]
+    seg = manifest["jobs"][2]
+    assert "steps=3" in seg["train"] and seg["model_args"] == ["init_filters=8"]
+    assert all(s["status"] == "done" and s["seconds"] >= 0 for s in seg["stages"].values())
+    assert read_checkpoint(out / seg["run"] / "checkpoint_final.pt")["step"] == 3
+
+    # The same command again reuses everything and writes the same table.
+    before = _table(out)
+    again = cli("study", toy, *ARGS, "-o", out)
+    assert again.exit_code == 0, again.output
+    assert "trained" not in again.stderr and "predicted" not in again.stderr
+    assert again.stderr.count("finished run found") == 4
+    assert again.stderr.count("report found") == 4
+    assert _table(out) == before
+    # Other settings on the same folder: refused before anything is touched.
+    stamp = (out / "study.json").stat().st_mtime_ns
+    changed = cli("study", toy, *ARGS, "--steps", "5", "-o", out)
+    assert changed.exit_code == 1
+    assert "--steps: differs from the run being resumed" in _one_error_line(changed)
+    assert (out / "study.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_study_killed_anywhere_continues_to_the_same_table(toy, reference, tmp_path):
+    ref_out, ref_result = reference
+    assert ref_result.exit_code == 0, ref_result.output
+    out = tmp_path / "study"
+    args = ["study", str(toy), *ARGS, "-o", str(out)]
+    # Killed right after SegResNet's step 3 of fold 0 (its checkpoint of step 2 is on disk).
+    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    seg = out / "runs" / "Toy" / "segresnet" / "fold_0"
+    assert read_checkpoint(seg / "checkpoint_last.pt")["step"] == 2
+    assert not (seg / "checkpoint_final.pt").exists()
+    assert (out / "reports" / "swin_factorizer_brats" / "fold_1" / "summary.json").is_file()
+    assert json.loads((out / "study.json").read_text())["status"] == "running"
+    assert not (out / "compare.md").exists()
+
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "segresnet fold 0 train: resumed and trained to step 3" in result.stderr
+    assert result.stderr.count("finished run found") == 2  # the Swin Factorizer's folds
+    assert _table(out) == _table(ref_out)
+
+
+@pytest.mark.slow
+def test_printed_jobs_run_anywhere_then_study_only_collects(toy, reference, tmp_path):
+    ref_out, ref_result = reference
+    assert ref_result.exit_code == 0, ref_result.output
+    out = tmp_path / "study"
+    printed = cli("study", toy, *ARGS, "-o", out, "--print-jobs")
+    assert printed.exit_code == 0, printed.output
+    assert not out.exists()  # printing writes nothing
+    lines = printed.stdout.strip().splitlines()
+    assert len(lines) == 4 and "SLURM" in printed.stderr
+    for line in lines:
+        train, predict = line.split(" && ")
+        for command in (train, predict):
+            argv = shlex.split(command)
+            assert argv[0] == "nmfseg"
+            result = cli(*argv[1:])
+            assert result.exit_code == 0, f"{command}\n{result.output}"
+    # SegResNet's own steps replace the common ones; its own network argument only
+    assert " --steps 3 " in lines[2] and "--steps 2" not in lines[2]
+    assert "--model-arg init_filters=8" in lines[2] and "window_size" not in lines[2]
+
+    collected = cli("study", toy, *ARGS, "-o", out)
+    assert collected.exit_code == 0, collected.output
+    assert "trained" not in collected.stderr and "predicted" not in collected.stderr
+    assert collected.stderr.count("finished run found") == 4
+    assert collected.stderr.count("prediction(s) found") == 4
+    assert collected.stderr.count("mean Dice") == 4  # evaluated here
+    assert _table(out) == _table(ref_out)
+
+
+class _OutOfMemory(nn.Module):
+    """Builds, then fails on its first forward pass like a network too large for the GPU."""
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 3, spatial_dims: int = 3):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.spatial_dims = spatial_dims
+        self.conv = nn.Conv3d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@pytest.mark.slow
+def test_a_failing_model_is_reported_and_the_others_finish(toy, tmp_path):
+    out = tmp_path / "study"
+    args = ["--models", "oom_net,segresnet", "--reference", "segresnet", "--n-folds", "2",
+            "--steps", "2", "--patch-size", "16", "--workers", "0", "--device", "cpu",
+            "--model-arg", "segresnet:init_filters=8", "-q"]  # fmt: skip
+    config = ModelConfig("oom_net", _OutOfMemory, dataset="BraTS", in_channels=4, out_channels=3)
+    with temporarily_registered_model(config):
+        result = cli("study", toy, *args, "-o", out)
+    assert result.exit_code == 1, result.output
+    reason = "fold 0 train: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert _one_error_line(result).startswith(
+        f"nmfseg: error: 1 of 2 model(s) failed: oom_net: {reason}; see {out / 'compare.md'}"
+    )
+    md = (out / "compare.md").read_text()
+    assert "| oom_net | n/a | n/a | – | – |" in md and f"| failed: {reason} |" in md
+    assert "| segresnet | 1.2M |" in md and md.count("| ok |") == 1
+    assert "| segresnet | 5 |" not in md  # no paired tests without a second evaluated model
+    rows = _csv(out)
+    assert rows["oom_net"]["status"] == "failed" and rows["oom_net"]["failure"] == reason
+    assert rows["oom_net"]["dice_avg_mean"] == "" and int(rows["segresnet"]["n_cases"]) == 5
+    assert (out / "dice_boxplot.png").is_file()
+    manifest = json.loads((out / "study.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed"] == {"oom_net": reason}
+    assert [j["status"] for j in manifest["jobs"]] == ["failed", "skipped", "done", "done"]
+    assert manifest["jobs"][0]["stages"]["train"]["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--models", "segresnet,nope"], "--models 'nope': unknown network; choose from "),
+        (["--models", "segresnet,segresnet"], "--models names segresnet more than once"),
+        (["--models", "segresnet", "--folds", "0-9"],
+         "--folds '0-9': fold 5 is out of range: there are 5 folds (0-4)"),
+        (["--models", "segresnet", "--folds", "x"], "--folds 'x': expected fold numbers"),
+        (["--models", "segresnet", "--reference", "nnunet_brats"],
+         "--reference 'nnunet_brats' is not one of --models (segresnet)"),
+        (["--models", "segresnet", "--model-arg", "nnunet_brats:x=1"],
+         "--model-arg 'nnunet_brats:x=1': 'nnunet_brats' is not one of --models"),
+        (["--models", "segresnet", "--model-arg", "segresnet:bogus=1"], "'bogus'"),
+        (["--models", "segresnet", "--set", "segresnet:steps=-1"], "--set segresnet:steps"),
+        (["--models", "segresnet", "--set", "steps"], "expected [MODEL:]KEY=VALUE"),
+        (["--models", "segresnet", "--config", "missing.yaml"], "missing.yaml: no such file"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_writes_nothing(toy, tmp_path, extra, expected):
+    out = tmp_path / "study"
+    result = cli("study", toy, "--workers", "0", "-o", out, *extra)
+    assert result.exit_code == 1, result.output
+    assert expected in _one_error_line(result)
+    assert not out.exists()
+
+
+def test_out_must_be_a_folder(toy, tmp_path):
+    out = tmp_path / "file.txt"
+    out.write_text("x")
+    result = cli("study", toy, "--models", "segresnet", "-o", out)
+    assert result.exit_code == 1
+    assert "exists and is not a folder" in _one_error_line(result)
+
+
+def test_study_refuses_to_run_under_torchrun(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("study", toy, "--models", "segresnet", "-o", tmp_path / "study")
+    assert result.exit_code == 1
+    assert "runs in one process; for several GPUs print the jobs" in _one_error_line(result)
+    assert not (tmp_path / "study").exists()
