@@ -37,14 +37,22 @@ from nmfseg.models.checkpoint import find_checkpoint, load_weights, read_checkpo
 from nmfseg.registry import Registry
 
 __all__ = [
+    "PAPER_DATASETS",
     "ModelConfig",
     "create_model",
     "list_models",
     "load_model",
     "model_info",
     "register_model",
+    "register_paper_presets",
     "temporarily_registered_model",
 ]
+
+#: The paper's two datasets: the channels of their presets and the input of Tables 1-2.
+PAPER_DATASETS: dict[str, dict[str, Any]] = {
+    "brats": dict(dataset="BraTS", in_channels=4, out_channels=3, patch_size=(128, 128, 128)),
+    "isles": dict(dataset="ISLES22", in_channels=2, out_channels=1, patch_size=(64, 64, 64)),
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,37 @@ def register_model(entry: ModelConfig | Callable[..., nn.Module]) -> Any:
     config = entry if isinstance(entry, ModelConfig) else ModelConfig(entry.__name__, entry)
     MODELS.add(config.name, config)
     return entry
+
+
+def register_paper_presets(
+    family: str,
+    builder: Callable[..., nn.Module],
+    kwargs: Mapping[str, Any],
+    paper: Mapping[str, tuple[float | None, float | None]],
+    description: str,
+    per_dataset: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Register ``{family}_brats`` and ``{family}_isles`` (the datasets named in ``paper``).
+
+    Each preset is ``builder(**kwargs, in_channels=, out_channels=, **per_dataset[dataset])``
+    with the dataset's channels (:data:`PAPER_DATASETS`), and records the paper's
+    ``(#params, GFLOPs)`` of Table 1 (BraTS) or Table 2 (ISLES'22).
+    """
+    for data, info in PAPER_DATASETS.items():
+        if data not in paper:
+            continue
+        channels = {"in_channels": info["in_channels"], "out_channels": info["out_channels"]}
+        register_model(
+            ModelConfig(
+                name=f"{family}_{data}",
+                builder=builder,
+                kwargs={**kwargs, **channels, **(per_dataset or {}).get(data, {})},
+                paper_params=paper[data][0],
+                paper_gflops=paper[data][1],
+                description=f"{description}, {info['dataset']} preset",
+                **info,
+            )
+        )
 
 
 def temporarily_registered_model(config: ModelConfig) -> AbstractContextManager[ModelConfig]:

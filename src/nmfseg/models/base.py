@@ -36,12 +36,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nmfseg.layers.args import check_channels
 
-__all__ = ["SegmentationNetwork", "crop"]
+__all__ = ["SegmentationNetwork", "UShapedNetwork", "crop"]
 
 
 class SegmentationNetwork(nn.Module):
@@ -103,6 +105,48 @@ class SegmentationNetwork(nn.Module):
         if any(pad):
             outs = [crop(o, size, 2**i) for i, o in enumerate(outs)]
         return outs if self.training else outs[0]
+
+
+class UShapedNetwork(SegmentationNetwork):
+    """A :class:`SegmentationNetwork` with a U-shaped decoder and deep-supervision heads.
+
+    Subclasses build ``self.decoder`` (stages called as ``stage(x, skip)``, deepest first) and
+    ``self.heads`` (one per output, highest resolution first), and implement
+    :meth:`forward_features` with :meth:`run_stage` and :meth:`decode`; the logits, the
+    heads used in ``eval()`` and gradient checkpointing are here.
+    """
+
+    decoder: nn.ModuleList
+    heads: nn.ModuleList
+    grad_checkpointing = False
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """Decoder feature maps of a padded input, highest resolution first."""
+        raise NotImplementedError
+
+    def run_stage(self, module: nn.Module, *args: Tensor) -> Tensor:
+        """``module(*args)``, recomputed in backward when gradient checkpointing is on."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def decode(self, out: Tensor, skips: list[Tensor]) -> list[Tensor]:
+        """Run the decoder from the bridge ``out`` over the ``skips`` (highest resolution
+        first); returns the decoder's feature maps, highest resolution first."""
+        feats = []
+        for stage in self.decoder:
+            out = self.run_stage(stage, out, skips.pop())
+            feats.append(out)
+        return feats[::-1]
+
+    def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
+        feats = self.forward_features(x)
+        heads = self.heads if self.training else self.heads[:1]
+        return [head(f) for head, f in zip(heads, feats, strict=False)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of storing its activations (timm API)."""
+        self.grad_checkpointing = enable
 
 
 def crop(x: Tensor, size: Sequence[int], factor: int = 1) -> Tensor:

@@ -29,7 +29,7 @@ Examples::
 from __future__ import annotations
 
 from nmfseg.blocks import conv as _conv  # noqa: F401  (registers "conv", "resconv")
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.unet import UNet
 
 __all__: list[str] = []
@@ -38,10 +38,6 @@ _SKELETON = dict(
     spatial_dims=3, channels=[32, 64, 128, 256, 512], dropout=0.0, pos_embed=False,
     deep_supervision=True, deep_supr_num=2, decoder_proj=False,
 )  # fmt: skip
-_DATASETS = {
-    "brats": dict(dataset="BraTS", in_channels=4, out_channels=3, patch_size=(128, 128, 128)),
-    "isles": dict(dataset="ISLES22", in_channels=2, out_channels=1, patch_size=(64, 64, 64)),
-}
 # name: (block, #params of Tables 1-2, GFLOPs of Table 1 (BraTS), of Table 2 (ISLES'22), text)
 _VARIANTS = {
     "nnunet": ("conv", 28.7e6, 1152.8, 143.1, "nnU-Net baseline: (conv-GroupNorm-LeakyReLU) x 2"),
@@ -49,21 +45,10 @@ _VARIANTS = {
 }
 
 for _name, (_block, _params, _brats_gflops, _isles_gflops, _text) in _VARIANTS.items():
-    for _data, _info in _DATASETS.items():
-        register_model(
-            ModelConfig(
-                name=f"{_name}_{_data}",
-                builder=UNet,
-                kwargs={
-                    **_SKELETON,
-                    "in_channels": _info["in_channels"],
-                    "out_channels": _info["out_channels"],
-                    "block": _block,
-                    "block_args": {"norm": "group", "act": "leakyrelu"},
-                },
-                paper_params=_params,
-                paper_gflops=_brats_gflops if _data == "brats" else _isles_gflops,
-                description=f"{_text}, on the paper's U-Net skeleton, {_info['dataset']} preset",
-                **_info,
-            )
-        )
+    register_paper_presets(
+        _name,
+        UNet,
+        {**_SKELETON, "block": _block, "block_args": {"norm": "group", "act": "leakyrelu"}},
+        paper={"brats": (_params, _brats_gflops), "isles": (_params, _isles_gflops)},
+        description=f"{_text}, on the paper's U-Net skeleton",
+    )

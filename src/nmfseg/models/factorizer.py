@@ -34,7 +34,12 @@ from typing import Literal
 from torch import Tensor
 
 from nmfseg.mixers.nmf import NMFRecord, WrappedNMF, nmf_layers, set_nmf
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import (
+    PAPER_DATASETS,
+    ModelConfig,
+    register_model,
+    register_paper_presets,
+)
 from nmfseg.models.unet import UNet
 from nmfseg.nmf import MATRICIZE_KINDS, SOLVERS
 
@@ -217,32 +222,21 @@ _ISLES = dict(
     spatial_dims=3, in_channels=2, out_channels=1, channels=[32, 64, 128, 256, 512],
     head_dim=4, window_size=4, mlp_ratio=4, pos_embed_grid=4,
 )  # fmt: skip
-_DATASETS = {
-    "brats": (_BRATS, dict(dataset="BraTS", in_channels=4, out_channels=3,
-                           patch_size=(128, 128, 128), paper_params=5.9e6)),
-    "isles": (_ISLES, dict(dataset="ISLES22", in_channels=2, out_channels=1,
-                           patch_size=(64, 64, 64), paper_params=7.4e6)),
-}  # fmt: skip
-# (matricize, GFLOPs of Table 1 for BraTS, of Table 2 for ISLES'22, description)
+# (matricize: GFLOPs of Table 1 for BraTS, of Table 2 for ISLES'22, description)
 _VARIANTS = {
     "global": (170.0, 28.5, "Global Factorizer (heads x all voxels)"),
     "local": (170.0, 28.5, "Local Factorizer (non-overlapping windows)"),
     "swin": (174.2, 29.1, "Swin Factorizer (shifted windows)"),
 }
-
 for _kind, (_brats_gflops, _isles_gflops, _text) in _VARIANTS.items():
-    for _data, (_kwargs, _info) in _DATASETS.items():
-        register_model(
-            ModelConfig(
-                name=f"{_kind}_factorizer_{_data}",
-                builder=Factorizer,
-                kwargs={**_kwargs, "matricize": _kind},
-                paper_gflops=_brats_gflops if _data == "brats" else _isles_gflops,
-                description=f"{_text}, {_info['dataset']} preset",
-                **_info,
-            )
-        )
-
+    register_paper_presets(
+        f"{_kind}_factorizer",
+        Factorizer,
+        {"matricize": _kind},
+        paper={"brats": (5.9e6, _brats_gflops), "isles": (7.4e6, _isles_gflops)},
+        description=_text,
+        per_dataset={"brats": _BRATS, "isles": _ISLES},
+    )
 
 # The ablations of Tables 3 (subblocks) and 4 (position embedding), BraTS: the full preset with
 # one part left out. Without NMF the matricize no longer matters, so Table 3's "MLP only" row is
@@ -259,7 +253,7 @@ for _kind, (_, _, _text) in _VARIANTS.items():
                 builder=Factorizer,
                 kwargs={**_BRATS, "matricize": _kind, **_overrides},
                 description=f"{_text} {_what}",
-                **{k: v for k, v in _DATASETS["brats"][1].items() if k != "paper_params"},
+                **PAPER_DATASETS["brats"],
             )
         )
 register_model(
@@ -268,6 +262,6 @@ register_model(
         builder=Factorizer,
         kwargs={**_BRATS, "nmf": False},
         description="Factorizer without NMF subblocks (MLP only), Table 3",
-        **{k: v for k, v in _DATASETS["brats"][1].items() if k != "paper_params"},
+        **PAPER_DATASETS["brats"],
     )
 )

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from nmfseg.layers.args import int_tuple
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
 __all__ = ["UNETR", "SwinUNETR"]
@@ -282,39 +282,18 @@ class SwinUNETR(SegmentationNetwork):
 
 # --------------------------------------------------------------------------------------
 # The paper's presets (Table 1 for BraTS at 1×4×128³, Table 2 for ISLES'22 at 1×2×64³)
-_DATASETS = {
-    "brats": dict(dataset="BraTS", in_channels=4, out_channels=3, patch_size=(128, 128, 128)),
-    "isles": dict(dataset="ISLES22", in_channels=2, out_channels=1, patch_size=(64, 64, 64)),
-}
-_VARIANTS = {
-    "unetr": (UNETR, dict(feature_size=32), "MONAI UNETR (ViT-B/16, feature_size=32)"),
-    "swin_unetr": (SwinUNETR, dict(feature_size=48), "MONAI Swin UNETR (feature_size=48)"),
-}
-_PAPER = {  # (#params, GFLOPs) of Tables 1-2
-    ("unetr", "brats"): (111.5e6, 1124.9),
-    ("unetr", "isles"): (104.8e6, 137.8),
-    ("swin_unetr", "brats"): (62.2e6, 1549.8),
-    ("swin_unetr", "isles"): (62.2e6, 194.6),
-}
-
-for (_name, _data), (_params, _gflops) in _PAPER.items():
-    _builder, _kwargs, _text = _VARIANTS[_name]
-    _info = _DATASETS[_data]
-    if _builder is UNETR:
-        _kwargs = {**_kwargs, "img_size": _info["patch_size"][0]}  # one int: 2D too
-    register_model(
-        ModelConfig(
-            name=f"{_name}_{_data}",
-            builder=_builder,
-            kwargs=dict(
-                spatial_dims=3,
-                in_channels=_info["in_channels"],
-                out_channels=_info["out_channels"],
-                **_kwargs,
-            ),
-            paper_params=_params,
-            paper_gflops=_gflops,
-            description=f"{_text}, {_info['dataset']} preset",
-            **_info,
-        )
-    )
+register_paper_presets(
+    "unetr",
+    UNETR,
+    dict(spatial_dims=3, feature_size=32),
+    paper={"brats": (111.5e6, 1124.9), "isles": (104.8e6, 137.8)},
+    description="MONAI UNETR (ViT-B/16, feature_size=32)",
+    per_dataset={"brats": {"img_size": 128}, "isles": {"img_size": 64}},  # one int: 2D too
+)
+register_paper_presets(
+    "swin_unetr",
+    SwinUNETR,
+    dict(spatial_dims=3, feature_size=48),
+    paper={"brats": (62.2e6, 1549.8), "isles": (62.2e6, 194.6)},
+    description="MONAI Swin UNETR (feature_size=48)",
+)

@@ -56,14 +56,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from nmfseg.layers import LayerNorm
 from nmfseg.layers.args import int_tuple
-from nmfseg.models._registry import ModelConfig, register_model
-from nmfseg.models.base import SegmentationNetwork
+from nmfseg.models._registry import register_paper_presets
+from nmfseg.models.base import UShapedNetwork
 from nmfseg.models.nnformer_blocks import SkipAttentionLayer, TransformerLayer
 
 __all__ = ["NNFormer", "conv_embedding"]
@@ -82,6 +80,7 @@ def conv_embedding(spatial_dims: int, in_channels: int, feature_size: int) -> nn
 
     Examples::
 
+        >>> import torch
         >>> conv_embedding(3, 4, 8)(torch.randn(1, 4, 8, 12, 16)).shape
         torch.Size([1, 8, 2, 3, 4])
     """
@@ -106,7 +105,7 @@ class _DecoderStage(nn.Module):
         return self.layers(self.skip_layer(self.up(x), skip))
 
 
-class NNFormer(SegmentationNetwork):
+class NNFormer(UShapedNetwork):
     """nnFormer for 2D or 3D segmentation, on inputs of any spatial size.
 
     ``forward`` returns one logit tensor of the input's spatial size in ``eval()`` and, with
@@ -193,7 +192,6 @@ class NNFormer(SegmentationNetwork):
         self.local_stages = local_stages
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num
-        self.grad_checkpointing = False
 
         def windows(i: int) -> tuple[int, ...] | None:
             return window if i < local_stages else None
@@ -231,11 +229,6 @@ class NNFormer(SegmentationNetwork):
             tconv(widths[i], out_channels, kernel_size=4, stride=4) for i in range(heads)
         )
 
-    def _run(self, module: nn.Module, *args: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Decoder feature maps of a padded input, highest resolution first:
         ``len(depths) - 1`` tensors ``(B, feature_size·2^i, *size / (4·2^i))``."""
@@ -244,23 +237,9 @@ class NNFormer(SegmentationNetwork):
         for i, stage in enumerate(self.encoder):
             if i:
                 out = self.downsample[i - 1](out)
-            out = self._run(stage, out)
+            out = self.run_stage(stage, out)
             skips.append(self.skip_norms[i](out))
-        out = skips.pop()
-        feats = []
-        for stage in self.decoder:
-            out = self._run(stage, out, skips.pop())
-            feats.append(out)
-        return feats[::-1]
-
-    def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
-        feats = self.forward_features(x)
-        heads = self.heads if self.training else self.heads[:1]
-        return [head(f) for head, f in zip(heads, feats, strict=False)]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in backward instead of storing its activations (timm API)."""
-        self.grad_checkpointing = enable
+        return self.decode(skips.pop(), skips)
 
 
 # --------------------------------------------------------------------------------------
@@ -270,31 +249,10 @@ _NNFORMER = dict(
     spatial_dims=3, feature_size=192, depths=[2, 2, 2, 2], num_heads=[6, 12, 24, 48],
     window_size=4, local_stages=2, mlp_ratio=4, dropout=0.0,
 )  # fmt: skip
-register_model(
-    ModelConfig(
-        name="nnformer_brats",
-        builder=NNFormer,
-        kwargs={**_NNFORMER, "in_channels": 4, "out_channels": 3},
-        dataset="BraTS",
-        in_channels=4,
-        out_channels=3,
-        patch_size=(128, 128, 128),
-        paper_params=149.4e6,
-        paper_gflops=489.9,
-        description="nnFormer (C=192, heads 6-12-24-48, LV-MSA 4³ / GV-MSA), BraTS preset",
-    )
-)
-register_model(
-    ModelConfig(
-        name="nnformer_isles",
-        builder=NNFormer,
-        kwargs={**_NNFORMER, "in_channels": 2, "out_channels": 1},
-        dataset="ISLES22",
-        in_channels=2,
-        out_channels=1,
-        patch_size=(64, 64, 64),
-        paper_params=149.2e6,
-        paper_gflops=60.6,
-        description="nnFormer (C=192, heads 6-12-24-48, LV-MSA 4³ / GV-MSA), ISLES'22 preset",
-    )
+register_paper_presets(
+    "nnformer",
+    NNFormer,
+    _NNFORMER,
+    paper={"brats": (149.4e6, 489.9), "isles": (149.2e6, 60.6)},
+    description="nnFormer (C=192, heads 6-12-24-48, LV-MSA 4³ / GV-MSA)",
 )

@@ -40,53 +40,26 @@ Examples::
 from __future__ import annotations
 
 from nmfseg.mixers import favor  # noqa: F401  (registers the "favor" mixer)
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.unet import UNet
 
 __all__: list[str] = []
 
-# The skeleton of the Factorizer presets of the same dataset (models/factorizer.py: _BRATS,
-# _ISLES); only the mixer differs.
-_BRATS = dict(
-    spatial_dims=3, in_channels=4, out_channels=3, channels=[32, 64, 128, 256, 512],
-    block="mixer",
-    block_args={"mixer": "favor", "mixer_args": {"head_dim": 8, "num_features": 16},
-                "mlp_ratio": 2},
-    dropout=0.1, pos_embed_grid=8,
-)  # fmt: skip
-_ISLES = dict(
-    spatial_dims=3, in_channels=2, out_channels=1, channels=[32, 64, 128, 256, 512],
-    block="mixer",
-    block_args={"mixer": "favor", "mixer_args": {"head_dim": 4, "num_features": 5},
-                "mlp_ratio": 4},
-    dropout=0.1, pos_embed_grid=4,
-)  # fmt: skip
+# The skeleton of the Factorizer presets of the same dataset (models/factorizer.py); only the
+# mixer differs.
+_SKELETON = dict(spatial_dims=3, channels=[32, 64, 128, 256, 512], block="mixer", dropout=0.1)
 
-register_model(
-    ModelConfig(
-        name="performer_brats",
-        builder=UNet,
-        kwargs=_BRATS,
-        dataset="BraTS",
-        in_channels=4,
-        out_channels=3,
-        patch_size=(128, 128, 128),
-        paper_params=6.7e6,
-        paper_gflops=222.7,
-        description="Performer (Factorizer skeleton, FAVOR+ over all voxels), BraTS preset",
-    )
-)
-register_model(
-    ModelConfig(
-        name="performer_isles",
-        builder=UNet,
-        kwargs=_ISLES,
-        dataset="ISLES22",
-        in_channels=2,
-        out_channels=1,
-        patch_size=(64, 64, 64),
-        paper_params=8.2e6,
-        paper_gflops=33.0,
-        description="Performer (Factorizer skeleton, FAVOR+ over all voxels), ISLES'22 preset",
-    )
+
+def _favor(head_dim: int, num_features: int, mlp_ratio: int, grid: int) -> dict:
+    mixer = {"mixer": "favor", "mixer_args": {"head_dim": head_dim, "num_features": num_features}}
+    return {"block_args": {**mixer, "mlp_ratio": mlp_ratio}, "pos_embed_grid": grid}
+
+
+register_paper_presets(
+    "performer",
+    UNet,
+    _SKELETON,
+    paper={"brats": (6.7e6, 222.7), "isles": (8.2e6, 33.0)},
+    description="Performer (Factorizer skeleton, FAVOR+ over all voxels)",
+    per_dataset={"brats": _favor(8, 16, 2, 8), "isles": _favor(4, 5, 4, 4)},
 )

@@ -66,7 +66,7 @@ from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
 from nmfseg.layers.args import int_tuple
 from nmfseg.layers.factories import NormSpec, make_norm
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
 __all__ = ["SelfAttention", "TransBTS", "TransformerLayer"]
@@ -338,31 +338,11 @@ _COMMON = dict(
     num_layers=4, num_heads=8, mlp_dim=4096,
 )  # fmt: skip
 
-register_model(
-    ModelConfig(
-        name="transbts_brats",
-        builder=TransBTS,
-        kwargs={**_COMMON, "in_channels": 4, "out_channels": 3, "pos_embed_grid": 16},
-        dataset="BraTS",
-        in_channels=4,
-        out_channels=3,
-        patch_size=(128, 128, 128),
-        paper_params=33.0e6,
-        paper_gflops=653.0,
-        description="TransBTS (Wang et al., 2021), BraTS preset",
-    )
-)
-register_model(
-    ModelConfig(
-        name="transbts_isles",
-        builder=TransBTS,
-        kwargs={**_COMMON, "in_channels": 2, "out_channels": 1, "pos_embed_grid": 8},
-        dataset="ISLES22",
-        in_channels=2,
-        out_channels=1,
-        patch_size=(64, 64, 64),
-        paper_params=31.0e6,
-        paper_gflops=66.1,
-        description="TransBTS (Wang et al., 2021), ISLES'22 preset",
-    )
+register_paper_presets(
+    "transbts",
+    TransBTS,
+    _COMMON,
+    paper={"brats": (33.0e6, 653.0), "isles": (31.0e6, 66.1)},
+    description="TransBTS (Wang et al., 2021)",
+    per_dataset={"brats": {"pos_embed_grid": 16}, "isles": {"pos_embed_grid": 8}},
 )

@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
 from nmfseg.layers.args import int_tuple
-from nmfseg.models.base import SegmentationNetwork
+from nmfseg.models.base import UShapedNetwork
 
 __all__ = ["UNet"]
 
@@ -82,7 +81,7 @@ class _DecoderStage(nn.Module):
         return self.block(self._project(skip, self.up(x)))
 
 
-class UNet(SegmentationNetwork):
+class UNet(UShapedNetwork):
     """The paper's U-Net skeleton with a block chosen by name, on inputs of any size.
 
     ``forward`` returns one logit tensor of the input's spatial size in ``eval()`` and, with
@@ -150,7 +149,6 @@ class UNet(SegmentationNetwork):
         self.channels = channels
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num
-        self.grad_checkpointing = False
 
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         tconv = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
@@ -189,31 +187,12 @@ class UNet(SegmentationNetwork):
         last = len(self.channels) - 1
         return [*enumerate(self.encoder), *zip(reversed(range(last)), self.decoder, strict=True)]
 
-    def _run(self, module: nn.Module, *args: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Decoder feature maps of a padded input, highest resolution first:
         ``len(channels) - 1`` tensors ``(B, channels[i], *size / 2**i)``."""
         skips = []
         out = self.stem(x)
         for stage in self.encoder:
-            out = self._run(stage, out)
+            out = self.run_stage(stage, out)
             skips.append(out)
-        out = skips.pop()
-        feats = []
-        for stage in self.decoder:
-            out = self._run(stage, out, skips.pop())
-            feats.append(out)
-        return feats[::-1]
-
-    def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
-        feats = self.forward_features(x)
-        heads = self.heads if self.training else self.heads[:1]
-        return [head(f) for head, f in zip(heads, feats, strict=False)]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in backward instead of storing its activations (timm API)."""
-        self.grad_checkpointing = enable
+        return self.decode(skips.pop(), skips)
