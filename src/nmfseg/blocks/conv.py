@@ -40,6 +40,8 @@ Examples::
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from nmfseg.blocks._registry import register_block
@@ -132,20 +134,8 @@ class ResConvBlock(ConvBlock):
         'Identity'
     """
 
-    def __init__(
-        self,
-        channels: int,
-        spatial_dims: int = 3,
-        dropout: float = 0.0,
-        in_channels: int | None = None,
-        kernel_size: int = 3,
-        norm: NormSpec = "group",
-        act: ActSpec = "leakyrelu",
-        bias: bool = True,
-    ) -> None:
-        super().__init__(
-            channels, spatial_dims, dropout, in_channels, kernel_size, norm, act, bias
-        )  # fmt: skip
+    def __init__(self, channels: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channels, *args, **kwargs)
         self.shortcut: nn.Module = (
             nn.Identity()
             if self.in_channels == channels
@@ -158,13 +148,5 @@ class ResConvBlock(ConvBlock):
         return self.act2(out + self.shortcut(x))
 
 
-@register_block("conv")
-def _conv_block(channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs) -> nn.Module:
-    return ConvBlock(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
-
-
-@register_block("resconv")
-def _resconv_block(
-    channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs
-) -> nn.Module:
-    return ResConvBlock(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
+register_block("conv")(ConvBlock)
+register_block("resconv")(ResConvBlock)

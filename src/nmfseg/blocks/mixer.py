@@ -88,6 +88,4 @@ class MixerBlock(nn.Module):
         return x
 
 
-@register_block("mixer")
-def _mixer_block(channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs) -> nn.Module:
-    return MixerBlock(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
+register_block("mixer")(MixerBlock)

@@ -60,7 +60,7 @@ import math
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from nmfseg.layers import PointwiseConv
 from nmfseg.mixers._registry import register_mixer
@@ -305,6 +305,4 @@ class FAVORAttention(ProjectedMixer):
         )
 
 
-@register_mixer("favor")
-def _favor(channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs) -> nn.Module:
-    return FAVORAttention(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
+register_mixer("favor")(FAVORAttention)

@@ -199,9 +199,7 @@ class WrappedNMF(ProjectedMixer):
         return f"channels={self.channels}, matricize={self.kind!r}, enabled={self.enabled}"
 
 
-@register_mixer("nmf")
-def _wrapped_nmf(channels: int, spatial_dims: int = 3, dropout: float = 0.0, **kwargs) -> nn.Module:
-    return WrappedNMF(channels, spatial_dims=spatial_dims, dropout=dropout, **kwargs)
+register_mixer("nmf")(WrappedNMF)
 
 
 def nmf_layers(model: nn.Module) -> list[WrappedNMF]:

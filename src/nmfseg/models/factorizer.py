@@ -41,7 +41,6 @@ from nmfseg.models._registry import (
     register_paper_presets,
 )
 from nmfseg.models.unet import UNet
-from nmfseg.nmf import MATRICIZE_KINDS, SOLVERS
 
 __all__ = ["Factorizer"]
 
@@ -110,10 +109,6 @@ class Factorizer(UNet):
                     f"every width in channels={channels} should be divisible by "
                     f"head_dim={head_dim}."
                 )
-        if matricize not in MATRICIZE_KINDS:
-            raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
-        if solver not in SOLVERS:
-            raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio should be > 0, got {mlp_ratio!r}.")
         mixer_args = dict(
