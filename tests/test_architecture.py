@@ -51,8 +51,21 @@ _LOW = {
     "data",
 }
 ALLOWED["training"] = _LOW | {"inference", "evaluation"}
+ALLOWED["analysis"] = {
+    "data",
+    "models",
+    "mixers",
+    "layers",
+    "nmf",
+    "inference",
+    "evaluation",
+    "fileio",
+    "errors",
+    "registry",
+    "device",
+}
 ALLOWED["study"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
-ALLOWED["demo"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
+ALLOWED["demo"] = _LOW | {"phantoms", "inference", "evaluation", "training", "analysis"}
 ALLOWED["cli"] = set(ALLOWED) | {"study", "demo", "cli"}
 
 # Imports worth deferring into a function: they cost seconds, or only some paths need them.

@@ -408,7 +408,7 @@ def test_cli_single_case_input_and_overwrite(tmp_path, pointwise_registry):
     case = root / "imagesTr" / "BRATS_002.nii.gz"
     out = tmp_path / "pred"
     assert _cli("-m", run / "fold_0", "-i", case, "-o", out).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["BRATS_002.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["BRATS_002.nii.gz", "predict.json"]
 
     # an existing output is kept without --overwrite, and redone with it
     target = out / "BRATS_002.nii.gz"
@@ -478,6 +478,7 @@ def test_cli_corrupt_case_is_skipped_and_others_written(tmp_path, pointwise_regi
     assert sorted(p.name for p in out.iterdir()) == [
         "BraTS2021_00000.nii.gz",
         "BraTS2021_00002.nii.gz",
+        "predict.json",
     ]
     skipped = [line for line in res.output.splitlines() if "skipped case" in line]
     assert len(skipped) == 1 and "BraTS2021_00001" in skipped[0] and bad.name in skipped[0]
@@ -512,6 +513,7 @@ def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry,
     assert sorted(p.name for p in out.iterdir()) == [
         "BraTS-GLI-00000-000.nii.gz",
         "BraTS-GLI-00000-000_probabilities.npz",
+        "predict.json",
     ]
     assert _leftovers(out) == []
 
@@ -589,3 +591,69 @@ def test_cli_real_factorizer_checkpoint(tmp_path):
         clear = np.abs(ref[0] - 0.5) > 1e-4  # an untrained net sits near 0.5: skip ties
         assert clear.mean() > 0.5 and 0 < labels.sum() < labels.size
         np.testing.assert_array_equal(labels[clear], (ref[0] >= 0.5)[clear])
+
+
+# --------------------------------------------------------------------- settings and sidecar
+
+BAD_OPTIONS = [
+    (("--overlap", "1"), "--overlap '1': must be a number in [0, 1)"),
+    (("--overlap", "half"), "--overlap 'half': must be a number in [0, 1)"),
+    (("--sw-batch-size", "0"), "--sw-batch-size '0': must be an integer >= 1"),
+    (("--sw-batch-size", "1.5"), "--sw-batch-size '1.5': must be an integer >= 1"),
+    (("--blend", "linear"), "--blend 'linear': choose one of gaussian, constant"),
+    (("--threshold", "0"), "--threshold '0': must be a number in (0, 1)"),
+    (("--threshold", "1.5"), "--threshold '1.5': must be a number in (0, 1)"),
+    (("--amp", "fp16"), "--amp 'fp16': choose one of none, bf16"),
+    (("--nmf-layers", "0-x"), "--nmf-layers '0-x': not a layer list (use all, none, first, "
+     "last, a range 0-4 or a list 0,3,8)"),
+    (("--nmf-iters", "2"), f"--nmf-iters: the network {POINTWISE} has no NMF layers (only "
+     "Factorizers do); leave out the --nmf-* options"),
+    (("--nmf-solver", "mu"), f"--nmf-solver: the network {POINTWISE} has no NMF layers"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS, ids=lambda v: str(v)[:30])
+def test_cli_bad_settings_are_one_line_naming_the_option(
+    tmp_path, pointwise_registry, options, message
+):
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.phantoms.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "d", "isles22", n_cases=1, shape=(10, 10, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["isles22"], [_oracle(2, 1)])
+    res = _cli("-m", run, "-i", root, "-o", tmp_path / "pred", *options)
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nmfseg: error: {message}"), res.output
+    assert not (tmp_path / "pred").exists()
+
+
+def test_cli_sidecar_records_model_and_settings_and_threshold_applies(tmp_path, pointwise_registry):
+    import json
+
+    import nibabel as nib
+
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.phantoms.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "d", "isles22", n_cases=2, shape=(12, 11, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["isles22"], [_oracle(2, 1, gain=1.0)])
+    out, strict = tmp_path / "pred", tmp_path / "strict"
+    assert _cli("-m", run, "-i", root, "-o", out, "--device", "cpu", "--quiet").exit_code == 0
+    res = _cli("-m", run, "-i", root, "-o", strict, "--threshold", "0.8", "--tta", "--quiet")
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "predict.json").read_text())
+    assert record["model"] == str(run) and record["input"] == str(root.resolve())
+    assert record["checkpoints"] == [str((run / "fold_0" / "checkpoint_final.pt").resolve())]
+    assert record["output_scheme"] == "isles22"
+    assert record["settings"] == {
+        "patch_size": [8, 8, 8], "tta": False, "overlap": 0.5, "sw_batch_size": 1,
+        "blend": "gaussian", "threshold": 0.5, "amp": "none", "compile": False,
+        "nmf_iters": None, "nmf_rank": None, "nmf_solver": None, "nmf_layers": None,
+        "device": "cpu",
+    }  # fmt: skip
+    settings = json.loads((strict / "predict.json").read_text())["settings"]
+    assert settings["threshold"] == 0.8 and settings["tta"] is True
+    name = "sub-strokecase0001.nii.gz"
+    loose, tight = (np.asarray(nib.load(d / name).dataobj) for d in (out, strict))
+    assert tight.sum() < loose.sum() and not (tight & ~loose).any()

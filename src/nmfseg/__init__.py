@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 # (and `nmfseg --help`) does not import torch.
 _EXPORTS = {
     "NMF": "nmfseg.nmf",
+    "Predictor": "nmfseg.inference.predictor",
     "create_model": "nmfseg.models",
     "list_models": "nmfseg.models",
     "load_model": "nmfseg.models",
@@ -35,6 +36,7 @@ _EXPORTS = {
 
 __all__ = [
     "NMF",
+    "Predictor",
     "__version__",
     "create_model",
     "list_models",

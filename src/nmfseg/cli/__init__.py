@@ -1,7 +1,8 @@
 """The ``nmfseg`` command line.
 
-One verb per stage, nnU-Net style: ``check-data``, ``synth``, ``train``, ``predict``,
-``evaluate``, ``compare``, ``study``, ``complexity``, ``demo``. Each verb lives in its own module
+One verb per stage, nnU-Net style: ``check-data``, ``split``, ``synth``, ``train``,
+``predict``, ``explain``, ``ablate``, ``evaluate``, ``compare``, ``study``, ``complexity``,
+``demo``. Each verb lives in its own module
 under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
@@ -31,6 +32,8 @@ _COMMAND_MODULES = (
     "nmfseg.cli.synth",
     "nmfseg.cli.train",
     "nmfseg.cli.predict",
+    "nmfseg.cli.explain",
+    "nmfseg.cli.ablate",
     "nmfseg.cli.evaluate",
     "nmfseg.cli.study",
     "nmfseg.cli.complexity",

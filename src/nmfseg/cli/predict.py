@@ -1,8 +1,15 @@
-"""``nmfseg predict``: segment a dataset folder or one case with a trained model (nnU-Net style)."""
+"""``nmfseg predict``: segment a dataset folder or one case with a trained model (nnU-Net style).
+
+The prediction settings are options here and fields of
+:class:`~nmfseg.inference.settings.InferenceSettings`; values are taken as text and checked
+there, so a bad one is one ``nmfseg: error: --overlap ...`` line with exit status 1 before
+anything is loaded or written. The option objects are shared with ``nmfseg ablate``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,11 +17,50 @@ from nmfseg.cli._common import handle_errors, one_of
 
 HELP = (
     "Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels.\n\n"
-    "Same preprocessing as training, sliding window (training patch size, 50% overlap, "
-    "Gaussian blending), sigmoid, mean over folds (and over flips with --tta), threshold 0.5, "
-    "crop undone; every output keeps its input's shape, affine and header. A case that cannot "
-    "be read is reported and skipped; the exit status is 1 if any case failed."
+    "Same preprocessing as training, sliding window (training patch size, the run's overlap "
+    "and blending, 50% and Gaussian by default), sigmoid, mean over folds (and over flips with "
+    "--tta), threshold, crop undone; every output keeps its input's shape, affine and header. "
+    "OUT/predict.json records the model, its checkpoints and every setting; a folder holding "
+    "another model's or setting's outputs is refused without --overwrite. A case that cannot "
+    "be read is reported and skipped; the exit status is 1 if any case failed.\n\n"
+    "Factorizers predict faster without retraining (paper §4.5; find a setting with nmfseg "
+    "ablate): fewer NMF iterations (--nmf-iters), other rank or solver, or fewer NMF layers "
+    "(--nmf-layers)."
 )
+
+
+# The prediction settings as options, shared by every command that predicts (ablate too).
+OVERLAP = typer.Option(
+    None,
+    "--overlap",
+    metavar="FLOAT",
+    help="Sliding-window overlap in [0, 1) [the run's validation.overlap, 0.5].",
+)
+SW_BATCH_SIZE = typer.Option(
+    None,
+    "--sw-batch-size",
+    metavar="INT",
+    help="Windows per forward pass [the run's validation.sw_batch_size, 1].",
+)
+BLEND = typer.Option(
+    None,
+    "--blend",
+    metavar="gaussian|constant",
+    help="Window blending [the run's validation.mode, gaussian].",
+)
+THRESHOLD = typer.Option(
+    None,
+    "--threshold",
+    metavar="FLOAT",
+    help="Probability in (0, 1) at or above which a voxel is inside a region "
+    "[the run's validation.threshold, 0.5].",
+)
+AMP = typer.Option(None, "--amp", metavar="bf16|none", help="Mixed precision: bf16 or none [none].")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N [cuda if available].")
+CHECKPOINT = typer.Option(
+    "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."
+)
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def predict(
@@ -39,16 +85,37 @@ def predict(
         None,
         "-f",
         "--folds",
-        help="Folds to ensemble: '--folds 0 1 2' or '--folds all' (default: every numbered fold).",
+        help="Folds to ensemble: '--folds 0 1 2' or '--folds all' (the fold_all model) "
+        "[every numbered fold].",
     ),
-    checkpoint: str = typer.Option(
-        "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."
-    ),
+    checkpoint: str = CHECKPOINT,
     tta: bool = typer.Option(
         False, "--tta", help="Average over all 8 flip combinations (8x slower)."
     ),
-    device: str = typer.Option(
-        None, "--device", help="cpu or cuda (default: cuda when available)."
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the networks (pays off on many cases, GPU)."
+    ),
+    device: str = DEVICE,
+    overlap: str = OVERLAP,
+    sw_batch_size: str = SW_BATCH_SIZE,
+    blend: str = BLEND,
+    threshold: str = THRESHOLD,
+    amp: str = AMP,
+    nmf_iters: str = typer.Option(
+        None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
+    ),
+    nmf_rank: str = typer.Option(
+        None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1]."
+    ),
+    nmf_solver: str = typer.Option(
+        None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
+    ),
+    nmf_layers: str = typer.Option(
+        None,
+        "--nmf-layers",
+        metavar="LAYERS",
+        help="NMF layers that run, 0-based in network order (encoder, bridge, decoder): "
+        "0-4, 0,3,8, all or none; the others are short-circuited [all].",
     ),
     save_probabilities: bool = typer.Option(
         False,
@@ -56,34 +123,45 @@ def predict(
         help="Also write CASE_probabilities.npz (float16 region probabilities, original grid).",
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo cases whose outputs exist (default: skip them)."
+        False,
+        "--overwrite",
+        help="Redo cases whose outputs exist, and replace outputs of other settings [skip them].",
     ),
+    quiet: bool = QUIET,
     old_out: Path = typer.Option(None, "--output", hidden=True),
 ) -> None:
-    """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels.
-
-    Same preprocessing as training, sliding window (training patch size, 50% overlap,
-    Gaussian blending), sigmoid, mean over folds (and flips with --tta), threshold 0.5, the
-    crop undone; each output keeps its input's shape, affine and header. A case that
-    cannot be read is reported and skipped; the exit status is 1 if any case failed.
-    """
+    """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels."""
     from nmfseg.errors import ConfigError, NmfsegError
     from nmfseg.inference.predict import describe, predict_folder
 
     output = one_of(out, old_out, "-o/--out", "--output")
+    settings = settings_from(
+        tta=tta,
+        compile=compile_,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        blend=blend,
+        threshold=threshold,
+        amp=amp,
+        nmf_iters=nmf_iters,
+        nmf_rank=nmf_rank,
+        nmf_solver=nmf_solver,
+        nmf_layers=nmf_layers,
+    )
     if output is None:
         raise ConfigError("-o/--out is required: the folder for the predictions")
-    fold_ids = _parse_folds(folds or [], ctx.args)
+    fold_ids = parse_folds(folds or [], ctx.args)
     result = predict_folder(
         model,
         input,
         output,
         folds=fold_ids or None,
         checkpoint=checkpoint,
-        tta=tta,
         device=device,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
+        progress=not quiet,
+        settings=settings,
     )
     typer.echo(describe(result, output), err=True)
     if result.failed:
@@ -93,7 +171,14 @@ def predict(
         raise NmfsegError(f"{n} of {total} case(s) failed: {names}")
 
 
-def _parse_folds(given: list[str], extra: list[str]) -> list[str]:
+def settings_from(**options: Any) -> Any:
+    """:class:`~nmfseg.inference.settings.InferenceSettings` from the options given (as text)."""
+    from nmfseg.inference.settings import InferenceSettings
+
+    return InferenceSettings(**{k: v for k, v in options.items() if v is not None})
+
+
+def parse_folds(given: list[str], extra: list[str]) -> list[str]:
     """``--folds 0 1 2`` arrives as ``["0"]`` plus extra arguments ``["1", "2"]``."""
     from nmfseg.errors import ConfigError
 

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from nmfseg.analysis.explain import explain_case
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.nifti import read_nifti
-from nmfseg.data.preprocess import preprocess_case
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.demo.config import model_train_config
 from nmfseg.evaluation.compare import format_table, format_tests
 from nmfseg.fileio import atomic_path, write_bytes, write_text
-from nmfseg.mixers.nmf import factor_maps
-from nmfseg.models import load_model
+from nmfseg.inference.predictor import Predictor
 
 __all__ = ["nmf_component_figure", "overlay_figure", "write_demo_report"]
 
@@ -91,38 +89,18 @@ def overlay_figure(
 def nmf_component_figure(fold_dir: Path, test_dir: Path, path: Path) -> Path | None:
     """NMF spatial components of the first and last block (paper Fig. 6) on one case.
 
-    Returns ``None`` for a network without NMF layers.
+    The panel of ``nmfseg explain`` (:func:`nmfseg.analysis.explain.explain_case`) on the
+    first held-out case, without its NIfTI maps. Returns ``None`` for a network without NMF
+    layers.
     """
-    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
-
-    model, _ = load_model(fold_dir)
-    if not hasattr(model, "record_factors"):
+    predictor = Predictor.from_run(fold_dir)
+    if not predictor.has_nmf:
         return None
-    dataset = open_dataset(test_dir)
-    data = load_case(dataset.cases[0])
-    image, label, _ = preprocess_case(data.image, data.label)
-    regions = labels_to_regions(label, dataset.scheme)
-    z = _tumour_slice(regions)
-    model.eval()
-    with model.record_factors() as records, torch.no_grad():
-        model(torch.from_numpy(image)[None])
-    first, last = factor_maps(records[0]).numpy(), factor_maps(records[-1]).numpy()
-    n = max(len(first), len(last))
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.4 * n), squeeze=False)
-    for k in range(n):
-        _show(axes[k, 0], image[0][..., z], "FLAIR" if k == 0 else "")
-        _contours(axes[k, 0], regions[..., z], list(dataset.scheme.region_names))
-        for col, (maps, title) in enumerate(((first, "first block"), (last, "last block")), 1):
-            ax = axes[k, col]
-            ax.axis("off")
-            if k < len(maps):
-                ax.imshow(np.rot90(maps[k][..., z]), cmap="magma")
-                ax.set_title(f"{title}, component {k + 1}", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    case = open_dataset(test_dir).cases[0]
+    result = explain_case(
+        predictor, case, path.parent, layers="first,last", write_maps=False, panel=path.name
+    )
+    return result.panel
 
 
 def _config_lines(cfg: dict[str, Any], names: list[str]) -> list[str]:

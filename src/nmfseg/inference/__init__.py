@@ -4,6 +4,8 @@
 - :func:`predict_case`: one raw image → probabilities in its original grid (preprocessing,
   fold ensemble, TTA, crop undone).
 - :func:`load_ensemble`: the folds of a run folder, a fold folder or a checkpoint file.
+- :class:`Predictor`: a trained run loaded once; predicts arrays, NIfTI images and cases with
+  every setting of ``nmfseg predict`` (:class:`InferenceSettings`, NMF switches included).
 - :func:`predict_folder`: a dataset folder or one case → ``OUT/CASE.nii.gz`` (``nmfseg predict``).
 
 Examples::
@@ -16,11 +18,15 @@ Examples::
 
 from nmfseg.inference.ensemble import Ensemble, find_checkpoints, load_ensemble, predict_case
 from nmfseg.inference.predict import PredictionResult, predict_folder
+from nmfseg.inference.predictor import Predictor
+from nmfseg.inference.settings import InferenceSettings
 from nmfseg.inference.sliding_window import flip_combinations, sliding_window_predict
 
 __all__ = [
     "Ensemble",
+    "InferenceSettings",
     "PredictionResult",
+    "Predictor",
     "find_checkpoints",
     "flip_combinations",
     "load_ensemble",

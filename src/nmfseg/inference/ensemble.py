@@ -46,6 +46,7 @@ __all__ = [
     "find_checkpoints",
     "load_ensemble",
     "predict_case",
+    "predict_preprocessed",
 ]
 
 CHECKPOINTS = ("final", "best", "last")
@@ -210,20 +211,6 @@ class Ensemble:
     config: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def predict(self, image: np.ndarray, tta: bool = False, where: str = "image") -> np.ndarray:
-        """Probabilities ``(R, *spatial)`` of one raw image (see :func:`predict_case`)."""
-        return predict_case(
-            self.models,
-            image,
-            self.patch_size,
-            self.overlap,
-            tta,
-            mode=self.mode,
-            sw_batch_size=self.sw_batch_size,
-            device=self.device,
-            where=where,
-        )
-
 
 def _channels(model: nn.Module, attr: str, where: Path) -> int:
     value = getattr(model, attr, None)
@@ -248,7 +235,8 @@ def load_ensemble(
 
         >>> run = "RUN_DIR/Task01_BrainTumour/swin_factorizer_brats"
         >>> ens = load_ensemble(run, folds=[0, 1], device="cpu")  # doctest: +SKIP
-        >>> probs = ens.predict(image, tta=True)  # doctest: +SKIP
+        >>> [type(net).__name__ for net in ens.models]  # doctest: +SKIP
+        ['Factorizer', 'Factorizer']
 
     Raises:
         DataError: a checkpoint is missing or unreadable, or the folds disagree on
@@ -353,11 +341,51 @@ def predict_case(
                 f"image has {image.shape[0]} channels but the model expects {expected}",
             )
     x, _, record = preprocess_case(image, where=where)
+    mean = predict_preprocessed(
+        models,
+        x,
+        patch_size,
+        overlap,
+        tta,
+        mode=mode,
+        sw_batch_size=sw_batch_size,
+        device=device,
+        progress=progress,
+    )
+    return uncrop(mean, record, fill=0.0)
+
+
+def predict_preprocessed(
+    models: Sequence[nn.Module],
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    tta: bool = False,
+    *,
+    mode: str = "gaussian",
+    sw_batch_size: int = 1,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Mean probabilities of the models on an image that is already preprocessed.
+
+    The part of :func:`predict_case` between the preprocessing and the uncrop: one
+    :func:`sliding_window_predict` per model (with flips when ``tta``), averaged.
+
+    Returns:
+        Float32 array ``(R, *image.shape[1:])``.
+
+    Examples::
+
+        >>> nets = [torch.nn.Conv3d(2, 1, 1), torch.nn.Conv3d(2, 1, 1)]
+        >>> predict_preprocessed(nets, np.zeros((2, 5, 6, 7), np.float32), (8, 8, 8)).shape
+        (1, 5, 6, 7)
+    """
     total = None
     for model in models:
         probs = sliding_window_predict(
             model,
-            x,
+            image,
             patch_size,
             overlap,
             tta,
@@ -368,5 +396,4 @@ def predict_case(
         )
         total = probs if total is None else total + probs
     assert total is not None
-    mean = (total / len(models)).numpy().astype(np.float32, copy=False)
-    return uncrop(mean, record, fill=0.0)
+    return (total / len(models)).numpy().astype(np.float32, copy=False)

@@ -1,12 +1,16 @@
 """Predict a dataset folder or a single case and write one NIfTI label map per case.
 
-For every case: the same preprocessing as training (crop to the nonzero box, channel-wise
-z-score on nonzero voxels), sliding-window inference with the training patch size and 50%
-overlap (Gaussian blending), sigmoid, mean of the probabilities over the folds (and over the
-8 flips with TTA), threshold ``p >= 0.5`` (the config's ``validation.threshold``), undo the
-crop, regions → labels in the **input dataset's own label scheme** (BraTS: ET inside TC
-inside WT → 1/2/4 or 1/2/3), and ``OUT/CASE.nii.gz`` written atomically with the original
-shape, affine and header (qform and sform codes kept), like nnU-Net.
+For every case, through :class:`~nmfseg.inference.predictor.Predictor`: the same
+preprocessing as training (crop to the nonzero box, channel-wise z-score on nonzero voxels),
+sliding-window inference with the training patch size and 50% overlap (Gaussian blending),
+sigmoid, mean of the probabilities over the folds (and over the 8 flips with TTA), threshold
+``p >= 0.5`` (the config's ``validation.threshold``), undo the crop, regions → labels in the
+**input dataset's own label scheme** (BraTS: ET inside TC inside WT → 1/2/4 or 1/2/3), and
+``OUT/CASE.nii.gz`` written atomically with the original shape, affine and header (qform and
+sform codes kept), like nnU-Net. Every one of those settings can be changed
+(:class:`~nmfseg.inference.settings.InferenceSettings`, also the Factorizer's NMF switches),
+and ``OUT/predict.json`` records them with the model's checkpoints, so a folder never mixes
+the outputs of two models or settings.
 
 With ``save_probabilities`` a ``OUT/CASE_probabilities.npz`` is written next to it (NumPy
 compressed, like nnU-Net's ``.npz``), holding ``probabilities`` (float16, ``(R, X, Y, Z)`` in
@@ -41,28 +45,38 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input
+from nmfseg import __version__
+from nmfseg.data.formats import Case, case_output_name, load_case, open_input
 from nmfseg.data.nifti import write_label
-from nmfseg.data.schemes import DatasetScheme, regions_to_labels
-from nmfseg.errors import DataError, NmfsegError
-from nmfseg.fileio import atomic_open
+from nmfseg.data.schemes import DatasetScheme
+from nmfseg.errors import ConfigError, DataError, NmfsegError
+from nmfseg.fileio import atomic_open, read_json, write_json
 from nmfseg.inference.ensemble import Ensemble, load_ensemble
+from nmfseg.inference.predictor import Predictor, output_scheme
+from nmfseg.inference.settings import InferenceSettings
 
 __all__ = [
+    "SIDECAR",
     "PredictionResult",
     "describe",
     "output_scheme",
     "predict_folder",
+    "prediction_record",
     "probabilities_name",
     "save_probabilities",
 ]
 
 _CASE_ERRORS = (NmfsegError, OSError, EOFError, ValueError, zlib.error)
+#: The record of what made the predictions of a folder (:func:`prediction_record`).
+SIDECAR = "predict.json"
+#: Settings that may change between runs into one folder (they do not change the labels).
+_FREE_SETTINGS = ("device", "compile")
 
 
 @dataclass
@@ -119,62 +133,21 @@ def save_probabilities(
         )
 
 
-def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, str]:
-    """The scheme predictions are written in, and a note when it is not the dataset's own.
-
-    The dataset's scheme is used when its regions are the model's (by name, or by count when
-    the model does not record names); otherwise the model's training scheme, when known.
-
-    Raises:
-        DataError: the dataset's images do not have the model's channel count, or its regions
-            cannot be written from the model's outputs.
-    """
-    ds = dataset.scheme
-    first = dataset.cases[0].case_id if dataset.cases else "?"
-    if ds.in_channels != ensemble.in_channels:
-        expected = f" ({', '.join(ensemble.channels)})" if ensemble.channels else ""
-        raise DataError(
-            dataset.root,
-            f"case {first} has {ds.in_channels} channels ({', '.join(ds.channels)}) but the "
-            f"model expects {ensemble.in_channels}{expected}",
-        )
-    same = (
-        ds.region_names == ensemble.regions
-        if ensemble.regions
-        else ds.out_channels == ensemble.out_channels
-    )
-    if same:
-        return ds, ""
-    model = ensemble.scheme
-    if model is not None and model.out_channels == ensemble.out_channels:
-        return model, (
-            f"note: the model's regions ({', '.join(ensemble.regions)}) are not the dataset's "
-            f"({', '.join(ds.region_names)}); writing labels in the model's {model.name} scheme"
-        )
-    raise DataError(
-        dataset.root,
-        f"the model predicts {ensemble.out_channels} region(s) "
-        f"({', '.join(ensemble.regions) or 'unnamed'}) but the {dataset.fmt} labels need "
-        f"{ds.out_channels} ({', '.join(ds.region_names)})",
-    )
-
-
 def _echo(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
 def _predict_one(
-    ensemble: Ensemble,
+    predictor: Predictor,
     case: Case,
     scheme: DatasetScheme,
     out_path: Path,
     prob_path: Path | None,
-    tta: bool,
 ) -> None:
     # Labels are not needed to predict: a case with a broken label file is still predicted.
     data = load_case(dataclasses.replace(case, label_path=None))
-    probs = ensemble.predict(data.image, tta=tta, where=case.case_id)
-    labels = regions_to_labels(probs >= ensemble.threshold, scheme)
+    probs = predictor.probabilities(data.image, where=case.case_id)
+    labels = predictor.to_labels(probs, scheme)
     # The label file is written last: it exists only when the whole case is done. If it
     # cannot be written, the probabilities written just before are removed again.
     if prob_path is not None:
@@ -187,8 +160,61 @@ def _predict_one(
         raise
 
 
+def prediction_record(
+    predictor: Predictor, model: Any, input: str | Path, scheme: DatasetScheme
+) -> dict[str, Any]:
+    """What ``OUT/predict.json`` holds: the model, its checkpoints, the input and the settings.
+
+    Examples::
+
+        >>> from nmfseg.data.schemes import SCHEMES
+        >>> ens = Ensemble([torch.nn.Conv3d(2, 1, 1)], [], (8, 8, 8), 2, 1)
+        >>> record = prediction_record(Predictor(ens), "run", "data", SCHEMES["isles22"])
+        >>> record["settings"]["overlap"], record["output_scheme"]
+        (0.5, 'isles22')
+    """
+    return {
+        "nmfseg_version": __version__,
+        "model": str(model) if isinstance(model, str | Path) else predictor.model_name,
+        "checkpoints": [str(Path(p).resolve()) for p in predictor.ensemble.sources],
+        "input": str(Path(input).resolve()),
+        "output_scheme": scheme.name,
+        "settings": predictor.describe(),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What makes two records' predictions differ (device and compilation do not count)."""
+    out = []
+    if old.get("checkpoints") != new["checkpoints"]:
+        out.append(f"model {old.get('model')!s}")
+    if old.get("output_scheme") != new["output_scheme"]:
+        out.append(f"labels {old.get('output_scheme')}")
+    settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    for key, value in new["settings"].items():
+        if key not in _FREE_SETTINGS and settings.get(key) != value:
+            out.append(f"{key} {settings.get(key)!r}")
+    return out
+
+
+def _check_output(output: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to add predictions of another model or settings to a folder (or to a file)."""
+    if output.exists() and not output.is_dir():
+        raise DataError(output, "exists and is not a folder; give an output folder")
+    sidecar = output / SIDECAR
+    if overwrite or not sidecar.is_file():
+        return
+    old = read_json(sidecar)
+    differ = _differences(old, record)
+    if differ:
+        raise ConfigError(
+            f"{output} holds predictions made with other settings ({'; '.join(differ)} in "
+            f"{SIDECAR}); pass --overwrite to replace them, or choose another -o"
+        )
+
+
 def predict_folder(
-    model: str | Path | Ensemble,
+    model: str | Path | Ensemble | Predictor,
     input: str | Path,
     output: str | Path,
     *,
@@ -199,13 +225,21 @@ def predict_folder(
     save_probabilities: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    settings: InferenceSettings | None = None,
 ) -> PredictionResult:
     """Predict every case of a dataset folder (or one case) into ``output``.
 
+    Writes ``OUT/CASE.nii.gz`` per case and ``OUT/predict.json`` (:func:`prediction_record`:
+    model, checkpoints, input and every setting). A folder whose ``predict.json`` records
+    another model or other settings is refused unless ``overwrite``; with the same ones,
+    cases already written are skipped (an interrupted run resumes).
+
     Args:
         model: run folder, fold folder or checkpoint file (see
-            :func:`~nmfseg.inference.ensemble.find_checkpoints`), or a loaded
-            :class:`~nmfseg.inference.ensemble.Ensemble`.
+            :func:`~nmfseg.inference.ensemble.find_checkpoints`), a loaded
+            :class:`~nmfseg.inference.ensemble.Ensemble`, or a
+            :class:`~nmfseg.inference.predictor.Predictor` (then ``folds``, ``checkpoint``,
+            ``device``, ``tta`` and ``settings`` are its own).
         input: dataset folder in any supported format (labels optional) or a single case.
         output: folder for ``CASE.nii.gz`` (created if needed).
         folds: folds of a run folder to ensemble (default: all that exist).
@@ -215,30 +249,43 @@ def predict_folder(
         save_probabilities: also write ``CASE_probabilities.npz``.
         overwrite: redo cases whose outputs exist (otherwise they are skipped).
         progress: tqdm progress bar over the cases.
+        settings: sliding window, threshold, amp, compile and NMF switches
+            (:class:`~nmfseg.inference.settings.InferenceSettings`).
 
     Returns:
         A :class:`PredictionResult`; failed cases are listed there (and reported on
         stderr as they happen), not raised.
 
     Raises:
-        NmfsegError: a problem that concerns every case (model, input, channel count).
+        NmfsegError: a problem that concerns every case (model, input, channel count,
+            settings, an output folder holding other predictions).
     """
-    ensemble = (
-        model if isinstance(model, Ensemble) else load_ensemble(model, folds, checkpoint, device)
-    )
-    dataset = open_input(input, scheme=ensemble.scheme)
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        settings = settings if settings is not None else InferenceSettings()
+        if tta:
+            settings = settings.replace(tta=True)
+        ensemble = (
+            model
+            if isinstance(model, Ensemble)
+            else load_ensemble(model, folds, checkpoint, device)
+        )
+        predictor = Predictor(ensemble, settings)
+    dataset = open_input(input, scheme=predictor.ensemble.scheme)
     if not dataset.cases:
         raise DataError(input, f"no cases found in this {dataset.fmt} dataset")
-    scheme, note = output_scheme(dataset, ensemble)
+    scheme, note = output_scheme(dataset, predictor.ensemble)
+    output = Path(output)
+    record = prediction_record(predictor, model, input, scheme)
+    _check_output(output, record, overwrite)
     if note:
         _echo(note)
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise DataError(output, "exists and is not a folder; give an output folder")
     try:
         output.mkdir(parents=True, exist_ok=True)
+        write_json(output / SIDECAR, record)
     except OSError as err:
-        raise DataError(output, f"cannot create the output folder ({err.strerror})") from None
+        raise DataError(output, f"cannot write the output folder ({err.strerror})") from None
     result = PredictionResult(output_scheme=scheme)
     bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
@@ -250,7 +297,7 @@ def predict_folder(
             result.skipped.append(case.case_id)
             continue
         try:
-            _predict_one(ensemble, case, scheme, out_path, prob_path, tta)
+            _predict_one(predictor, case, scheme, out_path, prob_path)
         except _CASE_ERRORS as err:
             problem = str(err).splitlines()[0] if str(err) else type(err).__name__
             result.failed[case.case_id] = problem

@@ -1,0 +1,476 @@
+"""``nmfseg ablate``: free speed-ups of a trained Factorizer, measured (paper §4.5, Fig. 8).
+
+On the validation cases of the fold a model was trained on, the NMF layers are changed at
+inference only (:class:`~nmfseg.inference.predictor.Predictor`'s NMF switches) and every
+setting is scored like the trainer's validation (same preprocessing and sliding window,
+threshold, Dice per region with the BraTS empty-mask convention, mean over cases) and timed
+(the network's sliding window only, summed over the cases, after one untimed warm-up case).
+The sweeps, each a CSV in the output folder:
+
+- ``layers.csv``: (a) keep only the first ``k`` NMF layers, ``k = 0 … L``;
+- ``remove.csv``: (b) remove one NMF layer at a time;
+- ``iters.csv``: (c) ``T`` NMF iterations (default 1 … 20);
+- ``rank.csv``: (d) rank ``R`` (default 1 … 8) with HALS and with MU;
+
+plus ``reference.csv`` (the unmodified model), ``ablation.png`` (the four panels of Fig. 8
+with the unmodified model as a dashed line) and ``fastest.csv`` / ``fastest.md``: the
+settings whose mean Dice is within one Dice point of the unmodified model, fastest first,
+with their speed-up and the ``nmfseg predict`` options that deploy them.
+
+Layers are 0-based in network order (encoder, bridge, decoder; the paper counts from 1).
+A setting that leaves the network as trained (``k = L``, the trained ``T``, rank and solver)
+repeats the reference's row. Every CSV is rewritten after each setting, so an interrupted
+run resumes: a setting already in its CSV is not redone (``ablate.json`` records the model,
+cases and sliding window, and a folder holding another ablation is refused).
+
+Examples::
+
+    >>> [s.key for s in plan_settings(3, ["layers", "rank"], ranks=[2], solvers=["mu"])]
+    ['keep=0', 'keep=1', 'keep=2', 'keep=3', 'rank=2,mu']
+    >>> plan_settings(3, ["layers"])[1].options(3)
+    '--nmf-layers 0'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nmfseg.analysis.figures import ablation_figure
+from nmfseg.analysis.runs import validation_ids
+from nmfseg.data.formats import Dataset, load_case
+from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.schemes import labels_to_regions
+from nmfseg.errors import ConfigError
+from nmfseg.evaluation.metrics import dice_score
+from nmfseg.fileio import read_json, write_json, write_text
+from nmfseg.inference.predictor import Predictor, output_scheme
+from nmfseg.inference.settings import OPTIONS
+from nmfseg.nmf import SOLVERS
+
+__all__ = [
+    "RECORD",
+    "SWEEPS",
+    "AblationResult",
+    "Setting",
+    "format_layers",
+    "parse_int_list",
+    "parse_sweeps",
+    "plan_settings",
+    "run_ablation",
+]
+
+SWEEPS = ("layers", "remove", "iters", "rank")
+RECORD = "ablate.json"
+#: Dice points (in [0, 1] units) a setting may lose and still count as "as good".
+TOLERANCE = 0.01
+_NMF_KEYS = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
+
+
+def parse_int_list(text: str | Sequence[int], option: str, low: int) -> list[int]:
+    """Integers from ``1-20``, ``1,2,5`` or ``3`` (all ``>= low``); ConfigError naming ``option``.
+
+    Examples::
+
+        >>> parse_int_list("1-3,8", "--iters", 0)
+        [1, 2, 3, 8]
+    """
+    if not isinstance(text, str):
+        values = list(text)
+    else:
+        values = []
+        for part in text.replace(" ", "").split(","):
+            lo, dash, hi = part.partition("-")
+            if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
+                raise ConfigError(f"{option} {text!r}: use a range 1-20 or a list 1,2,5")
+            values += range(int(lo), int(hi if dash else lo) + 1)
+    bad = [v for v in values if not isinstance(v, int) or v < low]
+    if bad:
+        raise ConfigError(f"{option} {text!r}: every value must be an integer >= {low}")
+    return sorted(set(values))
+
+
+def parse_sweeps(text: str | Sequence[str]) -> list[str]:
+    """Sweep names from ``layers,iters`` or ``all``, in the order of :data:`SWEEPS`.
+
+    Examples::
+
+        >>> parse_sweeps("rank,layers"), parse_sweeps("all") == list(SWEEPS)
+        (['layers', 'rank'], True)
+    """
+    names = text.replace(" ", "").lower().split(",") if isinstance(text, str) else list(text)
+    if names == ["all"]:
+        return list(SWEEPS)
+    unknown = [n for n in names if n not in SWEEPS]
+    if unknown or not names:
+        raise ConfigError(f"--sweeps {text!r}: choose from {', '.join(SWEEPS)} or all")
+    return [s for s in SWEEPS if s in names]
+
+
+def format_layers(layers: Sequence[int] | None, n_layers: int | None) -> str:
+    """The ``--nmf-layers`` text of a set of layers (all ``n_layers`` of them: ``all``).
+
+    Examples::
+
+        >>> format_layers([0, 1, 2, 5, 7, 8], 9), format_layers([], 9), format_layers(None, 9)
+        ('0-2,5,7-8', 'none', 'all')
+    """
+    if layers is None or (n_layers is not None and list(layers) == list(range(n_layers))):
+        return "all"
+    if not layers:
+        return "none"
+    runs: list[list[int]] = []
+    for i in sorted(layers):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One inference-time change of the NMF layers.
+
+    Attributes:
+        sweep: ``reference`` or one of :data:`SWEEPS`.
+        key: Unique name in its CSV (``keep=3``, ``remove=4``, ``iters=2``, ``rank=3,mu``).
+        value: The plotted value (layers kept, layer removed, ``T`` or ``R``).
+        layers: NMF layers that run (``None``: all).
+        iters: NMF iterations (``None``: as trained).
+        rank: NMF rank (``None``: as trained).
+        solver: NMF solver (``None``: as trained).
+    """
+
+    sweep: str
+    key: str
+    value: int = 0
+    layers: tuple[int, ...] | None = None
+    iters: int | None = None
+    rank: int | None = None
+    solver: str | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`Predictor.configure`."""
+        return {
+            "nmf_layers": self.layers,
+            "nmf_iters": self.iters,
+            "nmf_rank": self.rank,
+            "nmf_solver": self.solver,
+        }
+
+    def options(self, n_layers: int) -> str:
+        """The ``nmfseg predict`` options that deploy this setting."""
+        parts = []
+        if self.layers is not None:
+            parts.append(f"{OPTIONS['nmf_layers']} {format_layers(self.layers, n_layers)}")
+        for name in ("nmf_iters", "nmf_rank", "nmf_solver"):
+            value = self.changes()[name]
+            if value is not None:
+                parts.append(f"{OPTIONS[name]} {value}")
+        return " ".join(parts)
+
+
+def plan_settings(
+    n_layers: int,
+    sweeps: Sequence[str] = SWEEPS,
+    iters: Sequence[int] = range(1, 21),
+    ranks: Sequence[int] = range(1, 9),
+    solvers: Sequence[str] = SOLVERS,
+) -> list[Setting]:
+    """Every setting of the chosen sweeps for a network with ``n_layers`` NMF layers."""
+    plan = []
+    if "layers" in sweeps:
+        plan += [Setting("layers", f"keep={k}", k, tuple(range(k))) for k in range(n_layers + 1)]
+    if "remove" in sweeps:
+        every = range(n_layers)
+        plan += [
+            Setting("remove", f"remove={i}", i, tuple(j for j in every if j != i)) for i in every
+        ]
+    if "iters" in sweeps:
+        plan += [Setting("iters", f"iters={t}", t, iters=t) for t in iters]
+    if "rank" in sweeps:
+        plan += [
+            Setting("rank", f"rank={r},{s}", r, rank=r, solver=s) for s in solvers for r in ranks
+        ]
+    return plan
+
+
+@dataclass
+class AblationResult:
+    """What :func:`run_ablation` produced.
+
+    Attributes:
+        out: The output folder.
+        reference: The unmodified model's row.
+        rows: The rows of every sweep that was run.
+        fastest: Rows within one Dice point of the reference, fastest first.
+        computed: Settings evaluated by this call (the others were already in the CSVs).
+    """
+
+    out: Path
+    reference: dict[str, Any]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fastest: list[dict[str, Any]] = field(default_factory=list)
+    computed: int = 0
+
+
+class _Cases:
+    """The validation cases, preprocessed once and kept in memory up to a budget."""
+
+    def __init__(self, dataset: Dataset, ids: list[str], budget: int) -> None:
+        self.dataset, self.ids, self.budget = dataset, ids, budget
+        self.kept: dict[str, tuple[Any, ...]] = {}
+        self.size = 0
+
+    def _load(self, case_id: str) -> tuple[Any, ...]:
+        data = load_case(self.dataset.get(case_id))
+        x, _, crop = preprocess_case(data.image, where=case_id)
+        truth = labels_to_regions(data.label, self.dataset.scheme).astype(bool)
+        return x, crop, truth
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for case_id in self.ids:
+            entry = self.kept.get(case_id) or self._load(case_id)
+            nbytes = entry[0].nbytes + entry[2].nbytes
+            if case_id not in self.kept and self.size + nbytes <= self.budget:
+                self.kept[case_id] = entry
+                self.size += nbytes
+            yield entry
+
+
+def _evaluate(
+    predictor: Predictor, cases: Iterator[tuple[Any, ...]], n: int, regions: Sequence[str]
+) -> dict[str, Any]:
+    seconds = 0.0
+    dice: dict[str, list[float]] = {r: [] for r in regions}
+    for x, crop, truth in cases:
+        start = time.perf_counter()
+        probs = predictor.predict_preprocessed(x)
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+        seconds += time.perf_counter() - start
+        pred = uncrop(probs >= predictor.threshold, crop)
+        for r, name in enumerate(regions):
+            dice[name].append(dice_score(pred[r], truth[r]))
+    means = {f"dice_{r}": float(np.mean(v)) for r, v in dice.items()}
+    return {
+        "n_cases": n,
+        **means,
+        "dice_mean": float(np.mean(list(means.values()))),
+        "seconds": seconds,
+        "seconds_per_case": seconds / n,
+    }
+
+
+def _fields(regions: Sequence[str]) -> list[str]:
+    return [
+        "key", "value", *_NMF_KEYS, "n_cases", *(f"dice_{r}" for r in regions), "dice_mean",
+        "seconds", "seconds_per_case", "options", "note",
+    ]  # fmt: skip
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_rows(path: Path, rows: Sequence[dict[str, Any]], regions: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_fields(regions), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _text(row.get(k)) for k in _fields(regions)})
+    write_text(path, buffer.getvalue())
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return format_layers(value, None)
+    return "" if value is None else value
+
+
+def _record(predictor: Predictor, data: Dataset, ids: list[str]) -> dict[str, Any]:
+    settings = {k: v for k, v in predictor.describe().items() if k not in _NMF_KEYS}
+    settings.pop("compile", None)
+    return {
+        "model": predictor.model_name,
+        "checkpoint": str(Path(predictor.ensemble.sources[0]).resolve()),
+        "fold": predictor.ensemble.config.get("fold"),
+        "data": str(Path(data.root).resolve()),
+        "cases": ids,
+        "settings": settings,
+    }
+
+
+def _check_record(out: Path, record: dict[str, Any]) -> None:
+    path = out / RECORD
+    if not path.is_file():
+        return
+    old = read_json(path)
+    differ = [k for k in record if old.get(k) != record[k]]
+    if differ:
+        raise ConfigError(
+            f"{out} holds an ablation with another {', '.join(differ)} (see {RECORD}); "
+            "choose another -o, or delete the folder to start again"
+        )
+
+
+def _echo(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def run_ablation(
+    predictor: Predictor,
+    data: Dataset,
+    out: str | Path,
+    *,
+    sweeps: Sequence[str] = SWEEPS,
+    iters: Sequence[int] = range(1, 21),
+    ranks: Sequence[int] = range(1, 9),
+    solvers: Sequence[str] = SOLVERS,
+    cache_bytes: int = 2 << 30,
+    progress: bool = True,
+) -> AblationResult:
+    """Evaluate every setting of the chosen sweeps and write the CSVs, table and figure.
+
+    Args:
+        predictor: One fold of a trained Factorizer (its config names its validation cases).
+        data: The dataset the model was trained on.
+        out: Output folder (an interrupted run in it is resumed).
+        sweeps: Which of :data:`SWEEPS` to run.
+        iters: ``T`` values of the ``iters`` sweep.
+        ranks: ``R`` values of the ``rank`` sweep.
+        solvers: Solvers of the ``rank`` sweep.
+        cache_bytes: Preprocessed cases kept in memory between settings (the rest are read
+            again for every setting).
+        progress: A progress bar over each setting's cases (the per-setting line is always
+            printed).
+
+    Raises:
+        ConfigError: Not a Factorizer, or the folder holds another ablation.
+        DataError: ``data`` lacks the validation cases or their labels.
+    """
+    if not predictor.has_nmf:
+        raise ConfigError(
+            f"the network {predictor.model_name} has no NMF layers; ablate changes the NMF "
+            "layers of Factorizers"
+        )
+    sources = predictor.ensemble.sources
+    ids = validation_ids(predictor.ensemble.config, data, sources[0] if sources else "model")
+    scheme, note = output_scheme(data, predictor.ensemble)
+    if note:
+        raise ConfigError(f"{data.root}: the dataset's regions are not the model's ({note})")
+    regions = list(scheme.region_names)
+    out = Path(out)
+    record = _record(predictor, data, ids)
+    _check_record(out, record)
+    write_json(out / RECORD, record)
+    n_layers = len(predictor.ensemble.models[0].nmf_layers())
+    plan = [
+        Setting("reference", "reference"),
+        *plan_settings(n_layers, sweeps, iters, ranks, solvers),
+    ]
+    rows = {s: _read_rows(out / f"{s}.csv") for s in ("reference", *sweeps)}
+    done = {s: {r["key"] for r in found} for s, found in rows.items()}
+    todo = [s for s in plan if s.key not in done[s.sweep]]
+    if len(plan) > len(todo):
+        _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
+    cases = _Cases(data, ids, cache_bytes)
+    predictor.configure(predictor.settings.replace(**Setting("reference", "").changes()))
+    trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
+    result = AblationResult(out, {})
+    if todo:
+        x = next(iter(cases))[0]
+        predictor.predict_preprocessed(x)  # warm-up, untimed
+    for i, setting in enumerate(todo, start=1):
+        predictor.configure(**setting.changes())
+        state = {k: predictor.describe()[k] for k in _NMF_KEYS}
+        row: dict[str, Any] = {"key": setting.key, "value": setting.value, **state}
+        if setting.sweep != "reference" and state == trained and rows["reference"]:
+            same = rows["reference"][0]
+            row.update({k: same[k] for k in same if k.startswith(("dice_", "seconds", "n_"))})
+            row["note"] = "as trained (= reference)"
+        else:
+            bar = tqdm(cases, total=len(ids), desc=setting.key, unit="case", leave=False,
+                       disable=not progress, file=sys.stderr)  # fmt: skip
+            row.update(_evaluate(predictor, iter(bar), len(ids), regions))
+        row["options"] = setting.options(n_layers)
+        rows[setting.sweep].append(row)
+        _write_rows(out / f"{setting.sweep}.csv", rows[setting.sweep], regions)
+        result.computed += 1
+        per_region = ", ".join(f"{r} {100 * float(row[f'dice_{r}']):.1f}" for r in regions)
+        _echo(
+            f"[ablate] {i}/{len(todo)} {setting.sweep} {setting.key}: Dice "
+            f"{100 * float(row['dice_mean']):.1f} ({per_region}), "
+            f"{float(row['seconds_per_case']):.3g} s/case"
+        )
+    predictor.configure(**Setting("reference", "").changes())
+    result.reference = rows["reference"][0]
+    result.rows = {s: rows[s] for s in sweeps}
+    result.fastest = _fastest(result.reference, [r for s in sweeps for r in rows[s]])
+    _write_fastest(out, result, regions)
+    ablation_figure(
+        out / "ablation.png",
+        result.rows,
+        result.reference,
+        title=f"{predictor.model_name}, fold {record['fold']}: {len(ids)} validation cases",
+    )
+    return result
+
+
+def _fastest(reference: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows within :data:`TOLERANCE` of the reference's mean Dice, fastest first."""
+    floor = float(reference["dice_mean"]) - TOLERANCE
+    base = float(reference["seconds_per_case"])
+    good = [r for r in (reference, *rows) if not r.get("note") and float(r["dice_mean"]) >= floor]
+    good.sort(key=lambda r: float(r["seconds_per_case"]))
+    return [
+        {**r, "speedup": base / float(r["seconds_per_case"]) if float(r["seconds_per_case"]) else 0}
+        for r in good
+    ]
+
+
+def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) -> None:
+    dice = [f"dice_{r}" for r in regions]
+    fields = ["key", "options", "dice_mean", *dice, "seconds_per_case", "speedup"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in result.fastest:
+        writer.writerow({k: _text(row.get(k)) for k in fields})
+    write_text(out / "fastest.csv", buffer.getvalue())
+    ref = result.reference
+    lines = [
+        f"# Fastest settings within {100 * TOLERANCE:.0f} Dice point of the unmodified model",
+        "",
+        f"Unmodified: mean Dice {100 * float(ref['dice_mean']):.2f}%, "
+        f"{float(ref['seconds_per_case']):.3g} s per case.",
+        "",
+        "| setting | nmfseg predict options | mean Dice (%) | "
+        + " | ".join(regions)
+        + " | s / case | speed-up |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in regions) + " | --- | --- |",
+    ]
+    for row in result.fastest:
+        per = " | ".join(f"{100 * float(row[k]):.2f}" for k in dice)
+        lines.append(
+            f"| {row['key']} | `{row.get('options') or '(none)'}` | "
+            f"{100 * float(row['dice_mean']):.2f} | {per} | "
+            f"{float(row['seconds_per_case']):.3g} | {row['speedup']:.2f}x |"
+        )
+    write_text(out / "fastest.md", "\n".join(lines) + "\n")

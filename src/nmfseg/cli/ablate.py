@@ -1,0 +1,119 @@
+"""``nmfseg ablate``: free speed-ups of a trained Factorizer, measured (paper §4.5, Fig. 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nmfseg.cli._common import FORMAT_HELP, handle_errors
+from nmfseg.cli.predict import (
+    AMP,
+    BLEND,
+    CHECKPOINT,
+    DEVICE,
+    OVERLAP,
+    QUIET,
+    SW_BATCH_SIZE,
+    THRESHOLD,
+    settings_from,
+)
+
+HELP = (
+    "Measure what a trained Factorizer keeps when its NMF layers change at inference "
+    "(paper §4.5, Fig. 8).\n\n"
+    "On the validation cases of the model's fold (from the run's config), scores and times: "
+    "(a) only the first k NMF layers kept, k = 0..L (layers.csv); (b) one NMF layer removed at a "
+    "time (remove.csv); (c) T NMF iterations (iters.csv); (d) rank R with HALS and with MU "
+    "(rank.csv); mean Dice per region and averaged, and seconds per case. Also writes "
+    "reference.csv (the unmodified model), ablation.png (the four panels, the unmodified model "
+    "dashed) and fastest.md / fastest.csv: the settings within 1 Dice point of the unmodified "
+    "model, fastest first, with the nmfseg predict options that deploy them. Resumable: a "
+    "setting already in its CSV is not redone. Layers are 0-based (encoder, bridge, decoder)."
+)
+
+
+def ablate(
+    model: Path = typer.Option(
+        ...,
+        "-m",
+        "--model",
+        help="Run folder RUN_DIR/<dataset>/<model> (with --fold), fold folder or checkpoint.",
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", metavar="DATA_DIR", help="The dataset the model was trained on."
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for the CSVs, table and figure."),
+    fold: str = typer.Option(
+        None, "--fold", "-f", metavar="K", help="Fold of a run folder [its only fold]."
+    ),
+    sweeps: str = typer.Option(
+        "all",
+        "--sweeps",
+        metavar="SWEEPS",
+        help="Which sweeps: layers, remove, iters, rank (comma-separated) or all.",
+    ),
+    iters: str = typer.Option("1-20", "--iters", metavar="T", help="T values of the iters sweep."),
+    ranks: str = typer.Option("1-8", "--ranks", metavar="R", help="R values of the rank sweep."),
+    solvers: str = typer.Option(
+        "hals,mu", "--solvers", metavar="hals,mu", help="Solvers of the rank sweep."
+    ),
+    checkpoint: str = CHECKPOINT,
+    device: str = DEVICE,
+    overlap: str = OVERLAP,
+    sw_batch_size: str = SW_BATCH_SIZE,
+    blend: str = BLEND,
+    threshold: str = THRESHOLD,
+    amp: str = AMP,
+    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    quiet: bool = QUIET,
+) -> None:
+    """Measure what a trained Factorizer keeps when its NMF layers change at inference."""
+    from nmfseg.analysis.ablate import parse_int_list, parse_sweeps, run_ablation
+    from nmfseg.analysis.runs import fold_checkpoint
+    from nmfseg.data.formats import open_dataset
+    from nmfseg.errors import ConfigError
+    from nmfseg.inference.predictor import Predictor
+    from nmfseg.nmf import SOLVERS
+
+    settings = settings_from(
+        overlap=overlap, sw_batch_size=sw_batch_size, blend=blend, threshold=threshold, amp=amp
+    )
+    chosen = parse_sweeps(sweeps)
+    t_values = parse_int_list(iters, "--iters", 0)
+    r_values = parse_int_list(ranks, "--ranks", 1)
+    solver_list = [s.strip().lower() for s in solvers.split(",") if s.strip()]
+    if not solver_list or any(s not in SOLVERS for s in solver_list):
+        raise ConfigError(f"--solvers {solvers!r}: choose from {', '.join(SOLVERS)}")
+    if fold is not None and not fold.isdigit():
+        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...)")
+    path, others = fold_checkpoint(model, int(fold) if fold is not None else None, checkpoint)
+    if others:
+        folds = ", ".join([path.parent.name, *others])
+        raise ConfigError(f"--fold: {model} has {folds}; choose the fold to ablate")
+    dataset = open_dataset(data, fmt)
+    predictor = Predictor.from_run(path, device=device, settings=settings)
+    result = run_ablation(
+        predictor,
+        dataset,
+        out,
+        sweeps=chosen,
+        iters=t_values,
+        ranks=r_values,
+        solvers=solver_list,
+        progress=not quiet,
+    )
+    best = result.fastest[0] if result.fastest else result.reference
+    ref = result.reference
+    typer.echo(
+        f"fastest within 1 Dice point of the unmodified model: {best['key']} "
+        f"({best.get('options') or 'no options'}), {best.get('speedup', 1.0):.2f}x, mean Dice "
+        f"{100 * float(best['dice_mean']):.1f} vs {100 * float(ref['dice_mean']):.1f}; "
+        f"see {Path(out) / 'fastest.md'}",
+        err=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``nmfseg ablate`` to app."""
+    app.command("ablate", help=HELP)(handle_errors(ablate))

@@ -1,0 +1,105 @@
+"""``nmfseg explain``: the NMF components of a trained Factorizer on one case (paper Fig. 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nmfseg.cli._common import handle_errors
+from nmfseg.cli.predict import (
+    BLEND,
+    CHECKPOINT,
+    DEVICE,
+    OVERLAP,
+    QUIET,
+    SW_BATCH_SIZE,
+    settings_from,
+)
+
+HELP = (
+    "Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6).\n\n"
+    "Runs the model on CASE like nmfseg predict (same preprocessing and sliding window), "
+    "records the NMF factors of the chosen layers in every window and writes, into OUT: "
+    "maps/layerLL_headHH_compC.nii.gz, one spatial component per layer, head and component on "
+    "the input's own grid and affine (open it over the scan in any viewer); components.png, "
+    "the modalities and ground truth in the first row and the components of each layer on "
+    "the axial slice through the lesion; components.json (layer, head, component, stage, "
+    "level, window, value range). Swin layers combine their regular and shifted windows as "
+    "the layer does. Rerunning into OUT reuses the layers already written."
+)
+
+
+def explain(
+    model: Path = typer.Option(
+        ...,
+        "-m",
+        "--model",
+        help="Run folder RUN_DIR/<dataset>/<model>, fold folder or checkpoint file.",
+    ),
+    input: Path = typer.Option(
+        ...,
+        "-i",
+        "--input",
+        help="One case: a BraTS case folder, an ISLES'22 subject folder, an MSD 4D file or an "
+        "nnU-Net CASE_0000.nii.gz.",
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for the maps, panel and JSON."),
+    layers: str = typer.Option(
+        "first,last",
+        "--layers",
+        metavar="LAYERS",
+        help="NMF layers, 0-based in network order (encoder, bridge, decoder): first,last, "
+        "all, 0,3,8 or 0-4.",
+    ),
+    gt: Path = typer.Option(
+        None, "--gt", metavar="LABEL", help="Label file to show [the case's own label, if any]."
+    ),
+    fold: str = typer.Option(
+        None, "--fold", "-f", metavar="K", help="Fold of a run folder [its first fold]."
+    ),
+    checkpoint: str = CHECKPOINT,
+    device: str = DEVICE,
+    overlap: str = OVERLAP,
+    sw_batch_size: str = SW_BATCH_SIZE,
+    blend: str = BLEND,
+    max_maps: str = typer.Option(
+        "32", "--max-maps", metavar="INT", help="Maps held in memory at once (one pass each)."
+    ),
+    quiet: bool = QUIET,
+) -> None:
+    """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
+    from nmfseg.analysis.explain import explain_case
+    from nmfseg.analysis.runs import fold_checkpoint
+    from nmfseg.errors import ConfigError
+    from nmfseg.inference.predictor import Predictor
+    from nmfseg.inference.settings import parse_layers
+
+    settings = settings_from(overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)
+    parse_layers(layers, None, option="--layers")
+    if fold is not None and not fold.isdigit():
+        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...)")
+    if not (max_maps.isdigit() and int(max_maps) >= 1):
+        raise ConfigError(f"--max-maps {max_maps!r}: must be an integer >= 1")
+    path, others = fold_checkpoint(model, int(fold) if fold is not None else None, checkpoint)
+    if others:
+        typer.echo(
+            f"note: explaining {path.parent.name} of {model} ({len(others)} more fold(s); "
+            "choose one with --fold)",
+            err=True,
+        )
+    predictor = Predictor.from_run(path, device=device, settings=settings, progress=not quiet)
+    result = explain_case(
+        predictor, input, out, layers, gt, max_maps=int(max_maps), progress=not quiet
+    )
+    reused = f" ({len(result.reused)} layer(s) reused)" if result.reused else ""
+    typer.echo(
+        f"wrote {len(result.components)} component maps, {result.panel} and "
+        f"{out / 'components.json'}{reused}",
+        err=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``nmfseg explain`` to app."""
+    app.command("explain", help=HELP)(handle_errors(explain))

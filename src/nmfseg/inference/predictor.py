@@ -1,0 +1,451 @@
+"""The Python inference API: load a trained run once, then predict arrays, NIfTI images, cases.
+
+:class:`Predictor` is the one prediction path of nmfseg: ``nmfseg predict`` (through
+:func:`~nmfseg.inference.predict.predict_folder`), ``nmfseg explain`` and ``nmfseg ablate``
+all run it. It holds the folds of a run (:class:`~nmfseg.inference.ensemble.Ensemble`) and
+:class:`InferenceSettings`: the sliding window (overlap, windows per batch, blending), flip
+TTA, the threshold, bf16 autocast, ``torch.compile``, and the Factorizer's inference-time NMF
+switches of the paper's §4.5 (iterations ``T``, rank, solver, which NMF layers run), applied
+with :func:`~nmfseg.mixers.nmf.set_nmf` to every fold's network. A setting left at ``None``
+is the one the model was validated with (the run config's ``validation`` section, the
+trained NMF settings).
+
+Every prediction is the same pipeline as training's validation: crop to the nonzero box,
+z-score, sliding window, sigmoid, mean over flips and folds, threshold, crop undone.
+
+Examples::
+
+    >>> import tempfile, numpy as np, nibabel as nib, torch
+    >>> from pathlib import Path
+    >>> from nmfseg.models import create_model
+    >>> from nmfseg.training.checkpoint import atomic_save
+    >>> kwargs = dict(channels=(4, 8), head_dim=4, window_size=2, deep_supervision=False)
+    >>> net = create_model("swin_factorizer_isles", **kwargs)
+    >>> run = Path(tempfile.mkdtemp()) / "run"
+    >>> config = {"patch_size": [8, 8, 8], "dataset": {"scheme": "isles22"}}
+    >>> atomic_save({"model_name": "swin_factorizer_isles", "model_kwargs": kwargs,
+    ...              "model": net.state_dict(), "config": config},
+    ...             run / "fold_0" / "checkpoint_final.pt")
+    >>> p = Predictor.from_run(run, device="cpu", nmf_iters=2)
+    >>> image = np.zeros((2, 10, 9, 8), np.float32)
+    >>> image[:, 2:8, 2:7, 1:7] = np.random.default_rng(0).random((2, 6, 5, 6)) + 1
+    >>> p.predict_array(image, output="probabilities").shape
+    (1, 10, 9, 8)
+    >>> labels = p.predict_nifti(nib.Nifti1Image(np.moveaxis(image, 0, -1), np.eye(4)))
+    >>> labels.shape, labels.get_data_dtype()
+    ((10, 9, 8), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from nmfseg.data.formats import Case, Dataset, load_case, open_case
+from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, squeeze_3d
+from nmfseg.data.schemes import DatasetScheme, regions_to_labels
+from nmfseg.errors import ConfigError, DataError
+from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
+from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS, InferenceSettings, parse_layers
+from nmfseg.mixers.nmf import nmf_layers, set_nmf
+
+__all__ = ["InferenceSettings", "Predictor", "output_scheme", "parse_layers"]
+
+
+class Predictor:
+    """A trained model loaded once, predicting like ``nmfseg predict``.
+
+    Build it with :meth:`from_run` (a run folder, a fold folder or a checkpoint file) or
+    from an already loaded :class:`~nmfseg.inference.ensemble.Ensemble`. Settings are
+    :class:`InferenceSettings`, given as an object or as keyword arguments; change them
+    later with :meth:`configure` (the NMF switches always start again from the trained
+    settings, so calls do not accumulate).
+
+    Args:
+        ensemble: The loaded folds.
+        settings: Inference settings (or give them as keyword arguments).
+        progress: Show MONAI's per-window progress bar.
+        **options: Fields of :class:`InferenceSettings`.
+
+    Raises:
+        ConfigError: A bad setting, an NMF switch for a network without NMF layers, or an
+            NMF layer the network does not have (each message names the option).
+
+    Examples::
+
+        >>> ens = Ensemble([torch.nn.Conv3d(1, 1, 1)], [], (8, 8, 8), 1, 1)
+        >>> Predictor(ens, overlap=0.25).overlap
+        0.25
+        >>> Predictor(ens, nmf_iters=2)
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --nmf-iters: the network Conv3d has no NMF layers ...
+    """
+
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        settings: InferenceSettings | None = None,
+        *,
+        progress: bool = False,
+        **options: Any,
+    ) -> None:
+        if settings is not None and options:
+            raise TypeError("give the settings either as an InferenceSettings or as keywords")
+        self.ensemble = ensemble
+        self.progress = progress
+        self._trained = [
+            [(layer.nmf.iters, layer.nmf.rank, layer.nmf.solver) for layer in nmf_layers(m)]
+            for m in ensemble.models
+        ]
+        self._compiled: list[nn.Module] | None = None
+        self.settings = InferenceSettings()
+        self.configure(settings if settings is not None else InferenceSettings(**options))
+
+    @classmethod
+    def from_run(
+        cls,
+        model: str | Path,
+        folds: str | Sequence[int | str] | None = "all",
+        checkpoint: str = "final",
+        device: str | torch.device | None = None,
+        *,
+        settings: InferenceSettings | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Predictor:
+        """Load the folds of a trained run (:func:`~nmfseg.inference.ensemble.find_checkpoints`).
+
+        Args:
+            model: Run folder ``RUN_DIR/<dataset>/<model>``, fold folder or checkpoint file.
+            folds: ``"all"`` (or ``None``): every numbered ``fold_K`` of a run folder, as
+                nnU-Net ensembles; a list such as ``[0, 1]`` picks folds (``["all"]`` is the
+                ``fold_all`` model trained on every case).
+            checkpoint: ``final``, ``best`` or ``last``.
+            device: ``cpu``, ``cuda`` or ``cuda:N`` (default: CUDA when available).
+            settings: Inference settings (or give them as keyword arguments).
+            progress: Show the per-window progress bar.
+            **options: Fields of :class:`InferenceSettings`.
+        """
+        if settings is not None and options:
+            raise TypeError("give the settings either as an InferenceSettings or as keywords")
+        if settings is None:
+            settings = InferenceSettings(**options)  # bad values fail before loading anything
+        wanted = None if folds is None or (isinstance(folds, str) and folds == "all") else folds
+        if isinstance(wanted, str | int):
+            wanted = [wanted]
+        ensemble = load_ensemble(model, wanted, checkpoint, device)
+        return cls(ensemble, settings, progress=progress)
+
+    # ------------------------------------------------------------------ settings
+    def configure(self, settings: InferenceSettings | None = None, **changes: Any) -> None:
+        """Apply new settings: a whole :class:`InferenceSettings`, or changes to the current.
+
+        Examples::
+
+            >>> p = Predictor(Ensemble([torch.nn.Conv3d(1, 1, 1)], [], (8, 8, 8), 1, 1))
+            >>> p.configure(threshold=0.3, blend="constant")
+            >>> p.threshold, p.blend
+            (0.3, 'constant')
+        """
+        new = settings if settings is not None else self.settings.replace(**changes)
+        asked = [name for name in NMF_SETTINGS if getattr(new, name) is not None]
+        if asked and not self.has_nmf:
+            raise ConfigError(
+                f"{OPTIONS[asked[0]]}: the network {self.model_name} has no NMF layers "
+                "(only Factorizers do); leave out the --nmf-* options"
+            )
+        for net, trained in zip(self.ensemble.models, self._trained, strict=True):
+            layers = nmf_layers(net)
+            if not layers:
+                continue
+            enabled = (
+                parse_layers(new.nmf_layers, len(layers)) if new.nmf_layers is not None else "all"
+            )
+            for layer, (iters, rank, solver) in zip(layers, trained, strict=True):
+                layer.nmf.iters, layer.nmf.rank, layer.nmf.solver = iters, rank, solver
+            set_nmf(net, new.nmf_iters, new.nmf_rank, new.nmf_solver, enabled)
+        if new.compile and self._compiled is None:
+            self._compiled = [torch.compile(net) for net in self.ensemble.models]
+        self.settings = new
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        """The networks that predict (compiled with ``compile=True``)."""
+        if self.settings.compile and self._compiled is not None:
+            return self._compiled
+        return list(self.ensemble.models)
+
+    @property
+    def has_nmf(self) -> bool:
+        """Whether every fold's network has NMF layers (a Factorizer)."""
+        return all(nmf_layers(net) for net in self.ensemble.models)
+
+    @property
+    def model_name(self) -> str:
+        """The registered name of the network (its class name if it has none)."""
+        model = self.ensemble.config.get("model")
+        if isinstance(model, dict) and model.get("name"):
+            return str(model["name"])
+        if isinstance(model, str):
+            return model
+        if not self.ensemble.models:
+            return "?"
+        registered = getattr(self.ensemble.models[0], "model_config", None)
+        return str(getattr(registered, "name", "") or type(self.ensemble.models[0]).__name__)
+
+    @property
+    def overlap(self) -> float:
+        """Sliding-window overlap in use."""
+        s = self.settings.overlap
+        return float(s if s is not None else self.ensemble.overlap)
+
+    @property
+    def sw_batch_size(self) -> int:
+        """Windows per forward pass in use."""
+        s = self.settings.sw_batch_size
+        return int(s if s is not None else self.ensemble.sw_batch_size)
+
+    @property
+    def blend(self) -> str:
+        """Window blending in use."""
+        return self.settings.blend or self.ensemble.mode
+
+    @property
+    def threshold(self) -> float:
+        """Probability threshold in use."""
+        s = self.settings.threshold
+        return float(s if s is not None else self.ensemble.threshold)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """Sliding-window size (the training patch size)."""
+        return tuple(self.ensemble.patch_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run."""
+        return self.ensemble.device
+
+    def describe(self) -> dict[str, Any]:
+        """The settings in use, resolved (what ``predict.json`` records).
+
+        Examples::
+
+            >>> p = Predictor(Ensemble([torch.nn.Conv3d(1, 1, 1)], [], (8, 8, 8), 1, 1))
+            >>> p.describe()["overlap"], p.describe()["nmf_iters"]
+            (0.5, None)
+        """
+        layers = nmf_layers(self.ensemble.models[0]) if self.ensemble.models else []
+        nmf: dict[str, Any] = dict.fromkeys(NMF_SETTINGS)
+        if layers:
+            first = layers[0].nmf
+            enabled = [i for i, layer in enumerate(layers) if layer.enabled]
+            nmf = {
+                "nmf_iters": first.iters,
+                "nmf_rank": first.rank,
+                "nmf_solver": first.solver,
+                "nmf_layers": "all" if len(enabled) == len(layers) else enabled,
+            }
+        return {
+            "patch_size": list(self.patch_size),
+            "tta": self.settings.tta,
+            "overlap": self.overlap,
+            "sw_batch_size": self.sw_batch_size,
+            "blend": self.blend,
+            "threshold": self.threshold,
+            "amp": self.settings.amp,
+            "compile": self.settings.compile,
+            **nmf,
+            "device": str(self.device),
+        }
+
+    def _autocast(self) -> Any:
+        if self.settings.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------ prediction
+    def predict_preprocessed(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities ``(R, *spatial)`` of an image already cropped and z-scored.
+
+        The network part of every prediction (what ``nmfseg ablate`` times).
+        """
+        with self._autocast():
+            return predict_preprocessed(
+                self.networks,
+                image,
+                self.patch_size,
+                self.overlap,
+                self.settings.tta,
+                mode=self.blend,
+                sw_batch_size=self.sw_batch_size,
+                device=self.device,
+                progress=self.progress,
+            )
+
+    def probabilities(self, image: np.ndarray, where: str = "image") -> np.ndarray:
+        """Probabilities ``(R, X, Y, Z)`` of a raw image ``(C, X, Y, Z)``, in its own grid.
+
+        Raises:
+            DataError: naming ``where``: wrong channel count, NaN/Inf voxels.
+        """
+        with self._autocast():
+            return predict_case(
+                self.networks,
+                image,
+                self.patch_size,
+                self.overlap,
+                self.settings.tta,
+                mode=self.blend,
+                sw_batch_size=self.sw_batch_size,
+                device=self.device,
+                where=where,
+                progress=self.progress,
+            )
+
+    def to_labels(self, probabilities: np.ndarray, scheme: DatasetScheme | None = None) -> Any:
+        """Threshold probabilities and write them as a label map of ``scheme``.
+
+        Raises:
+            ConfigError: No scheme given and the model's config names none.
+        """
+        scheme = scheme if scheme is not None else self.ensemble.scheme
+        if scheme is None:
+            raise ConfigError(
+                "the model's config names no label scheme; pass scheme= (e.g. "
+                "nmfseg.data.schemes.SCHEMES['isles22'])"
+            )
+        return regions_to_labels(np.asarray(probabilities) >= self.threshold, scheme)
+
+    def predict_array(
+        self,
+        image: np.ndarray | torch.Tensor,
+        output: str = "labels",
+        scheme: DatasetScheme | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Predict a raw image ``(C, X, Y, Z)`` given as a NumPy array or a torch tensor.
+
+        Args:
+            image: The raw (not normalized) image, channels first in the model's order.
+            output: ``"labels"`` (a label map of ``scheme``), ``"regions"`` (``(R, ...)``
+                uint8 masks) or ``"probabilities"`` (``(R, ...)`` float32).
+            scheme: Label scheme of ``"labels"`` (default: the model's training scheme).
+
+        Returns:
+            The same kind of array as ``image`` (a tensor comes back on the CPU).
+        """
+        if output not in ("labels", "regions", "probabilities"):
+            raise ConfigError(f"output {output!r}: choose labels, regions or probabilities")
+        is_tensor = isinstance(image, torch.Tensor)
+        array = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+        dims = len(self.patch_size)
+        if array.ndim != dims + 1:
+            raise DataError("image", f"expected (C, *spatial) with {dims} spatial axes, got "
+                            f"shape {array.shape}")  # fmt: skip
+        probs = self.probabilities(array)
+        if output == "probabilities":
+            out = probs
+        elif output == "regions":
+            out = (probs >= self.threshold).astype(np.uint8)
+        else:
+            out = self.to_labels(probs, scheme)
+        return torch.from_numpy(np.ascontiguousarray(out)) if is_tensor else out
+
+    def predict_nifti(
+        self,
+        image: Any,
+        scheme: DatasetScheme | None = None,
+    ) -> nib.Nifti1Image:
+        """Label map of a NIfTI image in memory, with the image's own affine and header.
+
+        Args:
+            image: A nibabel image (4D channels last, or 3D for a one-channel model), a path
+                to one, or a sequence of 3D images or paths (one per channel, model order).
+            scheme: Label scheme of the output (default: the model's).
+
+        Raises:
+            DataError: Images of different shapes, or a channel count the model does not take.
+        """
+        images = list(image) if isinstance(image, list | tuple) else [image]
+        loaded = [load_nifti(Path(i)) if isinstance(i, str | Path) else i for i in images]
+        arrays = []
+        for i, img in enumerate(loaded):
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            where = images[i] if isinstance(images[i], str | Path) else f"image {i}"
+            if len(loaded) > 1:
+                data = squeeze_3d(data, where)
+                arrays.append(data[None])
+            else:
+                arrays.append(np.moveaxis(data, -1, 0) if data.ndim == 4 else data[None])
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) > 1:
+            raise DataError("image", f"the channel images differ in shape: {sorted(shapes)}")
+        labels = self.predict_array(np.concatenate(arrays), "labels", scheme)
+        labels = np.asarray(labels)
+        ref = loaded[0]
+        return new_nifti(labels.astype(label_dtype(labels)), ref.affine, ref.header)
+
+    def predict_case(
+        self, case: Case | str | Path, scheme: DatasetScheme | None = None
+    ) -> nib.Nifti1Image:
+        """Label map of a case on disk (a case folder or file that ``nmfseg predict`` takes).
+
+        The labels are in the case's own scheme when its regions are the model's, else in
+        the model's (see :func:`output_scheme`).
+        """
+        case = open_case(case, scheme=self.ensemble.scheme) if not isinstance(case, Case) else case
+        data = load_case(dataclasses.replace(case, label_path=None))
+        if scheme is None and case.scheme is not None:
+            one = Dataset(Path(case.image_paths[0]).parent, case.fmt, case.scheme, [case], False)
+            scheme, _ = output_scheme(one, self.ensemble)
+        labels = self.to_labels(self.probabilities(data.image, case.case_id), scheme)
+        return new_nifti(labels.astype(label_dtype(labels)), data.affine, data.header)
+
+
+def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, str]:
+    """The scheme predictions are written in, and a note when it is not the dataset's own.
+
+    The dataset's scheme is used when its regions are the model's (by name, or by count when
+    the model does not record names); otherwise the model's training scheme, when known.
+
+    Raises:
+        DataError: the dataset's images do not have the model's channel count, or its regions
+            cannot be written from the model's outputs.
+    """
+    ds = dataset.scheme
+    first = dataset.cases[0].case_id if dataset.cases else "?"
+    if ds.in_channels != ensemble.in_channels:
+        expected = f" ({', '.join(ensemble.channels)})" if ensemble.channels else ""
+        raise DataError(
+            dataset.root,
+            f"case {first} has {ds.in_channels} channels ({', '.join(ds.channels)}) but the "
+            f"model expects {ensemble.in_channels}{expected}",
+        )
+    same = (
+        ds.region_names == ensemble.regions
+        if ensemble.regions
+        else ds.out_channels == ensemble.out_channels
+    )
+    if same:
+        return ds, ""
+    model = ensemble.scheme
+    if model is not None and model.out_channels == ensemble.out_channels:
+        return model, (
+            f"note: the model's regions ({', '.join(ensemble.regions)}) are not the dataset's "
+            f"({', '.join(ds.region_names)}); writing labels in the model's {model.name} scheme"
+        )
+    raise DataError(
+        dataset.root,
+        f"the model predicts {ensemble.out_channels} region(s) "
+        f"({', '.join(ensemble.regions) or 'unnamed'}) but the {dataset.fmt} labels need "
+        f"{ds.out_channels} ({', '.join(ds.region_names)})",
+    )

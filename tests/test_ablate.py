@@ -1,0 +1,160 @@
+"""``nmfseg ablate``: inference-time NMF ablations on a fold's validation cases (paper Fig. 8)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from helpers import cli
+from nmfseg.models import create_model
+from nmfseg.phantoms.toy import make_toy_dataset
+from nmfseg.training.checkpoint import atomic_save
+
+pytestmark = pytest.mark.slow
+
+MODEL = "swin_factorizer_isles"
+QUICK = ("--iters", "1-2", "--ranks", "1-2")  # every sweep, few values
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(dataset, run folder)`` of a 2-step Swin Factorizer, fold 1 of 2 (2 validation cases)."""
+    root = tmp_path_factory.mktemp("ablate")
+    data = make_toy_dataset(root / "Toy", "isles22", n_cases=4, shape=(28, 30, 26), seed=1)
+    result = cli(
+        "train", data, "--model", MODEL, "--fold", 1, "--out", root / "runs", "--steps", 2,
+        "--patch-size", 16, "--n-folds", 2, "--workers", 0, "--val-every", 2, "--seed", 3,
+        "--model-arg", "channels=4,8,16", "--model-arg", "deep_supr_num=1", "--device", "cpu",
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return data, root / "runs" / data.name / MODEL
+
+
+def _ablate(run, data, out, *options):
+    return cli("ablate", "-m", run, "--data", data, "-o", out, "--device", "cpu", "-q", *options)
+
+
+def _rows(path):
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_setting_is_a_row_with_dice_and_time_and_the_panels(trained, tmp_path):
+    data, run = trained
+    res = _ablate(run, data, tmp_path, *QUICK)
+    assert res.exit_code == 0, res.output
+    progress = [line for line in res.output.splitlines() if line.startswith("[ablate] ")]
+    assert len(progress) == 18 and progress[0].startswith("[ablate] 1/18 reference reference:")
+    assert "fastest within 1 Dice point of the unmodified model:" in res.output
+
+    keys = {
+        "reference": ["reference"],
+        "layers": [f"keep={k}" for k in range(6)],
+        "remove": [f"remove={i}" for i in range(5)],
+        "iters": ["iters=1", "iters=2"],
+        "rank": ["rank=1,hals", "rank=2,hals", "rank=1,mu", "rank=2,mu"],
+    }
+    rows = {sweep: _rows(tmp_path / f"{sweep}.csv") for sweep in keys}
+    assert {sweep: [r["key"] for r in found] for sweep, found in rows.items()} == keys
+    reference = rows["reference"][0]
+    for found in rows.values():
+        for row in found:
+            assert 0 <= float(row["dice_lesion"]) <= 1 and row["dice_mean"] == row["dice_lesion"]
+            assert float(row["seconds"]) >= 0 and row["n_cases"] == "2"
+    layers = {r["key"]: r for r in rows["layers"]}
+    assert layers["keep=0"]["options"] == "--nmf-layers none"
+    assert layers["keep=0"]["nmf_layers"] == "none" and layers["keep=2"]["nmf_layers"] == "0-1"
+    assert layers["keep=5"]["note"] == "as trained (= reference)"  # not run twice
+    assert layers["keep=5"]["dice_mean"] == reference["dice_mean"]
+    assert rows["remove"][2]["options"] == "--nmf-layers 0-1,3-4"
+    assert rows["rank"][2]["options"] == "--nmf-rank 1 --nmf-solver mu"
+    assert rows["iters"][0]["nmf_iters"] == "1" and rows["iters"][1]["options"] == "--nmf-iters 2"
+
+    fastest = _rows(tmp_path / "fastest.csv")
+    assert "reference" in [r["key"] for r in fastest]
+    floor = float(reference["dice_mean"]) - 0.01
+    assert all(float(r["dice_mean"]) >= floor for r in fastest)
+    assert (tmp_path / "fastest.md").read_text().startswith("# Fastest settings within 1 Dice")
+    assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((tmp_path / "ablate.json").read_text())
+    assert record["fold"] == 1 and len(record["cases"]) == 2
+
+
+def test_an_interrupted_ablation_resumes_and_other_settings_are_refused(trained, tmp_path):
+    data, run = trained
+    assert _ablate(run, data, tmp_path, "--sweeps", "layers,iters", *QUICK).exit_code == 0
+    iters = tmp_path / "iters.csv"
+    lines = iters.read_text().splitlines()
+    iters.write_text("\n".join(lines[:-1]) + "\n")  # as if killed before the last setting
+    before = (tmp_path / "layers.csv").stat().st_mtime_ns
+    res = _ablate(run, data, tmp_path, "--sweeps", "layers,iters", *QUICK)
+    assert res.exit_code == 0, res.output
+    assert "[ablate] 8 of 9 settings already in" in res.output
+    progress = [line for line in res.output.splitlines() if line.startswith("[ablate] 1/")]
+    assert len(progress) == 1 and "iters iters=2" in progress[0]
+    assert [r["key"] for r in _rows(iters)] == ["iters=1", "iters=2"]
+    assert (tmp_path / "layers.csv").stat().st_mtime_ns == before
+    assert not (tmp_path / "rank.csv").exists()
+
+    res = _ablate(run, data, tmp_path, "--sweeps", "iters", "--overlap", "0.25")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"nmfseg: error: {tmp_path} holds an ablation with another settings (see ablate.json); "
+        "choose another -o, or delete the folder to start again"
+    ]
+
+
+@pytest.fixture(scope="module")
+def others(trained, tmp_path_factory):
+    """A run with two folds, a SegResNet checkpoint and a dataset of other cases."""
+    _, run = trained
+    root = tmp_path_factory.mktemp("others")
+    two = root / "two"
+    for k in (0, 1):
+        shutil.copytree(run / "fold_1", two / f"fold_{k}")
+    torch.manual_seed(0)
+    kwargs = dict(init_filters=8, in_channels=2, out_channels=1)
+    config = {"patch_size": [16, 16, 16], "dataset": {"scheme": "isles22"}, "split": {
+        "val": ["sub-strokecase0001"]}}  # fmt: skip
+    ckpt = {"model_name": "segresnet", "model_kwargs": kwargs, "config": config}
+    net = create_model("segresnet", **kwargs)
+    atomic_save({**ckpt, "model": net.state_dict()}, root / "seg" / "checkpoint_final.pt")
+    other = make_toy_dataset(root / "Other", "isles22", n_cases=1, shape=(20, 18, 16), seed=5)
+    return {"two": two, "seg": root / "seg", "other": other}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("--sweeps", "speed"), "--sweeps 'speed': choose from layers, remove, iters, rank or all"),
+        (("--iters", "5-1"), "--iters '5-1': use a range 1-20 or a list 1,2,5"),
+        (("--ranks", "0-2"), "--ranks '0-2': every value must be an integer >= 1"),
+        (("--solvers", "hals,als"), "--solvers 'hals,als': choose from hals, mu"),
+        (("--fold", "x"), "--fold 'x': must be a fold number (0, 1, ...)"),
+        (("--fold", "3"), "no fold_3 (available: fold_1)"),
+        (("--threshold", "1"), "--threshold '1': must be a number in (0, 1)"),
+        (("-m", "two"), "has fold_0, fold_1; choose the fold to ablate"),
+        (("-m", "seg"), "the network segresnet has no NMF layers; ablate changes the NMF layers"),
+        (("--data", "other"), "has no case sub-strokecase0002 of the fold's validation set"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_writes_nothing(trained, others, tmp_path, change, message):
+    data, run = trained
+    option, value = change
+    args = {"-m": run, "--data": data}
+    extra: tuple = ()
+    if option in args:
+        args[option] = others[value]
+    else:
+        extra = change
+    res = cli("ablate", "-m", args["-m"], "--data", args["--data"], "-o", tmp_path / "out",
+              "--device", "cpu", "-q", *extra)  # fmt: skip
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,193 @@
+"""The Python inference API (nmfseg.Predictor) and predict's switches, on a tiny trained model.
+
+One tiny Swin Factorizer (3 levels, 5 NMF layers) is trained for 2 steps once per module;
+every test predicts with it, through ``nmfseg predict`` and through the Predictor.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import nmfseg
+from helpers import cli
+from nmfseg.data.formats import load_case, open_dataset
+from nmfseg.errors import ConfigError
+from nmfseg.inference.ensemble import predict_case
+from nmfseg.phantoms.toy import make_toy_dataset
+
+pytestmark = pytest.mark.slow
+
+MODEL = "swin_factorizer_isles"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(dataset folder, run folder)`` of a 2-step Swin Factorizer on 4 toy ISLES'22 cases."""
+    root = tmp_path_factory.mktemp("predictor")
+    data = make_toy_dataset(root / "Toy", "isles22", n_cases=4, shape=(28, 30, 26), seed=1)
+    result = cli(
+        "train", data, "--model", MODEL, "--fold", 1, "--out", root / "runs", "--steps", 2,
+        "--patch-size", 16, "--n-folds", 2, "--workers", 0, "--val-every", 2, "--seed", 3,
+        "--model-arg", "channels=4,8,16", "--model-arg", "deep_supr_num=1", "--device", "cpu",
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return data, root / "runs" / data.name / MODEL
+
+
+def _predict(run, data, out, *options):
+    return cli("predict", "-m", run, "-i", data, "-o", out, "--device", "cpu", "-q", *options)
+
+
+def _labels(path):
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_python_api_gives_the_cli_labels_bit_for_bit(trained, tmp_path):
+    data, run = trained
+    cases = open_dataset(data).cases
+    first = load_case(cases[0]).image
+    probs = nmfseg.Predictor.from_run(run, device="cpu").predict_array(first, "probabilities")
+    # a threshold inside the range of this barely trained network, so labels are not empty
+    threshold = f"{float(np.median(probs[probs > 0])):.6f}"
+    assert _predict(run, data, tmp_path / "cli", "--threshold", threshold).exit_code == 0
+
+    p = nmfseg.Predictor.from_run(run, folds="all", device="cpu", threshold=threshold)
+    some = False
+    for case in cases:
+        expected = _labels(tmp_path / "cli" / f"{case.case_id}.nii.gz")
+        some |= 0 < expected.sum() < expected.size
+        image = load_case(case).image
+        np.testing.assert_array_equal(p.predict_array(image), expected)
+        from_disk = p.predict_case(data / case.case_id)
+        np.testing.assert_array_equal(np.asarray(from_disk.dataobj), expected)
+        in_memory = p.predict_nifti([nib.load(f) for f in case.image_paths])
+        np.testing.assert_array_equal(np.asarray(in_memory.dataobj), expected)
+        np.testing.assert_allclose(in_memory.affine, nib.load(case.image_paths[0]).affine)
+    assert some
+    # a tensor comes back as a tensor, a 4D image (channels last) as a label image
+    import torch
+
+    tensor = p.predict_array(torch.from_numpy(first), output="regions")
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (1, *first.shape[1:])
+    four_d = nib.Nifti1Image(np.moveaxis(first, 0, -1), np.eye(4))
+    np.testing.assert_array_equal(np.asarray(p.predict_nifti(four_d).dataobj), tensor[0].numpy())
+
+
+@pytest.mark.parametrize(
+    ("options", "recorded"),
+    [
+        (("--nmf-iters", "1"), {"nmf_iters": 1}),
+        (("--nmf-rank", "2", "--nmf-solver", "mu"), {"nmf_rank": 2, "nmf_solver": "mu"}),
+        (("--nmf-layers", "none"), {"nmf_layers": []}),
+        (("--nmf-layers", "0-2,4"), {"nmf_layers": [0, 1, 2, 4]}),
+    ],
+    ids=["iters", "rank-mu", "no-nmf", "layers"],
+)
+def test_nmf_switches_take_effect_through_predict(trained, tmp_path, options, recorded):
+    data, run = trained
+    assert _predict(run, data, tmp_path / "plain", "--save-probabilities").exit_code == 0
+    res = _predict(run, data, tmp_path / "switched", "--save-probabilities", *options)
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads((tmp_path / "switched" / "predict.json").read_text())
+    assert {k: sidecar["settings"][k] for k in recorded} == recorded
+    assert sidecar["checkpoints"] == [str((run / "fold_1" / "checkpoint_final.pt").resolve())]
+
+    case = open_dataset(data).cases[0]
+    name = f"{case.case_id}_probabilities.npz"
+    plain = np.load(tmp_path / "plain" / name)["probabilities"].astype(np.float32)
+    switched = np.load(tmp_path / "switched" / name)["probabilities"].astype(np.float32)
+    assert np.abs(plain - switched).max() > 1e-3  # the switch changed the network's output
+    # and the Python API with the same switches gives the same probabilities
+    keys = {"--nmf-iters": "nmf_iters", "--nmf-rank": "nmf_rank", "--nmf-solver": "nmf_solver",
+            "--nmf-layers": "nmf_layers"}  # fmt: skip
+    kwargs = {keys[options[i]]: options[i + 1] for i in range(0, len(options), 2)}
+    p = nmfseg.Predictor.from_run(run, device="cpu", **kwargs)
+    api = p.predict_array(load_case(case).image, output="probabilities")
+    np.testing.assert_allclose(switched, api, atol=1e-3)  # float16 on disk
+
+
+def test_window_options_take_effect_and_are_recorded(trained, tmp_path):
+    data, run = trained
+    options = ("--overlap", "0.25", "--blend", "constant", "--sw-batch-size", "3")
+    res = _predict(run, data, tmp_path / "out", "--save-probabilities", *options)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "out" / "predict.json").read_text())["settings"]
+    assert (settings["overlap"], settings["blend"], settings["sw_batch_size"]) == (
+        0.25,
+        "constant",
+        3,
+    )
+    assert settings["patch_size"] == [16, 16, 16] and settings["amp"] == "none"
+
+    p = nmfseg.Predictor.from_run(run, device="cpu")
+    case = open_dataset(data).cases[0]
+    image = load_case(case).image
+    direct = predict_case(p.networks, image, (16, 16, 16), 0.25, mode="constant", sw_batch_size=3)
+    saved = np.load(tmp_path / "out" / f"{case.case_id}_probabilities.npz")["probabilities"]
+    np.testing.assert_allclose(saved.astype(np.float32), direct, atol=1e-3)
+    default = p.predict_array(image, output="probabilities")
+    assert np.abs(default - direct).max() > 1e-4  # not what the run's defaults give
+
+
+def test_amp_bf16_is_close_to_float32(trained):
+    data, run = trained
+    image = load_case(open_dataset(data).cases[0]).image
+    fp32 = nmfseg.Predictor.from_run(run, device="cpu").predict_array(image, "probabilities")
+    p = nmfseg.Predictor.from_run(run, device="cpu", amp="bf16")
+    assert p.describe()["amp"] == "bf16"
+    np.testing.assert_allclose(p.predict_array(image, "probabilities"), fp32, atol=0.05)
+
+
+def test_configure_starts_from_the_trained_settings(trained):
+    _, run = trained
+    p = nmfseg.Predictor.from_run(run, device="cpu", nmf_iters=1, nmf_layers="0,1")
+    assert (p.describe()["nmf_iters"], p.describe()["nmf_layers"]) == (1, [0, 1])
+    p.configure(nmf_iters=None, nmf_layers=None, nmf_rank=3)
+    described = p.describe()
+    assert (described["nmf_iters"], described["nmf_rank"], described["nmf_layers"]) == (5, 3, "all")
+    with pytest.raises(ConfigError, match=r"--nmf-layers '5': there is no NMF layer 5; the model "):
+        p.configure(nmf_layers="5")
+
+
+def test_a_folder_of_other_settings_is_refused_without_overwrite(trained, tmp_path):
+    data, run = trained
+    out = tmp_path / "pred"
+    assert _predict(run, data, out).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    res = _predict(run, data, out, "--nmf-iters", "2")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"nmfseg: error: {out} holds predictions made with other settings (nmf_iters 5 in "
+        "predict.json); pass --overwrite to replace them, or choose another -o"
+    ]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    again = _predict(run, data, out)  # the same settings: an interrupted run resumes
+    assert again.exit_code == 0 and "4 already there" in again.output
+    assert _predict(run, data, out, "--nmf-iters", "2", "--overwrite").exit_code == 0
+    assert json.loads((out / "predict.json").read_text())["settings"]["nmf_iters"] == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--nmf-layers", "5", "--nmf-layers '5': there is no NMF layer 5; the model has 5 (0-4)"),
+        ("--nmf-layers", "3-1", "--nmf-layers '3-1': the range 3-1 is empty"),
+        ("--nmf-layers", "bridge", "--nmf-layers 'bridge': not a layer list (use all, none, "),
+        ("--nmf-iters", "-1", "--nmf-iters '-1': must be an integer >= 0"),
+        ("--nmf-rank", "1.5", "--nmf-rank '1.5': must be an integer >= 1"),
+        ("--nmf-solver", "als", "--nmf-solver 'als': choose one of hals, mu"),
+        ("--amp", "fp16", "--amp 'fp16': choose one of none, bf16"),
+    ],
+)
+def test_bad_switches_are_one_line_and_write_nothing(trained, tmp_path, option, value, message):
+    data, run = trained
+    res = _predict(run, data, tmp_path / "pred", option, value)
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nmfseg: error: {message}"), res.output
+    assert not (tmp_path / "pred").exists()
