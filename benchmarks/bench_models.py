@@ -29,7 +29,7 @@ import time
 
 MODELS = {
     "swin_factorizer": ("swin_factorizer_brats", {}),
-    "segresnet": ("segresnet", dict(init_filters=32, blocks_down=(1, 2, 2, 4))),
+    "segresnet_brats": ("segresnet_brats", dict(init_filters=32, blocks_down=(1, 2, 2, 4))),
 }
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     header = f"{'model':<18}{'input':<14}{'mode':<8}{'time (s)':>10}{'peak (MB)':>11}"
     print(header + f"{'vs SegResNet':>14}")
     results = {}
-    order = sorted(args.models, key=lambda k: k != "segresnet")  # the reference first
+    order = sorted(args.models, key=lambda k: k != "segresnet_brats")  # the reference first
     for size in args.sizes:
         for mode in args.modes:
             for key in order:
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                 if "error" in r:
                     print(f"{key:<18}{label:<14}{mode:<8}  failed: {r['error'].strip()[-200:]}")
                     continue
-                ref = results.get(("segresnet", size, mode))
+                ref = results.get(("segresnet_brats", size, mode))
                 ratio = ""
-                if key != "segresnet" and ref and "error" not in ref:
+                if key != "segresnet_brats" and ref and "error" not in ref:
                     ratio = f"{r['time_s'] / ref['time_s']:.2f}x"
                 print(
                     f"{key:<18}{label:<14}{mode:<8}{r['time_s']:>10.2f}{r['peak_mb']:>11.0f}"

@@ -33,7 +33,7 @@ import yaml
 from nmfseg.demo import load_demo_config
 from nmfseg.demo.run import _make_dataset
 
-SW, SEG = "swin_factorizer_brats", "segresnet"
+SW, SEG = "swin_factorizer_brats", "segresnet_brats"
 
 
 def _train(lr: float, clip: float | None = None, affine: bool = True, **keys: Any) -> dict:

@@ -38,7 +38,7 @@ SMALL: dict[str, tuple[dict[str, Any], int]] = {
     ),
     "unetr_*": (dict(feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2), 1),
     "swin_unetr_*": (dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 1),
-    "segresnet*": (dict(init_filters=8), 1),
+    "segresnet_*": (dict(init_filters=8), 1),
 }
 
 
@@ -47,7 +47,7 @@ def small_kwargs(name: str) -> tuple[dict[str, Any], int]:
     for pattern, entry in SMALL.items():
         if fnmatch.fnmatch(name, pattern):
             return entry
-    raise KeyError(f"no reduced-width entry in tests/conftest.py SMALL for model {name!r}")
+    raise KeyError(f"no reduced-width entry in tests/helpers.py SMALL for model {name!r}")
 
 
 def small_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:

@@ -121,8 +121,8 @@ def others(trained, tmp_path_factory):
     kwargs = dict(init_filters=8, in_channels=2, out_channels=1)
     config = {"patch_size": [16, 16, 16], "dataset": {"scheme": "isles22"}, "split": {
         "val": ["sub-strokecase0001"]}}  # fmt: skip
-    ckpt = {"model_name": "segresnet", "model_kwargs": kwargs, "config": config}
-    net = create_model("segresnet", **kwargs)
+    ckpt = {"model_name": "segresnet_brats", "model_kwargs": kwargs, "config": config}
+    net = create_model("segresnet_brats", **kwargs)
     atomic_save({**ckpt, "model": net.state_dict()}, root / "seg" / "checkpoint_final.pt")
     other = make_toy_dataset(root / "Other", "isles22", n_cases=1, shape=(20, 18, 16), seed=5)
     return {"two": two, "seg": root / "seg", "other": other}
@@ -139,7 +139,7 @@ def others(trained, tmp_path_factory):
         (("--fold", "3"), "no fold_3 (available: fold_1)"),
         (("--threshold", "1"), "--threshold '1': must be a number in (0, 1)"),
         (("-m", "two"), "has fold_0, fold_1; choose the fold to ablate"),
-        (("-m", "seg"), "the network segresnet has no NMF layers; ablate changes the NMF layers"),
+        (("-m", "seg"), "the network segresnet_brats has no NMF layers; ablate changes the NMF"),
         (("--data", "other"), "has no case sub-strokecase0002 of the fold's validation set"),
     ],
 )  # fmt: skip

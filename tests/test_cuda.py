@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
     DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"
 )
 
-SMALL = {"segresnet": dict(init_filters=8)}
+SMALL = {"segresnet_brats": dict(init_filters=8)}
 SMALL_FACTORIZER = dict(channels=(8, 16, 32, 64, 128))
 
 
@@ -62,7 +62,7 @@ def test_nmf_cuda_matches_cpu_in_float64(solver, rank):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", [*list_models("*_brats"), "segresnet"])
+@pytest.mark.parametrize("name", [*list_models("*_brats"), "segresnet_brats"])
 def test_model_cuda_matches_cpu_forward_and_gradients(name):
     """float64 on both devices: differences are kernel bugs, not rounding."""
     model = _small(name, dropout=0.0).double()
@@ -86,7 +86,7 @@ def test_model_cuda_matches_cpu_forward_and_gradients(name):
         torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-6, atol=1e-9, msg=pname)
 
 
-@pytest.mark.parametrize("name", ["swin_factorizer_brats", "segresnet"])
+@pytest.mark.parametrize("name", ["swin_factorizer_brats", "segresnet_brats"])
 def test_bf16_autocast_on_cuda_is_finite_and_close_to_fp32(name):
     model = _small(name).to(DEV).eval()
     x = torch.randn(2, model.in_channels, 48, 40, 44, device=DEV)

@@ -29,9 +29,9 @@ TINY = {
     },
     "models": {
         "swin_factorizer_brats": {"channels": [8, 16, 32, 64, 128], "window_size": 4},
-        "segresnet": {"init_filters": 8},
+        "segresnet_brats": {"init_filters": 8},
     },
-    "model_train": {"segresnet": {"optimizer": {"lr": 5.0e-4, "grad_clip": 1.0}}},
+    "model_train": {"segresnet_brats": {"optimizer": {"lr": 5.0e-4, "grad_clip": 1.0}}},
 }
 
 
@@ -67,14 +67,14 @@ def test_demo_applies_per_model_training_overrides(demo_run: tuple[Path, object]
     out, result = demo_run
     assert result.exit_code == 0, result.output
     runs = out / "runs" / "train"
-    seg = yaml.safe_load((runs / "segresnet" / "fold_0" / "config.yaml").read_text())
+    seg = yaml.safe_load((runs / "segresnet_brats" / "fold_0" / "config.yaml").read_text())
     swin = yaml.safe_load((runs / "swin_factorizer_brats" / "fold_0" / "config.yaml").read_text())
     assert seg["optimizer"]["lr"] == 5.0e-4 and seg["optimizer"]["grad_clip"] == 1.0
     assert swin["optimizer"]["lr"] == 1.0e-3 and swin["optimizer"]["grad_clip"] is None
     assert seg["optimizer"]["weight_decay"] == swin["optimizer"]["weight_decay"]  # merged
     assert seg["steps"] == swin["steps"] == 2
     report = (out / "report.md").read_text()
-    assert "`segresnet`: init_filters=8; 2 steps, lr 0.0005" in report
+    assert "`segresnet_brats`: init_filters=8; 2 steps, lr 0.0005" in report
     assert "gradient clipping 1.0" in report and "gradient clipping off" in report
 
 
@@ -123,13 +123,13 @@ def test_demo_rejects_bad_config(tmp_path: Path) -> None:
     [
         ("[1]", "'model_train' must map model names to train settings"),
         ("{unet: {steps: 3}}", "model_train.unet: not a model of the 'models' section"),
-        ("{segresnet: 5}", "model_train.segresnet must be a mapping of train keys"),
+        ("{segresnet_brats: 5}", "model_train.segresnet_brats must be a mapping of train keys"),
     ],
 )
 def test_demo_rejects_bad_model_train(tmp_path: Path, model_train: str, message: str) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        f"data: {{}}\ntrain: {{}}\nmodels: {{segresnet: {{}}}}\nmodel_train: {model_train}\n"
+        f"data: {{}}\ntrain: {{}}\nmodels: {{segresnet_brats: {{}}}}\nmodel_train: {model_train}\n"
     )
     out = tmp_path / "o"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(bad)])
@@ -146,4 +146,4 @@ def test_demo_with_one_model_writes_a_one_row_table(demo_run: tuple[Path, object
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "| swin_factorizer_brats | 1 |" in report and "| segresnet |" not in report
+    assert "| swin_factorizer_brats | 1 |" in report and "| segresnet_brats |" not in report

@@ -38,10 +38,10 @@ def setup(tmp_path_factory):
     runs = {"swin": root / "runs" / data.name / "swin_factorizer_isles"}
     scheme = open_dataset(data).scheme
     config = {"patch_size": [16, 16, 16], "dataset": {"scheme": scheme.to_dict()}}
-    for kind, extra in (("local", {"rank": 2}), ("global", {}), ("segresnet", {})):
-        name = "segresnet" if kind == "segresnet" else f"{kind}_factorizer_isles"
-        kwargs = dict(init_filters=8, in_channels=2, out_channels=1) if kind == "segresnet" else {
-            **TINY, **extra}  # fmt: skip
+    for kind, extra in (("local", {"rank": 2}), ("global", {}), ("segresnet_brats", {})):
+        name = "segresnet_brats" if kind == "segresnet_brats" else f"{kind}_factorizer_isles"
+        seg = dict(init_filters=8, in_channels=2, out_channels=1)
+        kwargs = seg if kind == "segresnet_brats" else {**TINY, **extra}
         torch.manual_seed(0)
         net = create_model(name, **kwargs)
         ckpt = {"model_name": name, "model_kwargs": kwargs, "config": config}
@@ -156,8 +156,8 @@ def test_ground_truth_option_and_dataset_of_one_case(setup, tmp_path):
 @pytest.mark.parametrize(
     ("kind", "options", "message"),
     [
-        ("segresnet", (), "the network segresnet has no NMF layers; explain shows the NMF "
-         "components of Factorizers"),
+        ("segresnet_brats", (), "the network segresnet_brats has no NMF layers; explain shows "
+         "the NMF components of Factorizers"),
         ("swin", ("--layers", "9"), "--layers '9': there is no NMF layer 9; the model has 5 (0-4)"),
         ("swin", ("--layers", "none"), "--layers 'none': choose at least one NMF layer"),
         ("swin", ("--layers", "deep"), "--layers 'deep': not a layer list"),

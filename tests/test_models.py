@@ -28,7 +28,7 @@ def test_registry_lists_the_paper_presets_and_the_baseline():
     for variant in ("global", "local", "swin"):
         for dataset in ("brats", "isles"):
             assert f"{variant}_factorizer_{dataset}" in names
-    assert "segresnet" in names
+    assert "segresnet_brats" in names
     assert nmfseg.list_models() == names
     info = model_info("swin_factorizer_isles")
     assert info.kwargs["head_dim"] == 4 and info.kwargs["mlp_ratio"] == 4
@@ -290,7 +290,7 @@ def test_bad_inputs_and_nmf_settings_raise_value_errors():
     with pytest.raises(ValueError, match="iters"):
         model.set_nmf(iters=-1)
     with pytest.raises(ConfigError, match="init_filters"):
-        create_model("segresnet", init_filters=12)
+        create_model("segresnet_brats", init_filters=12)
 
 
 def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):

@@ -35,12 +35,12 @@ if "study" not in {c.name for c in app.registered_commands}:
 
 # Two tiny networks on 16^3 patches, 2 folds; SegResNet trains one step more (3), so that a
 # kill after step 3 hits it after the Swin Factorizer is done (trained, predicted, evaluated).
-MODELS = ["swin_factorizer_brats", "segresnet"]
+MODELS = ["swin_factorizer_brats", "segresnet_brats"]
 SWIN = ["channels=8,16,32", "window_size=2", "pos_embed_grid=1", "deep_supr_num=1"]
 ARGS = [
     "--models", ",".join(MODELS), "--n-folds", "2", "--steps", "2", "--patch-size", "16",
-    "--set", "segresnet:steps=3", "--set", "checkpoint_every=1", "--workers", "0",
-    "--device", "cpu", "--model-arg", "segresnet:init_filters=8", "--quiet",
+    "--set", "segresnet_brats:steps=3", "--set", "checkpoint_every=1", "--workers", "0",
+    "--device", "cpu", "--model-arg", "segresnet_brats:init_filters=8", "--quiet",
     *(a for arg in SWIN for a in ("--model-arg", f"swin_factorizer_brats:{arg}")),
 ]  # fmt: skip
 OUTPUTS = ["compare.csv", "compare.md", "dice_boxplot.png", "hd95_boxplot.png", "study.json"]
@@ -92,9 +92,9 @@ def test_parse_folds_and_settings():
                           ("a", "expected fold numbers"), ("3-1", "is empty")):  # fmt: skip
         with pytest.raises(Exception, match=re.escape(problem)):
             parse_folds(spec, 5)
-    s = parse_setting("segresnet:optimizer.lr=1e-3", "--set", MODELS)
+    s = parse_setting("segresnet_brats:optimizer.lr=1e-3", "--set", MODELS)
     assert (s.model, s.key, s.value, s.source) == (
-        "segresnet", "optimizer.lr", 1e-3, "--set segresnet:optimizer.lr"
+        "segresnet_brats", "optimizer.lr", 1e-3, "--set segresnet_brats:optimizer.lr"
     )  # fmt: skip
     assert parse_setting("device=cuda:1", "--set", MODELS).value == "cuda:1"
     with pytest.raises(Exception, match="'unet' is not one of --models"):
@@ -143,10 +143,10 @@ def test_study_writes_table_1_pooled_over_the_folds(toy, reference):
     ref_rows = {r["case_id"]: r for f in (0, 1) for r in read_report(
         out / "reports" / "swin_factorizer_brats" / f"fold_{f}")[1]}  # fmt: skip
     seg_rows = {r["case_id"]: r for f in (0, 1) for r in read_report(
-        out / "reports" / "segresnet" / f"fold_{f}")[1]}  # fmt: skip
+        out / "reports" / "segresnet_brats" / f"fold_{f}")[1]}  # fmt: skip
     x = [seg_rows[c]["dice_avg"] for c in ref_rows]
     y = [ref_rows[c]["dice_avg"] for c in ref_rows]
-    p = rows["segresnet"]["dice_avg_p"]
+    p = rows["segresnet_brats"]["dice_avg_p"]
     assert p == "" if x == y else float(p) == pytest.approx(wilcoxon(x, y).pvalue)
 
     manifest = json.loads((out / "study.json").read_text())
@@ -189,7 +189,7 @@ def test_study_killed_anywhere_continues_to_the_same_table(toy, reference, tmp_p
         [sys.executable, "-c", RUNNER, *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
-    seg = out / "runs" / "Toy" / "segresnet" / "fold_0"
+    seg = out / "runs" / "Toy" / "segresnet_brats" / "fold_0"
     assert read_checkpoint(seg / "checkpoint_last.pt")["step"] == 2
     assert not (seg / "checkpoint_final.pt").exists()
     assert (out / "reports" / "swin_factorizer_brats" / "fold_1" / "summary.json").is_file()
@@ -198,7 +198,7 @@ def test_study_killed_anywhere_continues_to_the_same_table(toy, reference, tmp_p
 
     result = cli(*args)
     assert result.exit_code == 0, result.output
-    assert "segresnet fold 0 train: resumed and trained to step 3" in result.stderr
+    assert "segresnet_brats fold 0 train: resumed and trained to step 3" in result.stderr
     assert result.stderr.count("finished run found") == 2  # the Swin Factorizer's folds
     assert _table(out) == _table(ref_out)
 
@@ -249,9 +249,10 @@ class _OutOfMemory(nn.Module):
 @pytest.mark.slow
 def test_a_failing_model_is_reported_and_the_others_finish(toy, tmp_path):
     out = tmp_path / "study"
-    args = ["--models", "oom_net,segresnet", "--reference", "segresnet", "--n-folds", "2",
+    args = ["--models", "oom_net,segresnet_brats", "--reference", "segresnet_brats",
+            "--n-folds", "2",
             "--steps", "2", "--patch-size", "16", "--workers", "0", "--device", "cpu",
-            "--model-arg", "segresnet:init_filters=8", "-q"]  # fmt: skip
+            "--model-arg", "segresnet_brats:init_filters=8", "-q"]  # fmt: skip
     config = ModelConfig("oom_net", _OutOfMemory, dataset="BraTS", in_channels=4, out_channels=3)
     with temporarily_registered_model(config):
         result = cli("study", toy, *args, "-o", out)
@@ -262,11 +263,11 @@ def test_a_failing_model_is_reported_and_the_others_finish(toy, tmp_path):
     )
     md = (out / "compare.md").read_text()
     assert "| oom_net | n/a | n/a | – | – |" in md and f"| failed: {reason} |" in md
-    assert "| segresnet | 1.2M |" in md and md.count("| ok |") == 1
-    assert "| segresnet | 5 |" not in md  # no paired tests without a second evaluated model
+    assert "| segresnet_brats | 1.2M |" in md and md.count("| ok |") == 1
+    assert "| segresnet_brats | 5 |" not in md  # no paired tests without a second evaluated model
     rows = _csv(out)
     assert rows["oom_net"]["status"] == "failed" and rows["oom_net"]["failure"] == reason
-    assert rows["oom_net"]["dice_avg_mean"] == "" and int(rows["segresnet"]["n_cases"]) == 5
+    assert rows["oom_net"]["dice_avg_mean"] == "" and int(rows["segresnet_brats"]["n_cases"]) == 5
     assert (out / "dice_boxplot.png").is_file()
     manifest = json.loads((out / "study.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed"] == {"oom_net": reason}
@@ -277,19 +278,21 @@ def test_a_failing_model_is_reported_and_the_others_finish(toy, tmp_path):
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--models", "segresnet,nope"], "--models 'nope': unknown network; choose from "),
-        (["--models", "segresnet,segresnet"], "--models names segresnet more than once"),
-        (["--models", "segresnet", "--folds", "0-9"],
+        (["--models", "segresnet_brats,nope"], "--models 'nope': unknown network; choose from "),
+        (["--models", "segresnet_brats,segresnet_brats"],
+         "--models names segresnet_brats more than once"),
+        (["--models", "segresnet_brats", "--folds", "0-9"],
          "--folds '0-9': fold 5 is out of range: there are 5 folds (0-4)"),
-        (["--models", "segresnet", "--folds", "x"], "--folds 'x': expected fold numbers"),
-        (["--models", "segresnet", "--reference", "nnunet_brats"],
-         "--reference 'nnunet_brats' is not one of --models (segresnet)"),
-        (["--models", "segresnet", "--model-arg", "nnunet_brats:x=1"],
+        (["--models", "segresnet_brats", "--folds", "x"], "--folds 'x': expected fold numbers"),
+        (["--models", "segresnet_brats", "--reference", "nnunet_brats"],
+         "--reference 'nnunet_brats' is not one of --models (segresnet_brats)"),
+        (["--models", "segresnet_brats", "--model-arg", "nnunet_brats:x=1"],
          "--model-arg 'nnunet_brats:x=1': 'nnunet_brats' is not one of --models"),
-        (["--models", "segresnet", "--model-arg", "segresnet:bogus=1"], "'bogus'"),
-        (["--models", "segresnet", "--set", "segresnet:steps=-1"], "--set segresnet:steps"),
-        (["--models", "segresnet", "--set", "steps"], "expected [MODEL:]KEY=VALUE"),
-        (["--models", "segresnet", "--config", "missing.yaml"], "missing.yaml: no such file"),
+        (["--models", "segresnet_brats", "--model-arg", "segresnet_brats:bogus=1"], "'bogus'"),
+        (["--models", "segresnet_brats", "--set", "segresnet_brats:steps=-1"],
+         "--set segresnet_brats:steps"),
+        (["--models", "segresnet_brats", "--set", "steps"], "expected [MODEL:]KEY=VALUE"),
+        (["--models", "segresnet_brats", "--config", "missing.yaml"], "missing.yaml: no such file"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(toy, tmp_path, extra, expected):
@@ -303,14 +306,14 @@ def test_bad_input_is_one_line_and_writes_nothing(toy, tmp_path, extra, expected
 def test_out_must_be_a_folder(toy, tmp_path):
     out = tmp_path / "file.txt"
     out.write_text("x")
-    result = cli("study", toy, "--models", "segresnet", "-o", out)
+    result = cli("study", toy, "--models", "segresnet_brats", "-o", out)
     assert result.exit_code == 1
     assert "exists and is not a folder" in _one_error_line(result)
 
 
 def test_study_refuses_to_run_under_torchrun(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = cli("study", toy, "--models", "segresnet", "-o", tmp_path / "study")
+    result = cli("study", toy, "--models", "segresnet_brats", "-o", tmp_path / "study")
     assert result.exit_code == 1
     assert "runs in one process; for several GPUs print the jobs" in _one_error_line(result)
     assert not (tmp_path / "study").exists()

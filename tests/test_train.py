@@ -40,7 +40,7 @@ TINY = {
     "isles22": ("swin_factorizer_isles", "channels=4,8,16,32,64"),
     "brats2023": ("local_factorizer_isles", "channels=4,8,16,32,64"),
     # SegResNet (one output) with dropout: the resume test needs dropout, and speed.
-    "msd_brats": ("segresnet", "init_filters=8", "--model-arg", "blocks_down=1,1,1,1",
+    "msd_brats": ("segresnet_brats", "init_filters=8", "--model-arg", "blocks_down=1,1,1,1",
                   "--model-arg", "dropout=0.2"),
 }  # fmt: skip
 

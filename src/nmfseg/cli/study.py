@@ -72,14 +72,14 @@ def study(
         None,
         "--set",
         metavar="[MODEL:]KEY=VALUE",
-        help="Config key for every model, or for MODEL only: --set segresnet:optimizer.lr=1e-3.",
+        help="Config key for every model, or for MODEL only: --set unetr_brats:optimizer.lr=1e-3.",
     ),
     model_arg: list[str] = typer.Option(
         None,
         "--model-arg",
         metavar="[MODEL:]KEY=VALUE",
         help="Network argument for every model, or for MODEL only: "
-        "--model-arg segresnet:init_filters=16.",
+        "--model-arg segresnet_brats:init_filters=16.",
     ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     print_jobs: bool = typer.Option(

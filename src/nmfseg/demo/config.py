@@ -73,9 +73,9 @@ def set_demo_steps(cfg: dict[str, Any], steps: int) -> None:
     Examples::
 
         >>> cfg = {"train": {"steps": 600, "scheduler": {"warmup_steps": 30}},
-        ...        "model_train": {"segresnet": {"steps": 900}}}
+        ...        "model_train": {"segresnet_brats": {"steps": 900}}}
         >>> set_demo_steps(cfg, 100)
-        >>> model_train_config(cfg, "segresnet")["steps"], cfg["train"]["scheduler"]
+        >>> model_train_config(cfg, "segresnet_brats")["steps"], cfg["train"]["scheduler"]
         (100, {'warmup_steps': 10})
     """
     steps = int(steps)

@@ -3,7 +3,7 @@
 Importing this package registers every preset: the paper's Factorizers
 (``{global,local,swin}_factorizer_{brats,isles}``) and its baselines (``nnunet_*``,
 ``resunet_*``, ``performer_*``, ``transbts_*``, ``unetr_*``, ``swin_unetr_*``,
-``nnformer_*``), each for BraTS and ISLES'22, and ``segresnet``.
+``nnformer_*``) and MONAI's ``segresnet_*``, each for BraTS and ISLES'22.
 
 ========================= ==================================================================
 module                    what it holds

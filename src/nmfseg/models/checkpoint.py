@@ -54,6 +54,7 @@ CHECKPOINT_FORMAT = 2
 #: Preference order of :func:`find_checkpoint` in a fold folder.
 CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_last.pt")
 _REQUIRED = ("model_name", "model_kwargs", "model", "config")
+_RENAMED = {"segresnet": "segresnet_brats"}  # network names of format 1
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -135,8 +136,9 @@ def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     """A copy of a checkpoint dict in the current layout (:data:`CHECKPOINT_FORMAT`).
 
     Format 1 (nmfseg 0.1) to 2: the network arguments of :func:`_upgrade_kwargs` (in
-    ``model_kwargs``, ``config.model.kwargs`` and ``config.model_args``), and the weights of a
-    block's token mixer moved from ``*.block.nmf.*`` to ``*.block.mixer.*``.
+    ``model_kwargs``, ``config.model.kwargs`` and ``config.model_args``), the weights of a
+    block's token mixer moved from ``*.block.nmf.*`` to ``*.block.mixer.*``, and the network
+    ``segresnet`` is now ``segresnet_brats`` (a ``segresnet_isles`` preset was added).
 
     Examples::
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from nmfseg.models._registry import ModelConfig, register_model
+from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
 __all__ = ["SegResNet"]
@@ -77,18 +77,10 @@ class SegResNet(SegmentationNetwork):
         return [self.net(x)]
 
 
-register_model(
-    ModelConfig(
-        name="segresnet",
-        builder=SegResNet,
-        kwargs=dict(
-            spatial_dims=3, in_channels=4, out_channels=3, init_filters=32, blocks_down=[1, 2, 2, 4]
-        ),
-        dataset="BraTS",
-        in_channels=4,
-        out_channels=3,
-        patch_size=(128, 128, 128),
-        description="MONAI SegResNet(init_filters=32, blocks_down=(1, 2, 2, 4)), the speed "
-        "baseline",
-    )
+register_paper_presets(
+    "segresnet",
+    SegResNet,
+    dict(spatial_dims=3, init_filters=32, blocks_down=[1, 2, 2, 4]),
+    paper={"brats": (None, None), "isles": (None, None)},  # not in the paper's tables
+    description="MONAI SegResNet(init_filters=32, blocks_down=(1, 2, 2, 4))",
 )

@@ -23,8 +23,8 @@ Examples::
 
     >>> parse_folds("0-2,4", 5)
     [0, 1, 2, 4]
-    >>> parse_setting("segresnet:init_filters=8", "--model-arg", ["segresnet"])
-    Setting(key='init_filters', text='8', model='segresnet', option='--model-arg')
+    >>> parse_setting("segresnet_brats:init_filters=8", "--model-arg", ["segresnet_brats"])
+    Setting(key='init_filters', text='8', model='segresnet_brats', option='--model-arg')
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Setting:
 
     @property
     def source(self) -> str:
-        """How the user gave it, for error messages (``--set segresnet:optimizer.lr``)."""
+        """How the user gave it, for error messages (``--set segresnet_brats:optimizer.lr``)."""
         if self.option != "--set" and self.option != "--model-arg":
             return self.option
         return f"{self.option} {self.model + ':' if self.model else ''}{self.key}"
@@ -189,7 +189,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        """``segresnet fold 0``."""
+        """``segresnet_brats fold 0``."""
         return f"{self.model} fold {self.fold}"
 
     def run_options(self) -> dict[str, Any]:

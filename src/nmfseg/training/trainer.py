@@ -30,7 +30,7 @@ Examples::
     >>> from nmfseg.training.trainer import run_training
     >>> tmp = tempfile.mkdtemp()
     >>> data = make_toy_dataset(f"{tmp}/Toy", "isles22", n_cases=4, shape=(20, 20, 20))
-    >>> run = prepare_run(data, "segresnet", 0, f"{tmp}/runs", overrides={
+    >>> run = prepare_run(data, "segresnet_brats", 0, f"{tmp}/runs", overrides={
     ...     "steps": 2, "patch_size": [16, 16, 16], "workers": 0, "n_folds": 2},
     ...     model_args={"init_filters": 8})
     >>> model = run_training(run, progress=False)
