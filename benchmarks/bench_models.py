@@ -1,4 +1,4 @@
-"""Benchmark: Swin Factorizer (BraTS preset) vs MONAI SegResNet, forward and forward+backward.
+"""Benchmark: registered BraTS networks vs MONAI SegResNet, forward and forward+backward.
 
 Each configuration runs in its own subprocess, so that its peak memory is measured alone:
 the peak is ``ru_maxrss`` at the end minus the resident size once the model and the input
@@ -10,10 +10,15 @@ training step without the optimizer (``train()``, every deep-supervision output 
 loss). Both models are measured in the same invocation, so the ratio is meaningful on a
 shared machine even when absolute times are not.
 
+The reference is SegResNet-32 (``segresnet_brats``: init_filters 32, blocks 1-2-2-4). Each row
+also gives the network's #params and its FLOPs at 1×4×128³ (``nmfseg.models.complexity``, the
+paper's convention), counted on the meta device.
+
 Usage::
 
-    python benchmarks/bench_models.py                 # 64³ and 128³, 2 threads
+    python benchmarks/bench_models.py                 # Swin Factorizer, 64³ and 128³, 2 threads
     python benchmarks/bench_models.py --sizes 64 --repeats 3
+    python benchmarks/bench_models.py --models all --sizes 64 --modes fwdbwd   # every BraTS preset
 """
 
 from __future__ import annotations
@@ -27,10 +32,8 @@ import subprocess
 import sys
 import time
 
-MODELS = {
-    "swin_factorizer": ("swin_factorizer_brats", {}),
-    "segresnet_brats": ("segresnet_brats", dict(init_filters=32, blocks_down=(1, 2, 2, 4))),
-}
+REFERENCE = "segresnet_brats"
+DEFAULT = ["swin_factorizer_brats", REFERENCE]
 
 
 def _rss_mb() -> float:
@@ -46,8 +49,7 @@ def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> 
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    name, overrides = MODELS[model_key]
-    model = nmfseg.create_model(name, **overrides)
+    model = nmfseg.create_model(model_key)
     x = torch.randn(1, 4, size, size, size)
     base = _rss_mb()
 
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=DEFAULT, help="registered names, or 'all' (every *_brats)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SIZE", "MODE"))
@@ -107,6 +111,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    import nmfseg
+    from nmfseg.models.complexity import model_complexity
+
+    names = nmfseg.list_models("*_brats") if args.models == ["all"] else args.models
+    unknown = sorted(set(names) - set(nmfseg.list_models()))
+    if unknown:
+        parser.error(f"unknown models {unknown}; see nmfseg.list_models()")
+    cost = {n: model_complexity(n, (128, 128, 128)) for n in names}
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
     knobs = (
         "OMP_WAIT_POLICY",
@@ -116,25 +128,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     env = ", ".join(f"{k}={os.environ[k]}" for k in knobs if k in os.environ)
     print(f"environment: {env or 'defaults'}; peak = ru_maxrss - RSS after building model+input")
-    header = f"{'model':<18}{'input':<14}{'mode':<8}{'time (s)':>10}{'peak (MB)':>11}"
-    print(header + f"{'vs SegResNet':>14}")
+    header = f"{'model':<32}{'params':>8}{'GFLOPs':>9}  {'input':<13}{'mode':<8}{'time (s)':>9}"
+    print(header + f"{'peak (MB)':>11}{'vs SegResNet':>14}")
     results = {}
-    order = sorted(args.models, key=lambda k: k != "segresnet_brats")  # the reference first
+    order = sorted(dict.fromkeys([REFERENCE, *names]), key=lambda k: k != REFERENCE)
     for size in args.sizes:
         for mode in args.modes:
             for key in order:
                 r = run(key, size, mode, args.threads, args.repeats)
                 results[key, size, mode] = r
+                c = cost.get(key) or model_complexity(key, (128, 128, 128))
+                head = f"{key:<32}{c.params / 1e6:>7.1f}M{c.flops / 1e9:>9.1f}  "
                 label = f"1x4x{size}^3"
                 if "error" in r:
-                    print(f"{key:<18}{label:<14}{mode:<8}  failed: {r['error'].strip()[-200:]}")
+                    print(f"{head}{label:<13}{mode:<8}  failed: {r['error'].strip()[-200:]}")
                     continue
-                ref = results.get(("segresnet_brats", size, mode))
+                ref = results.get((REFERENCE, size, mode))
                 ratio = ""
-                if key != "segresnet_brats" and ref and "error" not in ref:
+                if key != REFERENCE and ref and "error" not in ref:
                     ratio = f"{r['time_s'] / ref['time_s']:.2f}x"
                 print(
-                    f"{key:<18}{label:<14}{mode:<8}{r['time_s']:>10.2f}{r['peak_mb']:>11.0f}"
+                    f"{head}{label:<13}{mode:<8}{r['time_s']:>9.2f}{r['peak_mb']:>11.0f}"
                     f"{ratio:>14}",
                     flush=True,
                 )
