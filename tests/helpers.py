@@ -3,11 +3,13 @@
 - :func:`small_model` builds any registered network at a reduced width (:data:`SMALL`), so a
   registry-wide test stays well under a second per network.
 - :func:`cli` runs the ``nmfseg`` command in-process and returns typer's result.
+- :func:`train_tiny` trains a tiny Swin Factorizer for 2 steps on a toy dataset.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from nmfseg.cli import app
 from nmfseg.models import create_model
+from nmfseg.phantoms.toy import make_toy_dataset
 
 # Reduced-width constructor overrides, by model name pattern (the first match wins), and the
 # number of outputs each returns in train() (deep supervision).
@@ -59,3 +62,19 @@ def small_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
 def cli(*args: Any) -> Result:
     """``nmfseg ARGS`` in-process; every argument is passed as a string."""
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def train_tiny(
+    root: Path, fold: int = 1, model: str = "swin_factorizer_isles"
+) -> tuple[Path, Path]:
+    """``(dataset, run folder)``: a 2-step tiny ``model`` on 4 toy ISLES'22 cases, fold
+    ``fold`` of 2 (so 2 validation cases), trained through the CLI."""
+    data = make_toy_dataset(root / "Toy", "isles22", n_cases=4, shape=(28, 30, 26), seed=1)
+    result = cli(
+        "train", data, "--model", model, "--fold", fold, "--out", root / "runs", "--steps", 2,
+        "--patch-size", 16, "--n-folds", 2, "--workers", 0, "--val-every", 2, "--seed", 3,
+        "--model-arg", "channels=4,8,16", "--model-arg", "deep_supr_num=1", "--device", "cpu",
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return data, root / "runs" / data.name / model

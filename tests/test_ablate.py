@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import cli
+from helpers import cli, train_tiny
 from nmfseg.models import create_model
 from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.checkpoint import atomic_save
@@ -23,16 +23,7 @@ QUICK = ("--iters", "1-2", "--ranks", "1-2")  # every sweep, few values
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``(dataset, run folder)`` of a 2-step Swin Factorizer, fold 1 of 2 (2 validation cases)."""
-    root = tmp_path_factory.mktemp("ablate")
-    data = make_toy_dataset(root / "Toy", "isles22", n_cases=4, shape=(28, 30, 26), seed=1)
-    result = cli(
-        "train", data, "--model", MODEL, "--fold", 1, "--out", root / "runs", "--steps", 2,
-        "--patch-size", 16, "--n-folds", 2, "--workers", 0, "--val-every", 2, "--seed", 3,
-        "--model-arg", "channels=4,8,16", "--model-arg", "deep_supr_num=1", "--device", "cpu",
-        "--quiet",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return data, root / "runs" / data.name / MODEL
+    return train_tiny(tmp_path_factory.mktemp("ablate"))
 
 
 def _ablate(run, data, out, *options):

@@ -162,5 +162,5 @@ def test_not_a_dataset_and_bad_option(tmp_path):
     assert result.stderr.startswith(f"nmfseg: error: {tmp_path}: no dataset format found")
     assert len(result.stderr.strip().splitlines()) == 1
     result = _check(tmp_path, "--fmt", "brats2019")
-    assert result.exit_code == 1 and "unknown dataset format 'brats2019'" in result.stderr
+    assert result.exit_code == 1 and "--format 'brats2019': not a dataset format" in result.stderr
     assert _check(tmp_path / "nope").exit_code == 1

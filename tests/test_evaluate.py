@@ -273,7 +273,7 @@ def _corrupt(path):
             "no_scheme",
             "is a folder of label files: name the format whose labels they use with --format",
         ),
-        ("bad_scheme", "unknown dataset format 'brats2099'"),
+        ("bad_scheme", "--format 'brats2099': not a dataset format"),
         ("bad_missing", "--missing 'maybe'"),
         ("no_match", "no prediction matches a case of"),
         ("corrupt_pred", "case1.nii.gz: cannot read NIfTI"),

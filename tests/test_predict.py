@@ -600,10 +600,10 @@ BAD_OPTIONS = [
     (("--overlap", "half"), "--overlap 'half': must be a number in [0, 1)"),
     (("--sw-batch-size", "0"), "--sw-batch-size '0': must be an integer >= 1"),
     (("--sw-batch-size", "1.5"), "--sw-batch-size '1.5': must be an integer >= 1"),
-    (("--blend", "linear"), "--blend 'linear': choose one of gaussian, constant"),
+    (("--blend", "linear"), "--blend 'linear': must be gaussian or constant"),
     (("--threshold", "0"), "--threshold '0': must be a number in (0, 1)"),
     (("--threshold", "1.5"), "--threshold '1.5': must be a number in (0, 1)"),
-    (("--amp", "fp16"), "--amp 'fp16': choose one of none, bf16"),
+    (("--amp", "fp16"), "--amp 'fp16': must be bf16 or none"),
     (("--nmf-layers", "0-x"), "--nmf-layers '0-x': not a layer list (use all, none, first, "
      "last, a range 0-4 or a list 0,3,8)"),
     (("--nmf-iters", "2"), f"--nmf-iters: the network {POINTWISE} has no NMF layers (only "
@@ -650,6 +650,7 @@ def test_cli_sidecar_records_model_and_settings_and_threshold_applies(tmp_path, 
         "patch_size": [8, 8, 8], "tta": False, "overlap": 0.5, "sw_batch_size": 1,
         "blend": "gaussian", "threshold": 0.5, "amp": "none", "compile": False,
         "nmf_iters": None, "nmf_rank": None, "nmf_solver": None, "nmf_layers": None,
+        "postprocess": ["none"],
         "device": "cpu",
     }  # fmt: skip
     settings = json.loads((strict / "predict.json").read_text())["settings"]

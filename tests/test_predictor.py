@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import nmfseg
-from helpers import cli
+from helpers import cli, train_tiny
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.errors import ConfigError
 from nmfseg.inference.ensemble import predict_case
-from nmfseg.phantoms.toy import make_toy_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +26,7 @@ MODEL = "swin_factorizer_isles"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``(dataset folder, run folder)`` of a 2-step Swin Factorizer on 4 toy ISLES'22 cases."""
-    root = tmp_path_factory.mktemp("predictor")
-    data = make_toy_dataset(root / "Toy", "isles22", n_cases=4, shape=(28, 30, 26), seed=1)
-    result = cli(
-        "train", data, "--model", MODEL, "--fold", 1, "--out", root / "runs", "--steps", 2,
-        "--patch-size", 16, "--n-folds", 2, "--workers", 0, "--val-every", 2, "--seed", 3,
-        "--model-arg", "channels=4,8,16", "--model-arg", "deep_supr_num=1", "--device", "cpu",
-        "--quiet",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return data, root / "runs" / data.name / MODEL
+    return train_tiny(tmp_path_factory.mktemp("predictor"))
 
 
 def _predict(run, data, out, *options):
@@ -180,8 +170,8 @@ def test_a_folder_of_other_settings_is_refused_without_overwrite(trained, tmp_pa
         ("--nmf-layers", "bridge", "--nmf-layers 'bridge': not a layer list (use all, none, "),
         ("--nmf-iters", "-1", "--nmf-iters '-1': must be an integer >= 0"),
         ("--nmf-rank", "1.5", "--nmf-rank '1.5': must be an integer >= 1"),
-        ("--nmf-solver", "als", "--nmf-solver 'als': choose one of hals, mu"),
-        ("--amp", "fp16", "--amp 'fp16': choose one of none, bf16"),
+        ("--nmf-solver", "als", "--nmf-solver 'als': must be hals or mu"),
+        ("--amp", "fp16", "--amp 'fp16': must be bf16 or none"),
     ],
 )
 def test_bad_switches_are_one_line_and_write_nothing(trained, tmp_path, option, value, message):

@@ -226,7 +226,7 @@ def _bad_label_dataset(root: Path) -> Path:
         ({"--steps": "0"}, "--steps: must be an integer >= 1"),
         ({"--patch-size": "16,0,16"}, "--patch-size: must be"),
         ({"--lr": "-1"}, "--lr: must be a number"),
-        ({"--amp": "fp16"}, "--amp: must be one of"),
+        ({"--amp": "fp16"}, "--amp: must be bf16 or none, got 'fp16'"),
         ({"--device": "tpu"}, "--device: must be cpu, cuda"),
         ({"--fold": "7"}, "--fold 7 is out of range"),
         ({"--fold": "x"}, "--fold 'x'"),

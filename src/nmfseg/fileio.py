@@ -30,8 +30,11 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +47,7 @@ __all__ = [
     "StagedFiles",
     "atomic_open",
     "atomic_path",
+    "check_writable",
     "read_json",
     "short_error",
     "write_bytes",
@@ -73,6 +77,73 @@ def _new_temp(path: Path) -> Path:
         return tmp
 
 
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _no_space(path: Path, tmp: Path, size_hint: int | None = None) -> DataError:
+    """The one line for a full disk: how much the file needed (``size_hint``, else what had
+    been written: at least that) and how much is free; the old file is still there."""
+    try:
+        written = tmp.stat().st_size
+    except OSError:
+        written = 0
+    free = _free_bytes(path.parent)
+    if size_hint:
+        need = f"needs about {_mb(size_hint)}"
+    else:
+        need = f"needs more than {_mb(written)}" if written else "could not be written"
+    room = f"; {_mb(free)} free" if free is not None else ""
+    kept = "; the previous file is kept" if path.exists() else ""
+    return DataError(path, f"No space left on device: the file {need}{room}{kept}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") -> None:
+    """Check, before any expensive work, that ``path`` (a folder, created later if need be)
+    can be written to and has roughly ``need_bytes`` free; nothing is created.
+
+    Raises:
+        DataError: Naming ``path``: a parent that is a file, no permission, a read-only file
+            system, or too little free space.
+
+    Examples::
+
+        >>> import tempfile
+        >>> check_writable(Path(tempfile.mkdtemp()) / "new" / "run")
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "file").touch()
+        >>> check_writable(folder / "file" / "run")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.DataError: .../file/run: cannot write the output here: .../file is a file
+    """
+    path = Path(path).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise DataError(path, f"cannot write the {what} here: {existing} is a file")
+    try:  # a real probe: permissions, read-only file systems, quotas, root or not
+        os.unlink(_new_temp(existing / "write-probe"))
+    except OSError as err:
+        raise DataError(
+            path, f"cannot write the {what} here: {existing}: {err.strerror or err}"
+        ) from None
+    free = _free_bytes(existing)
+    if need_bytes and free is not None and free < need_bytes:
+        raise DataError(
+            path,
+            f"not enough space for the {what}: about {_mb(need_bytes)} needed, {_mb(free)} free",
+        )
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -82,11 +153,13 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; renamed over ``path`` on success.
 
     The parent folder is created if needed. If the ``with`` block raises, the temporary file
-    is removed and ``path`` is left as it was.
+    is removed and ``path`` is left as it was; a full disk is one
+    :class:`~nmfseg.errors.DataError` naming the file, the space it needs (``size_hint``
+    bytes, when the caller knows) and the space that is free.
 
     Examples::
 
@@ -102,22 +175,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _no_space(path, tmp, size_hint) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never mask the error that got us here
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "wb", size_hint: int | None = None, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """``open(path, mode)`` for writing, atomically (see :func:`atomic_path`)."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_open writes a new file; mode should start with 'w', got {mode!r}")
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+    with atomic_path(path, size_hint) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", size_hint=len(data)) as fh:
         fh.write(data)
 
 
@@ -180,8 +260,13 @@ class StagedFiles:
 
     def commit(self) -> list[Path]:
         """Flush every staged file to disk, then rename them into place; the final paths."""
-        for tmp, _ in self._pending:
-            _fsync(tmp)
+        for tmp, final in self._pending:
+            try:
+                _fsync(tmp)
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise _no_space(final, tmp) from None
+                raise
         done = []
         for tmp, final in self._pending:
             os.replace(tmp, final)
@@ -194,5 +279,6 @@ class StagedFiles:
 
     def __exit__(self, *exc: object) -> None:
         for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         self._pending = []

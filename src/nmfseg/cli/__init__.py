@@ -1,9 +1,9 @@
 """The ``nmfseg`` command line.
 
 One verb per stage, nnU-Net style: ``check-data``, ``split``, ``synth``, ``train``,
-``predict``, ``explain``, ``ablate``, ``evaluate``, ``compare``, ``study``, ``complexity``,
-``demo``. Each verb lives in its own module
-under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
+``predict``, ``explain``, ``ablate``, ``postprocess-search``, ``evaluate``, ``compare``,
+``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own module under
+:mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
 Errors a user can cause are raised as :class:`nmfseg.errors.NmfsegError`; every command
@@ -14,8 +14,18 @@ stderr with exit status 1.
 from __future__ import annotations
 
 import importlib
+import re
 
 import typer
+from typer.core import TyperCommand
+
+
+class _Command(TyperCommand):
+    """Usage lines as manual pages write them: ``DATA_DIR``, not typer's ``{DATA_DIR}``."""
+
+    def collect_usage_pieces(self, ctx):
+        return [re.sub(r"^\{(.+)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+
 
 app = typer.Typer(
     name="nmfseg",
@@ -34,6 +44,7 @@ _COMMAND_MODULES = (
     "nmfseg.cli.predict",
     "nmfseg.cli.explain",
     "nmfseg.cli.ablate",
+    "nmfseg.cli.postprocess",
     "nmfseg.cli.evaluate",
     "nmfseg.cli.study",
     "nmfseg.cli.complexity",
@@ -60,6 +71,9 @@ def _root(
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
+for _info in app.registered_commands:
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 
 def main(argv: list[str] | None = None) -> None:

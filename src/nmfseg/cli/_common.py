@@ -22,11 +22,28 @@ FORMAT_HELP = (
 )
 
 
-def handle_errors(fn: F) -> F:
-    """Turn :class:`~nmfseg.errors.NmfsegError` into ``nmfseg: error: ...`` and exit 1.
+def os_error_line(err: OSError) -> str:
+    """One line for an operating-system error: the path(s) and the system's words.
 
-    Every command is wrapped with this, so bad input never shows a traceback, whether
-    the command is run from the shell or through ``typer.testing.CliRunner``.
+    Examples::
+
+        >>> os_error_line(PermissionError(13, "Permission denied", "/data/run"))
+        '/data/run: Permission denied'
+        >>> os_error_line(OSError(28, "No space left on device"))
+        'No space left on device'
+    """
+    what = err.strerror or str(err) or type(err).__name__
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    return ": ".join([" -> ".join(paths), what] if paths else [what])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user errors into ``nmfseg: error: ...`` on stderr and exit 1.
+
+    User errors are :class:`~nmfseg.errors.NmfsegError` (a bad file or option) and
+    :class:`OSError` (a read-only folder, a full disk, a permission, too many open files: one
+    line naming the path). Every command is wrapped with this, so bad input never shows a
+    traceback, whether the command is run from the shell or through ``CliRunner``.
     """
 
     @functools.wraps(fn)
@@ -38,11 +55,30 @@ def handle_errors(fn: F) -> F:
         except NmfsegError as err:
             typer.echo(f"nmfseg: error: {err}", err=True)
             raise typer.Exit(1) from None
+        except OSError as err:
+            typer.echo(f"nmfseg: error: {os_error_line(err)}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("nmfseg: interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_format(fmt: str | None, option: str = "--format") -> str | None:
+    """``fmt`` if it names a registered dataset format (or is None).
+
+    Raises:
+        ConfigError: Naming the option and listing the registered formats.
+    """
+    from nmfseg.data.formats import list_formats
+    from nmfseg.errors import ConfigError
+
+    if fmt is not None and fmt not in list_formats():
+        raise ConfigError(
+            f"{option} {fmt!r}: not a dataset format; choose from {', '.join(list_formats())}"
+        )
+    return fmt
 
 
 def one_of(value: Any, old: Any, name: str, old_name: str) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, handle_errors
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
 from nmfseg.cli.predict import (
     AMP,
     BLEND,
@@ -91,7 +91,7 @@ def ablate(
     if others:
         folds = ", ".join([path.parent.name, *others])
         raise ConfigError(f"--fold: {model} has {folds}; choose the fold to ablate")
-    dataset = open_dataset(data, fmt)
+    dataset = open_dataset(data, check_format(fmt))
     predictor = Predictor.from_run(path, device=device, settings=settings)
     result = run_ablation(
         predictor,

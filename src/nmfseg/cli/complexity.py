@@ -1,4 +1,5 @@
-"""``nmfseg complexity``: #params and FLOPs of the registered networks beside the paper's."""
+"""``nmfseg models`` (the catalogue of registered networks, instant) and ``nmfseg complexity``
+(their #params and FLOPs counted, beside the paper's)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,37 @@ def complexity(
         )
 
 
+def models(
+    pattern: str = typer.Argument(
+        None, metavar="[PATTERN]", help="Shell-style filter, e.g. '*_isles' or 'swin*'."
+    ),
+) -> None:
+    """List the registered networks: dataset, channels, training patch, the paper's #params
+    and GFLOPs (Tables 1-2), and what each is.
+
+    Instant: nothing is built. `nmfseg complexity -m NAME` counts #params and FLOPs.
+    """
+    from nmfseg.errors import ConfigError
+    from nmfseg.models import list_models, model_info
+
+    names = list_models(pattern)
+    if not names:
+        raise ConfigError(f"no registered network matches {pattern!r}; see nmfseg models")
+    typer.echo(
+        f"{'model':<32}{'dataset':<9}{'in->out':>8}  {'patch':<12}{'paper':>7}{'GFLOPs':>8}  what"
+    )
+    for name in names:
+        info = model_info(name)
+        channels = f"{info.in_channels}->{info.out_channels}" if info.in_channels else "-"
+        patch = "x".join(map(str, info.patch_size)) if info.patch_size else "-"
+        typer.echo(
+            f"{name:<32}{info.dataset or '-':<9}{channels:>8}  {patch:<12}"
+            f"{_fmt_count(info.paper_params, 1e6, 'M'):>7}{_fmt_count(info.paper_gflops, 1, ''):>8}"
+            f"  {info.description}"
+        )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``complexity`` command to ``app``."""
+    """Add the ``models`` and ``complexity`` commands to ``app``."""
+    app.command("models")(handle_errors(models))
     app.command("complexity")(handle_errors(complexity))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, handle_errors, one_of
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, one_of
 
 DATA_DIR = typer.Argument(..., metavar="DATA_DIR", help="Dataset folder in any supported format.")
 
@@ -31,7 +31,7 @@ def check_data(
     from nmfseg.data.checks import check_dataset
     from nmfseg.errors import DataError
 
-    dataset = _open(data_dir, one_of(fmt, old_fmt, "--format", "--fmt"))
+    dataset = _open(data_dir, check_format(one_of(fmt, old_fmt, "--format", "--fmt")))
     scheme = dataset.scheme
     report = check_dataset(dataset)
     for problem in report.problems:
@@ -68,11 +68,13 @@ def split(
 
     from nmfseg.data.splits import default_splits_path, make_splits, save_splits
     from nmfseg.errors import ConfigError
+    from nmfseg.fileio import check_writable
 
     folds = one_of(n_folds, old_folds, "--n-folds", "--folds") or 5
     output = one_of(out, old_out, "-o/--out", "--output")
-    dataset = _open(data_dir, one_of(fmt, old_fmt, "--format", "--fmt"))
+    dataset = _open(data_dir, check_format(one_of(fmt, old_fmt, "--format", "--fmt")))
     path = output if output is not None else default_splits_path(dataset)
+    check_writable(path.parent, what="splits file")
     splits = make_splits(dataset, folds, seed)
     if path.is_file() and not force:
         try:

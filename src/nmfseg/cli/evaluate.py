@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors, one_of
+from nmfseg.cli._common import check_format, handle_errors, one_of
 
 EVALUATE_HELP = (
     "Dice and HD95 (mm) per case and region of the predictions in --pred against --gt.\n\n"
@@ -61,10 +61,12 @@ def evaluate(
     from nmfseg.errors import ConfigError
     from nmfseg.evaluation.evaluate import evaluate_matching, write_report
     from nmfseg.evaluation.matching import find_ground_truth, match_predictions
+    from nmfseg.fileio import check_writable
 
     if missing not in ("empty", "skip"):
         raise ConfigError(f"--missing {missing!r}: choose 'empty' or 'skip'")
-    truth = find_ground_truth(gt, one_of(fmt, old_fmt, "--format", "--scheme"))
+    truth = find_ground_truth(gt, check_format(one_of(fmt, old_fmt, "--format", "--scheme")))
+    check_writable(out, what="report")
     regions = ", ".join(truth.scheme.regions)
     typer.echo(
         f"ground truth: {truth.root} ({truth.source}, scheme {truth.scheme.name}, "
@@ -112,7 +114,7 @@ def _split_names(names: list[str] | None) -> list[str] | None:
 
 def compare(
     reports: list[Path] = typer.Argument(
-        ..., metavar="REPORT...", help="Report folders written by nmfseg evaluate."
+        ..., metavar="REPORT", help="Report folders written by nmfseg evaluate."
     ),
     reference: str = typer.Option(
         None, "--reference", help="Model the others are tested against (default: the first)."

@@ -69,8 +69,8 @@ def predict(
         ...,
         "-m",
         "--model",
-        help="Run folder RUN_DIR/<dataset>/<model> (ensembles its fold_K folders), "
-        "a fold folder, or a checkpoint file.",
+        help="Run folder RUN_DIR/<dataset>/<model> (ensembles its fold_K folders), a fold "
+        "folder, a checkpoint file, or the results root RUN_DIR when it holds one run.",
     ),
     input: Path = typer.Option(
         ...,
@@ -128,6 +128,20 @@ def predict(
         help="Redo cases whose outputs exist, and replace outputs of other settings [skip them].",
     ),
     quiet: bool = QUIET,
+    postprocess: list[str] = typer.Option(
+        None,
+        "--postprocess",
+        metavar="SPEC",
+        help="Clean the region masks (repeatable): largest:REGION[,REGION] keeps the largest "
+        "connected component, min-size:REGION=VOXELS removes smaller components (ET: the "
+        "BraTS rule, they become necrosis), auto uses the run's postprocessing.json "
+        "(nmfseg postprocess-search) [none, as the paper].",
+    ),
+    into_labels: bool = typer.Option(
+        False,
+        "--write-into-labels",
+        help="Allow -o to be the input's own label folder (its ground truth is replaced).",
+    ),
     old_out: Path = typer.Option(None, "--output", hidden=True),
 ) -> None:
     """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels."""
@@ -147,6 +161,7 @@ def predict(
         nmf_rank=nmf_rank,
         nmf_solver=nmf_solver,
         nmf_layers=nmf_layers,
+        postprocess=tuple(postprocess) if postprocess else None,
     )
     if output is None:
         raise ConfigError("-o/--out is required: the folder for the predictions")
@@ -162,6 +177,7 @@ def predict(
         overwrite=overwrite,
         progress=not quiet,
         settings=settings,
+        into_labels=into_labels,
     )
     typer.echo(describe(result, output), err=True)
     if result.failed:

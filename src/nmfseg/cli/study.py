@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, handle_errors
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
 
 HELP = (
     "The paper's comparison in one command: train every model on every fold of DATA_DIR, "
@@ -60,7 +60,10 @@ def study(
     ),
     seed: str = typer.Option(None, "--seed", metavar="INT", help="Random seed [42]."),
     workers: str = typer.Option(
-        None, "--workers", metavar="INT", help="DataLoader workers per process [4]."
+        None,
+        "--workers",
+        metavar="INT",
+        help="DataLoader workers per process [cores available, at most 4].",
     ),
     device: str = typer.Option(
         None,
@@ -115,7 +118,7 @@ def study(
         config_file=config,
         train=train,
         model_args=list(model_arg or []),
-        fmt=fmt,
+        fmt=check_format(fmt),
     )
     plan = plan_study(options)
     if print_jobs:

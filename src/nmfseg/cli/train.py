@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, handle_errors, one_of
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, one_of
 
 # CLI option -> config key. Values are parsed here (not by click) so that a bad value is
 # one "nmfseg: error: --steps: ..." line with exit status 1, like every other bad input.
@@ -79,7 +79,10 @@ def train(
     log_every: str = typer.Option(None, "--log-every", metavar="INT", help="Log every N steps."),
     seed: str = typer.Option(None, "--seed", metavar="INT", help="Random seed [42]."),
     workers: str = typer.Option(
-        None, "--workers", metavar="INT", help="DataLoader workers per process [4]."
+        None,
+        "--workers",
+        metavar="INT",
+        help="DataLoader workers per process [cores available, at most 4].",
     ),
     n_folds: str = typer.Option(
         None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
@@ -169,7 +172,7 @@ def train(
         model_args=model_args,
         sources=sources,
         resume=resume,
-        fmt=one_of(fmt, old_fmt, "--format", "--fmt"),
+        fmt=check_format(one_of(fmt, old_fmt, "--format", "--fmt")),
     )
     run_training(run, progress=not quiet)
     from nmfseg.training.distributed import is_main_process

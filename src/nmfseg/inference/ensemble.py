@@ -64,7 +64,8 @@ def find_checkpoints(
     folds: Sequence[int | str] | None = None,
     checkpoint: str = "final",
 ) -> list[Path]:
-    """Checkpoint files named by a run folder, a fold folder or a checkpoint file.
+    """Checkpoint files named by a run folder, a fold folder or a checkpoint file (or a results
+    root ``train -o`` wrote, when it holds a single run).
 
     Args:
         model: run folder (with ``fold_K`` folders), fold folder or checkpoint file.
@@ -102,6 +103,12 @@ def find_checkpoints(
         (p for p in path.iterdir() if p.is_dir() and _FOLD_RE.match(p.name)), key=_fold_sort_key
     )
     if not fold_dirs:
+        runs = _runs_below(path) if not any(path.glob("checkpoint_*")) else []
+        if len(runs) == 1:  # a results root (train -o) holding one run
+            return find_checkpoints(runs[0], folds, checkpoint)
+        if runs:
+            listed = ", ".join(str(r.relative_to(path)) for r in runs)
+            raise DataError(path, f"holds {len(runs)} runs ({listed}); name one with -m")
         if folds:
             raise ConfigError(f"--folds needs a run folder with fold_K folders, not {path}")
         return [_fold_checkpoint(path, checkpoint)]
@@ -119,6 +126,12 @@ def find_checkpoints(
         # like nnU-Net: the default ensemble is the cross-validation folds, not fold_all
         fold_dirs = [p for p in fold_dirs if p.name != "fold_all"]
     return [_fold_checkpoint(p, checkpoint) for p in fold_dirs]
+
+
+def _runs_below(root: Path) -> list[Path]:
+    """The run folders ``root/<dataset>/<model>`` (with ``fold_K`` folders) of a results root."""
+    folds = (p for p in root.glob("*/*/fold_*") if p.is_dir() and _FOLD_RE.match(p.name))
+    return sorted({p.parent for p in folds})
 
 
 def _fold_checkpoint(fold_dir: Path, checkpoint: str) -> Path:

@@ -39,6 +39,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import zlib
@@ -52,11 +53,11 @@ import torch
 from tqdm import tqdm
 
 from nmfseg import __version__
-from nmfseg.data.formats import Case, case_output_name, load_case, open_input
+from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input
 from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError, NmfsegError
-from nmfseg.fileio import atomic_open, read_json, write_json
+from nmfseg.fileio import atomic_open, check_writable, read_json, write_json
 from nmfseg.inference.ensemble import Ensemble, load_ensemble
 from nmfseg.inference.predictor import Predictor, output_scheme
 from nmfseg.inference.settings import InferenceSettings
@@ -197,12 +198,41 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def _check_output(output: Path, record: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to add predictions of another model or settings to a folder (or to a file)."""
+def _output_bytes(dataset: Dataset, probabilities: bool) -> int:
+    """A rough lower bound of the space the predictions take: a compressed label map is
+    about a quarter of one compressed input channel; probabilities are about as big as it."""
+    total, channels = 0, len(dataset.scheme.channels)
+    for case in dataset.cases:
+        with contextlib.suppress(OSError):  # one channel file, or a 4D file of every channel
+            size = case.image_paths[0].stat().st_size
+            total += size // channels if len(case.image_paths) == 1 else size
+    return total // 4 + (total * len(dataset.scheme.regions) if probabilities else 0)
+
+
+def _check_output(
+    output: Path, record: dict[str, Any], overwrite: bool, dataset: Dataset, into_labels: bool
+) -> None:
+    """Refuse to write into the input's own label folder, or to add predictions of another
+    model or settings (or of an unknown origin) to a folder."""
     if output.exists() and not output.is_dir():
         raise DataError(output, "exists and is not a folder; give an output folder")
+    labels = {Path(c.label_path).parent.resolve() for c in dataset.cases if c.label_path}
+    if not into_labels and output.resolve() in labels:
+        raise DataError(
+            output,
+            "holds the ground-truth labels of the input; predictions would replace them: "
+            "choose another -o (or pass --write-into-labels as well to do it anyway)",
+        )
     sidecar = output / SIDECAR
-    if overwrite or not sidecar.is_file():
+    if overwrite:
+        return
+    if not sidecar.is_file():
+        names = {case_output_name(c) for c in dataset.cases}
+        if output.is_dir() and any((output / n).is_file() for n in names):
+            raise ConfigError(
+                f"{output} holds CASE.nii.gz files that no {SIDECAR} describes; pass "
+                "--overwrite to replace them, or choose another -o"
+            )
         return
     old = read_json(sidecar)
     differ = _differences(old, record)
@@ -226,6 +256,7 @@ def predict_folder(
     overwrite: bool = False,
     progress: bool = True,
     settings: InferenceSettings | None = None,
+    into_labels: bool = False,
 ) -> PredictionResult:
     """Predict every case of a dataset folder (or one case) into ``output``.
 
@@ -251,6 +282,8 @@ def predict_folder(
         progress: tqdm progress bar over the cases.
         settings: sliding window, threshold, amp, compile and NMF switches
             (:class:`~nmfseg.inference.settings.InferenceSettings`).
+        into_labels: allow ``output`` to be the input's own label folder (otherwise refused:
+            the predictions would replace the ground truth).
 
     Returns:
         A :class:`PredictionResult`; failed cases are listed there (and reported on
@@ -278,14 +311,12 @@ def predict_folder(
     scheme, note = output_scheme(dataset, predictor.ensemble)
     output = Path(output)
     record = prediction_record(predictor, model, input, scheme)
-    _check_output(output, record, overwrite)
+    _check_output(output, record, overwrite, dataset, into_labels)
     if note:
         _echo(note)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        write_json(output / SIDECAR, record)
-    except OSError as err:
-        raise DataError(output, f"cannot write the output folder ({err.strerror})") from None
+    check_writable(output, _output_bytes(dataset, save_probabilities), "predictions")
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / SIDECAR, record)
     result = PredictionResult(output_scheme=scheme)
     bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:

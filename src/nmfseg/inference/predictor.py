@@ -53,7 +53,9 @@ from nmfseg.data.formats import Case, Dataset, load_case, open_case
 from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, squeeze_3d
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import read_json
 from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
+from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
 from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS, InferenceSettings, parse_layers
 from nmfseg.mixers.nmf import nmf_layers, set_nmf
 
@@ -175,7 +177,26 @@ class Predictor:
             set_nmf(net, new.nmf_iters, new.nmf_rank, new.nmf_solver, enabled)
         if new.compile and self._compiled is None:
             self._compiled = [torch.compile(net) for net in self.ensemble.models]
+        self.postprocessing = self._postprocessing(new.postprocess)
         self.settings = new
+
+    def _postprocessing(self, spec: Any) -> PostProcessing | None:
+        """The post-processing of ``settings.postprocess`` (``auto``: the run's saved one)."""
+        if spec is None or isinstance(spec, PostProcessing):
+            return spec
+        if tuple(spec) == ("auto",):
+            folds = {Path(p).parent for p in self.ensemble.sources}
+            places = [f / POSTPROCESSING for f in sorted({f.parent for f in folds} | folds)]
+            saved = next((p for p in places if p.is_file()), None)
+            if saved is None:
+                raise ConfigError(
+                    f"--postprocess auto: no {POSTPROCESSING} next to the model's folds; run "
+                    "nmfseg postprocess-search first"
+                )
+            return PostProcessing.from_dict(read_json(saved)["postprocess"])
+        scheme = self.ensemble.scheme
+        regions = self.ensemble.regions or (scheme.region_names if scheme else ())
+        return PostProcessing.parse(list(spec), regions)
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -265,6 +286,7 @@ class Predictor:
             "amp": self.settings.amp,
             "compile": self.settings.compile,
             **nmf,
+            "postprocess": self.postprocessing.words() if self.postprocessing else ["none"],
             "device": str(self.device),
         }
 
@@ -324,7 +346,15 @@ class Predictor:
                 "the model's config names no label scheme; pass scheme= (e.g. "
                 "nmfseg.data.schemes.SCHEMES['isles22'])"
             )
-        return regions_to_labels(np.asarray(probabilities) >= self.threshold, scheme)
+        return regions_to_labels(self.to_regions(probabilities, scheme), scheme)
+
+    def to_regions(self, probabilities: np.ndarray, scheme: DatasetScheme | None = None) -> Any:
+        """Thresholded (and post-processed) region masks ``(R, ...)`` of probabilities."""
+        regions = np.asarray(probabilities) >= self.threshold
+        scheme = scheme if scheme is not None else self.ensemble.scheme
+        if self.postprocessing is not None and scheme is not None:
+            regions = self.postprocessing.apply(regions, scheme)
+        return regions
 
     def predict_array(
         self,
@@ -355,7 +385,7 @@ class Predictor:
         if output == "probabilities":
             out = probs
         elif output == "regions":
-            out = (probs >= self.threshold).astype(np.uint8)
+            out = self.to_regions(probs, scheme).astype(np.uint8)
         else:
             out = self.to_labels(probs, scheme)
         return torch.from_numpy(np.ascontiguousarray(out)) if is_tensor else out

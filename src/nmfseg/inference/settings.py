@@ -35,7 +35,7 @@ __all__ = [
     "parse_layers",
 ]
 
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("bf16", "none")
 BLEND_MODES = ("gaussian", "constant")
 #: Setting -> the command-line option that sets it (error messages name the option).
 OPTIONS = {
@@ -50,9 +50,11 @@ OPTIONS = {
     "nmf_rank": "--nmf-rank",
     "nmf_solver": "--nmf-solver",
     "nmf_layers": "--nmf-layers",
+    "postprocess": "--postprocess",
 }
 NMF_SETTINGS = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
 _LAYER_WORDS = "all, none, first, last, a range 0-4 or a list 0,3,8"
+_PP_WORDS = ("largest:", "min-size:")
 
 
 def parse_layers(
@@ -130,7 +132,8 @@ def _choice(value: Any, name: str, choices: Sequence[str]) -> Any:
         return None
     text = str(value).strip().lower()
     if text not in choices:
-        raise ConfigError(f"{OPTIONS[name]} {value!r}: choose one of {', '.join(choices)}")
+        words = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+        raise ConfigError(f"{OPTIONS[name]} {value!r}: must be {words}")
     return text
 
 
@@ -155,6 +158,10 @@ class InferenceSettings:
         nmf_solver: ``"hals"`` or ``"mu"``.
         nmf_layers: The NMF layers that run (:func:`parse_layers`); the others are
             short-circuited.
+        postprocess: Post-processing of the region masks: ``--postprocess`` words
+            (``largest:WT``, ``min-size:ET=200``, ``none``), ``"auto"`` (the run's
+            ``postprocessing.json`` from ``nmfseg postprocess-search``) or a
+            :class:`~nmfseg.inference.postprocess.PostProcessing`; ``None``: none.
 
     Examples::
 
@@ -163,7 +170,7 @@ class InferenceSettings:
         >>> InferenceSettings(blend="linear")
         Traceback (most recent call last):
         ...
-        nmfseg.errors.ConfigError: --blend 'linear': choose one of gaussian, constant
+        nmfseg.errors.ConfigError: --blend 'linear': must be gaussian or constant
     """
 
     tta: bool = False
@@ -177,6 +184,7 @@ class InferenceSettings:
     nmf_rank: int | None = None
     nmf_solver: str | None = None
     nmf_layers: str | tuple[int, ...] | None = None
+    postprocess: Any = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -204,6 +212,17 @@ class InferenceSettings:
             parse_layers(layers, None)  # the spelling; the range once the model is known
             if not isinstance(layers, str):
                 checked["nmf_layers"] = tuple(layers)
+        words = self.postprocess
+        if isinstance(words, str):
+            words = (words,)
+        if isinstance(words, list | tuple):
+            bad = [w for w in words if not (w in ("auto", "none") or w.startswith(_PP_WORDS))]
+            if bad or ("auto" in words and len(words) > 1):
+                raise ConfigError(
+                    f"--postprocess {(bad or list(words))[0]!r}: expected auto, none, "
+                    "largest:REGION[,REGION] or min-size:REGION=VOXELS"
+                )
+            checked["postprocess"] = tuple(words)
         for key in ("tta", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{OPTIONS[key]}: must be true or false")

@@ -33,12 +33,30 @@ import torch
 
 from nmfseg.fileio import atomic_open
 
-__all__ = ["atomic_save", "capture_rng_state", "restore_rng_state"]
+__all__ = ["atomic_save", "capture_rng_state", "restore_rng_state", "tensor_bytes"]
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list (about what ``torch.save`` writes).
+
+    Examples::
+
+        >>> tensor_bytes({"w": torch.zeros(4), "opt": [torch.zeros(2, dtype=torch.float64)]})
+        32
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically (:func:`nmfseg.fileio.atomic_open`)."""
-    with atomic_open(path) as fh:
+    """``torch.save(obj, path)``, atomically (:func:`nmfseg.fileio.atomic_open`); on a full
+    disk the previous file is kept and the error says how much space the file needs."""
+    with atomic_open(path, size_hint=tensor_bytes(obj)) as fh:
         torch.save(obj, fh)
 
 

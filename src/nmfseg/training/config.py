@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -41,6 +42,7 @@ from nmfseg.fileio import write_text
 __all__ = [
     "RECIPES",
     "apply_overrides",
+    "default_workers",
     "load_recipe",
     "load_yaml",
     "merge_config",
@@ -72,6 +74,19 @@ def recipe_for_scheme(scheme: str) -> str:
     if "isles" in name:
         return "isles"
     return "default"
+
+
+def default_workers() -> int:
+    """DataLoader workers when the config leaves them open: the cores this process may use
+    (``os.sched_getaffinity``), at most 4.
+
+    Examples::
+
+        >>> 1 <= default_workers() <= 4
+        True
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 def load_recipe(name: str) -> dict[str, Any]:
@@ -272,6 +287,8 @@ def validate_config(
         ):
             _fail("patch_size", src, "must be 2 or 3 positive integers (or one for a cube)", patch)
         cfg["patch_size"] = [int(p) for p in patch]
+    if cfg["workers"] is None:
+        cfg["workers"] = default_workers()
     for key, low in (("batch_size", 1), ("steps", 1), ("seed", 0), ("workers", 0)):
         _int(cfg, key, low, src)
     for key in ("val_every", "checkpoint_every", "log_every"):
@@ -322,7 +339,8 @@ def validate_config(
         _fail("device", src, "must be cpu, cuda or cuda:N", device)
     if cfg["amp"] in ("none", "fp32", False):
         cfg["amp"] = None
-    _choice(cfg, "amp", (None, "bf16"), src)
+    if cfg["amp"] not in (None, "bf16"):
+        _fail("amp", src, "must be bf16 or none", cfg["amp"])
     for key in ("compile", "deterministic"):
         if not isinstance(cfg[key], bool):
             _fail(key, src, "must be true or false", cfg[key])

@@ -31,6 +31,7 @@ from torch import nn
 from nmfseg.data.formats import open_dataset
 from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import check_writable
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models.checkpoint import read_checkpoint
 from nmfseg.training.config import (
@@ -145,6 +146,36 @@ def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, A
     return model, kwargs
 
 
+def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) -> list[str]:
+    """Refuse a patch the network or the data cannot use; notes for a wasteful one.
+
+    The data are 3D volumes; a size below the network's down-sampling factor would leave
+    less than one voxel in its deepest level.
+    """
+    label = sources.get("patch_size", "patch_size")
+    dims = getattr(model, "spatial_dims", 3)
+    if len(patch) != dims:
+        raise ConfigError(
+            f"{label} {','.join(map(str, patch))}: {len(patch)} sizes for {dims}D images; "
+            f"give {dims} sizes (or one for a cube)"
+        )
+    factor = int(getattr(model, "size_multiple", 1))
+    if min(patch) < factor:
+        raise ConfigError(
+            f"{label} {','.join(map(str, patch))}: below the network's down-sampling factor "
+            f"{factor}; use multiples of {factor} (e.g. {factor} or {2 * factor})"
+        )
+    odd = [p for p in patch if p % factor]
+    if not odd:
+        return []
+    near = sorted({f for p in odd for f in (p // factor * factor, -(-p // factor) * factor)})
+    return [
+        f"{label} {','.join(map(str, patch))} is not a multiple of the network's down-sampling "
+        f"factor {factor}: every patch is zero-padded to one; {' or '.join(map(str, near))} "
+        "would waste nothing"
+    ]
+
+
 def _splits(
     dataset: Any, dataset_dir: Path, n_folds: int, fold: str
 ) -> tuple[Path, list[dict[str, list[str]]] | None, dict[str, list[str]]]:
@@ -256,6 +287,10 @@ def prepare_run(
     cfg["split"] = {"file": str(splits_path.resolve()), "val": list(split["val"])}
     model, kwargs = _build_model(model_name, cfg)
     cfg["model"] = {"name": model_name, "kwargs": kwargs}
+    notes += _check_patch(cfg["patch_size"], model, sources)
+    # three checkpoints of weights and AdamW's two moments, before any work is done
+    need = 3 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    check_writable(fold_dir, need_bytes=need, what="training run")
     return TrainingRun(
         config=cfg,
         dataset=dataset,

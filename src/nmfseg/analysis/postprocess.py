@@ -1,0 +1,157 @@
+"""``nmfseg postprocess-search``: choose post-processing on a run's validation cases.
+
+Like nnU-Net's ``determine_postprocessing``, but on region masks: every fold of the run predicts
+its own validation cases (``split.val`` of its config), and a setting is kept only if it raises
+the mean Dice over those cases (averaged over the regions, the Table 1 "Avg."):
+
+1. for each region, outermost first (WT, TC, ET for BraTS): keep only its largest connected
+   component, if that helps;
+2. for each region: remove its connected components below a size (``thresholds`` voxels; for
+   ET the BraTS rule: they become necrosis), the size that helps most, if any helps.
+
+Each step starts from the setting chosen so far. The result is written to
+``RUN/postprocessing.json`` (:data:`~nmfseg.inference.postprocess.POSTPROCESSING`) with the
+Dice before and after, and ``nmfseg predict --postprocess auto`` applies it.
+:func:`search_postprocessing` is the search on masks already predicted.
+
+Examples::
+
+    >>> import numpy as np
+    >>> from nmfseg.data.schemes import SCHEMES
+    >>> gt = np.zeros((1, 12, 12, 12), bool); gt[0, 2:6, 2:6, 2:6] = True
+    >>> pred = gt.copy(); pred[0, 10, 10, 10] = True   # one false-positive speck
+    >>> chosen, scores = search_postprocessing([(pred, gt)], SCHEMES["isles22"])
+    >>> chosen.words(), round(scores["none"], 3), scores["chosen"]
+    (['largest:lesion'], 0.992, 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from nmfseg.analysis.runs import validation_ids
+from nmfseg.data.formats import Dataset, load_case
+from nmfseg.data.schemes import DatasetScheme, labels_to_regions
+from nmfseg.errors import DataError
+from nmfseg.evaluation.metrics import dice_score
+from nmfseg.fileio import write_json
+from nmfseg.inference.ensemble import find_checkpoints
+from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
+from nmfseg.inference.predictor import Predictor
+
+__all__ = ["THRESHOLDS", "postprocess_run", "search_postprocessing"]
+
+#: Component sizes (voxels) tried by the min-size step.
+THRESHOLDS = (10, 25, 50, 100, 200, 500, 1000)
+
+Pair = tuple[np.ndarray, np.ndarray]  # (predicted regions, true regions), (R, *spatial) bool
+
+
+def _score(pairs: Sequence[Pair], pp: PostProcessing, scheme: DatasetScheme) -> float:
+    """Mean over cases of the mean Dice over regions, after ``pp``."""
+    per_case = []
+    for pred, gt in pairs:
+        cleaned = pp.apply(pred, scheme)
+        per_case.append(np.mean([dice_score(p, g) for p, g in zip(cleaned, gt, strict=True)]))
+    return float(np.mean(per_case))
+
+
+def search_postprocessing(
+    pairs: Sequence[Pair], scheme: DatasetScheme, thresholds: Sequence[int] = THRESHOLDS
+) -> tuple[PostProcessing, dict[str, float]]:
+    """The post-processing that raises the mean Dice of ``pairs`` (greedy, see the module).
+
+    Returns:
+        ``(chosen, {"none": Dice without, "chosen": Dice with})``.
+    """
+    names = list(scheme.regions)
+    outer_first = sorted(names, key=lambda n: -len(scheme.regions[n]))
+    chosen = PostProcessing()
+    best = none = _score(pairs, chosen, scheme)
+    for name in outer_first:
+        trial = dataclasses.replace(chosen, largest=(*chosen.largest, name))
+        score = _score(pairs, trial, scheme)
+        if score > best:
+            chosen, best = trial, score
+    for name in outer_first:
+        if name in chosen.largest:
+            continue  # nothing smaller than the largest component is left
+        trials = [
+            dataclasses.replace(chosen, min_size={**chosen.min_size, name: size})
+            for size in thresholds
+        ]
+        scores = [_score(pairs, trial, scheme) for trial in trials]
+        if scores and max(scores) > best:
+            chosen, best = trials[int(np.argmax(scores))], max(scores)
+    return chosen, {"none": none, "chosen": best}
+
+
+def _fold_pairs(fold_ckpt: Path, dataset: Dataset, device: Any, progress: bool) -> list[Pair]:
+    predictor = Predictor.from_run(fold_ckpt, folds=None, device=device)
+    ids = validation_ids(predictor.ensemble.config, dataset, fold_ckpt)
+    scheme = dataset.scheme
+    pairs = []
+    bar = tqdm(ids, desc=f"{fold_ckpt.parent.name} validation", unit="case", file=sys.stderr,
+               disable=not progress)  # fmt: skip
+    for case_id in bar:
+        data = load_case(dataset.get(case_id))
+        regions = predictor.to_regions(predictor.probabilities(data.image, case_id), scheme)
+        pairs.append((regions.astype(bool), labels_to_regions(data.label, scheme).astype(bool)))
+    return pairs
+
+
+def postprocess_run(
+    model: str | Path,
+    dataset: Dataset,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "final",
+    device: Any = None,
+    thresholds: Sequence[int] = THRESHOLDS,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Search the post-processing of a run on its folds' validation cases and save it.
+
+    Args:
+        model: Run folder (its folds' validation cases are pooled) or fold folder.
+        dataset: The dataset the run was trained on.
+        folds: Folds of a run folder (default: every numbered one).
+        checkpoint: ``final``, ``best`` or ``last``.
+        device: Where the networks run.
+        thresholds: Component sizes tried by the min-size step.
+        progress: Progress bars.
+
+    Returns:
+        The path of ``postprocessing.json`` (in the run folder) and what it holds.
+
+    Raises:
+        DataError: A fold's validation case missing from ``dataset`` or without a label.
+    """
+    ckpts = find_checkpoints(model, folds, checkpoint)
+    pairs: list[Pair] = []
+    for ckpt in ckpts:
+        pairs += _fold_pairs(ckpt, dataset, device, progress)
+    if not pairs:
+        raise DataError(model, "no validation cases to search the post-processing on")
+    chosen, scores = search_postprocessing(pairs, dataset.scheme, thresholds)
+    folds_of = {c.parent for c in ckpts}
+    # a run (several folds, or a folder of fold_K folders): the run folder; else the fold
+    run = ckpts[0].parent.parent if len(folds_of) > 1 or Path(model) not in folds_of else None
+    run = run if run is not None and Path(model).is_dir() else ckpts[0].parent
+    record = {
+        "postprocess": chosen.to_dict(),
+        "words": chosen.words(),
+        "mean_dice": scores,
+        "regions": list(dataset.scheme.regions),
+        "n_cases": len(pairs),
+        "checkpoints": [str(c.resolve()) for c in ckpts],
+        "thresholds": list(thresholds),
+    }
+    write_json(run / POSTPROCESSING, record)
+    return run / POSTPROCESSING, record

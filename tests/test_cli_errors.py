@@ -1,0 +1,319 @@
+"""Bad input, end to end: one table of CLI cases, each asserting the exit status, the one
+line that names the file or option, and that nothing partial is left behind.
+
+Adding a case is one :class:`Case` line in :data:`CASES`. Arguments are format strings over
+the paths of the :func:`world` fixture: ``{data}`` (a 4-case toy ISLES'22 dataset), ``{run}``
+(a 2-step run trained on it), ``{runs}`` (a results root holding two runs), ``{tmp}`` (a
+fresh folder per case), and datasets with one defect each: ``{nnisles}`` (nnU-Net, ISLES'22
+channels), ``{nn2d}`` (a 2D image), ``{nnmissing}`` / ``{msdmissing}`` (a case's files
+missing). Unwritable locations are under ``/sys``, which refuses writes even to root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import typer
+
+from helpers import cli, train_tiny
+from nmfseg.cli import app
+from nmfseg.data.schemes import SCHEMES
+from nmfseg.phantoms.toy import make_toy_dataset
+
+UNWRITABLE = "/sys/fs/nmfseg-test"
+
+
+@dataclass(frozen=True)
+class Case:
+    """``nmfseg ARGS`` must exit with ``code`` and print a line matching ``line``; the paths
+    in ``absent`` (format strings too) must not exist afterwards."""
+
+    name: str
+    args: tuple[str, ...]
+    line: str
+    code: int = 1
+    absent: tuple[str, ...] = ()
+
+
+TRAIN = (
+    "train",
+    "{data}",
+    "--model",
+    "swin_factorizer_isles",
+    "--n-folds",
+    "2",
+    "--steps",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--out",
+    "{tmp}/runs",
+)
+PREDICT = ("predict", "-m", "{run}", "-i", "{data}", "--device", "cpu", "--quiet")
+
+CASES = [
+    # operating-system errors: one line naming the path, before any expensive work
+    Case("train read-only out", (*TRAIN[:-1], UNWRITABLE + "/runs"),
+         r"^nmfseg: error: /sys/fs/nmfseg-test/runs/.*cannot write the training run here: "
+         r"/sys/fs: Permission denied$"),
+    Case("evaluate read-only out",
+         ("evaluate", "--pred", "{foreign}", "--gt", "{data}", "-o", UNWRITABLE),
+         r"^nmfseg: error: /sys/fs/nmfseg-test: cannot write the report here: .*denied$"),
+    Case("split read-only out", ("split", "{data}", "--out", UNWRITABLE + "/splits.json"),
+         r"^nmfseg: error: /sys/fs/nmfseg-test\S*: cannot write the splits file here: "
+         r".*Permission denied$"),
+    Case("predict read-only out", (*PREDICT, "-o", UNWRITABLE),
+         r"^nmfseg: error: /sys/fs/nmfseg-test: cannot write the predictions here: .*denied$"),
+    # options accepted and then failing
+    Case("patch of the wrong dimensionality", (*TRAIN, "--patch-size", "32,32"),
+         r"^nmfseg: error: --patch-size 32,32: 2 sizes for 3D images; give 3 sizes",
+         absent=("{tmp}/runs",)),
+    Case("patch below the down-sampling factor", (*TRAIN, "--patch-size", "7"),
+         r"^nmfseg: error: --patch-size 7,7,7: below the network's down-sampling factor 16; "
+         r"use multiples of 16", absent=("{tmp}/runs",)),
+    Case("train --amp", (*TRAIN, "--amp", "fp8"),
+         r"^nmfseg: error: --amp: must be bf16 or none, got 'fp8'$", absent=("{tmp}/runs",)),
+    Case("predict --amp", (*PREDICT, "-o", "{tmp}/pred", "--amp", "fp8"),
+         r"^nmfseg: error: --amp 'fp8': must be bf16 or none$", absent=("{tmp}/pred",)),
+    Case("evaluate --format", ("evaluate", "--pred", "{foreign}", "--gt", "{data}",
+                               "-o", "{tmp}/report", "--format", "foo"),
+         r"^nmfseg: error: --format 'foo': not a dataset format; choose from .*isles22",
+         absent=("{tmp}/report",)),
+    Case("evaluate --scheme (old spelling)", ("evaluate", "--pred", "{foreign}", "--gt",
+                                              "{data}", "-o", "{tmp}/report", "--scheme", "foo"),
+         r"^nmfseg: error: --format 'foo': not a dataset format", absent=("{tmp}/report",)),
+    Case("train --format", (*TRAIN, "--format", "foo"),
+         r"^nmfseg: error: --format 'foo': not a dataset format", absent=("{tmp}/runs",)),
+    # data problems
+    Case("2D image", ("check-data", "{nn2d}"), r"toy_001_0000.nii.gz: .*2D.*3D volume"),
+    Case("dataset.json case without files", ("check-data", "{msdmissing}"),
+         r"BRATS_002.*listed in dataset.json.*(missing|not found)"),
+    Case("nnU-Net numTraining above the cases found", ("check-data", "{nnmissing}"),
+         r"dataset.json: numTraining is 2 but 1 training cases were found"),
+    # guards
+    Case("predict into the input's labels", ("predict", "-m", "{run}", "-i", "{nnisles}", "-o",
+                                             "{nnisles}/labelsTr", "--overwrite", "--device",
+                                             "cpu"),
+         r"^nmfseg: error: .*NnIsles/labelsTr: holds the ground-truth labels of the input.*"
+         r"--write-into-labels"),
+    Case("predict into another run's outputs", (*PREDICT, "-o", "{foreign}"),
+         r"^nmfseg: error: .*\{foreign_name\}.*predict\.json.*--overwrite"),
+    Case("predict from a root of two runs", ("predict", "-m", "{runs}", "-i", "{data}", "-o",
+                                             "{tmp}/pred", "--device", "cpu"),
+         r"^nmfseg: error: .*holds 2 runs.*swin_factorizer_isles", absent=("{tmp}/pred",)),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """The datasets and runs the cases refer to (built once; trained under umask 022)."""
+    root = tmp_path_factory.mktemp("world")
+    old = os.umask(0o022)
+    try:
+        data, run = train_tiny(root)
+    finally:
+        os.umask(old)
+    runs = root / "two_runs"
+    shutil.copytree(run, runs / data.name / run.name)
+    shutil.copytree(run, runs / data.name / "copy_of_the_run")
+    foreign = root / "foreign"  # CASE.nii.gz files another tool wrote, no predict.json
+    foreign.mkdir()
+    for label in sorted((data / "labelsTr").iterdir()) if (data / "labelsTr").is_dir() else []:
+        shutil.copy(label, foreign / label.name)
+    if not any(foreign.iterdir()):  # ISLES'22 layout: derivatives/SUBJECT/.../*_msk.nii.gz
+        for i, mask in enumerate(sorted(data.rglob("*_msk.nii.gz"))):
+            shutil.copy(mask, foreign / f"sub-strokecase{i + 1:04d}.nii.gz")
+
+    nnisles = make_toy_dataset(
+        root / "NnIsles", "nnunet", n_cases=2, shape=(28, 30, 26), scheme=SCHEMES["isles22"]
+    )
+    nn2d = make_toy_dataset(root / "Nn2D", "nnunet", n_cases=2, shape=(20, 20, 20), seed=2)
+    image = nn2d / "imagesTr" / "toy_001_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), image)
+    nnmissing = make_toy_dataset(root / "NnMissing", "nnunet", n_cases=2, shape=(20, 20, 20))
+    for f in nnmissing.glob("*/toy_002*.nii.gz"):
+        f.unlink()
+    msdmissing = make_toy_dataset(root / "MsdMissing", "msd_brats", n_cases=2, shape=(20,) * 3)
+    for f in msdmissing.glob("*/BRATS_002.nii.gz"):
+        f.unlink()
+    return dict(
+        data=str(data),
+        run=str(run),
+        runs=str(runs),
+        foreign=str(foreign),
+        foreign_name=foreign.name,
+        nn2d=str(nn2d),
+        nnisles=str(nnisles),
+        msdmissing=str(msdmissing),
+        nnmissing=str(nnmissing),
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, world, tmp_path):
+    paths = {**world, "tmp": str(tmp_path)}
+    result = cli(*[a.format(**paths) for a in case.args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == case.code, result.output
+    pattern = case.line.replace(r"\{foreign_name\}", re.escape(world["foreign_name"]))
+    assert any(re.search(pattern, line) for line in lines), result.output
+    assert "Traceback" not in result.output
+    for path in case.absent:
+        assert not Path(path.format(**paths)).exists(), f"{path} was left behind"
+    assert not list(tmp_path.rglob("*.tmp*")), "a temporary file was left behind"
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(world, tmp_path, monkeypatch):
+    """A full disk at the second checkpoint write: one line with the space needed, the
+    previous checkpoint intact, no temporary file."""
+    import nmfseg.fileio as fileio
+
+    real, writes = fileio._fsync, []
+
+    def fsync(path: Path) -> None:
+        writes.append(path)
+        if "checkpoint_last" in path.name and sum("checkpoint_last" in p.name for p in writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(fileio, "_fsync", fsync)
+    result = cli(
+        *[a.format(data=world["data"], tmp=tmp_path) for a in TRAIN],
+        "--model-arg",
+        "channels=4,8,16",
+        "--model-arg",
+        "deep_supr_num=1",
+        "--patch-size",
+        "16",
+        "--steps",
+        "4",
+        "--val-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+    )
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        r"checkpoint_last\.pt: No space left on device: the file needs about "
+        r"[\d.]+ MB; .* the previous file is kept",
+        result.output,
+    ), result.output
+    assert "Traceback" not in result.output
+    fold = next(tmp_path.glob("runs/*/*/fold_0"))
+    assert (fold / "checkpoint_last.pt").is_file()
+    assert not [p for p in fold.iterdir() if ".tmp" in p.name]
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder read-only for real: ``chmod`` for a user, a read-only bind mount for
+    root (which ignores permissions); skipped where neither is possible."""
+    mounted: list[Path] = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            for p in [folder, *folder.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~0o222)
+        elif shutil.which("mount") and _mount("--bind", str(folder), str(folder)):
+            mounted.append(folder)
+            if not _mount("-o", "remount,ro,bind", str(folder)):
+                pytest.skip("cannot remount read-only here")
+        else:
+            pytest.skip("root without mount privileges cannot make a read-only folder")
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+    for p in [tmp_path, *tmp_path.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs mount privileges; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small file system needs root")
+    if not _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)):
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_train_refuses_a_disk_too_small_before_any_work(world, small_disk):
+    """Checkpoints that cannot fit on the disk: refused before preprocessing starts."""
+    args = [a.format(data=world["data"], tmp=small_disk) for a in TRAIN]
+    result = cli(*args, "--patch-size", "32")
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        r"not enough space for the training run: about [\d.]+ MB needed, "
+        r"[\d.]+ MB free$",
+        result.output.strip(),
+    ), result.output
+    assert not list(small_disk.iterdir())
+
+
+def test_split_into_a_read_only_dataset(read_only, tmp_path):
+    data = make_toy_dataset(tmp_path / "Toy", "isles22", n_cases=4, shape=(20, 20, 20))
+    read_only(data)
+    result = cli("split", data, "--n-folds", 2)
+    assert result.exit_code == 1, result.output
+    assert re.fullmatch(
+        rf"nmfseg: error: {re.escape(str(data))}.*(Read-only file system|Permission denied)\n",
+        result.output,
+    ), result.output
+    assert not (data / "splits.json").exists()
+
+
+def test_outputs_are_readable_by_others(world):
+    """Under umask 022 every file of a run is 0644, like a plain open() makes it."""
+    files = [p for p in Path(world["run"]).rglob("*") if p.is_file()]
+    assert any(p.name.startswith("checkpoint_") for p in files)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_default_workers_fit_the_machine():
+    from nmfseg.training.config import default_workers, load_recipe, validate_config
+
+    assert 1 <= default_workers() <= max(1, min(4, os.cpu_count() or 1))
+    assert load_recipe("default")["workers"] is None
+    assert validate_config(load_recipe("default"))["workers"] == default_workers()
+
+
+def _commands(group: typer.Typer) -> list[str]:
+    return sorted(
+        c.name or c.callback.__name__.replace("_", "-") for c in group.registered_commands
+    )
+
+
+@pytest.mark.parametrize("command", _commands(app))
+def test_help_text(command):
+    """No ``<bool>`` metavar, no ``{...}`` in the usage line, and --amp in its error's words."""
+    result = cli(command, "--help")
+    assert result.exit_code == 0, result.output
+    usage = result.output.splitlines()[0]
+    assert usage.startswith(f"Usage: nmfseg {command} [OPTIONS]"), usage
+    assert "{" not in usage and "<" not in usage, usage
+    assert "<bool>" not in result.output, result.output
+    if "--amp" in result.output:
+        assert "bf16 or none" in " ".join(result.output.split()), result.output

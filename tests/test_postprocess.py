@@ -1,0 +1,105 @@
+"""Post-processing of region masks (largest component, small components, the BraTS ET rule),
+its search on validation cases, and predict --postprocess."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from helpers import cli, train_tiny
+from nmfseg.analysis.postprocess import search_postprocessing
+from nmfseg.data.schemes import SCHEMES
+from nmfseg.errors import ConfigError
+from nmfseg.inference.postprocess import PostProcessing
+
+BRATS = SCHEMES["brats2021"]  # regions ET, TC, WT; labels ET 4, NCR 1, ED 2
+
+
+def _tumour(shape=(16, 16, 16)) -> np.ndarray:
+    regions = np.zeros((3, *shape), bool)
+    regions[2, 2:10, 2:10, 2:10] = True  # WT
+    regions[1, 3:8, 3:8, 3:8] = True  # TC
+    regions[0, 4:7, 4:7, 4:7] = True  # ET (27 voxels)
+    return regions
+
+
+def test_largest_component_of_an_outer_region_cleans_the_regions_inside_it():
+    regions = _tumour()
+    regions[:, 13:15, 13:15, 13:15] = True  # a second, small tumour with ET in it
+    out = PostProcessing(largest=("WT",)).apply(regions, BRATS)
+    assert not out[:, 13:, 13:, 13:].any()  # gone from WT and from TC and ET inside it
+    assert np.array_equal(out[:, :12, :12, :12], regions[:, :12, :12, :12])
+
+
+def test_small_et_components_become_necrosis():
+    regions = _tumour()
+    regions[:, 12, 12, 12] = True  # one-voxel tumour speck (ET, TC, WT)
+    out = PostProcessing(min_size={"ET": 5}).apply(regions, BRATS)
+    assert out[0].sum() == 27 and not out[0, 12, 12, 12]
+    assert out[1, 12, 12, 12] and out[2, 12, 12, 12]  # still tumour core: NCR
+    assert PostProcessing().apply(regions, BRATS).sum() == regions.sum()
+    kept = PostProcessing(min_size={"ET": 27}).apply(regions, BRATS)  # 27 voxels: kept
+    assert np.array_equal(kept[0, 4:7, 4:7, 4:7], regions[0, 4:7, 4:7, 4:7])
+
+
+def test_words_round_trip_and_bad_words_name_the_option():
+    pp = PostProcessing.parse(["largest:WT,TC", "min-size:ET=200"], BRATS.region_names)
+    assert pp == PostProcessing(("WT", "TC"), {"ET": 200})
+    assert PostProcessing.parse(pp.words(), BRATS.region_names) == pp
+    assert PostProcessing.from_dict(json.loads(json.dumps(pp.to_dict()))) == pp
+    assert PostProcessing.parse(["none"], BRATS.region_names).empty
+    for words, message in (
+        (["largest:XX"], "no region 'XX'; the model's regions are ET, TC, WT"),
+        (["min-size:ET"], "needs a voxel count"),
+        (["biggest:WT"], "expected none, largest:REGION"),
+    ):
+        with pytest.raises(ConfigError, match=f"--postprocess .*{message}"):
+            PostProcessing.parse(words, BRATS.region_names)
+
+
+def test_search_keeps_only_what_raises_the_mean_dice():
+    truth = _tumour()
+    with_speck = truth.copy()
+    with_speck[:, 13, 13, 13] = True  # a false speck in every region
+    no_et = truth.copy()
+    no_et[0] = False
+    no_et[1] = truth[2] & truth[1]
+    false_et = no_et.copy()
+    false_et[0, 6, 6, 6] = True  # one false ET voxel where there is no ET: Dice 0 -> 1
+    pairs = [(with_speck, truth), (false_et, no_et)]
+    chosen, scores = search_postprocessing(pairs, BRATS, thresholds=(2, 50))
+    assert "WT" in chosen.largest and scores["chosen"] > scores["none"]
+    perfect, scores = search_postprocessing([(truth, truth)], BRATS)
+    assert perfect.empty and scores["none"] == scores["chosen"] == 1.0
+
+
+@pytest.mark.slow
+def test_search_writes_the_run_setting_and_predict_applies_it(tmp_path):
+    data, run = train_tiny(tmp_path)
+    result = cli("postprocess-search", "-m", run, "--data", data, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "postprocessing.json").read_text())
+    assert saved["n_cases"] == 2 and saved["regions"] == ["lesion"]
+    assert saved["mean_dice"]["chosen"] >= saved["mean_dice"]["none"]
+    assert f"--postprocess {' '.join(saved['words'])}" in result.output
+    for spec in (("auto",), ("largest:lesion",)):
+        out = tmp_path / f"pred_{spec[0].split(':')[0]}"
+        res = cli("predict", "-m", run, "-i", data, "-o", out, "--device", "cpu", "-q",
+                  *[w for s in spec for w in ("--postprocess", s)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        record = json.loads((out / "predict.json").read_text())
+        assert record["settings"]["postprocess"] == (
+            saved["words"] if spec == ("auto",) else ["largest:lesion"]
+        )
+    for case in (tmp_path / "pred_largest").glob("*.nii.gz"):
+        lesion = np.asarray(nib.load(case).dataobj) > 0
+        assert ndimage.label(lesion, np.ones((3, 3, 3)))[1] <= 1  # one component at most
+    bad = cli(
+        "predict", "-m", run, "-i", data, "-o", tmp_path / "bad", "--postprocess", "largest:WT"
+    )
+    assert bad.exit_code == 1 and "no region 'WT'" in bad.output
+    assert not (tmp_path / "bad").exists()
