@@ -290,6 +290,18 @@ class Predictor:
             "device": str(self.device),
         }
 
+    def _window(self) -> dict[str, Any]:
+        """The sliding-window arguments of :func:`predict_preprocessed` / :func:`predict_case`."""
+        return dict(
+            patch_size=self.patch_size,
+            overlap=self.overlap,
+            tta=self.settings.tta,
+            mode=self.blend,
+            sw_batch_size=self.sw_batch_size,
+            device=self.device,
+            progress=self.progress,
+        )
+
     def _autocast(self) -> Any:
         if self.settings.amp == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -302,17 +314,7 @@ class Predictor:
         The network part of every prediction (what ``nmfseg ablate`` times).
         """
         with self._autocast():
-            return predict_preprocessed(
-                self.networks,
-                image,
-                self.patch_size,
-                self.overlap,
-                self.settings.tta,
-                mode=self.blend,
-                sw_batch_size=self.sw_batch_size,
-                device=self.device,
-                progress=self.progress,
-            )
+            return predict_preprocessed(self.networks, image, **self._window())
 
     def probabilities(self, image: np.ndarray, where: str = "image") -> np.ndarray:
         """Probabilities ``(R, X, Y, Z)`` of a raw image ``(C, X, Y, Z)``, in its own grid.
@@ -321,18 +323,7 @@ class Predictor:
             DataError: naming ``where``: wrong channel count, NaN/Inf voxels.
         """
         with self._autocast():
-            return predict_case(
-                self.networks,
-                image,
-                self.patch_size,
-                self.overlap,
-                self.settings.tta,
-                mode=self.blend,
-                sw_batch_size=self.sw_batch_size,
-                device=self.device,
-                where=where,
-                progress=self.progress,
-            )
+            return predict_case(self.networks, image, where=where, **self._window())
 
     def to_labels(self, probabilities: np.ndarray, scheme: DatasetScheme | None = None) -> Any:
         """Threshold probabilities and write them as a label map of ``scheme``.
