@@ -59,6 +59,12 @@ def small_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
     return create_model(name, **{**small_kwargs(name)[0], **kwargs})
 
 
+def pointwise_net(in_channels: int = 2, out_channels: int = 3, seed: int = 0) -> nn.Module:
+    """A seeded 1x1x1 convolution: a network whose sliding-window output is known exactly."""
+    torch.manual_seed(seed)
+    return nn.Conv3d(in_channels, out_channels, kernel_size=1)
+
+
 def cli(*args: Any) -> Result:
     """``nmfseg ARGS`` in-process; every argument is passed as a string."""
     return CliRunner().invoke(app, [str(a) for a in args])
