@@ -84,3 +84,18 @@ def train_tiny(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return data, root / "runs" / data.name / model
+
+
+# An nnU-Net v2 region-based BraTS dataset.json, written from nnU-Net's documentation.
+NNUNET_BRATS_JSON = {
+    "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
+    "labels": {
+        "background": 0,
+        "whole tumor": [1, 2, 3],
+        "tumor core": [2, 3],
+        "enhancing tumor": [3],
+    },
+    "regions_class_order": [1, 2, 3],
+    "numTraining": 1,
+    "file_ending": ".nii.gz",
+}
