@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-scaling clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_nmf.py
 	$(BIN)/python benchmarks/bench_models.py
+
+# The long scaling studies (layer vs tokens, networks vs input size, whole-volume prediction):
+# tables, CSVs and figures in $(BENCH_OUT); an interrupted run resumes there.
+BENCH_OUT ?= bench_out
+bench-scaling: $(STAMP)
+	$(BIN)/python benchmarks/bench_scaling.py --out $(BENCH_OUT) --plot
+	$(BIN)/python benchmarks/bench_sizes.py --out $(BENCH_OUT) --plot
+	$(BIN)/python benchmarks/bench_predict.py --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

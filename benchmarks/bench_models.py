@@ -1,9 +1,10 @@
 """Benchmark: registered BraTS networks vs MONAI SegResNet, forward and forward+backward.
 
 Each configuration runs in its own subprocess, so that its peak memory is measured alone:
-the peak is ``ru_maxrss`` at the end minus the resident size once the model and the input
-exist (activations, gradients and temporaries of one step; weights excluded). Times are the
-median of ``--repeats`` runs after one warm-up run, with ``torch.set_num_threads(--threads)``.
+the peak is the peak resident size (``VmHWM``) at the end minus the resident size once the
+model and the input exist (activations, gradients and temporaries of one step; weights
+excluded). Times are the median of ``--repeats`` runs after one warm-up run, with
+``torch.set_num_threads(--threads)``.
 
 Forward is inference (``eval()`` under ``torch.inference_mode()``); forward+backward is one
 training step without the optimizer (``train()``, every deep-supervision output in the
@@ -25,20 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from _common import environment, peak_rss_mb, rss_mb, run_worker
 
 REFERENCE = "segresnet_brats"
 DEFAULT = ["swin_factorizer_brats", REFERENCE]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> dict:
@@ -51,7 +45,7 @@ def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> 
     torch.manual_seed(0)
     model = nmfseg.create_model(model_key)
     x = torch.randn(1, 4, size, size, size)
-    base = _rss_mb()
+    base = rss_mb()
 
     def step() -> None:
         if mode == "fwd":
@@ -70,7 +64,7 @@ def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> 
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB on Linux
+    peak = peak_rss_mb()
     return {
         "model": model_key,
         "size": size,
@@ -83,13 +77,11 @@ def worker(model_key: str, size: int, mode: str, threads: int, repeats: int) -> 
 
 
 def run(model_key: str, size: int, mode: str, threads: int, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", model_key, str(size), mode]
-    cmd += ["--threads", str(threads), "--repeats", str(repeats)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        return {"model": model_key, "size": size, "mode": mode, "error": out.stderr[-500:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Measure one configuration in a fresh process (:func:`worker`); errors come back as
+    ``{"error": ...}``."""
+    args = ["--worker", model_key, str(size), mode, "--threads", str(threads)]
+    r = run_worker(__file__, [*args, "--repeats", str(repeats)], threads)
+    return {"model": model_key, "size": size, "mode": mode, **r} if "error" in r else r
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,14 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown models {unknown}; see nmfseg.list_models()")
     cost = {n: model_complexity(n, (128, 128, 128)) for n in names}
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
-    knobs = (
-        "OMP_WAIT_POLICY",
-        "THP_MEM_ALLOC_ENABLE",
-        "MALLOC_MMAP_MAX_",
-        "MALLOC_TRIM_THRESHOLD_",
-    )
-    env = ", ".join(f"{k}={os.environ[k]}" for k in knobs if k in os.environ)
-    print(f"environment: {env or 'defaults'}; peak = ru_maxrss - RSS after building model+input")
+    print(f"environment: {environment()}; peak = VmHWM - RSS after building model+input")
     header = f"{'model':<32}{'params':>8}{'GFLOPs':>9}  {'input':<13}{'mode':<8}{'time (s)':>9}"
     print(header + f"{'peak (MB)':>11}{'vs SegResNet':>14}")
     results = {}

@@ -25,47 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from einops import rearrange
 
+from _common import forward_jobs, measure
 from nmfseg.nmf import NMF, SWMatricize
-
-Job = Callable[[], object]
-
-
-def measure(jobs: dict[str, Job], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median wall-clock and process-CPU milliseconds of every job, interleaved."""
-    wall: dict[str, list[float]] = {k: [] for k in jobs}
-    cpu: dict[str, list[float]] = {k: [] for k in jobs}
-    for fn in jobs.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for key, fn in jobs.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall[key].append((time.perf_counter() - w0) * 1e3)
-            cpu[key].append((time.process_time() - c0) * 1e3)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in jobs}
-
-
-def forward_jobs(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> dict[str, Job]:
-    """``fwd`` (no autograd) and ``fwd+bwd`` (random output gradient) jobs for ``fn``."""
-    leaf = x.clone().requires_grad_()
-    dy = torch.randn_like(fn(x))
-
-    def fwd() -> object:
-        with torch.no_grad():
-            return fn(x)
-
-    def fwd_bwd() -> object:
-        fn(leaf).backward(dy)
-        leaf.grad = None
-
-    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
 
 
 def table(title: str, names: tuple[str, str], res: dict[str, tuple[float, float]]) -> None:
