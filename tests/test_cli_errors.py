@@ -95,6 +95,10 @@ CASES = [
     Case("evaluate --scheme (old spelling)", ("evaluate", "--pred", "{foreign}", "--gt",
                                               "{data}", "-o", "{tmp}/report", "--scheme", "foo"),
          r"^nmfseg: error: --format 'foo': not a dataset format", absent=("{tmp}/report",)),
+    Case("grad checkpointing of a network without stages",
+         (*TRAIN, "--model", "segresnet_brats", "--grad-checkpointing"),
+         r"^nmfseg: error: --grad-checkpointing: segresnet_brats cannot recompute its stages",
+         absent=("{tmp}/runs",)),
     Case("train --format", (*TRAIN, "--format", "foo"),
          r"^nmfseg: error: --format 'foo': not a dataset format", absent=("{tmp}/runs",)),
     # data problems

@@ -180,6 +180,23 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     )
 
 
+def test_grad_checkpointing_trains_the_same_weights(toy, tmp_path):
+    """Recomputing every stage in backward (dropout on) changes memory, not the result."""
+    data, fmt = toy["isles22"], "isles22"
+    weights = []
+    for flag in ("--no-grad-checkpointing", "--grad-checkpointing"):
+        out = tmp_path / flag
+        result = runner.invoke(app, train_args(data, out, fmt, flag, "--val-every", "9"))
+        assert result.exit_code == 0, result.output
+        fold = out / data.name / TINY[fmt][0] / "fold_1"
+        cfg = yaml.safe_load((fold / "config.yaml").read_text())
+        assert cfg["grad_checkpointing"] is (flag == "--grad-checkpointing")
+        assert cfg["model_args"].get("dropout", 0.1) > 0
+        weights.append(load_checkpoint(fold / "checkpoint_final.pt")["model"])
+    for key, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][key], tensor, rtol=1e-5, atol=1e-6, msg=key)
+
+
 @pytest.mark.slow
 def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
     data, fmt = toy["isles22"], "isles22"

@@ -104,6 +104,11 @@ def train(
     deterministic: bool = typer.Option(
         None, "--deterministic/--no-deterministic", help="Deterministic GPU kernels (slower)."
     ),
+    grad_checkpointing: bool = typer.Option(
+        None,
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute each stage in backward: less memory, more time, same results.",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from checkpoint_last.pt of the fold, if there is one."
     ),
@@ -153,6 +158,7 @@ def train(
     for flag, key, value in (
         ("--compile", "compile", compile_),
         ("--deterministic", "deterministic", deterministic),
+        ("--grad-checkpointing", "grad_checkpointing", grad_checkpointing),
     ):
         if value is not None:
             overrides[key], sources[key] = value, flag

@@ -341,7 +341,7 @@ def validate_config(
         cfg["amp"] = None
     if cfg["amp"] not in (None, "bf16"):
         _fail("amp", src, "must be bf16 or none", cfg["amp"])
-    for key in ("compile", "deterministic"):
+    for key in ("compile", "deterministic", "grad_checkpointing"):
         if not isinstance(cfg[key], bool):
             _fail(key, src, "must be true or false", cfg[key])
     if not isinstance(cfg.get("model_args", {}), dict):

@@ -10,7 +10,8 @@ Resuming: with ``resume=True`` and a ``checkpoint_last.pt`` in the fold folder, 
 stored in the checkpoint is used, so the run continues exactly as it began. The command
 may repeat the options it was started with (the same command plus ``--resume`` works), but
 an option whose value differs from the stored one is refused, except the runtime options
-(:data:`RUNTIME_KEYS`: device, workers, amp, compile, deterministic), which may change.
+(:data:`RUNTIME_KEYS`: device, workers, amp, compile, deterministic, grad_checkpointing),
+which may change.
 Without ``--resume``, a fold folder that already holds checkpoints is refused.
 
 Folds come from ``splits.json``: the dataset folder's own file if it has one (e.g. written
@@ -46,7 +47,7 @@ from nmfseg.training.data import TAG_INIT, derive_seed
 
 __all__ = ["RUNTIME_KEYS", "TrainingRun", "prepare_run"]
 
-RUNTIME_KEYS = ("device", "workers", "amp", "compile", "deterministic")
+RUNTIME_KEYS = ("device", "workers", "amp", "compile", "deterministic", "grad_checkpointing")
 SPLITS_SEED = 0
 
 
@@ -288,6 +289,11 @@ def prepare_run(
     model, kwargs = _build_model(model_name, cfg)
     cfg["model"] = {"name": model_name, "kwargs": kwargs}
     notes += _check_patch(cfg["patch_size"], model, sources)
+    if cfg["grad_checkpointing"] and not hasattr(model, "set_grad_checkpointing"):
+        raise ConfigError(
+            f"{sources.get('grad_checkpointing', 'grad_checkpointing')}: {model_name} cannot "
+            "recompute its stages in backward; leave it off"
+        )
     # three checkpoints of weights and AdamW's two moments, before any work is done
     need = 3 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     check_writable(fold_dir, need_bytes=need, what="training run")

@@ -216,6 +216,8 @@ class _Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        if cfg["grad_checkpointing"]:  # prepare_run checked the network supports it
+            model.set_grad_checkpointing(True)
         net: Any = model
         if self.ctx.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
