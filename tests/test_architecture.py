@@ -66,6 +66,7 @@ ALLOWED["analysis"] = {
 }
 ALLOWED["study"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
 ALLOWED["demo"] = _LOW | {"phantoms", "inference", "evaluation", "training", "analysis"}
+ALLOWED["export"] = _LOW | {"inference"}
 ALLOWED["cli"] = set(ALLOWED) | {"study", "demo", "cli"}
 
 # Imports worth deferring into a function: they cost seconds, or only some paths need them.

@@ -1,8 +1,8 @@
 """The ``nmfseg`` command line.
 
 One verb per stage, nnU-Net style: ``check-data``, ``split``, ``synth``, ``train``,
-``predict``, ``explain``, ``ablate``, ``postprocess-search``, ``evaluate``, ``compare``,
-``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own module under
+``predict``, ``export``, ``explain``, ``ablate``, ``postprocess-search``, ``evaluate``,
+``compare``, ``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own module under
 :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "nmfseg.cli.synth",
     "nmfseg.cli.train",
     "nmfseg.cli.predict",
+    "nmfseg.cli.export",
     "nmfseg.cli.explain",
     "nmfseg.cli.ablate",
     "nmfseg.cli.postprocess",

@@ -142,6 +142,14 @@ def predict(
         "--write-into-labels",
         help="Allow -o to be the input's own label folder (its ground truth is replaced).",
     ),
+    engine: str = typer.Option(
+        "torch",
+        "--engine",
+        metavar="torch|onnxruntime",
+        help="Run the networks with PyTorch, or run a model from nmfseg export with "
+        "onnxruntime: -m then names the .onnx file (or its folder); same preprocessing, "
+        "sliding window, TTA and writing.",
+    ),
     old_out: Path = typer.Option(None, "--output", hidden=True),
 ) -> None:
     """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels."""
@@ -166,8 +174,9 @@ def predict(
     if output is None:
         raise ConfigError("-o/--out is required: the folder for the predictions")
     fold_ids = parse_folds(folds or [], ctx.args)
+    source = model_for_engine(engine, model, settings, fold_ids, checkpoint, device)
     result = predict_folder(
-        model,
+        source,
         input,
         output,
         folds=fold_ids or None,
@@ -192,6 +201,31 @@ def settings_from(**options: Any) -> Any:
     from nmfseg.inference.settings import InferenceSettings
 
     return InferenceSettings(**{k: v for k, v in options.items() if v is not None})
+
+
+def model_for_engine(
+    engine: str, model: Path, settings: Any, folds: list[str], checkpoint: str, device: str | None
+) -> Any:
+    """What ``-m`` names for the engine: the path itself (torch) or the ensemble of one
+    exported model (onnxruntime), after refusing what an ONNX model cannot change."""
+    from nmfseg.errors import ConfigError
+
+    if engine not in ("torch", "onnxruntime"):
+        raise ConfigError(f"--engine {engine!r}: must be torch or onnxruntime")
+    if engine == "torch":
+        if model.suffix == ".onnx":
+            raise ConfigError(f"-m {model} is an ONNX model: predict with --engine onnxruntime")
+        return model
+    from nmfseg.export.onnx import require
+    from nmfseg.export.runtime import check_onnx_settings, load_onnx_ensemble
+
+    require("onnxruntime")
+    check_onnx_settings(settings)
+    if folds:
+        raise ConfigError("--folds: an ONNX model holds one fold; export each fold you want")
+    if checkpoint != "final":
+        raise ConfigError("--checkpoint: an ONNX model's checkpoint is chosen by nmfseg export")
+    return load_onnx_ensemble(model, device)
 
 
 def parse_folds(given: list[str], extra: list[str]) -> list[str]:

@@ -276,6 +276,8 @@ class Predictor:
                 "nmf_solver": first.solver,
                 "nmf_layers": "all" if len(enabled) == len(layers) else enabled,
             }
+        elif self.ensemble.models:  # an exported network's NMF settings are fixed in it
+            nmf.update(getattr(self.ensemble.models[0], "nmf_settings", None) or {})
         return {
             "patch_size": list(self.patch_size),
             "tta": self.settings.tta,
