@@ -77,6 +77,19 @@ def test_search_keeps_only_what_raises_the_mean_dice():
     assert perfect.empty and scores["none"] == scores["chosen"] == 1.0
 
 
+def test_a_gain_below_min_gain_changes_nothing():
+    """A speck outside a large tumour costs WT Dice ~0.001: kept at min_gain 0, not at 0.01."""
+    truth = np.zeros((3, 24, 24, 24), bool)
+    truth[:, 2:20, 2:20, 2:20] = True
+    pred = truth.copy()
+    pred[:, 22, 22, 22] = True
+    base = search_postprocessing([(pred, truth)], BRATS, thresholds=(2,), min_gain=0.0)[1]
+    gain = base["chosen"] - base["none"]
+    assert 0 < gain < 0.01
+    chosen, scores = search_postprocessing([(pred, truth)], BRATS, thresholds=(2,), min_gain=0.01)
+    assert chosen.empty and scores["chosen"] == scores["none"]
+
+
 @pytest.mark.slow
 def test_search_writes_the_run_setting_and_predict_applies_it(tmp_path):
     data, run = train_tiny(tmp_path)

@@ -46,10 +46,12 @@ from nmfseg.inference.ensemble import find_checkpoints
 from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
 from nmfseg.inference.predictor import Predictor
 
-__all__ = ["THRESHOLDS", "postprocess_run", "search_postprocessing"]
+__all__ = ["MIN_GAIN", "THRESHOLDS", "postprocess_run", "search_postprocessing"]
 
 #: Component sizes (voxels) tried by the min-size step.
 THRESHOLDS = (10, 25, 50, 100, 200, 500, 1000)
+#: Smallest rise of the mean Dice (0.1 Dice points) for which a step is kept.
+MIN_GAIN = 0.001
 
 Pair = tuple[np.ndarray, np.ndarray]  # (predicted regions, true regions), (R, *spatial) bool
 
@@ -64,9 +66,14 @@ def _score(pairs: Sequence[Pair], pp: PostProcessing, scheme: DatasetScheme) -> 
 
 
 def search_postprocessing(
-    pairs: Sequence[Pair], scheme: DatasetScheme, thresholds: Sequence[int] = THRESHOLDS
+    pairs: Sequence[Pair],
+    scheme: DatasetScheme,
+    thresholds: Sequence[int] = THRESHOLDS,
+    min_gain: float = MIN_GAIN,
 ) -> tuple[PostProcessing, dict[str, float]]:
-    """The post-processing that raises the mean Dice of ``pairs`` (greedy, see the module).
+    """The post-processing that raises the mean Dice of ``pairs`` (greedy, see the module);
+    a step is kept only if it raises the mean Dice by more than ``min_gain`` (noise on a few
+    validation cases is not a reason to change every prediction).
 
     Returns:
         ``(chosen, {"none": Dice without, "chosen": Dice with})``.
@@ -78,7 +85,7 @@ def search_postprocessing(
     for name in outer_first:
         trial = dataclasses.replace(chosen, largest=(*chosen.largest, name))
         score = _score(pairs, trial, scheme)
-        if score > best:
+        if score > best + min_gain:
             chosen, best = trial, score
     for name in outer_first:
         if name in chosen.largest:
@@ -88,7 +95,7 @@ def search_postprocessing(
             for size in thresholds
         ]
         scores = [_score(pairs, trial, scheme) for trial in trials]
-        if scores and max(scores) > best:
+        if scores and max(scores) > best + min_gain:
             chosen, best = trials[int(np.argmax(scores))], max(scores)
     return chosen, {"none": none, "chosen": best}
 
@@ -115,6 +122,7 @@ def postprocess_run(
     device: Any = None,
     thresholds: Sequence[int] = THRESHOLDS,
     progress: bool = True,
+    min_gain: float = MIN_GAIN,
 ) -> tuple[Path, dict[str, Any]]:
     """Search the post-processing of a run on its folds' validation cases and save it.
 
@@ -126,6 +134,7 @@ def postprocess_run(
         device: Where the networks run.
         thresholds: Component sizes tried by the min-size step.
         progress: Progress bars.
+        min_gain: Smallest rise of the mean Dice for which a step is kept.
 
     Returns:
         The path of ``postprocessing.json`` (in the run folder) and what it holds.
@@ -139,7 +148,7 @@ def postprocess_run(
         pairs += _fold_pairs(ckpt, dataset, device, progress)
     if not pairs:
         raise DataError(model, "no validation cases to search the post-processing on")
-    chosen, scores = search_postprocessing(pairs, dataset.scheme, thresholds)
+    chosen, scores = search_postprocessing(pairs, dataset.scheme, thresholds, min_gain)
     folds_of = {c.parent for c in ckpts}
     # a run (several folds, or a folder of fold_K folders): the run folder; else the fold
     run = ckpts[0].parent.parent if len(folds_of) > 1 or Path(model) not in folds_of else None
@@ -152,6 +161,7 @@ def postprocess_run(
         "n_cases": len(pairs),
         "checkpoints": [str(c.resolve()) for c in ckpts],
         "thresholds": list(thresholds),
+        "min_gain": min_gain,
     }
     write_json(run / POSTPROCESSING, record)
     return run / POSTPROCESSING, record

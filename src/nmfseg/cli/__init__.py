@@ -2,8 +2,8 @@
 
 One verb per stage, nnU-Net style: ``check-data``, ``split``, ``synth``, ``train``,
 ``predict``, ``export``, ``explain``, ``ablate``, ``postprocess-search``, ``evaluate``,
-``compare``, ``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own module under
-:mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
+``compare``, ``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own
+module under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
 Errors a user can cause are raised as :class:`nmfseg.errors.NmfsegError`; every command

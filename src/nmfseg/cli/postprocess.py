@@ -23,6 +23,12 @@ def postprocess_search(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
+    min_gain: float = typer.Option(
+        0.001,
+        "--min-gain",
+        min=0.0,
+        help="Smallest rise of the mean Dice (0-1) for which a step is kept.",
+    ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     quiet: bool = QUIET,
 ) -> None:
@@ -30,9 +36,10 @@ def postprocess_search(
 
     Every fold predicts its own validation cases; then, greedily, each region is reduced to
     its largest connected component, and small components of each region are removed (for
-    ET, the BraTS rule: they become necrosis), each kept only if the mean Dice rises (nnU-Net's
-    determine_postprocessing, on region masks). Writes RUN/postprocessing.json, which
-    'nmfseg predict --postprocess auto' applies. The paper uses no post-processing.
+    ET, the BraTS rule: they become necrosis), each kept only if the mean Dice rises by more
+    than --min-gain (nnU-Net's determine_postprocessing, on region masks). Writes
+    RUN/postprocessing.json, which 'nmfseg predict --postprocess auto' applies. The paper uses
+    no post-processing.
     """
     from nmfseg.analysis.postprocess import postprocess_run
     from nmfseg.data.formats import open_dataset
@@ -45,6 +52,7 @@ def postprocess_search(
         checkpoint,
         device,
         progress=not quiet,
+        min_gain=min_gain,
     )
     dice = record["mean_dice"]
     typer.echo(
