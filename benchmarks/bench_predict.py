@@ -12,7 +12,10 @@ forward pass, no TTA), sigmoid, threshold, write the label map. Configurations:
 - ``segresnet_brats``, the reference (MONAI SegResNet, init_filters 32, blocks 1-2-2-4);
 - ``swin_factorizer_brats``;
 - ``swin_factorizer_brats --nmf-iters 2`` and ``--nmf-layers none``: the same network with
-  the inference-time NMF switches of the paper's §4.5.
+  the inference-time NMF switches of the paper's §4.5;
+- with ``--onnx``, ``swin_factorizer_brats (onnxruntime)``: the same network exported as
+  ``nmfseg export`` does (traced at one window; ``bench_export.py`` checks the export against
+  PyTorch) and run by onnxruntime on the CPU, as ``nmfseg predict --engine onnxruntime`` does.
 
 Every network first predicts one window (warm-up); then the configurations are interleaved,
 one prediction of each per round, and each number is the median over ``--repeats`` rounds
@@ -56,20 +59,25 @@ from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
 NAME = "bench_predict"
 
 
-def configurations(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Label -> (registered network, NMF switches of :class:`InferenceSettings`).
+def configurations(model: str, onnx: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Label -> (registered network, NMF switches of :class:`InferenceSettings`; ``engine``).
 
     Examples::
 
         >>> list(configurations("swin_factorizer_brats"))[2]
         'swin_factorizer_brats --nmf-iters 2'
+        >>> list(configurations("swin_factorizer_brats", onnx=True).values())[-1]
+        ('swin_factorizer_brats', {'engine': 'onnxruntime'})
     """
-    return {
+    configs = {
         REFERENCE: (REFERENCE, {}),
         model: (model, {}),
         f"{model} --nmf-iters 2": (model, {"nmf_iters": 2}),
         f"{model} --nmf-layers none": (model, {"nmf_layers": "none"}),
     }
+    if onnx:
+        configs[f"{model} (onnxruntime)"] = (model, {"engine": "onnxruntime"})
+    return configs
 
 
 def synth_case(work: Path, shape: tuple[int, ...], spacing: float, seed: int) -> Path:
@@ -91,6 +99,24 @@ def build_predictor(model: str, nmf: dict[str, Any], patch: int, overlap: float)
     net = create_model(model).eval()
     ensemble = Ensemble([net], [], (patch,) * 3, net.in_channels, net.out_channels)
     return Predictor(ensemble, overlap=overlap, sw_batch_size=1, blend="gaussian", **nmf)
+
+
+def build_onnx_predictor(model: str, patch: int, overlap: float, threads: int) -> Predictor:
+    """The same untrained network as :func:`build_predictor`, exported and run by onnxruntime."""
+    from bench_export import session
+    from nmfseg.export.onnx import inference_metadata, network_to_onnx
+    from nmfseg.export.runtime import OnnxNetwork
+
+    plain = build_predictor(model, {}, patch, overlap)
+    net = plain.networks[0]
+    data, _ = network_to_onnx(net, torch.zeros(1, net.in_channels, *(patch,) * 3))
+    meta = inference_metadata(plain, Path("untrained/checkpoint_final.pt"), "final")
+    onnx_net = OnnxNetwork(session(data, threads), meta)
+    ensemble = Ensemble(
+        [onnx_net], [], (patch,) * 3, onnx_net.in_channels, onnx_net.out_channels,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    return Predictor(ensemble, overlap=overlap, sw_batch_size=1, blend="gaussian")
 
 
 def warm_up(predictor: Predictor) -> None:
@@ -137,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, help="write NAME.md and NAME.csv")
     parser.add_argument("--fresh", action="store_true", help="do not reuse OUT/NAME.json")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also the Factorizer exported, run by onnxruntime"
+    )
     args = parser.parse_args(argv)
 
     if not re.fullmatch(r"\d+,\d+,\d+", args.shape.replace("x", ",")):
@@ -152,11 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     case += f"box {'×'.join(map(str, box))} ({root})"
     del image
 
-    configs = configurations(args.model)
+    configs = configurations(args.model, args.onnx)
     predictors = {}
     for label, (model, nmf) in configs.items():
-        predictors[label] = build_predictor(model, nmf, args.patch, args.overlap)
-        warm_up(predictors[label])
+        if nmf.get("engine") == "onnxruntime":
+            predictor = build_onnx_predictor(model, args.patch, args.overlap, args.threads)
+        else:
+            predictor = build_predictor(model, nmf, args.patch, args.overlap)
+        warm_up(predictor)
+        predictors[label] = predictor
     settings = {k: getattr(args, k) for k in ("shape", "spacing", "patch", "overlap", "model")}
     store = Results(args.out, NAME, {**settings, "threads": args.threads}, args.fresh)
     if store.reused:

@@ -6,10 +6,13 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import cli, train_tiny
+from nmfseg.analysis import ablate as ablate_module
+from nmfseg.data.preprocess import CropRecord
 from nmfseg.models import create_model
 from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.checkpoint import atomic_save
@@ -17,7 +20,7 @@ from nmfseg.training.checkpoint import atomic_save
 pytestmark = pytest.mark.slow
 
 MODEL = "swin_factorizer_isles"
-QUICK = ("--iters", "1-2", "--ranks", "1-2")  # every sweep, few values
+QUICK = ("--iters", "1-2", "--ranks", "1-2", "--repeats", "1")  # every sweep, few values
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def _rows(path):
 
 def test_every_setting_is_a_row_with_dice_and_time_and_the_panels(trained, tmp_path):
     data, run = trained
-    res = _ablate(run, data, tmp_path, *QUICK)
+    res = _ablate(run, data, tmp_path, "--iters", "1-2", "--ranks", "1-2", "--repeats", "2")
     assert res.exit_code == 0, res.output
     progress = [line for line in res.output.splitlines() if line.startswith("[ablate] ")]
     assert len(progress) == 18 and progress[0].startswith("[ablate] 1/18 reference reference:")
@@ -73,7 +76,33 @@ def test_every_setting_is_a_row_with_dice_and_time_and_the_panels(trained, tmp_p
     assert (tmp_path / "fastest.md").read_text().startswith("# Fastest settings within 1 Dice")
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((tmp_path / "ablate.json").read_text())
-    assert record["fold"] == 1 and len(record["cases"]) == 2
+    assert record["fold"] == 1 and len(record["cases"]) == 2 and record["repeats"] == 2
+    assert "each keeping the fastest of 2" in (tmp_path / "fastest.md").read_text()
+    assert all(float(r["speedup"]) > 0 for r in fastest)
+    assert float(reference["speedup"]) == 1.0
+
+
+def test_a_setting_is_timed_beside_the_unmodified_model_fastest_pass_each(monkeypatch):
+    """Passes alternate setting / unmodified; each keeps its fastest (noise only slows down)."""
+    probs = np.zeros((1, 2, 2, 2), np.float32)
+    probs[0, 0] = 1.0  # half the box predicted
+    # case 1: setting 3, 1, 2 / reference 4, 6, 5; case 2: setting 5, 4, 6 / reference 8, 9, 7
+    passes = iter([3.0, 4.0, 1.0, 6.0, 2.0, 5.0, 5.0, 8.0, 4.0, 9.0, 6.0, 7.0])
+    monkeypatch.setattr(ablate_module, "_timed", lambda predictor, x: (probs, next(passes)))
+    crop = CropRecord(shape=(2, 2, 2), start=(0, 0, 0), stop=(2, 2, 2))
+    truth = np.zeros((1, 2, 2, 2), bool)
+    truth[0, 0] = True
+    configured = []
+    predictor = type(
+        "P", (), {"threshold": 0.5, "configure": lambda _, **c: configured.append(c)}
+    )()
+    cases = iter([(None, crop, truth), (None, crop, truth)])
+    row = ablate_module._evaluate(predictor, cases, 2, ["lesion"], 3, {"nmf_iters": 1})
+    assert row["seconds"] == 5.0 and row["seconds_per_case"] == 2.5  # min(3,1,2) + min(5,4,6)
+    assert row["reference_seconds_per_case"] == 5.5 and row["speedup"] == 11.0 / 5.0  # 4 + 7
+    assert row["dice_lesion"] == 1.0 and row["n_cases"] == 2
+    assert len(configured) == 12 and configured[-1] == {"nmf_iters": 1}  # left as the setting
+    assert configured[0]["nmf_iters"] is None  # the unmodified model: every switch as trained
 
 
 def test_an_interrupted_ablation_resumes_and_other_settings_are_refused(trained, tmp_path):
@@ -92,12 +121,14 @@ def test_an_interrupted_ablation_resumes_and_other_settings_are_refused(trained,
     assert (tmp_path / "layers.csv").stat().st_mtime_ns == before
     assert not (tmp_path / "rank.csv").exists()
 
-    res = _ablate(run, data, tmp_path, "--sweeps", "iters", "--overlap", "0.25")
+    res = _ablate(run, data, tmp_path, "--sweeps", "iters", "--overlap", "0.25", *QUICK)
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [
         f"nmfseg: error: {tmp_path} holds an ablation with another settings (see ablate.json); "
         "choose another -o, or delete the folder to start again"
     ]
+    res = _ablate(run, data, tmp_path, "--sweeps", "iters", *QUICK[:-1], "3")
+    assert res.exit_code == 1 and "holds an ablation with another repeats" in res.output
 
 
 @pytest.fixture(scope="module")

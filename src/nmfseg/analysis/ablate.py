@@ -4,7 +4,11 @@ On the validation cases of the fold a model was trained on, the NMF layers are c
 inference only (:class:`~nmfseg.inference.predictor.Predictor`'s NMF switches) and every
 setting is scored like the trainer's validation (same preprocessing and sliding window,
 threshold, Dice per region with the BraTS empty-mask convention, mean over cases) and timed
-(the network's sliding window only, summed over the cases, after one untimed warm-up case).
+(the network's sliding window only, after one untimed warm-up case). Every pass over a case
+with the setting is followed by one with the unmodified model, and each keeps the fastest of
+``repeats`` passes: the speed-up is the ratio of the two sums over the cases, measured side by
+side, because a CPU's speed drifts by tens of percent over minutes, more than most of the
+speed-ups (timing the reference once at the start ranked the settings by that drift).
 The sweeps, each a CSV in the output folder:
 
 - ``layers.csv``: (a) keep only the first ``k`` NMF layers, ``k = 0 … L``;
@@ -55,7 +59,7 @@ from nmfseg.errors import ConfigError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.fileio import read_json, write_json, write_text
 from nmfseg.inference.predictor import Predictor, output_scheme
-from nmfseg.inference.settings import OPTIONS
+from nmfseg.inference.settings import OPTIONS, format_layers
 from nmfseg.nmf import SOLVERS
 
 __all__ = [
@@ -63,7 +67,6 @@ __all__ = [
     "SWEEPS",
     "AblationResult",
     "Setting",
-    "format_layers",
     "parse_int_list",
     "parse_sweeps",
     "plan_settings",
@@ -117,27 +120,6 @@ def parse_sweeps(text: str | Sequence[str]) -> list[str]:
     return [s for s in SWEEPS if s in names]
 
 
-def format_layers(layers: Sequence[int] | None, n_layers: int | None) -> str:
-    """The ``--nmf-layers`` text of a set of layers (all ``n_layers`` of them: ``all``).
-
-    Examples::
-
-        >>> format_layers([0, 1, 2, 5, 7, 8], 9), format_layers([], 9), format_layers(None, 9)
-        ('0-2,5,7-8', 'none', 'all')
-    """
-    if layers is None or (n_layers is not None and list(layers) == list(range(n_layers))):
-        return "all"
-    if not layers:
-        return "none"
-    runs: list[list[int]] = []
-    for i in sorted(layers):
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
-
-
 @dataclass(frozen=True)
 class Setting:
     """One inference-time change of the NMF layers.
@@ -162,12 +144,8 @@ class Setting:
 
     def changes(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`Predictor.configure`."""
-        return {
-            "nmf_layers": self.layers,
-            "nmf_iters": self.iters,
-            "nmf_rank": self.rank,
-            "nmf_solver": self.solver,
-        }
+        return {"nmf_layers": self.layers, "nmf_iters": self.iters,
+                "nmf_rank": self.rank, "nmf_solver": self.solver}  # fmt: skip
 
     def options(self, n_layers: int) -> str:
         """The ``nmfseg predict`` options that deploy this setting."""
@@ -216,6 +194,7 @@ class AblationResult:
         rows: The rows of every sweep that was run.
         fastest: Rows within one Dice point of the reference, fastest first.
         computed: Settings evaluated by this call (the others were already in the CSVs).
+        repeats: Passes over each case per setting (its time is the fastest).
     """
 
     out: Path
@@ -223,6 +202,7 @@ class AblationResult:
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fastest: list[dict[str, Any]] = field(default_factory=list)
     computed: int = 0
+    repeats: int = 1
 
 
 class _Cases:
@@ -249,17 +229,40 @@ class _Cases:
             yield entry
 
 
+def _timed(predictor: Predictor, x: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    probs = predictor.predict_preprocessed(x)
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize(predictor.device)
+    return probs, time.perf_counter() - start
+
+
 def _evaluate(
-    predictor: Predictor, cases: Iterator[tuple[Any, ...]], n: int, regions: Sequence[str]
+    predictor: Predictor,
+    cases: Iterator[tuple[Any, ...]],
+    n: int,
+    regions: Sequence[str],
+    repeats: int = 1,
+    changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    seconds = 0.0
+    """Score and time the configured setting; with ``changes`` (the setting's own
+    :meth:`Predictor.configure` arguments) also time the unmodified model, interleaved."""
+    reference = Setting("reference", "").changes()
+    seconds = paired = 0.0
     dice: dict[str, list[float]] = {r: [] for r in regions}
     for x, crop, truth in cases:
-        start = time.perf_counter()
-        probs = predictor.predict_preprocessed(x)
-        if predictor.device.type == "cuda":
-            torch.cuda.synchronize(predictor.device)
-        seconds += time.perf_counter() - start
+        best = ref_best = float("inf")
+        probs = None
+        for _ in range(repeats):
+            out, took = _timed(predictor, x)
+            probs = out if probs is None else probs
+            best = min(best, took)
+            if changes is not None:
+                predictor.configure(**reference)
+                ref_best = min(ref_best, _timed(predictor, x)[1])
+                predictor.configure(**changes)
+        seconds += best
+        paired += ref_best if changes is not None else best
         pred = uncrop(probs >= predictor.threshold, crop)
         for r, name in enumerate(regions):
             dice[name].append(dice_score(pred[r], truth[r]))
@@ -270,13 +273,15 @@ def _evaluate(
         "dice_mean": float(np.mean(list(means.values()))),
         "seconds": seconds,
         "seconds_per_case": seconds / n,
+        "reference_seconds_per_case": paired / n,
+        "speedup": paired / seconds if seconds else 0.0,
     }
 
 
 def _fields(regions: Sequence[str]) -> list[str]:
     return [
         "key", "value", *_NMF_KEYS, "n_cases", *(f"dice_{r}" for r in regions), "dice_mean",
-        "seconds", "seconds_per_case", "options", "note",
+        "seconds", "seconds_per_case", "reference_seconds_per_case", "speedup", "options", "note",
     ]  # fmt: skip
 
 
@@ -304,7 +309,7 @@ def _text(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _record(predictor: Predictor, data: Dataset, ids: list[str]) -> dict[str, Any]:
+def _record(predictor: Predictor, data: Dataset, ids: list[str], repeats: int) -> dict[str, Any]:
     settings = {k: v for k, v in predictor.describe().items() if k not in _NMF_KEYS}
     settings.pop("compile", None)
     return {
@@ -314,6 +319,8 @@ def _record(predictor: Predictor, data: Dataset, ids: list[str]) -> dict[str, An
         "data": str(Path(data.root).resolve()),
         "cases": ids,
         "settings": settings,
+        "repeats": repeats,
+        "timing": "paired with the unmodified model",
     }
 
 
@@ -343,6 +350,7 @@ def run_ablation(
     iters: Sequence[int] = range(1, 21),
     ranks: Sequence[int] = range(1, 9),
     solvers: Sequence[str] = SOLVERS,
+    repeats: int = 3,
     cache_bytes: int = 2 << 30,
     progress: bool = True,
 ) -> AblationResult:
@@ -356,6 +364,8 @@ def run_ablation(
         iters: ``T`` values of the ``iters`` sweep.
         ranks: ``R`` values of the ``rank`` sweep.
         solvers: Solvers of the ``rank`` sweep.
+        repeats: Passes over each case per setting; its time is the fastest (Dice from the
+            first; the predictions are deterministic).
         cache_bytes: Preprocessed cases kept in memory between settings (the rest are read
             again for every setting).
         progress: A progress bar over each setting's cases (the per-setting line is always
@@ -377,7 +387,9 @@ def run_ablation(
         raise ConfigError(f"{data.root}: the dataset's regions are not the model's ({note})")
     regions = list(scheme.region_names)
     out = Path(out)
-    record = _record(predictor, data, ids)
+    if repeats < 1:
+        raise ConfigError(f"repeats {repeats}: must be at least 1")
+    record = _record(predictor, data, ids, repeats)
     _check_record(out, record)
     write_json(out / RECORD, record)
     n_layers = len(predictor.ensemble.models[0].nmf_layers())
@@ -393,7 +405,7 @@ def run_ablation(
     cases = _Cases(data, ids, cache_bytes)
     predictor.configure(predictor.settings.replace(**Setting("reference", "").changes()))
     trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
-    result = AblationResult(out, {})
+    result = AblationResult(out, {}, repeats=repeats)
     if todo:
         x = next(iter(cases))[0]
         predictor.predict_preprocessed(x)  # warm-up, untimed
@@ -403,12 +415,14 @@ def run_ablation(
         row: dict[str, Any] = {"key": setting.key, "value": setting.value, **state}
         if setting.sweep != "reference" and state == trained and rows["reference"]:
             same = rows["reference"][0]
-            row.update({k: same[k] for k in same if k.startswith(("dice_", "seconds", "n_"))})
+            keys = ("dice_", "seconds", "reference_seconds", "speedup", "n_")
+            row.update({k: same[k] for k in same if k.startswith(keys)})
             row["note"] = "as trained (= reference)"
         else:
             bar = tqdm(cases, total=len(ids), desc=setting.key, unit="case", leave=False,
                        disable=not progress, file=sys.stderr)  # fmt: skip
-            row.update(_evaluate(predictor, iter(bar), len(ids), regions))
+            changes = None if setting.sweep == "reference" else setting.changes()
+            row.update(_evaluate(predictor, iter(bar), len(ids), regions, repeats, changes))
         row["options"] = setting.options(n_layers)
         rows[setting.sweep].append(row)
         _write_rows(out / f"{setting.sweep}.csv", rows[setting.sweep], regions)
@@ -417,7 +431,7 @@ def run_ablation(
         _echo(
             f"[ablate] {i}/{len(todo)} {setting.sweep} {setting.key}: Dice "
             f"{100 * float(row['dice_mean']):.1f} ({per_region}), "
-            f"{float(row['seconds_per_case']):.3g} s/case"
+            f"{float(row['seconds_per_case']):.3g} s/case, {float(row['speedup']):.2f}x"
         )
     predictor.configure(**Setting("reference", "").changes())
     result.reference = rows["reference"][0]
@@ -436,18 +450,22 @@ def run_ablation(
 def _fastest(reference: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows within :data:`TOLERANCE` of the reference's mean Dice, fastest first."""
     floor = float(reference["dice_mean"]) - TOLERANCE
-    base = float(reference["seconds_per_case"])
     good = [r for r in (reference, *rows) if not r.get("note") and float(r["dice_mean"]) >= floor]
-    good.sort(key=lambda r: float(r["seconds_per_case"]))
-    return [
-        {**r, "speedup": base / float(r["seconds_per_case"]) if float(r["seconds_per_case"]) else 0}
-        for r in good
-    ]
+    good = [{**r, "speedup": float(r.get("speedup") or 1.0)} for r in good]
+    return sorted(good, key=lambda r: -r["speedup"])
 
 
 def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) -> None:
     dice = [f"dice_{r}" for r in regions]
-    fields = ["key", "options", "dice_mean", *dice, "seconds_per_case", "speedup"]
+    fields = [
+        "key",
+        "options",
+        "dice_mean",
+        *dice,
+        "seconds_per_case",
+        "reference_seconds_per_case",
+    ]
+    fields.append("speedup")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -459,18 +477,23 @@ def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) ->
         f"# Fastest settings within {100 * TOLERANCE:.0f} Dice point of the unmodified model",
         "",
         f"Unmodified: mean Dice {100 * float(ref['dice_mean']):.2f}%, "
-        f"{float(ref['seconds_per_case']):.3g} s per case.",
+        f"{float(ref['seconds_per_case']):.3g} s per case. Each setting's passes over a case "
+        "alternate with passes of the unmodified model, each keeping the fastest of "
+        f"{result.repeats}; the speed-up is the ratio of the two, measured side by side (a few "
+        "percent either way is timing noise).",
         "",
         "| setting | nmfseg predict options | mean Dice (%) | "
         + " | ".join(regions)
-        + " | s / case | speed-up |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in regions) + " | --- | --- |",
+        + " | s / case | unmodified, s / case | speed-up |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in regions) + " | --- | --- | --- |",
     ]
     for row in result.fastest:
         per = " | ".join(f"{100 * float(row[k]):.2f}" for k in dice)
         lines.append(
             f"| {row['key']} | `{row.get('options') or '(none)'}` | "
             f"{100 * float(row['dice_mean']):.2f} | {per} | "
-            f"{float(row['seconds_per_case']):.3g} | {row['speedup']:.2f}x |"
+            f"{float(row['seconds_per_case']):.3g} | "
+            f"{float(row.get('reference_seconds_per_case') or row['seconds_per_case']):.3g} | "
+            f"{row['speedup']:.2f}x |"
         )
     write_text(out / "fastest.md", "\n".join(lines) + "\n")

@@ -85,7 +85,9 @@ def component_panel(
     first = len(modalities) + (truth is not None)
     cols = max(first, min(max_columns, max((len(c) for _, c in layers), default=1)))
     rows = 1 + len(layers)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for col, (name, image) in enumerate(modalities):
@@ -104,13 +106,19 @@ def component_panel(
             peak = float(np.max(image)) if np.size(image) else 0.0
             ax.imshow(np.rot90(image), cmap="magma", alpha=0.7, vmin=0, vmax=peak or 1.0)
             _off(ax, f"{name}\n{label}" if col == 0 else label)
+    _save(fig, path, title, fontsize=8)
+    return Path(path)
+
+
+def _save(fig: Any, path: str | Path, title: str | None, fontsize: int) -> None:
+    """Title the figure, write it atomically, and free it."""
+    import matplotlib.pyplot as plt
+
     if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=fontsize)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    return Path(path)
 
 
 _PANELS = {
@@ -149,7 +157,7 @@ def ablation_figure(
     """
     import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
-    fig, axes = plt.subplots(2, 2, figsize=(9.5, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(9.5, 7), layout="constrained")
     ref_dice = 100 * float(reference["dice_mean"])
     for ax, (sweep, (name, xlabel)) in zip(axes.flat, _PANELS.items(), strict=True):
         ax.set_title(name, fontsize=9)
@@ -176,10 +184,5 @@ def ablation_figure(
         ax.axhline(ref_dice, color="tab:green", linestyle="--", label="unmodified")
         ax.set_xticks(sorted({int(r["value"]) for r in found}))
         ax.legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title, fontsize=9)
     return Path(path)

@@ -28,7 +28,9 @@ HELP = (
     "(rank.csv); mean Dice per region and averaged, and seconds per case. Also writes "
     "reference.csv (the unmodified model), ablation.png (the four panels, the unmodified model "
     "dashed) and fastest.md / fastest.csv: the settings within 1 Dice point of the unmodified "
-    "model, fastest first, with the nmfseg predict options that deploy them. Resumable: a "
+    "model, fastest first, with the nmfseg predict options that deploy them. Each setting's passes "
+    "over a case alternate with passes of the unmodified model, the fastest of --repeats "
+    "each, and its speed-up is their ratio. Resumable: a "
     "setting already in its CSV is not redone. Layers are 0-based (encoder, bridge, decoder)."
 )
 
@@ -57,6 +59,14 @@ def ablate(
     ranks: str = typer.Option("1-8", "--ranks", metavar="R", help="R values of the rank sweep."),
     solvers: str = typer.Option(
         "hals,mu", "--solvers", metavar="hals,mu", help="Solvers of the rank sweep."
+    ),
+    repeats: int = typer.Option(
+        3,
+        "--repeats",
+        min=1,
+        metavar="N",
+        help="Passes over each case per setting and per unmodified model, interleaved; "
+        "each time is the fastest (a CPU's speed drifts by tens of percent).",
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
@@ -101,6 +111,7 @@ def ablate(
         iters=t_values,
         ranks=r_values,
         solvers=solver_list,
+        repeats=repeats,
         progress=not quiet,
     )
     best = result.fastest[0] if result.fastest else result.reference

@@ -11,7 +11,14 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import handle_errors
-from nmfseg.cli.predict import CHECKPOINT, settings_from
+from nmfseg.cli.predict import (
+    CHECKPOINT,
+    NMF_ITERS,
+    NMF_LAYERS,
+    NMF_RANK,
+    NMF_SOLVER,
+    settings_from,
+)
 
 HELP = (
     "Export one fold of a trained run as an ONNX model (dynamic batch and spatial size).\n\n"
@@ -39,21 +46,10 @@ def export(
         None, "--fold", "-f", metavar="K", help="Fold of a run folder, or all [its first fold]."
     ),
     checkpoint: str = CHECKPOINT,
-    nmf_iters: str = typer.Option(
-        None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
-    ),
-    nmf_rank: str = typer.Option(
-        None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1]."
-    ),
-    nmf_solver: str = typer.Option(
-        None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
-    ),
-    nmf_layers: str = typer.Option(
-        None,
-        "--nmf-layers",
-        metavar="LAYERS",
-        help="NMF layers that run, 0-based in network order: 0-4, 0,3,8, all or none [all].",
-    ),
+    nmf_iters: str = NMF_ITERS,
+    nmf_rank: str = NMF_RANK,
+    nmf_solver: str = NMF_SOLVER,
+    nmf_layers: str = NMF_LAYERS,
     opset: str = typer.Option("17", "--opset", metavar="N", help="ONNX opset version, 11 to 20."),
     tolerance: str = typer.Option(
         "1e-4",

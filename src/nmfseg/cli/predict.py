@@ -61,6 +61,20 @@ CHECKPOINT = typer.Option(
     "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."
 )
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+NMF_ITERS = typer.Option(
+    None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
+)
+NMF_RANK = typer.Option(None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1].")
+NMF_SOLVER = typer.Option(
+    None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
+)
+NMF_LAYERS = typer.Option(
+    None,
+    "--nmf-layers",
+    metavar="LAYERS",
+    help="NMF layers that run, 0-based in network order (encoder, bridge, decoder): "
+    "0-4, 0,3,8, all or none; the others are short-circuited [all].",
+)
 
 
 def predict(
@@ -101,22 +115,10 @@ def predict(
     blend: str = BLEND,
     threshold: str = THRESHOLD,
     amp: str = AMP,
-    nmf_iters: str = typer.Option(
-        None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
-    ),
-    nmf_rank: str = typer.Option(
-        None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1]."
-    ),
-    nmf_solver: str = typer.Option(
-        None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
-    ),
-    nmf_layers: str = typer.Option(
-        None,
-        "--nmf-layers",
-        metavar="LAYERS",
-        help="NMF layers that run, 0-based in network order (encoder, bridge, decoder): "
-        "0-4, 0,3,8, all or none; the others are short-circuited [all].",
-    ),
+    nmf_iters: str = NMF_ITERS,
+    nmf_rank: str = NMF_RANK,
+    nmf_solver: str = NMF_SOLVER,
+    nmf_layers: str = NMF_LAYERS,
     save_probabilities: bool = typer.Option(
         False,
         "--save-probabilities",

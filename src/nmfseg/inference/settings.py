@@ -32,6 +32,7 @@ __all__ = [
     "NMF_SETTINGS",
     "OPTIONS",
     "InferenceSettings",
+    "format_layers",
     "parse_layers",
 ]
 
@@ -55,6 +56,27 @@ OPTIONS = {
 NMF_SETTINGS = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
 _LAYER_WORDS = "all, none, first, last, a range 0-4 or a list 0,3,8"
 _PP_WORDS = ("largest:", "min-size:")
+
+
+def format_layers(layers: Sequence[int] | None, n_layers: int | None) -> str:
+    """The ``--nmf-layers`` text of a set of layers (all ``n_layers`` of them: ``all``).
+
+    Examples::
+
+        >>> format_layers([0, 1, 2, 5, 7, 8], 9), format_layers([], 9), format_layers(None, 9)
+        ('0-2,5,7-8', 'none', 'all')
+    """
+    if layers is None or (n_layers is not None and list(layers) == list(range(n_layers))):
+        return "all"
+    if not layers:
+        return "none"
+    runs: list[list[int]] = []
+    for i in sorted(layers):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
 def parse_layers(

@@ -1,0 +1,52 @@
+"""The benchmark scripts run: their examples, one worker per CPU variant, a tiny prediction run.
+
+They time nothing here (no wall-clock assertion); they check that ``make bench`` and ``make
+bench-scaling`` will not fail on a script that the rest of the suite never imports.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("bench_*.py"))
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("name", ["_common", *SCRIPTS])
+def test_benchmark_examples_run(name):
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    assert doctest.testmod(module, optionflags=flags).failed == 0
+
+
+@pytest.mark.parametrize("variant", ["plain", "bf16", "channels_last"])
+def test_a_model_worker_measures_each_cpu_variant(variant):
+    bench_models = importlib.import_module("bench_models")
+    r = bench_models.worker("swin_factorizer_brats", 16, "fwd", 1, 1, variant)
+    assert r["variant"] == variant and r["time_s"] > 0 and r["first_s"] > 0
+    assert r["peak_mb"] >= 0
+
+
+@pytest.mark.slow
+def test_whole_volume_prediction_runs_every_configuration_with_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    bench_predict = importlib.import_module("bench_predict")
+    out = tmp_path / "out"
+    argv = ["--shape", "40,48,40", "--spacing", "4", "--patch", "32", "--repeats", "1"]
+    argv += ["--threads", "1", "--onnx", "--work", str(tmp_path), "--out", str(out)]
+    bench_predict.main(argv)
+    table = (out / "bench_predict.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("| swin", "| seg"))]
+    assert len(rows) == 5 and "swin_factorizer_brats (onnxruntime)" in table
+    predictions = tmp_path / "predictions"
+    labels = {p.parent.name for p in predictions.glob("*/*.nii.gz")}
+    assert len(labels) == 5, labels
