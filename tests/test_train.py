@@ -218,6 +218,13 @@ def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
     assert bad.exit_code == 1 and "--lr: differs from the run being resumed" in bad.output
     ok = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume", "--amp", "bf16"])
     assert ok.exit_code == 0, ok.output
+    # A run started by an nmfseg that did not know a runtime key resumes with its default.
+    last = fold / "checkpoint_last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt["config"]["grad_checkpointing"]
+    atomic_save(ckpt, last)
+    old = runner.invoke(app, [*train_args(data, out, fmt, steps=2), "--resume"])
+    assert old.exit_code == 0, old.output
 
 
 # ----------------------------------------------------------------------------- bad input

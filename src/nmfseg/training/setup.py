@@ -354,5 +354,6 @@ def _config_for_resume(
             f"config in {path.parent / 'config.yaml'} (only {', '.join(RUNTIME_KEYS)} may change)"
         )
     cfg = dict(stored)
-    cfg.update({k: new[k] for k in RUNTIME_KEYS if k in overrides})
+    # runtime keys given now, or newer than the run (its nmfseg did not know them)
+    cfg.update({k: new[k] for k in RUNTIME_KEYS if k in overrides or k not in cfg})
     return cfg
