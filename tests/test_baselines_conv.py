@@ -3,8 +3,6 @@ and MONAI's UNETR and Swin UNETR under the model contract (issue #9)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,57 +168,8 @@ def test_cnn_presets_match_the_paper(name):
     assert abs(c.flops / 1e9 / c.paper_gflops - 1) < 0.05
 
 
-# ------------------------------------------------------------------------------------------
-# The contract at reduced widths
-@pytest.mark.parametrize("name", CONV_PRESETS + MONAI_PRESETS)
-def test_odd_size_eval_tensor_train_list(name):
-    model = small(name)
-    size = (19, 24, 21)
-    x = torch.randn(1, model.in_channels, *size)
-    with torch.no_grad():
-        y = model.eval()(x)
-        outs = model.train()(x)
-    assert isinstance(y, torch.Tensor) and y.shape == (1, model.out_channels, *size)
-    assert torch.isfinite(y).all()
-    assert isinstance(outs, list)
-    heads = 3 if name in CONV_PRESETS else 1
-    assert len(outs) == heads
-    for level, out in enumerate(outs):
-        expected = tuple(math.ceil(s / 2**level) for s in size)
-        assert out.shape == (1, model.out_channels, *expected)
-
-
-@pytest.mark.parametrize("name", CONV_PRESETS + MONAI_PRESETS)
-def test_backward_gives_finite_grads_on_all_params(name):
-    model = small(name).train()
-    outs = model(torch.randn(1, model.in_channels, 20, 17, 18))
-    sum(o.square().mean() for o in outs).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
-
-
-@pytest.mark.parametrize(
-    "name", ["nnunet_isles", "resunet_brats", "unetr_isles", "swin_unetr_isles"]
-)
-def test_state_dict_round_trip(name):
-    model = small(name).eval()
-    clone = small(name, seed=1).eval()
-    x = torch.randn(1, model.in_channels, 17, 16, 20)
-    with torch.no_grad():
-        before = model(x)
-        assert not torch.equal(before, clone(x))
-        clone.load_state_dict(model.state_dict())
-        assert torch.equal(clone(x), before)
-
-
-@pytest.mark.parametrize("name", ["resunet_isles", "unetr_brats", "swin_unetr_isles"])
-def test_2d_any_size(name):
-    model = small(name, spatial_dims=2).eval()
-    with torch.no_grad():
-        y = model(torch.randn(2, model.in_channels, 30, 45))
-    assert y.shape == (2, model.out_channels, 30, 45) and torch.isfinite(y).all()
+# The registry-wide contract (any size, eval tensor, train list, backward, state_dict, 2D) is
+# tested for these presets in test_models.py.
 
 
 # ------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def complexity(
     size = parse_size(input_size) if input_size else None
     rows = [model_complexity(name, size) for name in names]
 
-    header = f"{'model':<26}{'input':<16}{'params':>9}{'paper':>8}{'':>9}"
+    width = max([len("model"), *(len(c.name) for c in rows)]) + 2  # names never run together
+    header = f"{'model':<{width}}{'input':<16}{'params':>9}{'paper':>8}{'':>9}"
     header += f"{'GFLOPs':>10}{'paper':>9}{'':>9}"
     typer.echo(FLOP_CONVENTION)
     typer.echo(header)
@@ -62,7 +63,7 @@ def complexity(
         shape = "x".join(str(s) for s in c.input_shape)
         gflops = c.flops / 1e9
         typer.echo(
-            f"{c.name:<26}{shape:<16}"
+            f"{c.name:<{width}}{shape:<16}"
             f"{_fmt_count(c.params, 1e6, 'M', 2):>9}{_fmt_count(c.paper_params, 1e6, 'M'):>8}"
             f"{_delta(c.params, c.paper_params):>9}"
             f"{gflops:>10.2f}{_fmt_count(c.paper_gflops, 1, ''):>9}"
@@ -86,15 +87,17 @@ def models(
     names = list_models(pattern)
     if not names:
         raise ConfigError(f"no registered network matches {pattern!r}; see nmfseg models")
+    width = max(len(n) for n in names) + 2
     typer.echo(
-        f"{'model':<32}{'dataset':<9}{'in->out':>8}  {'patch':<12}{'paper':>7}{'GFLOPs':>8}  what"
+        f"{'model':<{width}}{'dataset':<9}{'in->out':>8}  {'patch':<12}{'paper':>7}{'GFLOPs':>8}"
+        "  what"
     )
     for name in names:
         info = model_info(name)
         channels = f"{info.in_channels}->{info.out_channels}" if info.in_channels else "-"
         patch = "x".join(map(str, info.patch_size)) if info.patch_size else "-"
         typer.echo(
-            f"{name:<32}{info.dataset or '-':<9}{channels:>8}  {patch:<12}"
+            f"{name:<{width}}{info.dataset or '-':<9}{channels:>8}  {patch:<12}"
             f"{_fmt_count(info.paper_params, 1e6, 'M'):>7}{_fmt_count(info.paper_gflops, 1, ''):>8}"
             f"  {info.description}"
         )

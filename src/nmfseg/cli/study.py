@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli.train import N_FOLDS, SEED, STEPS, WORKERS
 
 HELP = (
     "The paper's comparison in one command: train every model on every fold of DATA_DIR, "
@@ -51,20 +52,13 @@ def study(
     config: Path = typer.Option(
         None, "--config", "-c", metavar="YAML", help="Training config keys for every model."
     ),
-    steps: str = typer.Option(None, "--steps", metavar="INT", help="Optimizer steps [100000]."),
+    steps: str = STEPS,
     patch_size: str = typer.Option(
         None, "--patch-size", metavar="INT[,INT,INT]", help="Patch size [the preset's]."
     ),
-    n_folds: str = typer.Option(
-        None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
-    ),
-    seed: str = typer.Option(None, "--seed", metavar="INT", help="Random seed [42]."),
-    workers: str = typer.Option(
-        None,
-        "--workers",
-        metavar="INT",
-        help="DataLoader workers per process [cores available, at most 4].",
-    ),
+    n_folds: str = N_FOLDS,
+    seed: str = SEED,
+    workers: str = WORKERS,
     device: str = typer.Option(
         None,
         "--device",

@@ -29,6 +29,19 @@ _OPTIONS = {
 }
 
 
+STEPS = typer.Option(None, "--steps", metavar="INT", help="Optimizer steps [100000].")
+SEED = typer.Option(None, "--seed", metavar="INT", help="Random seed [42].")
+WORKERS = typer.Option(
+    None,
+    "--workers",
+    metavar="INT",
+    help="DataLoader workers per process [cores available, at most 4].",
+)
+N_FOLDS = typer.Option(
+    None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
+)
+
+
 def _key_value(text: str, option: str) -> tuple[str, Any]:
     from nmfseg.errors import ConfigError
     from nmfseg.training.config import parse_value
@@ -56,7 +69,7 @@ def train(
     config: Path = typer.Option(
         None, "--config", "-c", help="YAML file overriding keys of the dataset's recipe."
     ),
-    steps: str = typer.Option(None, "--steps", metavar="INT", help="Optimizer steps [100000]."),
+    steps: str = STEPS,
     patch_size: str = typer.Option(
         None, "--patch-size", metavar="INT[,INT,INT]", help="Patch size [128 BraTS, 64 ISLES]."
     ),
@@ -77,16 +90,9 @@ def train(
         None, "--checkpoint-every", metavar="INT", help="Write checkpoint_last.pt every N steps."
     ),
     log_every: str = typer.Option(None, "--log-every", metavar="INT", help="Log every N steps."),
-    seed: str = typer.Option(None, "--seed", metavar="INT", help="Random seed [42]."),
-    workers: str = typer.Option(
-        None,
-        "--workers",
-        metavar="INT",
-        help="DataLoader workers per process [cores available, at most 4].",
-    ),
-    n_folds: str = typer.Option(
-        None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
-    ),
+    seed: str = SEED,
+    workers: str = WORKERS,
+    n_folds: str = N_FOLDS,
     model_arg: list[str] = typer.Option(
         None,
         "--model-arg",
