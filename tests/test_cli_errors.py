@@ -118,6 +118,16 @@ CASES = [
     Case("predict from a root of two runs", ("predict", "-m", "{runs}", "-i", "{data}", "-o",
                                              "{tmp}/pred", "--device", "cpu"),
          r"^nmfseg: error: .*holds 2 runs.*swin_factorizer_isles", absent=("{tmp}/pred",)),
+    # numeric options: one line in the project's words, not click's usage box
+    Case("ablate --repeats 0", ("ablate", "-m", "{run}", "--data", "{data}", "-o", "{tmp}/abl",
+                                "--repeats", "0"),
+         r"^nmfseg: error: --repeats '0': must be an integer >= 1$", absent=("{tmp}/abl",)),
+    Case("ablate --repeats x", ("ablate", "-m", "{run}", "--data", "{data}", "-o", "{tmp}/abl",
+                                "--repeats", "x"),
+         r"^nmfseg: error: --repeats 'x': must be an integer >= 1$", absent=("{tmp}/abl",)),
+    Case("postprocess-search --min-gain -1", ("postprocess-search", "-m", "{run}", "--data",
+                                              "{data}", "--min-gain", "-1"),
+         r"^nmfseg: error: --min-gain '-1': must be a number >= 0$"),
 ]  # fmt: skip
 
 

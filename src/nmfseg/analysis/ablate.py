@@ -451,21 +451,14 @@ def _fastest(reference: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[
     """Rows within :data:`TOLERANCE` of the reference's mean Dice, fastest first."""
     floor = float(reference["dice_mean"]) - TOLERANCE
     good = [r for r in (reference, *rows) if not r.get("note") and float(r["dice_mean"]) >= floor]
-    good = [{**r, "speedup": float(r.get("speedup") or 1.0)} for r in good]
+    good = [{**r, "speedup": float(r["speedup"])} for r in good]
     return sorted(good, key=lambda r: -r["speedup"])
 
 
 def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) -> None:
     dice = [f"dice_{r}" for r in regions]
-    fields = [
-        "key",
-        "options",
-        "dice_mean",
-        *dice,
-        "seconds_per_case",
-        "reference_seconds_per_case",
-    ]
-    fields.append("speedup")
+    fields = ["key", "options", "dice_mean", *dice, "seconds_per_case"]
+    fields += ["reference_seconds_per_case", "speedup"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -493,7 +486,7 @@ def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) ->
             f"| {row['key']} | `{row.get('options') or '(none)'}` | "
             f"{100 * float(row['dice_mean']):.2f} | {per} | "
             f"{float(row['seconds_per_case']):.3g} | "
-            f"{float(row.get('reference_seconds_per_case') or row['seconds_per_case']):.3g} | "
+            f"{float(row['reference_seconds_per_case']):.3g} | "
             f"{row['speedup']:.2f}x |"
         )
     write_text(out / "fastest.md", "\n".join(lines) + "\n")

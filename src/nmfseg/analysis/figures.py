@@ -142,8 +142,8 @@ def ablation_figure(
         path: Output file.
         rows: Rows of each sweep (``layers``, ``remove``, ``iters``, ``rank``), each with
             ``value``, ``nmf_solver``, ``dice_mean`` and ``speedup`` (time of the unmodified
-            model over the setting's, measured side by side; rows without it plot
-            ``seconds_per_case``); a sweep that was not run is left out (its panel says so).
+            model over the setting's, measured side by side); a sweep that was not run is left
+            out (its panel says so).
         reference: The unmodified model's row.
         title: Figure title.
 
@@ -168,9 +168,8 @@ def ablation_figure(
         if not found:
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
             continue
-        paired = all(r.get("speedup") not in (None, "") for r in found)
         timing = ax.twinx()
-        timing.set_ylabel("speed-up (×)" if paired else "s / case", fontsize=8, color="0.5")
+        timing.set_ylabel("speed-up (×)", fontsize=8, color="0.5")
         for solver, marker in (("hals", "o"), ("mu", "s")):
             own = sorted(
                 (r for r in found if sweep != "rank" or r.get("nmf_solver") == solver),
@@ -181,8 +180,8 @@ def ablation_figure(
             x = [int(r["value"]) for r in own]
             label = solver.upper() if sweep == "rank" else None
             ax.plot(x, [100 * float(r["dice_mean"]) for r in own], marker=marker, label=label)
-            time = [float(r["speedup" if paired else "seconds_per_case"]) for r in own]
-            timing.plot(x, time, color="0.6", linestyle=":", marker=marker, markersize=3)
+            speedup = [float(r["speedup"]) for r in own]
+            timing.plot(x, speedup, color="0.6", linestyle=":", marker=marker, markersize=3)
         ax.axhline(ref_dice, color="tab:green", linestyle="--", label="unmodified")
         ax.set_xticks(sorted({int(r["value"]) for r in found}))
         ax.legend(fontsize=7, loc="lower right")

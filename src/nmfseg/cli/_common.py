@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -99,3 +100,54 @@ def one_of(value: Any, old: Any, name: str, old_name: str) -> Any:
     if value is not None and value != old:
         raise ConfigError(f"{old_name} is the old spelling of {name}; give only {name}")
     return old
+
+
+def one_fold(model: Path, fold: int | str | None, checkpoint: str, verb: str) -> Path:
+    """The checkpoint of one fold of ``model`` (:func:`~nmfseg.analysis.runs.fold_checkpoint`);
+    when the run has more folds, a note on stderr says which one is ``verb`` (e.g.
+    ``exporting``) and how to choose another."""
+    from nmfseg.analysis.runs import fold_checkpoint
+
+    path, others = fold_checkpoint(model, fold, checkpoint)
+    if others:
+        typer.echo(
+            f"note: {verb} {path.parent.name} of {model} ({len(others)} more fold(s); "
+            "choose one with --fold)",
+            err=True,
+        )
+    return path
+
+
+def parse_number(
+    text: str, option: str, kind: type = int, minimum: float = 0, exclusive: bool = False
+) -> Any:
+    """The value of a numeric option: an integer (digits only) or a float, ``>= minimum``
+    (``> minimum`` if ``exclusive``).
+
+    Raises:
+        ConfigError: Naming the option and what it must be.
+
+    Examples::
+
+        >>> parse_number("3", "--repeats", minimum=1), parse_number("1e-3", "--min-gain", float)
+        (3, 0.001)
+        >>> parse_number("0", "--tolerance", float, exclusive=True)
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --tolerance '0': must be a number > 0
+    """
+    from nmfseg.errors import ConfigError
+
+    text = str(text).strip()
+    try:
+        if kind is int and not text.isdigit():
+            raise ValueError
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not (value > minimum if exclusive else value >= minimum):  # NaN fails
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(
+            f"{option} {text!r}: must be {what} {'>' if exclusive else '>='} {minimum:g}"
+        )
+    return value

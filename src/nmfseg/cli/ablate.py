@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
 from nmfseg.cli.predict import (
     AMP,
     BLEND,
@@ -60,10 +60,9 @@ def ablate(
     solvers: str = typer.Option(
         "hals,mu", "--solvers", metavar="hals,mu", help="Solvers of the rank sweep."
     ),
-    repeats: int = typer.Option(
-        3,
+    repeats: str = typer.Option(
+        "3",
         "--repeats",
-        min=1,
         metavar="N",
         help="Passes over each case per setting and per unmodified model, interleaved; "
         "each time is the fastest (a CPU's speed drifts by tens of percent).",
@@ -90,6 +89,7 @@ def ablate(
         overlap=overlap, sw_batch_size=sw_batch_size, blend=blend, threshold=threshold, amp=amp
     )
     chosen = parse_sweeps(sweeps)
+    n_repeats = parse_number(repeats, "--repeats", minimum=1)
     t_values = parse_int_list(iters, "--iters", 0)
     r_values = parse_int_list(ranks, "--ranks", 1)
     solver_list = [s.strip().lower() for s in solvers.split(",") if s.strip()]
@@ -111,7 +111,7 @@ def ablate(
         iters=t_values,
         ranks=r_values,
         solvers=solver_list,
-        repeats=repeats,
+        repeats=n_repeats,
         progress=not quiet,
     )
     best = result.fastest[0] if result.fastest else result.reference

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import handle_errors, one_fold, parse_number
 from nmfseg.cli.predict import (
     BLEND,
     CHECKPOINT,
@@ -70,7 +70,6 @@ def explain(
 ) -> None:
     """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
     from nmfseg.analysis.explain import explain_case
-    from nmfseg.analysis.runs import fold_checkpoint
     from nmfseg.errors import ConfigError
     from nmfseg.inference.predictor import Predictor
     from nmfseg.inference.settings import parse_layers
@@ -79,19 +78,10 @@ def explain(
     parse_layers(layers, None, option="--layers")
     if fold is not None and not fold.isdigit():
         raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...)")
-    if not (max_maps.isdigit() and int(max_maps) >= 1):
-        raise ConfigError(f"--max-maps {max_maps!r}: must be an integer >= 1")
-    path, others = fold_checkpoint(model, int(fold) if fold is not None else None, checkpoint)
-    if others:
-        typer.echo(
-            f"note: explaining {path.parent.name} of {model} ({len(others)} more fold(s); "
-            "choose one with --fold)",
-            err=True,
-        )
+    n_maps = parse_number(max_maps, "--max-maps", minimum=1)
+    path = one_fold(model, int(fold) if fold is not None else None, checkpoint, "explaining")
     predictor = Predictor.from_run(path, device=device, settings=settings, progress=not quiet)
-    result = explain_case(
-        predictor, input, out, layers, gt, max_maps=int(max_maps), progress=not quiet
-    )
+    result = explain_case(predictor, input, out, layers, gt, max_maps=n_maps, progress=not quiet)
     reused = f" ({len(result.reused)} layer(s) reused)" if result.reused else ""
     typer.echo(
         f"wrote {len(result.components)} component maps, {result.panel} and "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import handle_errors
+from nmfseg.cli._common import handle_errors, one_fold, parse_number
 from nmfseg.cli.predict import (
     CHECKPOINT,
     NMF_ITERS,
@@ -60,7 +60,6 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only the summary."),
 ) -> None:
     """Export one fold of a trained run as an ONNX model (dynamic batch and spatial size)."""
-    from nmfseg.analysis.runs import fold_checkpoint
     from nmfseg.errors import ConfigError
     from nmfseg.export.onnx import OPSETS, check_onnx_path, export_onnx, require
 
@@ -70,22 +69,11 @@ def export(
     )
     if not (opset.isdigit() and int(opset) in OPSETS):
         raise ConfigError(f"--opset {opset!r}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
-    try:
-        tol = float(tolerance)
-    except ValueError:
-        tol = -1.0
-    if not tol > 0:
-        raise ConfigError(f"--tolerance {tolerance!r}: must be a number > 0")
+    tol = parse_number(tolerance, "--tolerance", float, exclusive=True)
     if fold is not None and not (fold.isdigit() or fold == "all"):
         raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or all")
     check_onnx_path(out)
-    path, others = fold_checkpoint(model, fold, checkpoint)
-    if others:
-        typer.echo(
-            f"note: exporting {path.parent.name} of {model} ({len(others)} more fold(s); "
-            "choose one with --fold)",
-            err=True,
-        )
+    path = one_fold(model, fold, checkpoint, "exporting")
 
     def echo(line: str) -> None:
         typer.echo(line, err=True)

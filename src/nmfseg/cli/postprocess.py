@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
 from nmfseg.cli.predict import CHECKPOINT, DEVICE, QUIET, parse_folds
 
 
@@ -23,10 +23,10 @@ def postprocess_search(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    min_gain: float = typer.Option(
-        0.001,
+    min_gain: str = typer.Option(
+        "0.001",
         "--min-gain",
-        min=0.0,
+        metavar="FLOAT",
         help="Smallest rise of the mean Dice (0-1) for which a step is kept.",
     ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
@@ -52,7 +52,7 @@ def postprocess_search(
         checkpoint,
         device,
         progress=not quiet,
-        min_gain=min_gain,
+        min_gain=parse_number(min_gain, "--min-gain", float),
     )
     dice = record["mean_dice"]
     typer.echo(
