@@ -73,6 +73,14 @@ def _chunked_masks(n: int, p: float, seed: int) -> Iterator[tuple[int, int, Tens
         yield i, j, _drop_bits(j - i, thresholds, gen)
 
 
+def _scale_and_drop(src: Tensor, out: Tensor, p: float, scale: float, seed: int) -> Tensor:
+    """``out = src * scale`` with the elements of the seeded mask set to 0, chunk by chunk."""
+    flat_src, flat_out = src.reshape(-1), out.view(-1)
+    for i, j, drop in _chunked_masks(flat_out.numel(), p, seed):
+        torch.mul(flat_src[i:j], scale, out=flat_out[i:j]).masked_fill_(drop, 0)
+    return out
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float, inplace: bool) -> Tensor:  # type: ignore[override]
@@ -82,18 +90,12 @@ class _Dropout(torch.autograd.Function):
             out = x
         else:
             out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        src, dst = x.reshape(-1), out.view(-1)
-        for i, j, drop in _chunked_masks(dst.numel(), p, ctx.seed):
-            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
-        return out
+        return _scale_and_drop(x, out, p, ctx.scale, ctx.seed)
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         dx = torch.empty_like(dy, memory_format=torch.contiguous_format)
-        src, dst = dy.reshape(-1), dx.view(-1)
-        for i, j, drop in _chunked_masks(dst.numel(), ctx.p, ctx.seed):
-            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
-        return dx, None, None
+        return _scale_and_drop(dy, dx, ctx.p, ctx.scale, ctx.seed), None, None
 
 
 class _AddDropout(torch.autograd.Function):
@@ -110,10 +112,7 @@ class _AddDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         dout = torch.empty_like(dy, memory_format=torch.contiguous_format)
-        src, dst = dy.reshape(-1), dout.view(-1)
-        for i, j, drop in _chunked_masks(dst.numel(), ctx.p, ctx.seed):
-            torch.mul(src[i:j], ctx.scale, out=dst[i:j]).masked_fill_(drop, 0)
-        return dy, dout, None
+        return dy, _scale_and_drop(dy, dout, ctx.p, ctx.scale, ctx.seed), None
 
 
 def _fast_path(x: Tensor) -> bool:

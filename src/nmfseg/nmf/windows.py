@@ -196,34 +196,22 @@ class _MatricizeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return _FoldSumFn.apply(dz, ctx.geom), None
+        return _FoldFn.apply(dz, ctx.geom, False), None
 
 
-class _FoldSumFn(torch.autograd.Function):
-    """Sum of the views folded back (the adjoint of matricize)."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
-        ctx.geom = geom
-        return _from_windows(z, geom, average=False)
+class _FoldFn(torch.autograd.Function):
+    """The views folded back: their average (dematricize, Algorithm 3) or, with
+    ``average=False``, their sum (the adjoint of matricize)."""
 
     @staticmethod
-    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return _MatricizeFn.apply(dx, ctx.geom), None
-
-
-class _DematricizeFn(torch.autograd.Function):
-    """Dematricize: the average of the views folded back (Algorithm 3)."""
+    def forward(ctx, z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:  # type: ignore[override]
+        ctx.geom, ctx.average = geom, average
+        return _from_windows(z, geom, average=average)
 
     @staticmethod
-    def forward(ctx, z: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
-        ctx.geom = geom
-        return _from_windows(z, geom, average=True)
-
-    @staticmethod
-    def backward(ctx, dx: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, dx: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         dz = _MatricizeFn.apply(dx, ctx.geom)
-        return (dz * 0.5 if ctx.geom.views == 2 else dz), None
+        return (dz * 0.5 if ctx.average and ctx.geom.views == 2 else dz), None, None
 
 
 def matricize(x: Tensor, geom: MatricizeGeometry) -> Tensor:
@@ -233,4 +221,4 @@ def matricize(x: Tensor, geom: MatricizeGeometry) -> Tensor:
 
 def dematricize(z: Tensor, geom: MatricizeGeometry) -> Tensor:
     """Matrices back to ``(B, C, *S)``: the views folded back and averaged (Algorithm 3)."""
-    return _DematricizeFn.apply(z, geom)
+    return _FoldFn.apply(z, geom, True)

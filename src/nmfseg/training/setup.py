@@ -248,11 +248,10 @@ def prepare_run(
     fold_dir = Path(out).expanduser() / dataset.name / model_name / f"fold_{fold}"
     notes: list[str] = []
     resume_from = None
+    cfg, more = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)
     if resume and (fold_dir / "checkpoint_last.pt").is_file():
         resume_from = fold_dir / "checkpoint_last.pt"
-        cfg = _config_for_resume(
-            resume_from, dataset, model_name, config_file, overrides, model_args, sources
-        )
+        cfg = _config_for_resume(resume_from, cfg, config_file, overrides, model_args, sources)
         if cfg["model"]["name"] != model_name:
             raise ConfigError(f"--resume: {resume_from} was trained with {cfg['model']['name']}")
     else:
@@ -263,9 +262,6 @@ def prepare_run(
             )
         if resume:
             notes.append(f"no checkpoint_last.pt in {fold_dir}; starting a new run")
-        cfg, more = _resolve_config(
-            dataset, model_name, config_file, overrides, model_args, sources
-        )
         notes += more
         if fold != "all" and int(fold) >= cfg["n_folds"]:
             raise ConfigError(
@@ -323,17 +319,15 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _config_for_resume(
     path: Path,
-    dataset: Any,
-    model_name: str,
+    new: dict[str, Any],
     config_file: str | Path | None,
     overrides: dict[str, Any],
     model_args: dict[str, Any],
     sources: dict[str, str],
 ) -> dict[str, Any]:
-    """The stored config, after checking that the given options do not contradict it."""
-
+    """The stored config, after checking that the given options (resolved into ``new``)
+    do not contradict it."""
     stored = read_checkpoint(path)["config"]
-    new, _ = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)
     given = dict.fromkeys(overrides)
     if config_file is not None:
         given.update(dict.fromkeys(_flat(load_yaml(config_file))))
