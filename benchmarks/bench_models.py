@@ -18,7 +18,9 @@ paper's convention), counted on the meta device.
 ``--variants`` measures each network also in other CPU execution modes, every ratio still
 against plain SegResNet: ``compile`` (``torch.compile``, inductor; the ``first (s)`` column is
 the warm-up run, compilation included), ``bf16`` (``torch.autocast("cpu", torch.bfloat16)``)
-and ``channels_last`` (weights and input in ``torch.channels_last_3d``).
+``channels_last`` (weights and input in ``torch.channels_last_3d``) and ``checkpoint``
+(``set_grad_checkpointing(True)``, as ``nmfseg train --grad-checkpointing``: every stage
+recomputed in backward; forward+backward only, networks that support it).
 
 Usage::
 
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/bench_models.py --sizes 64 --repeats 3
     python benchmarks/bench_models.py --models all --sizes 64 --modes fwdbwd   # every BraTS preset
     python benchmarks/bench_models.py --sizes 64 --variants plain compile bf16 channels_last
+    python benchmarks/bench_models.py --sizes 128 --modes fwdbwd --variants checkpoint
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from _common import environment, peak_rss_mb, rss_mb, run_worker
 
 REFERENCE = "segresnet_brats"
 DEFAULT = ["swin_factorizer_brats", REFERENCE]
-VARIANTS = ("plain", "compile", "bf16", "channels_last")
+VARIANTS = ("plain", "compile", "bf16", "channels_last", "checkpoint")
 
 
 def worker(
@@ -59,6 +62,8 @@ def worker(
     if variant == "channels_last":
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
+    if variant == "checkpoint":
+        net.set_grad_checkpointing(True)
     model = torch.compile(net) if variant == "compile" else net
     autocast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
@@ -106,6 +111,16 @@ def run(model_key: str, size: int, mode: str, threads: int, repeats: int, varian
     return {"model": model_key, "size": size, "mode": mode, **r} if "error" in r else r
 
 
+def _checkpointable(model_key: str) -> bool:
+    """Whether the network has ``set_grad_checkpointing`` (built on the meta device)."""
+    import torch
+
+    import nmfseg
+
+    with torch.device("meta"):
+        return hasattr(nmfseg.create_model(model_key), "set_grad_checkpointing")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
@@ -148,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.modes:
             for key in order:
                 for variant in variants:
+                    if variant == "checkpoint" and (mode == "fwd" or not _checkpointable(key)):
+                        continue  # no effect in inference; SegResNet has no checkpointing
                     r = run(key, size, mode, args.threads, args.repeats, variant)
                     results[key, size, mode, variant] = r
                     c = cost.get(key) or model_complexity(key, (128, 128, 128))

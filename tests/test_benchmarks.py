@@ -36,6 +36,14 @@ def test_a_model_worker_measures_each_cpu_variant(variant):
     assert r["peak_mb"] >= 0
 
 
+def test_the_checkpoint_variant_applies_to_networks_that_support_it():
+    bench_models = importlib.import_module("bench_models")
+    assert bench_models._checkpointable("swin_factorizer_brats")
+    assert not bench_models._checkpointable("segresnet_brats")
+    r = bench_models.worker("swin_factorizer_brats", 16, "fwdbwd", 1, 1, "checkpoint")
+    assert r["variant"] == "checkpoint" and r["time_s"] > 0
+
+
 @pytest.mark.slow
 def test_whole_volume_prediction_runs_every_configuration_with_onnxruntime(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
