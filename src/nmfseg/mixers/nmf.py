@@ -183,7 +183,10 @@ class WrappedNMF(ProjectedMixer):
         if not self.enabled:
             return torch.relu(z)
         geometry = self.matricize.geometry(z.shape)
-        m = torch.relu(self.matricize(z))
+        if torch.is_grad_enabled():  # ReLU after the copy: its saved output is the NMF's input
+            m = torch.relu(self.matricize(z))
+        else:  # inference: once per voxel, not once per view (matricize pads with zeros)
+            m = self.matricize(torch.relu(z))
         if self.recorder is None:
             m = self.nmf(m)
         else:
