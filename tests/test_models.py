@@ -317,6 +317,20 @@ def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("name", FACTORIZERS)
+def test_inference_gives_the_output_of_the_differentiable_path(name):
+    """Without autograd the NMF layers apply their ReLU before matricize (once per voxel);
+    with it, after (once per view). Same function, exactly."""
+    torch.manual_seed(0)
+    model = small(name).eval()
+    x = torch.randn(1, model.in_channels, 19, 24, 21)
+    with torch.inference_mode():
+        y = model(x)
+    with torch.enable_grad():
+        reference = model(x).detach()
+    assert torch.equal(y, reference)
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_bf16_autocast_runs_in_train_and_eval(train: bool) -> None:
     """Mixed precision (``--amp bf16``) works for validation (eval, no grad) and training."""
