@@ -200,6 +200,12 @@ def test_study_killed_anywhere_continues_to_the_same_table(toy, reference, tmp_p
     assert result.exit_code == 0, result.output
     assert "segresnet_brats fold 0 train: resumed and trained to step 3" in result.stderr
     assert result.stderr.count("finished run found") == 2  # the Swin Factorizer's folds
+    # the resumed training's time counts both sessions, as its log does
+    jobs = json.loads((out / "study.json").read_text())["jobs"]
+    train = next(j for j in jobs if (j["model"], j["fold"]) == ("segresnet_brats", 0))
+    with (seg / "log.csv").open(newline="") as fh:
+        logged = float(list(csv.DictReader(fh))[-1]["time"])
+    assert train["stages"]["train"]["seconds"] == round(logged, 3)
     assert _table(out) == _table(ref_out)
 
 

@@ -349,7 +349,9 @@ def _run_stage(
     seconds = time.perf_counter() - t0
     clock.done(job, stage, seconds)
     if pending:
-        book.stage(job, stage, "done", seconds, note)
+        # a resumed training's time is every session's, as its log.csv counts it
+        recorded = (training_seconds(job.fold_dir) if stage == "train" else None) or seconds
+        book.stage(job, stage, "done", recorded, note)
         took = f" in {format_seconds(seconds)}"
     else:
         known = book.jobs[(job.model, job.fold)]["stages"][stage]["seconds"]
