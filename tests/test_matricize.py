@@ -256,3 +256,32 @@ def test_factory_and_geometry_type():
         g = m.geometry((1, 8, 6, 6))
         assert isinstance(g, MatricizeGeometry) and g.kind == kind
         assert list(m.parameters()) == [] and list(m.buffers()) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("iters", "grad_iters"), [(1, None), (4, None), (4, 2)])
+def test_matricized_rank1_keeps_the_composition_and_its_gradients(shape, iters, grad_iters):
+    """The one-node Swin path of training (saves z, recomputes the matrices in backward)
+    against relu -> matricize -> NMF -> dematricize built from the parts."""
+    from nmfseg.nmf import matricized_rank1
+
+    torch.manual_seed(0)
+    mat = build_matricize("swin", head_dim=4, window_size=(4, 4, 4)[: len(shape) - 2],
+                          spatial_dims=len(shape) - 2)  # fmt: skip
+    z = torch.randn(*shape, dtype=torch.float64)
+    z[0, 0] = -1.0  # a dead channel: ReLU zeros a whole row of some matrices
+    weight = torch.randn(*shape, dtype=torch.float64)
+    results = []
+    for one_node in (True, False):
+        zz = z.clone().requires_grad_()
+        geom = mat.geometry(zz.shape)
+        if one_node:
+            y = matricized_rank1(zz, geom, iters, grad_iters)
+        else:
+            m = nmf_reconstruct(torch.relu(mat(zz)), iters=iters, grad_iters=grad_iters)
+            y = mat.inverse(m, geom)
+        (y * weight).sum().backward()
+        results.append((y.detach(), zz.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert results[0][1].abs().sum() > 0

@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from nmfseg.layers import PointwiseConv
 from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf import MATRICIZE_KINDS, NMF, SOLVERS, MatricizeGeometry, build_matricize
+from nmfseg.nmf import (
+    MATRICIZE_KINDS,
+    NMF,
+    SOLVERS,
+    MatricizeGeometry,
+    build_matricize,
+    matricized_rank1,
+)
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
 
@@ -177,12 +184,33 @@ class WrappedNMF(ProjectedMixer):
         self.layer_index = -1
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
+        self.fused = True  # training: keep z, not the matrices (see _keeps_input_only)
+
+    def _keeps_input_only(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
+        """Whether training takes :func:`~nmfseg.nmf.matricized_rank1`, one node that keeps
+        ``z`` for backward instead of the two views' matrices: Swin, rank 1 with the default
+        init, float32/64 outside autocast, no recorder, ``fused`` on."""
+        nmf = self.nmf
+        return (
+            self.fused
+            and torch.is_grad_enabled()
+            and self.recorder is None
+            and geometry.views == 2
+            and nmf.fast
+            and nmf.rank == 1
+            and nmf.iters >= 1
+            and nmf.grad_iters != 0
+            and z.dtype in (torch.float32, torch.float64)
+            and not (z.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(z.device.type))
+        )
 
     def mix(self, z: Tensor) -> Tensor:
         """ReLU, matricize, NMF reconstruction, dematricize (or only the ReLU if disabled)."""
         if not self.enabled:
             return torch.relu(z)
         geometry = self.matricize.geometry(z.shape)
+        if self._keeps_input_only(z, geometry):
+            return matricized_rank1(z, geometry, self.nmf.iters, self.nmf.grad_iters)
         if torch.is_grad_enabled():  # ReLU after the copy: its saved output is the NMF's input
             m = torch.relu(self.matricize(z))
         else:  # inference: once per voxel, not once per view (matricize pads with zeros)

@@ -28,6 +28,7 @@ from nmfseg.nmf.matricize import (
     SWMatricize,
     build_matricize,
 )
+from nmfseg.nmf.recompute import matricized_rank1
 from nmfseg.nmf.solvers import NMF, SOLVERS, nmf, nmf_flops, nmf_reconstruct, reconstruct
 from nmfseg.nmf.steps import default_init
 from nmfseg.nmf.windows import MatricizeGeometry
@@ -42,6 +43,7 @@ __all__ = [
     "SWMatricize",
     "build_matricize",
     "default_init",
+    "matricized_rank1",
     "nmf",
     "nmf_flops",
     "nmf_reconstruct",

@@ -21,7 +21,13 @@ from torch import Tensor
 
 from nmfseg.nmf.steps import guard
 
-__all__ = ["Rank1Projection", "rank1_factors"]
+__all__ = [
+    "Rank1Projection",
+    "add_restart_grad",
+    "projection_forward",
+    "projection_grads",
+    "rank1_factors",
+]
 
 
 def _sqnorm(f: Tensor) -> Tensor:
@@ -84,6 +90,52 @@ def rank1_factors(
     return f, g
 
 
+def projection_forward(
+    x: Tensor, g0: Tensor, iters: int, grad_iters: int | None
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    """``(f fᵀ / ‖f‖²) X`` and what its backward needs besides ``x`` and ``g0``:
+    ``(K, a, ‖ĝ‖², f_free)``."""
+    steps = _grad_steps(iters, grad_iters)
+    k = torch.bmm(x, x.mT)
+    a, gg, f_free = _restart(x, g0, k, iters - steps)
+    p = _projector(_gram_steps(a / guard(gg), k, steps - 1))
+    return torch.bmm(p, x), (k, a, gg, f_free)
+
+
+def projection_grads(
+    x: Tensor, g0: Tensor, saved, steps: int, dy: Tensor, need_g0: bool
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor | None]]:
+    """The small part of :func:`projection_forward`'s backward: ``f`` (the final factor),
+    ``S`` with ``dX = P dY + S X [+ da g0ᵀ]``, ``P = f fᵀ / ‖f‖²``, and ``(da, dg0)``
+    (``dg0`` is ``None`` unless needed)."""
+    k, a, gg, f_free = saved
+    need_g0 = need_g0 and f_free is None
+    with torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
+        a = a.detach().requires_grad_()
+        k = k.detach().requires_grad_()
+        gg = gg.detach().requires_grad_(need_g0)
+        f = _gram_steps(a / guard(gg), k, steps - 1)
+        leaves = (a, k, gg) if need_g0 else (a, k)
+        grads = torch.autograd.grad(_projector(f), leaves, torch.bmm(dy, x.mT), allow_unused=True)
+    da, dk = grads[0], grads[1]
+    s = torch.zeros_like(k) if dk is None else dk + dk.mT
+    if f_free is not None:
+        s = s + da.unsqueeze(-1) * (f_free / guard(_sqnorm(f_free))).unsqueeze(-2)
+    dg0 = None
+    if need_g0:
+        dg0 = (x.mT @ da.unsqueeze(-1)).squeeze(-1)
+        dg0 = (dg0.sum(0) if g0.dim() == 1 else dg0) + 2 * g0 * grads[2]
+    return f.detach(), s, (da, dg0)
+
+
+def add_restart_grad(dx: Tensor, da: Tensor, g0: Tensor) -> None:
+    """``dX += da g0ᵀ`` in place (the derivative of ``a = X g0``)."""
+    if g0.dim() == 1:
+        dx.view(-1, dx.shape[-1]).addr_(da.reshape(-1), g0)
+    else:
+        dx.baddbmm_(da.unsqueeze(-1), g0.unsqueeze(-2))
+
+
 class Rank1Projection(torch.autograd.Function):
     """Rank-1 NMF reconstruction ``(f fᵀ / ‖f‖²) X`` with a fused backward pass.
 
@@ -94,40 +146,20 @@ class Rank1Projection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, g0: Tensor, iters: int, grad_iters: int | None) -> Tensor:  # type: ignore[override]
-        steps = _grad_steps(iters, grad_iters)
-        k = torch.bmm(x, x.mT)
-        a, gg, f_free = _restart(x, g0, k, iters - steps)
-        p = _projector(_gram_steps(a / guard(gg), k, steps - 1))
-        ctx.save_for_backward(x, g0, k, a, gg, f_free)
-        ctx.steps = steps
-        return torch.bmm(p, x)
+        y, saved = projection_forward(x, g0, iters, grad_iters)
+        ctx.save_for_backward(x, g0, *saved)
+        ctx.steps = _grad_steps(iters, grad_iters)
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        x, g0, k, a, gg, f_free = ctx.saved_tensors
+        x, g0, *saved = ctx.saved_tensors
         need_x, need_g0 = ctx.needs_input_grad[:2]
-        need_g0 = need_g0 and f_free is None
-        with torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
-            a = a.detach().requires_grad_()
-            k = k.detach().requires_grad_()
-            gg = gg.detach().requires_grad_(need_g0)
-            p = _projector(_gram_steps(a / guard(gg), k, ctx.steps - 1))
-            leaves = (a, k, gg) if need_g0 else (a, k)
-            grads = torch.autograd.grad(p, leaves, torch.bmm(dy, x.mT), allow_unused=True)
-        da, dk = grads[0], grads[1]
-        dx = dg0 = None
+        f, s, (da, dg0) = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
+        dx = None
         if need_x:
-            s = torch.zeros_like(k) if dk is None else dk + dk.mT
-            if f_free is not None:
-                s = s + da.unsqueeze(-1) * (f_free / guard(_sqnorm(f_free))).unsqueeze(-2)
-            dx = torch.bmm(p.detach().mT, dy)
+            dx = torch.bmm(_projector(f).mT, dy)
             dx.baddbmm_(s, x)
-            if f_free is None:
-                if g0.dim() == 1:
-                    dx.view(-1, x.shape[-1]).addr_(da.reshape(-1), g0)
-                else:
-                    dx.baddbmm_(da.unsqueeze(-1), g0.unsqueeze(-2))
-        if need_g0:
-            dg0 = (x.mT @ da.unsqueeze(-1)).squeeze(-1)
-            dg0 = (dg0.sum(0) if g0.dim() == 1 else dg0) + 2 * g0 * grads[2]
+            if saved[3] is None:  # no f_free: the restart is a = X g0
+                add_restart_grad(dx, da, g0)
         return dx, dg0, None, None
