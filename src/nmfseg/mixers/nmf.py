@@ -196,9 +196,7 @@ class WrappedNMF(ProjectedMixer):
             and torch.is_grad_enabled()
             and self.recorder is None
             and geometry.views == 2
-            and nmf.fast
-            and nmf.rank == 1
-            and nmf.iters >= 1
+            and nmf.uses_rank1_path()
             and nmf.grad_iters != 0
             and z.dtype in (torch.float32, torch.float64)
             and not (z.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(z.device.type))

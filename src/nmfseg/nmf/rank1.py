@@ -23,9 +23,9 @@ from nmfseg.nmf.steps import guard
 
 __all__ = [
     "Rank1Projection",
-    "add_restart_grad",
     "projection_forward",
     "projection_grads",
+    "projection_input_grad",
     "rank1_factors",
 ]
 
@@ -104,10 +104,9 @@ def projection_forward(
 
 def projection_grads(
     x: Tensor, g0: Tensor, saved, steps: int, dy: Tensor, need_g0: bool
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor | None]]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The small part of :func:`projection_forward`'s backward: ``f`` (the final factor),
-    ``S`` with ``dX = P dY + S X [+ da g0ᵀ]``, ``P = f fᵀ / ‖f‖²``, and ``(da, dg0)``
-    (``dg0`` is ``None`` unless needed)."""
+    ``S`` and ``da`` for :func:`projection_input_grad`, and ``dg0`` (``None`` unless needed)."""
     k, a, gg, f_free = saved
     need_g0 = need_g0 and f_free is None
     with torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
@@ -125,15 +124,26 @@ def projection_grads(
     if need_g0:
         dg0 = (x.mT @ da.unsqueeze(-1)).squeeze(-1)
         dg0 = (dg0.sum(0) if g0.dim() == 1 else dg0) + 2 * g0 * grads[2]
-    return f.detach(), s, (da, dg0)
+    return f.detach(), s, da, dg0
 
 
-def add_restart_grad(dx: Tensor, da: Tensor, g0: Tensor) -> None:
-    """``dX += da g0ᵀ`` in place (the derivative of ``a = X g0``)."""
-    if g0.dim() == 1:
-        dx.view(-1, dx.shape[-1]).addr_(da.reshape(-1), g0)
-    else:
-        dx.baddbmm_(da.unsqueeze(-1), g0.unsqueeze(-2))
+def projection_input_grad(
+    x: Tensor, g0: Tensor, saved, f: Tensor, s: Tensor, da: Tensor, dy: Tensor, out: Tensor
+) -> Tensor:
+    """``dX = P dY + S X [+ da g0ᵀ]`` with ``P = f fᵀ / ‖f‖²``, written into ``out``.
+
+    ``P dY`` is taken as ``f (fᵀ dY / ‖f‖²)`` before ``out`` is written, so ``out`` may be
+    ``dy`` itself. The ``da g0ᵀ`` term is there when the differentiated iterations start
+    from ``g0`` (no ``f_free`` in ``saved``).
+    """
+    h = torch.bmm((f / guard(_sqnorm(f))).unsqueeze(-2), dy)
+    dx = torch.bmm(s, x, out=out).baddbmm_(f.unsqueeze(-1), h)
+    if saved[3] is None:  # the restart is a = X g0
+        if g0.dim() == 1:
+            dx.view(-1, dx.shape[-1]).addr_(da.reshape(-1), g0)
+        else:
+            dx.baddbmm_(da.unsqueeze(-1), g0.unsqueeze(-2))
+    return dx
 
 
 class Rank1Projection(torch.autograd.Function):
@@ -155,11 +165,9 @@ class Rank1Projection(torch.autograd.Function):
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         x, g0, *saved = ctx.saved_tensors
         need_x, need_g0 = ctx.needs_input_grad[:2]
-        f, s, (da, dg0) = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
+        f, s, da, dg0 = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
         dx = None
         if need_x:
-            dx = torch.bmm(_projector(f).mT, dy)
-            dx.baddbmm_(s, x)
-            if saved[3] is None:  # no f_free: the restart is a = X g0
-                add_restart_grad(dx, da, g0)
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            dx = projection_input_grad(x, g0, saved, f, s, da, dy, out)
         return dx, dg0, None, None

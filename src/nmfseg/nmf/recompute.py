@@ -15,8 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nmfseg.nmf.rank1 import _grad_steps, add_restart_grad, projection_forward, projection_grads
-from nmfseg.nmf.steps import guard, weyl
+from nmfseg.nmf.rank1 import (
+    _grad_steps,
+    projection_forward,
+    projection_grads,
+    projection_input_grad,
+)
+from nmfseg.nmf.steps import weyl
 from nmfseg.nmf.windows import MatricizeGeometry, _from_windows, _to_windows
 
 __all__ = ["MatricizedRank1", "matricized_rank1"]
@@ -45,14 +50,10 @@ class MatricizedRank1(torch.autograd.Function):
         if geom.views == 2:
             dy.mul_(0.5)
         x = torch.relu_(_to_windows(z, geom))
-        f, s, (da, dg0) = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
+        f, s, da, dg0 = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
         if not need_z:
             return None, dg0, None, None, None
-        # dX = f (fᵀ dY / ‖f‖²) + S X [+ da g0ᵀ], written over dY once fᵀ dY is taken
-        h = torch.bmm((f / guard((f * f).sum(-1, keepdim=True))).unsqueeze(-2), dy)
-        dx = torch.bmm(s, x, out=dy).baddbmm_(f.unsqueeze(-1), h)
-        if saved[3] is None:  # no f_free: the restart is a = X g0
-            add_restart_grad(dx, da, g0)
+        dx = projection_input_grad(x, g0, saved, f, s, da, dy, out=dy)  # over dY: its own copy
         dx.masked_fill_(x <= 0, 0)  # the ReLU
         del x
         return _from_windows(dx, geom, average=False), dg0, None, None, None

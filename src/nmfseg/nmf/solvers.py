@@ -250,6 +250,10 @@ class NMF(nn.Module):
         self.grad_iters = grad_iters
         self.fast = fast
 
+    def uses_rank1_path(self) -> bool:
+        """Whether :meth:`forward` takes the exact rank-1 fast path (default init)."""
+        return _use_fast(self.rank, self.iters, self.solver, None, self.fast)
+
     def factorize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The factors ``(u, v)`` of ``x`` with this layer's settings."""
         return nmf(
