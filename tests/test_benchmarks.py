@@ -36,6 +36,19 @@ def test_a_model_worker_measures_each_cpu_variant(variant):
     assert r["peak_mb"] >= 0
 
 
+def test_cpu_paths_compares_every_setting(capsys):
+    bench = importlib.import_module("bench_cpu_paths")
+    sizes = ["--size", "16", "--block-size", "16", "--block-grad-size", "16"]
+    bench.main([*sizes, "--saved-size", "16", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert out.count("2 MiB (2^19, default)") == 3 and out.count("one node (default)") == 2
+    one_node, parts = (int(line.split()[-2]) for line in out.splitlines()[-2:])
+    assert 0 < one_node < parts  # the one-node path keeps less for backward
+    from nmfseg.layers import fused
+
+    assert fused.CHUNK_ELEMENTS == 2**19  # the default is restored
+
+
 def test_the_checkpoint_variant_applies_to_networks_that_support_it():
     bench_models = importlib.import_module("bench_models")
     assert bench_models._checkpointable("swin_factorizer_brats")
