@@ -144,15 +144,21 @@ def nmf_node(args: argparse.Namespace) -> None:
     use(True)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["chunks", "nmf-node"], help="one comparison")
-    parser.add_argument("--size", type=int, default=64, help="network input side")
-    parser.add_argument("--block-size", type=int, default=96)
-    parser.add_argument("--block-grad-size", type=int, default=64)
-    parser.add_argument("--saved-size", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=6, help="runs per setting")
+    parser.add_argument("--size", type=_positive, default=64, help="network input side")
+    parser.add_argument("--block-size", type=_positive, default=96)
+    parser.add_argument("--block-grad-size", type=_positive, default=64)
+    parser.add_argument("--saved-size", type=_positive, default=96)
+    parser.add_argument("--threads", type=_positive, default=2)
+    parser.add_argument("--repeats", type=_positive, default=6, help="runs per setting")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
