@@ -8,9 +8,12 @@ docs/benchmarks.md) affects every setting alike; each number is the median:
   Swin block of 32 channels forward at ``--block-size``³ and forward+backward at
   ``--block-grad-size``³, and the whole BraTS preset forward at ``--size``³;
 - ``nmf-node``: a training step of the BraTS preset at ``--size``³ with the Swin NMF layers
-  as one autograd node (``nmfseg.nmf.matricized_rank1``, the default) or built from their
-  parts (``fused = False`` on the NMF layers), and the bytes each keeps for backward at
-  ``--saved-size``³ (every tensor autograd saves, counted once per storage).
+  as one autograd node (``nmfseg.nmf.matricized_rank1``, the default, which moves a few
+  heads or a slab of windows of one view at a time; or whole views at a time) or built
+  from their parts
+  (``fused = False`` on the NMF layers), the same for the inference forward pass, and the
+  bytes each keeps for backward at ``--saved-size``³ (every tensor autograd saves, counted
+  once per storage).
 
 Usage::
 
@@ -113,13 +116,20 @@ def chunks(args: argparse.Namespace) -> None:
 def nmf_node(args: argparse.Namespace) -> None:
     import nmfseg
     from nmfseg.mixers.nmf import nmf_layers
+    from nmfseg.nmf import recompute
 
     net = nmfseg.create_model("swin_factorizer_brats").train()
-    modes = {"one node (default)": True, "from parts": False}
+    pieces = recompute._PIECE_BYTES
+    modes = {  # (one node, bytes per piece)
+        "one node (default)": (True, pieces),
+        "one node, whole views": (True, 2**62),
+        "from parts": (False, pieces),
+    }
 
-    def use(one_node: bool) -> None:
+    def use(mode: tuple[bool, int]) -> None:
         for layer in nmf_layers(net):
-            layer.fused = one_node
+            layer.fused = mode[0]
+        recompute._PIECE_BYTES = mode[1]
 
     def loss(size: int) -> torch.Tensor:
         outs = net(torch.randn(1, 4, *(size,) * 3, generator=torch.Generator().manual_seed(0)))
@@ -129,19 +139,27 @@ def nmf_node(args: argparse.Namespace) -> None:
         net.zero_grad(set_to_none=True)
         loss(args.size).backward()
 
+    image = torch.randn(1, 4, *(args.size,) * 3)
+
+    def forward() -> None:
+        net.eval()
+        with torch.inference_mode():
+            net(image)
+        net.train()
+
     settings = {name: (lambda v=v: use(v)) for name, v in modes.items()}
-    step()  # warm-up
-    _report(
-        f"swin_factorizer_brats, 1x4x{args.size}^3, training step",
-        alternate(settings, step, args.repeats),
-        "from parts",
-    )
+    for title, run in (
+        (f"swin_factorizer_brats, 1x4x{args.size}^3, training step", step),
+        (f"swin_factorizer_brats, 1x4x{args.size}^3, forward (inference)", forward),
+    ):
+        run()  # warm-up
+        _report(title, alternate(settings, run, args.repeats), "from parts")
     print(f"saved for backward, 1x4x{args.saved_size}^3")
     for name, value in modes.items():
         use(value)
         mb = saved_bytes(lambda: loss(args.saved_size)) / 2**20
         print(f"  {name:<28}{mb:>9.0f} MB")
-    use(True)
+    use(modes["one node (default)"])
 
 
 def _positive(text: str) -> int:

@@ -41,12 +41,14 @@ def test_cpu_paths_compares_every_setting(capsys):
     sizes = ["--size", "16", "--block-size", "16", "--block-grad-size", "16"]
     bench.main([*sizes, "--saved-size", "16", "--repeats", "1", "--threads", "1"])
     out = capsys.readouterr().out
-    assert out.count("2 MiB (2^19, default)") == 3 and out.count("one node (default)") == 2
-    one_node, parts = (int(line.split()[-2]) for line in out.splitlines()[-2:])
-    assert 0 < one_node < parts  # the one-node path keeps less for backward
+    assert out.count("2 MiB (2^19, default)") == 3 and out.count("one node (default)") == 3
+    assert out.count("one node, whole views") == 3
+    one_node, views, parts = (int(line.split()[-2]) for line in out.splitlines()[-3:])
+    assert 0 < one_node == views < parts  # the one-node path keeps less for backward
     from nmfseg.layers import fused
+    from nmfseg.nmf import recompute
 
-    assert fused.CHUNK_ELEMENTS == 2**19  # the default is restored
+    assert fused.CHUNK_ELEMENTS == 2**19 and recompute._PIECE_BYTES == 8 << 20  # restored
 
 
 def test_the_checkpoint_variant_applies_to_networks_that_support_it():

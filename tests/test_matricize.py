@@ -260,14 +260,23 @@ def test_factory_and_geometry_type():
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("iters", "grad_iters"), [(1, None), (4, None), (4, 2)])
-def test_matricized_rank1_keeps_the_composition_and_its_gradients(shape, iters, grad_iters):
-    """The one-node Swin path of training (saves z, recomputes the matrices in backward)
-    against relu -> matricize -> NMF -> dematricize built from the parts."""
-    from nmfseg.nmf import matricized_rank1
+@pytest.mark.parametrize("pieces", ["default", "two heads", "half a head", "one window row"])
+def test_matricized_rank1_keeps_the_composition_and_its_gradients(
+    shape, iters, grad_iters, pieces, monkeypatch
+):
+    """The one-node Swin path of training (saves z, recomputes the matrices in backward,
+    works on pieces of heads or slabs of windows) against relu -> matricize -> NMF ->
+    dematricize built from the parts."""
+    from nmfseg.nmf import matricized_rank1, recompute
 
     torch.manual_seed(0)
     mat = build_matricize("swin", head_dim=4, window_size=(4, 4, 4)[: len(shape) - 2],
                           spatial_dims=len(shape) - 2)  # fmt: skip
+    g = mat.geometry(shape)
+    head_bytes = g.batch_size * g.num_windows * g.head_dim * g.window_numel * 8
+    piece_bytes = {"two heads": 2 * head_bytes, "half a head": head_bytes // 2, "one window row": 1}
+    if pieces != "default":
+        monkeypatch.setattr(recompute, "_PIECE_BYTES", piece_bytes[pieces])
     z = torch.randn(*shape, dtype=torch.float64)
     z[0, 0] = -1.0  # a dead channel: ReLU zeros a whole row of some matrices
     weight = torch.randn(*shape, dtype=torch.float64)

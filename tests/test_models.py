@@ -318,17 +318,28 @@ def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
 
 
 @pytest.mark.parametrize("name", FACTORIZERS)
-def test_inference_gives_the_output_of_the_differentiable_path(name):
-    """Without autograd the NMF layers apply their ReLU before matricize (once per voxel);
-    with it, after (once per view). Same function, exactly."""
+def test_inference_gives_the_output_of_the_differentiable_path(name, monkeypatch):
+    """Three routes to one function: without autograd the plain NMF layers apply their ReLU
+    before matricize (once per voxel), with it after (once per view), and the Swin rank-1
+    layers (``matricized_rank1``, in pieces of a few heads or window slabs) in both modes."""
+    from nmfseg.mixers.nmf import nmf_layers
+    from nmfseg.nmf import recompute
+
+    monkeypatch.setattr(recompute, "_PIECE_BYTES", 2000)  # several pieces at every level
     torch.manual_seed(0)
     model = small(name).eval()
     x = torch.randn(1, model.in_channels, 19, 24, 21)
-    with torch.inference_mode():
-        y = model(x)
-    with torch.enable_grad():
-        reference = model(x).detach()
-    assert torch.equal(y, reference)
+    outputs = {}
+    for one_node in (True, False):
+        for layer in nmf_layers(model):
+            layer.fused = one_node
+        with torch.inference_mode():
+            outputs[one_node, "inference"] = model(x)
+        with torch.enable_grad():
+            outputs[one_node, "autograd"] = model(x).detach()
+    assert torch.equal(outputs[False, "inference"], outputs[False, "autograd"])
+    assert torch.equal(outputs[True, "inference"], outputs[True, "autograd"])
+    torch.testing.assert_close(outputs[True, "inference"], outputs[False, "autograd"])
 
 
 @pytest.mark.parametrize("train", [False, True])

@@ -184,18 +184,19 @@ class WrappedNMF(ProjectedMixer):
         self.layer_index = -1
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
-        self.fused = True  # training: keep z, not the matrices (see _keeps_input_only)
+        self.fused = True  # Swin rank 1: matricized_rank1 (see _one_node)
 
-    def _keeps_input_only(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
-        """Whether training takes :func:`~nmfseg.nmf.matricized_rank1`, one node that keeps
-        ``z`` for backward instead of the two views' matrices: Swin, rank 1 with the default
+    def _one_node(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
+        """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
+        heads of one view at a time and, in training, is one autograd node that keeps ``z``
+        for backward instead of the two views' matrices: Swin, rank 1 with the default
         init, float32/64 outside autocast, no recorder, ``fused`` on."""
         nmf = self.nmf
         return (
             self.fused
-            and torch.is_grad_enabled()
             and self.recorder is None
             and geometry.views == 2
+            and isinstance(nmf, NMF)  # not a module put in its place
             and nmf.uses_rank1_path()
             and nmf.grad_iters != 0
             and z.dtype in (torch.float32, torch.float64)
@@ -207,7 +208,7 @@ class WrappedNMF(ProjectedMixer):
         if not self.enabled:
             return torch.relu(z)
         geometry = self.matricize.geometry(z.shape)
-        if self._keeps_input_only(z, geometry):
+        if self._one_node(z, geometry):
             return matricized_rank1(z, geometry, self.nmf.iters, self.nmf.grad_iters)
         if torch.is_grad_enabled():  # ReLU after the copy: its saved output is the NMF's input
             m = torch.relu(self.matricize(z))

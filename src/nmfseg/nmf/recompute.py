@@ -1,16 +1,23 @@
-"""Rank-1 NMF of Swin-matricized feature maps that keeps only the feature map for backward.
+"""Rank-1 NMF of Swin-matricized feature maps, a piece at a time, keeping only the input.
 
 ``dematricize(Rank1Projection(relu(matricize(z))))``, the core of a Swin Wrapped NMF layer
-(:class:`~nmfseg.mixers.nmf.WrappedNMF`), as one autograd node. Built from its parts,
-autograd keeps the ReLU'd matrices for backward: two views of every voxel, twice the size of
-``z``. This node keeps ``z`` and matricizes it again in backward, and its backward writes the
-input gradient of the matrices into the buffer of their output gradient (its own copy), so
-that at most two matrix-sized tensors are alive at once instead of three. It computes the
-same function with the same derivatives (the ReLU's derivative is 0 at 0, as
-``torch.relu``'s); ``tests/test_matricize.py`` checks it against the composition.
+(:class:`~nmfseg.mixers.nmf.WrappedNMF`), as one autograd node. Built from its parts, it
+materializes both views of every voxel (twice the size of ``z``) and their projection, and
+autograd keeps the ReLU'd matrices for backward. This node works on one piece at a time:
+some heads of one view, or a slab of windows of one head where a head is larger than
+``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the views' average). It
+keeps ``z`` for backward and matricizes each piece again there, writing the input gradient
+of a piece's matrices into the buffer of their output gradient. So besides ``z``, the output
+and their gradients only two pieces are alive at once, and a piece stays in the CPU's cache
+between its copy, its projection and its fold. Inference takes the same route (without
+autograd nothing is kept). It computes the same function with the same derivatives (the
+ReLU's derivative is 0 at 0, as ``torch.relu``'s); ``tests/test_matricize.py`` checks it
+against the composition for every way of cutting pieces.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -22,9 +29,37 @@ from nmfseg.nmf.rank1 import (
     projection_input_grad,
 )
 from nmfseg.nmf.steps import weyl
-from nmfseg.nmf.windows import MatricizeGeometry, _from_windows, _to_windows
+from nmfseg.nmf.windows import MatricizeGeometry, fold_view, view_to_windows
 
 __all__ = ["MatricizedRank1", "matricized_rank1"]
+
+_MASK_CHUNK = 1 << 10  # matrices per chunk of the ReLU's mask (a bool copy of the chunk)
+_PIECE_BYTES = 8 << 20  # about the size of a piece (never less than one row of windows)
+
+
+def _pieces(geom: MatricizeGeometry, z: Tensor):
+    """``(view, channels, geometry, slab)`` of the pieces the node works on: one view, a run
+    of whole heads (their channels of the input and the geometry of those channels alone)
+    or, where one head is larger than ``_PIECE_BYTES``, a slab of one head's windows along
+    the first spatial dim. Off the CPU a piece is a whole view (fewer kernel launches)."""
+    e, grid0 = geom.head_dim, geom.grid[0]
+    head_bytes = geom.batch_size * geom.num_windows * e * geom.window_numel * z.element_size()
+    budget = _PIECE_BYTES if z.device.type == "cpu" else head_bytes * geom.heads
+    heads = max(1, budget // head_bytes)
+    rows = grid0 if heads > 1 else max(1, budget // (head_bytes // grid0))
+    for view in range(geom.views):
+        for h0 in range(0, geom.heads, heads):
+            h1 = min(h0 + heads, geom.heads)
+            sub = replace(geom, channels=(h1 - h0) * e)
+            for a in range(0, grid0, rows):
+                slab = None if rows == grid0 else (a, min(a + rows, grid0))
+                yield view, slice(h0 * e, h1 * e), sub, slab
+
+
+def _relu_grad_(dx: Tensor, x: Tensor) -> None:
+    """``dx[x <= 0] = 0`` in place, the mask taken a chunk of matrices at a time."""
+    for d, v in zip(dx.split(_MASK_CHUNK), x.split(_MASK_CHUNK), strict=True):
+        d.masked_fill_(v <= 0, 0)
 
 
 class MatricizedRank1(torch.autograd.Function):
@@ -34,29 +69,42 @@ class MatricizedRank1(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, z: Tensor, g0: Tensor, geom: MatricizeGeometry, iters: int, grad_iters: int | None
     ) -> Tensor:
-        x = torch.relu_(_to_windows(z, geom))
-        y, saved = projection_forward(x, g0, iters, grad_iters)
-        del x
+        out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+        saved: list[Tensor | None] = []
+        for view, chans, sub, slab in _pieces(geom, z):
+            x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab))
+            y, parts = projection_forward(x, g0, iters, grad_iters)
+            del x
+            fold_view(out[:, chans], y, sub, view, slab)
+            del y
+            saved.extend(parts)
+        if geom.views == 2:
+            out.mul_(0.5)  # the views' average
         ctx.save_for_backward(z, g0, *saved)
         ctx.geom, ctx.steps = geom, _grad_steps(iters, grad_iters)
-        return _from_windows(y, geom, average=True)
+        return out
 
     @staticmethod
     def backward(ctx, dout: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
         z, g0, *saved = ctx.saved_tensors
-        geom = ctx.geom
         need_z, need_g0 = ctx.needs_input_grad[:2]
-        dy = _to_windows(dout, geom)  # the adjoint of the views' average
-        if geom.views == 2:
-            dy.mul_(0.5)
-        x = torch.relu_(_to_windows(z, geom))
-        f, s, da, dg0 = projection_grads(x, g0, saved, ctx.steps, dy, need_g0)
-        if not need_z:
-            return None, dg0, None, None, None
-        dx = projection_input_grad(x, g0, saved, f, s, da, dy, out=dy)  # over dY: its own copy
-        dx.masked_fill_(x <= 0, 0)  # the ReLU
-        del x
-        return _from_windows(dx, geom, average=False), dg0, None, None, None
+        dz = torch.empty(z.shape, dtype=dout.dtype, device=dout.device) if need_z else None
+        dg0 = None
+        scale = 0.5 if ctx.geom.views == 2 else 1.0  # the adjoint of the views' average
+        for i, (view, chans, sub, slab) in enumerate(_pieces(ctx.geom, z)):
+            parts = saved[4 * i : 4 * i + 4]
+            dy = view_to_windows(dout[:, chans], sub, view, slab).mul_(scale)
+            x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab))
+            f, s, da, dg = projection_grads(x, g0, parts, ctx.steps, dy, need_g0)
+            if dg is not None:
+                dg0 = dg if dg0 is None else dg0 + dg
+            if dz is not None:
+                dx = projection_input_grad(x, g0, parts, f, s, da, dy, out=dy)  # over dY
+                _relu_grad_(dx, x)
+                fold_view(dz[:, chans], dx, sub, view, slab)  # adjoint of matricize: views' sum
+                del dx  # dY's buffer
+            del dy, x  # before the next piece's are made
+        return dz, dg0, None, None, None
 
 
 def matricized_rank1(

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MatricizeGeometry", "dematricize", "is_view", "matricize", "ntuple"]
+__all__ = [
+    "MatricizeGeometry",
+    "dematricize",
+    "fold_view",
+    "is_view",
+    "matricize",
+    "ntuple",
+    "view_to_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -136,12 +144,21 @@ def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, i
     return out
 
 
-def _blocks(geom: MatricizeGeometry, view: int):
-    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims."""
+def _blocks(geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None):
+    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims. With
+    ``slab = (a, b)``, only windows ``a ... b`` along the first dim, renumbered from 0."""
     shifts = geom.shifts if view == 1 else (0,) * geom.spatial_dims
     per_dim = [
         _segments(s, w, sh) for s, w, sh in zip(geom.spatial_size, geom.window, shifts, strict=True)
     ]
+    if slab is not None:
+        a, b = slab
+        per_dim[0] = [
+            (src + (lo - g0) * nw, lo - a, hi - lo, o0, nw)
+            for src, g0, ng, o0, nw in per_dim[0]
+            for lo, hi in [(max(g0, a), min(g0 + ng, b))]
+            if lo < hi
+        ]
     return itertools.product(*per_dim)
 
 
@@ -162,25 +179,54 @@ def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
     return w
 
 
+def view_to_windows(
+    x: Tensor, geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None
+) -> Tensor:
+    """One view of ``x (B, C, *S)`` as matrices ``(num_matrices // views, rows, N)``, zeros
+    at padding: the part of :func:`matricize`'s output that belongs to ``view``. With
+    ``slab = (a, b)``, only the windows ``a ... b`` along the first spatial dim."""
+    grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
+    shape = (geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
+    out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
+    _fill_view(out, x, geom, view, slab)
+    return out.view(-1, geom.head_dim, geom.window_numel)
+
+
+def fold_view(
+    out: Tensor, z: Tensor, geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None
+) -> None:
+    """Fold one view's matrices ``z`` (from :func:`view_to_windows`) back into
+    ``out (B, C, *S)``: view 0 writes its voxels (all of them over its slabs, so ``out`` may
+    be uninitialized), the others add to them; padding is dropped."""
+    grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
+    z = z.reshape(geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
+    for block in _blocks(geom, view, slab):
+        dst, src = _spatial_block(out, geom, block), _window_block(z, geom, block)
+        dst.copy_(src) if view == 0 else dst.add_(src)
+
+
+def _fill_view(windows: Tensor, x: Tensor, geom: MatricizeGeometry, view: int, slab=None) -> None:
+    """Copy one view of ``x`` into ``windows (B, heads, *grid, rows, *window)``."""
+    for block in _blocks(geom, view, slab):
+        _window_block(windows, geom, block).copy_(_spatial_block(x, geom, block))
+
+
 def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
     """``x (B, C, *S)`` -> matrices ``(num_matrices, rows, N)``, zeros at padding."""
     shape = (*geom.batch_shape, geom.head_dim, *geom.window)
     out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
     for view in range(geom.views):
-        for block in _blocks(geom, view):
-            _window_block(out[view], geom, block).copy_(_spatial_block(x, geom, block))
+        _fill_view(out[view], x, geom, view)
     return out.view(geom.matrix_shape)
 
 
 def _from_windows(z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:
     """Matrices -> ``(B, C, *S)``: the sum (or the average) of the views, padding dropped."""
-    z = z.reshape(*geom.batch_shape, geom.head_dim, *geom.window)
+    z = z.reshape(geom.views, -1, *z.shape[1:])
     shape = (geom.batch_size, geom.channels, *geom.spatial_size)
     out = torch.empty(shape, dtype=z.dtype, device=z.device)
     for view in range(geom.views):
-        for block in _blocks(geom, view):
-            dst, src = _spatial_block(out, geom, block), _window_block(z[view], geom, block)
-            dst.copy_(src) if view == 0 else dst.add_(src)
+        fold_view(out, z[view], geom, view)
     if geom.views == 2 and average:
         out.mul_(0.5)  # (a + b) * 0.5 is exact for a == b: the round trip is exact
     return out
