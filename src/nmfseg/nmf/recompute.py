@@ -75,11 +75,11 @@ class MatricizedRank1(torch.autograd.Function):
             x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab))
             y, parts = projection_forward(x, g0, iters, grad_iters)
             del x
+            if geom.views == 2:
+                y.mul_(0.5)  # the views' average (exact: the sum of halves is half the sum)
             fold_view(out[:, chans], y, sub, view, slab)
             del y
             saved.extend(parts)
-        if geom.views == 2:
-            out.mul_(0.5)  # the views' average
         ctx.save_for_backward(z, g0, *saved)
         ctx.geom, ctx.steps = geom, _grad_steps(iters, grad_iters)
         return out
