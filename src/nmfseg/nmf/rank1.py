@@ -91,15 +91,15 @@ def rank1_factors(
 
 
 def projection_forward(
-    x: Tensor, g0: Tensor, iters: int, grad_iters: int | None
+    x: Tensor, g0: Tensor, iters: int, grad_iters: int | None, out: Tensor | None = None
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-    """``(f fᵀ / ‖f‖²) X`` and what its backward needs besides ``x`` and ``g0``:
-    ``(K, a, ‖ĝ‖², f_free)``."""
+    """``(f fᵀ / ‖f‖²) X`` (written into ``out`` if given) and what its backward needs
+    besides ``x`` and ``g0``: ``(K, a, ‖ĝ‖², f_free)``."""
     steps = _grad_steps(iters, grad_iters)
     k = torch.bmm(x, x.mT)
     a, gg, f_free = _restart(x, g0, k, iters - steps)
     p = _projector(_gram_steps(a / guard(gg), k, steps - 1))
-    return torch.bmm(p, x), (k, a, gg, f_free)
+    return torch.bmm(p, x, out=out), (k, a, gg, f_free)
 
 
 def projection_grads(

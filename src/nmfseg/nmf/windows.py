@@ -180,14 +180,24 @@ def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
 
 
 def view_to_windows(
-    x: Tensor, geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None
+    x: Tensor,
+    geom: MatricizeGeometry,
+    view: int,
+    slab: tuple[int, int] | None = None,
+    buffer: Tensor | None = None,
 ) -> Tensor:
     """One view of ``x (B, C, *S)`` as matrices ``(num_matrices // views, rows, N)``, zeros
     at padding: the part of :func:`matricize`'s output that belongs to ``view``. With
-    ``slab = (a, b)``, only the windows ``a ... b`` along the first spatial dim."""
+    ``slab = (a, b)``, only the windows ``a ... b`` along the first spatial dim; with a 1-D
+    ``buffer``, the matrices are written into its first elements."""
     grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
     shape = (geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
-    out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
+    if buffer is None:
+        out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
+    else:
+        out = buffer[: math.prod(shape)].view(shape)
+        if geom.padded:
+            out.zero_()
     _fill_view(out, x, geom, view, slab)
     return out.view(-1, geom.head_dim, geom.window_numel)
 
