@@ -239,13 +239,21 @@ def test_full_width_preset_and_deep_supervision_options():
     assert len(outs) == 1 and outs[0].shape == (1, 1, 16, 16, 16)
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
-    model = small("swin_factorizer_isles", dropout=0.0).train()
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_grad_checkpointing_gives_the_same_gradients(dropout):
+    """Stages, and inside them the blocks' mixer subblocks, recomputed in backward: the same
+    gradients, dropout masks included (the recomputation replays the random state)."""
+    from nmfseg.blocks.mixer import MixerBlock
+
+    model = small("swin_factorizer_isles", dropout=dropout).train()
+    blocks = [m for m in model.modules() if isinstance(m, MixerBlock)]
     x = torch.randn(1, 2, 16, 16, 16)
     grads = []
     for enable in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(enable)
+        assert blocks and all(b.grad_checkpointing is enable for b in blocks)
+        torch.manual_seed(1)
         sum(o.sum() for o in model(x)).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nmfseg.blocks._registry import register_block
 from nmfseg.layers import MLP, LayerNorm, fusable, layer_norm_pointwise, norm_mlp_residual
@@ -67,6 +69,13 @@ class MixerBlock(nn.Module):
         self.norm2 = LayerNorm(channels) if mlp else None
         self.mlp = MLP(channels, mlp_ratio=mlp_ratio, dropout=dropout) if mlp else None
         self.fused = True
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only the input of the mixer subblock for backward and recompute the rest
+        there (its normalized projection, the mixer's output): two fewer feature maps per
+        block at the top of a checkpointed stage's backward, for one more mixer forward."""
+        self.grad_checkpointing = enable
 
     def _mix(self, x: Tensor) -> Tensor:
         mixer, norm = self.mixer, self.norm1
@@ -78,7 +87,10 @@ class MixerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mixer is not None:
-            x = self._mix(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(self._mix, x, use_reentrant=False)
+            else:
+                x = self._mix(x)
         if self.mlp is not None:
             x = (
                 norm_mlp_residual(x, self.norm2, self.mlp)

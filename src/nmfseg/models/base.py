@@ -145,8 +145,16 @@ class UShapedNetwork(SegmentationNetwork):
         return [head(f) for head, f in zip(heads, feats, strict=False)]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in backward instead of storing its activations (timm API)."""
+        """Recompute each stage in backward instead of storing its activations (timm API).
+
+        Submodules with their own ``set_grad_checkpointing`` (a
+        :class:`~nmfseg.blocks.mixer.MixerBlock` recomputes its mixer subblock) are switched
+        too.
+        """
         self.grad_checkpointing = enable
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_grad_checkpointing"):
+                module.set_grad_checkpointing(enable)
 
 
 def crop(x: Tensor, size: Sequence[int], factor: int = 1) -> Tensor:

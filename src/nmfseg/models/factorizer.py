@@ -194,7 +194,8 @@ class Factorizer(UNet):
         """
         records: list[NMFRecord] = []
         layers = self.nmf_layers()
-        checkpointing, self.grad_checkpointing = self.grad_checkpointing, False
+        checkpointing = self.grad_checkpointing
+        self.set_grad_checkpointing(False)  # a recomputed layer would record twice
         self._records = records
         for layer in layers:
             layer.recorder = records
@@ -202,7 +203,7 @@ class Factorizer(UNet):
             yield records
         finally:
             self._records = None
-            self.grad_checkpointing = checkpointing
+            self.set_grad_checkpointing(checkpointing)
             for layer in layers:
                 layer.recorder = None
 
