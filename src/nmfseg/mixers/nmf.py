@@ -190,10 +190,12 @@ class WrappedNMF(ProjectedMixer):
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
         heads of one view at a time and, in training, is one autograd node that keeps ``z``
         for backward instead of the two views' matrices: Swin, rank 1 with the default
-        init, float32/64 outside autocast, no recorder, ``fused`` on."""
+        init, float32/64 outside autocast, no recorder, not under ``torch.compile``,
+        ``fused`` on."""
         nmf = self.nmf
         return (
             self.fused
+            and not torch.compiler.is_compiling()  # a graph of the parts, not of the pieces
             and self.recorder is None
             and geometry.views == 2
             and isinstance(nmf, NMF)  # not a module put in its place
