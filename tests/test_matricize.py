@@ -261,8 +261,9 @@ def test_factory_and_geometry_type():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("iters", "grad_iters"), [(1, None), (4, None), (4, 2)])
 @pytest.mark.parametrize("pieces", ["default", "two heads", "half a head", "one window row"])
+@pytest.mark.parametrize("kind", ["swin", "local"])
 def test_matricized_rank1_keeps_the_composition_and_its_gradients(
-    shape, iters, grad_iters, pieces, monkeypatch
+    shape, iters, grad_iters, pieces, kind, monkeypatch
 ):
     """The one-node Swin path of training (saves z, recomputes the matrices in backward,
     works on pieces of heads or slabs of windows) against relu -> matricize -> NMF ->
@@ -270,7 +271,7 @@ def test_matricized_rank1_keeps_the_composition_and_its_gradients(
     from nmfseg.nmf import matricized_rank1, recompute
 
     torch.manual_seed(0)
-    mat = build_matricize("swin", head_dim=4, window_size=(4, 4, 4)[: len(shape) - 2],
+    mat = build_matricize(kind, head_dim=4, window_size=(4, 4, 4)[: len(shape) - 2],
                           spatial_dims=len(shape) - 2)  # fmt: skip
     g = mat.geometry(shape)
     head_bytes = g.batch_size * g.num_windows * g.head_dim * g.window_numel * 8

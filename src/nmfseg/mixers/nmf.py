@@ -36,6 +36,7 @@ from nmfseg.nmf import (
     build_matricize,
     matricized_rank1,
 )
+from nmfseg.nmf.windows import is_view
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
 
@@ -184,12 +185,12 @@ class WrappedNMF(ProjectedMixer):
         self.layer_index = -1
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
-        self.fused = True  # Swin rank 1: matricized_rank1 (see _one_node)
+        self.fused = True  # Swin or Local rank 1: matricized_rank1 (see _one_node)
 
     def _one_node(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
         heads of one view at a time and, in training, is one autograd node that keeps ``z``
-        for backward instead of the two views' matrices: Swin, rank 1 with the default
+        for backward instead of the matrices: Swin or Local, rank 1 with the default
         init, float32/64 outside autocast, no recorder, not under ``torch.compile``,
         ``fused`` on."""
         nmf = self.nmf
@@ -197,7 +198,7 @@ class WrappedNMF(ProjectedMixer):
             self.fused
             and not torch.compiler.is_compiling()  # a graph of the parts, not of the pieces
             and self.recorder is None
-            and geometry.views == 2
+            and not is_view(geometry)  # Swin or Local (Global matricize is a reshape)
             and isinstance(nmf, NMF)  # not a module put in its place
             and nmf.uses_rank1_path()
             and nmf.grad_iters != 0

@@ -1,8 +1,8 @@
 """Rank-1 NMF of Swin-matricized feature maps, a piece at a time, keeping only the input.
 
 ``dematricize(Rank1Projection(relu(matricize(z))))``, the core of a Swin Wrapped NMF layer
-(:class:`~nmfseg.mixers.nmf.WrappedNMF`), as one autograd node. Built from its parts, it
-materializes both views of every voxel (twice the size of ``z``) and their projection, and
+(:class:`~nmfseg.mixers.nmf.WrappedNMF`; Local layers, with one view, take it too), as one
+autograd node. Built from its parts, it materializes both views of every voxel (twice the size of ``z``) and their projection, and
 autograd keeps the ReLU'd matrices for backward. This node works on one piece at a time:
 some heads of one view, or a slab of windows of one head where a head is larger than
 ``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the views' average). It
