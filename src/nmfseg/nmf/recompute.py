@@ -1,18 +1,19 @@
-"""Rank-1 NMF of Swin-matricized feature maps, a piece at a time, keeping only the input.
+"""Rank-1 NMF of matricized feature maps, a piece at a time, keeping only the input.
 
-``dematricize(Rank1Projection(relu(matricize(z))))``, the core of a Swin Wrapped NMF layer
-(:class:`~nmfseg.mixers.nmf.WrappedNMF`; Local layers, with one view, take it too), as one
-autograd node. Built from its parts, it materializes both views of every voxel (twice the size of ``z``) and their projection, and
-autograd keeps the ReLU'd matrices for backward. This node works on one piece at a time:
-some heads of one view, or a slab of windows of one head where a head is larger than
-``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the views' average). It
-keeps ``z`` for backward and matricizes each piece again there, writing the input gradient
-of a piece's matrices into the buffer of their output gradient. So besides ``z``, the output
-and their gradients only two pieces are alive at once, and a piece stays in the CPU's cache
-between its copy, its projection and its fold. Inference takes the same route (without
-autograd nothing is kept). It computes the same function with the same derivatives (the
-ReLU's derivative is 0 at 0, as ``torch.relu``'s); ``tests/test_matricize.py`` checks it
-against the composition for every way of cutting pieces.
+``dematricize(Rank1Projection(relu(matricize(z))))``, the core of a Swin (or Local) Wrapped
+NMF layer (:class:`~nmfseg.mixers.nmf.WrappedNMF`), as one autograd node. Built from its
+parts, it materializes both views of every voxel (twice the size of ``z``) and their
+projection, and autograd keeps the ReLU'd matrices for backward. This node works on one
+piece at a time: some heads of one view, or a slab of windows of one head where a head is
+larger than ``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the views'
+average). It keeps ``z`` for backward and matricizes each piece again there, writing the
+input gradient of a piece's matrices into the buffer of their output gradient. So besides
+``z``, the output and their gradients only two pieces are alive at once, and a piece stays
+in the CPU's cache between its copy, its projection and its fold. Inference takes the same
+route (without autograd nothing is kept). It computes the same function with the same
+derivatives (the ReLU's derivative is 0 at 0, as ``torch.relu``'s);
+``tests/test_matricize.py`` checks it against the composition for every way of cutting
+pieces.
 """
 
 from __future__ import annotations
