@@ -192,11 +192,12 @@ class WrappedNMF(ProjectedMixer):
         heads of one view at a time and, in training, is one autograd node that keeps ``z``
         for backward instead of the matrices: Swin or Local, rank 1 with the default
         init, float32/64 outside autocast, no recorder, not under ``torch.compile``,
-        ``fused`` on."""
+        ``fused`` on; in inference only on the CPU (where the pieces stay in cache)."""
         nmf = self.nmf
         return (
             self.fused
             and not torch.compiler.is_compiling()  # a graph of the parts, not of the pieces
+            and (torch.is_grad_enabled() or z.device.type == "cpu")  # the cache is a CPU's
             and self.recorder is None
             and not is_view(geometry)  # Swin or Local (Global matricize is a reshape)
             and isinstance(nmf, NMF)  # not a module put in its place
