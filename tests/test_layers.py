@@ -92,3 +92,49 @@ def test_dropout_masks_at_the_requested_rate_and_scale(monkeypatch):
     torch.testing.assert_close(y, torch.where(kept, skip + branch / 0.7, skip))
     torch.testing.assert_close(skip.grad, dy)
     torch.testing.assert_close(branch.grad, torch.where(kept, dy / 0.7, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.ConvTranspose3d(6, 4, kernel_size=2, stride=2), (2, 6, 3, 5, 4)),
+        (
+            nn.ConvTranspose3d(6, 4, kernel_size=(2, 1, 3), stride=(2, 1, 3), bias=False),
+            (1, 6, 3, 5, 2),
+        ),
+        (nn.ConvTranspose2d(5, 3, kernel_size=2, stride=2), (1, 5, 7, 1)),
+    ],
+)
+def test_patch_expand_is_the_transposed_convolution(conv, shape):
+    """Values and gradients (input, weight, bias) against ``nn.ConvTranspose*d``."""
+    from nmfseg.layers.pointwise import patch_expand
+
+    torch.manual_seed(0)
+    conv = conv.double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fn in (conv, lambda t: patch_expand(t, conv)):
+        conv.zero_grad()
+        x.grad = None
+        y = fn(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append([y.detach(), x.grad, *(p.grad for p in conv.parameters())])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.ConvTranspose3d(4, 2, kernel_size=3, stride=2),  # kernel != stride
+        nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2, padding=1),
+        nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2, groups=2),
+        nn.Conv3d(4, 2, kernel_size=2, stride=2),
+    ],
+)
+def test_patch_expand_declines_what_it_does_not_compute(conv):
+    from nmfseg.layers.pointwise import patch_expand
+
+    assert patch_expand(torch.randn(1, 4, 4, 4, 4), conv) is None
+    x = torch.randn(1, 4, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d)
+    assert patch_expand(x, nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2)) is None
