@@ -113,7 +113,8 @@ def train(
     grad_checkpointing: bool = typer.Option(
         None,
         "--grad-checkpointing/--no-grad-checkpointing",
-        help="Recompute each stage in backward: less memory, more time, same results.",
+        help="Recompute each stage (and its blocks' mixers) in backward: less memory, more "
+        "time, same results.",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from checkpoint_last.pt of the fold, if there is one."
