@@ -215,7 +215,13 @@ def fold_view(
         dst.copy_(src) if view == 0 else dst.add_(src)
 
 
-def _fill_view(windows: Tensor, x: Tensor, geom: MatricizeGeometry, view: int, slab=None) -> None:
+def _fill_view(
+    windows: Tensor,
+    x: Tensor,
+    geom: MatricizeGeometry,
+    view: int,
+    slab: tuple[int, int] | None = None,
+) -> None:
     """Copy one view of ``x`` into ``windows (B, heads, *grid, rows, *window)``."""
     for block in _blocks(geom, view, slab):
         _window_block(windows, geom, block).copy_(_spatial_block(x, geom, block))
