@@ -40,10 +40,10 @@ _MASK_CHUNK = 1 << 10  # matrices per chunk of the ReLU's mask (a bool copy of t
 _PIECE_BYTES = 8 << 20  # about the size of a piece (never less than one row of windows)
 
 
-Piece = tuple[int, slice, MatricizeGeometry, tuple[int, int] | None]
+_Piece = tuple[int, slice, MatricizeGeometry, tuple[int, int] | None]
 
 
-def _pieces(geom: MatricizeGeometry, z: Tensor) -> Iterator[Piece]:
+def _pieces(geom: MatricizeGeometry, z: Tensor) -> Iterator[_Piece]:
     """``(view, channels, geometry, slab)`` of the pieces the node works on: one view, a run
     of whole heads (their channels of the input and the geometry of those channels alone)
     or, where one head is larger than ``_PIECE_BYTES``, a slab of one head's windows along
@@ -62,7 +62,7 @@ def _pieces(geom: MatricizeGeometry, z: Tensor) -> Iterator[Piece]:
                 yield view, slice(h0 * e, h1 * e), sub, slab
 
 
-def _buffers(pieces: list[Piece], z: Tensor) -> tuple[Tensor, Tensor]:
+def _buffers(pieces: list[_Piece], z: Tensor) -> tuple[Tensor, Tensor]:
     """Two flat buffers as large as the largest piece, which every piece of a pass reuses: two
     allocations per layer instead of two per piece, which the C allocator kept apart (with
     pieces of a few MiB, the process's training peak grew by a fifth)."""
