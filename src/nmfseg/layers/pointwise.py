@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmfseg.nmf.solvers import autocast_on
+
 __all__ = ["PointwiseConv", "channel_mm", "is_channels_last", "patch_expand"]
 
 
@@ -23,11 +25,6 @@ def is_channels_last(x: Tensor) -> bool:
     """Whether ``x (B, C, *spatial)`` is stored with channels innermost (and not also
     channels-first contiguous, as a tensor with one voxel or one channel is)."""
     return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
-
-
-def _autocast_on(x: Tensor) -> bool:
-    """Whether autocast is active for ``x``'s device (never for the meta device)."""
-    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
 
 
 def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -39,7 +36,7 @@ def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     """
     if x.shape[0] == 1:
         # ``out=`` is not allowed to change dtype, which autocast would need (bf16 inference).
-        if not torch.is_grad_enabled() and not _autocast_on(x):
+        if not torch.is_grad_enabled() and not autocast_on(x):
             out = x.new_empty(1, weight.shape[0], x.shape[2])
             if bias is None:
                 torch.mm(weight, x[0], out=out[0])

@@ -36,6 +36,7 @@ from nmfseg.nmf import (
     build_matricize,
     matricized_rank1,
 )
+from nmfseg.nmf.solvers import autocast_on
 from nmfseg.nmf.windows import is_view
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
@@ -204,7 +205,7 @@ class WrappedNMF(ProjectedMixer):
             and nmf.uses_rank1_path()
             and nmf.grad_iters != 0
             and z.dtype in (torch.float32, torch.float64)
-            and not (z.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(z.device.type))
+            and not autocast_on(z)
         )
 
     def mix(self, z: Tensor) -> Tensor:
