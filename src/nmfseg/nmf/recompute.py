@@ -32,7 +32,7 @@ from nmfseg.nmf.rank1 import (
     projection_input_grad,
 )
 from nmfseg.nmf.steps import weyl
-from nmfseg.nmf.windows import MatricizeGeometry, fold_view, view_to_windows
+from nmfseg.nmf.windows import MatricizeGeometry, fold_view, view_to_windows, windows_shape
 
 __all__ = ["MatricizedRank1", "matricized_rank1"]
 
@@ -49,7 +49,7 @@ def _pieces(geom: MatricizeGeometry, z: Tensor) -> Iterator[_Piece]:
     or, where one head is larger than ``_PIECE_BYTES``, a slab of one head's windows along
     the first spatial dim. Off the CPU a piece is a whole view (fewer kernel launches)."""
     e, grid0 = geom.head_dim, geom.grid[0]
-    head_bytes = geom.batch_size * geom.num_windows * e * geom.window_numel * z.element_size()
+    head_bytes = math.prod(windows_shape(replace(geom, channels=e))) * z.element_size()
     budget = _PIECE_BYTES if z.device.type == "cpu" else head_bytes * geom.heads
     heads = max(1, budget // head_bytes)
     rows = grid0 if heads > 1 else max(1, budget // (head_bytes // grid0))
@@ -66,11 +66,7 @@ def _buffers(pieces: list[_Piece], z: Tensor) -> tuple[Tensor, Tensor]:
     """Two flat buffers as large as the largest piece, which every piece of a pass reuses: two
     allocations per layer instead of two per piece, which the C allocator kept apart (with
     pieces of a few MiB, the process's training peak grew by a fifth)."""
-    numel = max(
-        sub.batch_size * sub.heads * math.prod(sub.grid[1:]) * sub.head_dim * sub.window_numel
-        * (sub.grid[0] if slab is None else slab[1] - slab[0])
-        for _, _, sub, slab in pieces
-    )  # fmt: skip
+    numel = max(math.prod(windows_shape(sub, slab)) for _, _, sub, slab in pieces)
     return z.new_empty(numel), z.new_empty(numel)
 
 
@@ -100,7 +96,7 @@ class MatricizedRank1(torch.autograd.Function):
             fold_view(out[:, chans], y, sub, view, slab)
             saved.extend(parts)
         ctx.save_for_backward(z, g0, *saved)
-        ctx.geom, ctx.steps = geom, _grad_steps(iters, grad_iters)
+        ctx.geom, ctx.pieces, ctx.steps = geom, pieces, _grad_steps(iters, grad_iters)
         return out
 
     @staticmethod
@@ -110,9 +106,8 @@ class MatricizedRank1(torch.autograd.Function):
         dz = torch.empty(z.shape, dtype=dout.dtype, device=dout.device) if need_z else None
         dg0 = None
         scale = 0.5 if ctx.geom.views == 2 else 1.0  # the adjoint of the views' average
-        pieces = list(_pieces(ctx.geom, z))
-        buffers = _buffers(pieces, z)
-        for i, (view, chans, sub, slab) in enumerate(pieces):
+        buffers = _buffers(ctx.pieces, z)
+        for i, (view, chans, sub, slab) in enumerate(ctx.pieces):
             parts = saved[4 * i : 4 * i + 4]
             dy = view_to_windows(dout[:, chans], sub, view, slab, buffers[0]).mul_(scale)
             x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab, buffers[1]))

@@ -31,6 +31,7 @@ __all__ = [
     "matricize",
     "ntuple",
     "view_to_windows",
+    "windows_shape",
 ]
 
 
@@ -179,6 +180,13 @@ def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
     return w
 
 
+def windows_shape(geom: MatricizeGeometry, slab: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """Shape ``(B, heads, *grid, rows, *window)`` of one view's windows, or of the windows
+    ``a ... b`` along the first spatial dim for ``slab = (a, b)``."""
+    grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
+    return (geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
+
+
 def view_to_windows(
     x: Tensor,
     geom: MatricizeGeometry,
@@ -190,8 +198,7 @@ def view_to_windows(
     at padding: the part of :func:`matricize`'s output that belongs to ``view``. With
     ``slab = (a, b)``, only the windows ``a ... b`` along the first spatial dim; with a 1-D
     ``buffer``, the matrices are written into its first elements."""
-    grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
-    shape = (geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
+    shape = windows_shape(geom, slab)
     if buffer is None:
         out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
     else:
@@ -208,8 +215,7 @@ def fold_view(
     """Fold one view's matrices ``z`` (from :func:`view_to_windows`) back into
     ``out (B, C, *S)``: view 0 writes its voxels (all of them over its slabs, so ``out`` may
     be uninitialized), the others add to them; padding is dropped."""
-    grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
-    z = z.reshape(geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
+    z = z.reshape(windows_shape(geom, slab))
     for block in _blocks(geom, view, slab):
         dst, src = _spatial_block(out, geom, block), _window_block(z, geom, block)
         dst.copy_(src) if view == 0 else dst.add_(src)
