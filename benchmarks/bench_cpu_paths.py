@@ -1,6 +1,6 @@
 """Benchmark: the Swin Factorizer's CPU paths against their alternatives, in one process.
 
-Three comparisons, each timed by alternating the two (or more) settings run after run in the
+Two comparisons, each timed by alternating the two (or more) settings run after run in the
 same process, so that a machine whose speed drifts by tens of percent within minutes (see
 docs/benchmarks.md) affects every setting alike; each number is the median:
 
@@ -13,17 +13,13 @@ docs/benchmarks.md) affects every setting alike; each number is the median:
   from their parts
   (``fused = False`` on the NMF layers), the same for the inference forward pass, and the
   bytes each keeps for backward at ``--saved-size``³ (every tensor autograd saves, counted
-  once per storage); ``--model`` picks another network (e.g. ``local_factorizer_brats``);
-- ``up``: the U-Net decoder's up-sampling as one GEMM (``nmfseg.layers.pointwise.
-  patch_expand``, the default) or as ``nn.ConvTranspose3d``: the layer alone (64 -> 32
-  channels at half of ``--size``), and ``--model``'s forward pass and training step.
+  once per storage); ``--model`` picks another network (e.g. ``local_factorizer_brats``).
 
 Usage::
 
     python benchmarks/bench_cpu_paths.py                    # both, 2 threads
     python benchmarks/bench_cpu_paths.py --only chunks --repeats 8
     python benchmarks/bench_cpu_paths.py --only nmf-node --model local_factorizer_brats
-    python benchmarks/bench_cpu_paths.py --only up --size 128 --repeats 3
 """
 
 from __future__ import annotations
@@ -167,47 +163,6 @@ def nmf_node(args: argparse.Namespace) -> None:
     use(modes["one node (default)"])
 
 
-def up(args: argparse.Namespace) -> None:
-    import nmfseg
-    import nmfseg.models.unet as unet
-    from nmfseg.layers.pointwise import patch_expand
-
-    paths = {"GEMM (patch_expand, default)": patch_expand, "nn.ConvTranspose3d": None}
-    conv = torch.nn.ConvTranspose3d(64, 32, kernel_size=2, stride=2)
-    half = torch.randn(1, 64, *(args.size // 2,) * 3)
-    net = nmfseg.create_model(args.model)
-    image = torch.randn(1, 4, *(args.size,) * 3)
-    chosen = {"path": patch_expand}
-
-    def use(fn) -> None:
-        chosen["path"] = fn
-        unet.patch_expand = fn if fn is not None else (lambda x, conv: None)
-
-    def layer() -> None:
-        with torch.inference_mode():
-            conv(half) if chosen["path"] is None else patch_expand(half, conv)
-
-    def forward() -> None:
-        net.eval()
-        with torch.inference_mode():
-            net(image)
-
-    def step() -> None:
-        net.train()
-        net.zero_grad(set_to_none=True)
-        sum(o.float().mean() for o in net(image)).backward()
-
-    settings = {name: (lambda f=f: use(f)) for name, f in paths.items()}
-    for title, run in (
-        (f"up-sampling 64 -> 32 channels, 1x64x{args.size // 2}^3", layer),
-        (f"{args.model}, 1x4x{args.size}^3, forward (inference)", forward),
-        (f"{args.model}, 1x4x{args.size}^3, training step", step),
-    ):
-        run()  # warm-up
-        _report(title, alternate(settings, run, args.repeats), "nn.ConvTranspose3d")
-    use(patch_expand)
-
-
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
@@ -216,10 +171,8 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["chunks", "nmf-node", "up"], help="one comparison")
-    parser.add_argument(
-        "--model", default="swin_factorizer_brats", help="network of nmf-node and up"
-    )
+    parser.add_argument("--only", choices=["chunks", "nmf-node"], help="one comparison")
+    parser.add_argument("--model", default="swin_factorizer_brats", help="network of nmf-node")
     parser.add_argument("--size", type=_positive, default=64, help="network input side")
     parser.add_argument("--block-size", type=_positive, default=96)
     parser.add_argument("--block-grad-size", type=_positive, default=64)
@@ -235,8 +188,6 @@ def main(argv: list[str] | None = None) -> None:
         chunks(args)
     if args.only in (None, "nmf-node"):
         nmf_node(args)
-    if args.only in (None, "up"):
-        up(args)
 
 
 if __name__ == "__main__":

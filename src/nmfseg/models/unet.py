@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
 from nmfseg.layers.args import int_tuple
-from nmfseg.layers.pointwise import patch_expand
 from nmfseg.models.base import UShapedNetwork
 
 __all__ = ["UNet"]
@@ -78,17 +77,8 @@ class _DecoderStage(nn.Module):
         out = torch.mm(w[:, :c], skip.reshape(c, -1)).addmm_(w[:, c:], up.reshape(c, -1))
         return self.drop(out).view(1, c, *up.shape[2:])  # in-place dropout on the GEMM output
 
-    def _up(self, x: Tensor) -> Tensor:
-        """``up(x)``; on CPU as one GEMM and an interleaving copy where the up-sampling is a
-        kernel-equals-stride transposed convolution (:func:`patch_expand`)."""
-        if self.fused and fusable(x):
-            out = patch_expand(x, self.up)
-            if out is not None:
-                return out
-        return self.up(x)
-
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.block(self._project(skip, self._up(x)))
+        return self.block(self._project(skip, self.up(x)))
 
 
 class UNet(UShapedNetwork):
