@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+import nmfseg
 from _common import environment
 
 
@@ -76,7 +77,6 @@ def _report(title: str, medians: dict[str, float], reference: str) -> None:
 
 
 def chunks(args: argparse.Namespace) -> None:
-    import nmfseg
     from nmfseg.blocks.mixer import MixerBlock
     from nmfseg.layers import fused
 
@@ -115,7 +115,6 @@ def chunks(args: argparse.Namespace) -> None:
 
 
 def nmf_node(args: argparse.Namespace) -> None:
-    import nmfseg
     from nmfseg.mixers.nmf import nmf_layers
     from nmfseg.nmf import recompute
 
@@ -172,7 +171,13 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["chunks", "nmf-node"], help="one comparison")
-    parser.add_argument("--model", default="swin_factorizer_brats", help="network of nmf-node")
+    parser.add_argument(
+        "--model",
+        default="swin_factorizer_brats",
+        choices=nmfseg.list_models("*_factorizer_*"),
+        metavar="FACTORIZER",
+        help="network of nmf-node (a registered Factorizer)",
+    )
     parser.add_argument("--size", type=_positive, default=64, help="network input side")
     parser.add_argument("--block-size", type=_positive, default=96)
     parser.add_argument("--block-grad-size", type=_positive, default=64)

@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import nmfseg
+
 
 class LiveTensors(TorchDispatchMode):
     """Live bytes of the op outputs made inside the mode, and what is alive at their peak."""
@@ -68,7 +70,6 @@ class LiveTensors(TorchDispatchMode):
 
 
 def trace(args: argparse.Namespace) -> LiveTensors:
-    import nmfseg
     from nmfseg.blocks.mixer import MixerBlock
     from nmfseg.nmf import recompute
 
@@ -106,7 +107,9 @@ def trace(args: argparse.Namespace) -> LiveTensors:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="swin_factorizer_brats")
+    parser.add_argument(
+        "--model", default="swin_factorizer_brats", choices=nmfseg.list_models(), metavar="MODEL"
+    )
     parser.add_argument("--size", type=int, default=64, help="input side")
     parser.add_argument("--checkpoint", action="store_true", help="set_grad_checkpointing")
     parser.add_argument(
