@@ -27,6 +27,7 @@ import typer
 
 from helpers import cli, train_tiny
 from nmfseg.cli import app
+from nmfseg.cli._options import NMF, SETTING_OPTIONS, WINDOW, with_settings
 from nmfseg.data.schemes import SCHEMES
 from nmfseg.phantoms.toy import make_toy_dataset
 
@@ -125,6 +126,19 @@ CASES = [
     Case("ablate --repeats x", ("ablate", "-m", "{run}", "--data", "{data}", "-o", "{tmp}/abl",
                                 "--repeats", "x"),
          r"^nmfseg: error: --repeats 'x': must be an integer >= 1$", absent=("{tmp}/abl",)),
+    # the shared prediction settings, checked the same in every verb that takes them
+    Case("ablate --overlap 1", ("ablate", "-m", "{run}", "--data", "{data}", "-o", "{tmp}/abl",
+                                "--overlap", "1"),
+         r"^nmfseg: error: --overlap '1': must be a number in \[0, 1\)$", absent=("{tmp}/abl",)),
+    Case("explain --blend", ("explain", "-m", "{run}", "-i", "{data}", "-o", "{tmp}/exp",
+                             "--blend", "linear"),
+         r"^nmfseg: error: --blend 'linear': must be gaussian or constant$",
+         absent=("{tmp}/exp",)),
+    Case("export --nmf-rank 0", ("export", "{run}", "-o", "{tmp}/m.onnx", "--nmf-rank", "0"),
+         r"^nmfseg: error: --nmf-rank '0': must be an integer >= 1$", absent=("{tmp}/m.onnx",)),
+    Case("export --fold x", ("export", "{run}", "-o", "{tmp}/m.onnx", "--fold", "x"),
+         r"^nmfseg: error: --fold 'x': must be a fold number \(0, 1, ...\) or all$",
+         absent=("{tmp}/m.onnx",)),
     Case("postprocess-search --min-gain -1", ("postprocess-search", "-m", "{run}", "--data",
                                               "{data}", "--min-gain", "-1"),
          r"^nmfseg: error: --min-gain '-1': must be a number >= 0$"),
@@ -174,6 +188,30 @@ def world(tmp_path_factory) -> dict[str, str]:
         msdmissing=str(msdmissing),
         nnmissing=str(nnmissing),
     )
+
+
+@pytest.mark.parametrize(
+    ("verb", "settings"),
+    [
+        ("predict", list(SETTING_OPTIONS)),
+        ("ablate", [*WINDOW, "threshold", "amp"]),
+        ("explain", list(WINDOW)),
+        ("export", list(NMF)),
+    ],
+)
+def test_each_verb_takes_its_settings_once(verb, settings):
+    """Every verb that predicts lists the settings it takes, spelt one way, in --help."""
+    flags = {n: SETTING_OPTIONS[n].param_decls[0] for n in SETTING_OPTIONS}
+    text = cli(verb, "--help").output
+    for name, flag in flags.items():
+        assert (re.search(rf"(^|\s){flag}\b", text) is not None) == (name in settings), flag
+
+
+def test_with_settings_refuses_what_is_not_a_setting():
+    with pytest.raises(TypeError, match="not a prediction setting: patch_size"):
+        with_settings("overlap", "patch_size")
+    with pytest.raises(TypeError, match="no 'settings' parameter"):
+        with_settings("overlap")(lambda overlap=None: overlap)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

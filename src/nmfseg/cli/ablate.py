@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
-from nmfseg.cli.predict import (
-    AMP,
-    BLEND,
-    CHECKPOINT,
-    DEVICE,
-    OVERLAP,
-    QUIET,
-    SW_BATCH_SIZE,
-    THRESHOLD,
-    settings_from,
-)
+from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, WINDOW, parse_fold, with_settings
+
+if TYPE_CHECKING:
+    from nmfseg.inference.settings import InferenceSettings
 
 HELP = (
     "Measure what a trained Factorizer keeps when its NMF layers change at inference "
@@ -35,6 +29,7 @@ HELP = (
 )
 
 
+@with_settings(*WINDOW, "threshold", "amp")
 def ablate(
     model: Path = typer.Option(
         ...,
@@ -69,11 +64,7 @@ def ablate(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    overlap: str = OVERLAP,
-    sw_batch_size: str = SW_BATCH_SIZE,
-    blend: str = BLEND,
-    threshold: str = THRESHOLD,
-    amp: str = AMP,
+    settings: InferenceSettings = None,
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     quiet: bool = QUIET,
 ) -> None:
@@ -85,9 +76,6 @@ def ablate(
     from nmfseg.inference.predictor import Predictor
     from nmfseg.nmf import SOLVERS
 
-    settings = settings_from(
-        overlap=overlap, sw_batch_size=sw_batch_size, blend=blend, threshold=threshold, amp=amp
-    )
     chosen = parse_sweeps(sweeps)
     n_repeats = parse_number(repeats, "--repeats", minimum=1)
     t_values = parse_int_list(iters, "--iters", 0)
@@ -95,9 +83,7 @@ def ablate(
     solver_list = [s.strip().lower() for s in solvers.split(",") if s.strip()]
     if not solver_list or any(s not in SOLVERS for s in solver_list):
         raise ConfigError(f"--solvers {solvers!r}: choose from {', '.join(SOLVERS)}")
-    if fold is not None and not fold.isdigit():
-        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...)")
-    path, others = fold_checkpoint(model, int(fold) if fold is not None else None, checkpoint)
+    path, others = fold_checkpoint(model, parse_fold(fold), checkpoint)
     if others:
         folds = ", ".join([path.parent.name, *others])
         raise ConfigError(f"--fold: {model} has {folds}; choose the fold to ablate")

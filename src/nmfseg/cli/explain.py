@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nmfseg.cli._common import handle_errors, one_fold, parse_number
-from nmfseg.cli.predict import (
-    BLEND,
-    CHECKPOINT,
-    DEVICE,
-    OVERLAP,
-    QUIET,
-    SW_BATCH_SIZE,
-    settings_from,
-)
+from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, WINDOW, parse_fold, with_settings
+
+if TYPE_CHECKING:
+    from nmfseg.inference.settings import InferenceSettings
 
 HELP = (
     "Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6).\n\n"
@@ -30,6 +26,7 @@ HELP = (
 )
 
 
+@with_settings(*WINDOW)
 def explain(
     model: Path = typer.Option(
         ...,
@@ -60,9 +57,7 @@ def explain(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    overlap: str = OVERLAP,
-    sw_batch_size: str = SW_BATCH_SIZE,
-    blend: str = BLEND,
+    settings: InferenceSettings = None,
     max_maps: str = typer.Option(
         "32", "--max-maps", metavar="INT", help="Maps held in memory at once (one pass each)."
     ),
@@ -70,16 +65,12 @@ def explain(
 ) -> None:
     """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
     from nmfseg.analysis.explain import explain_case
-    from nmfseg.errors import ConfigError
     from nmfseg.inference.predictor import Predictor
     from nmfseg.inference.settings import parse_layers
 
-    settings = settings_from(overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)
     parse_layers(layers, None, option="--layers")
-    if fold is not None and not fold.isdigit():
-        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...)")
     n_maps = parse_number(max_maps, "--max-maps", minimum=1)
-    path = one_fold(model, int(fold) if fold is not None else None, checkpoint, "explaining")
+    path = one_fold(model, parse_fold(fold), checkpoint, "explaining")
     predictor = Predictor.from_run(path, device=device, settings=settings, progress=not quiet)
     result = explain_case(predictor, input, out, layers, gt, max_maps=n_maps, progress=not quiet)
     reused = f" ({len(result.reused)} layer(s) reused)" if result.reused else ""

@@ -7,18 +7,15 @@ extra ``nmfseg[export]``, and without them this command says so in one line.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nmfseg.cli._common import handle_errors, one_fold, parse_number
-from nmfseg.cli.predict import (
-    CHECKPOINT,
-    NMF_ITERS,
-    NMF_LAYERS,
-    NMF_RANK,
-    NMF_SOLVER,
-    settings_from,
-)
+from nmfseg.cli._options import CHECKPOINT, NMF, parse_fold, with_settings
+
+if TYPE_CHECKING:
+    from nmfseg.inference.settings import InferenceSettings
 
 HELP = (
     "Export one fold of a trained run as an ONNX model (dynamic batch and spatial size).\n\n"
@@ -35,6 +32,7 @@ HELP = (
 )
 
 
+@with_settings(*NMF)
 def export(
     model: Path = typer.Argument(
         ...,
@@ -46,10 +44,7 @@ def export(
         None, "--fold", "-f", metavar="K", help="Fold of a run folder, or all [its first fold]."
     ),
     checkpoint: str = CHECKPOINT,
-    nmf_iters: str = NMF_ITERS,
-    nmf_rank: str = NMF_RANK,
-    nmf_solver: str = NMF_SOLVER,
-    nmf_layers: str = NMF_LAYERS,
+    settings: InferenceSettings = None,
     opset: str = typer.Option("17", "--opset", metavar="N", help="ONNX opset version, 11 to 20."),
     tolerance: str = typer.Option(
         "1e-4",
@@ -64,16 +59,11 @@ def export(
     from nmfseg.export.onnx import OPSETS, check_onnx_path, export_onnx, require
 
     require("onnx", "onnxruntime")
-    settings = settings_from(
-        nmf_iters=nmf_iters, nmf_rank=nmf_rank, nmf_solver=nmf_solver, nmf_layers=nmf_layers
-    )
     if not (opset.isdigit() and int(opset) in OPSETS):
         raise ConfigError(f"--opset {opset!r}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
     tol = parse_number(tolerance, "--tolerance", float, exclusive=True)
-    if fold is not None and not (fold.isdigit() or fold == "all"):
-        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or all")
     check_onnx_path(out)
-    path = one_fold(model, fold, checkpoint, "exporting")
+    path = one_fold(model, parse_fold(fold, allow_all=True), checkpoint, "exporting")
 
     def echo(line: str) -> None:
         typer.echo(line, err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
-from nmfseg.cli.predict import CHECKPOINT, DEVICE, QUIET, parse_folds
+from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, parse_folds
 
 
 def postprocess_search(

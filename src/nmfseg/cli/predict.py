@@ -3,17 +3,28 @@
 The prediction settings are options here and fields of
 :class:`~nmfseg.inference.settings.InferenceSettings`; values are taken as text and checked
 there, so a bad one is one ``nmfseg: error: --overlap ...`` line with exit status 1 before
-anything is loaded or written. The option objects are shared with ``nmfseg ablate``.
+anything is loaded or written (:func:`~nmfseg.cli._options.with_settings`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from nmfseg.cli._common import handle_errors, one_of
+from nmfseg.cli._options import (
+    CHECKPOINT,
+    DEVICE,
+    QUIET,
+    SETTING_OPTIONS,
+    parse_folds,
+    with_settings,
+)
+
+if TYPE_CHECKING:
+    from nmfseg.inference.settings import InferenceSettings
 
 HELP = (
     "Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels.\n\n"
@@ -29,54 +40,7 @@ HELP = (
 )
 
 
-# The prediction settings as options, shared by every command that predicts (ablate too).
-OVERLAP = typer.Option(
-    None,
-    "--overlap",
-    metavar="FLOAT",
-    help="Sliding-window overlap in [0, 1) [the run's validation.overlap, 0.5].",
-)
-SW_BATCH_SIZE = typer.Option(
-    None,
-    "--sw-batch-size",
-    metavar="INT",
-    help="Windows per forward pass [the run's validation.sw_batch_size, 1].",
-)
-BLEND = typer.Option(
-    None,
-    "--blend",
-    metavar="gaussian|constant",
-    help="Window blending [the run's validation.mode, gaussian].",
-)
-THRESHOLD = typer.Option(
-    None,
-    "--threshold",
-    metavar="FLOAT",
-    help="Probability in (0, 1) at or above which a voxel is inside a region "
-    "[the run's validation.threshold, 0.5].",
-)
-AMP = typer.Option(None, "--amp", metavar="bf16|none", help="Mixed precision: bf16 or none [none].")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N [cuda if available].")
-CHECKPOINT = typer.Option(
-    "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."
-)
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-NMF_ITERS = typer.Option(
-    None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
-)
-NMF_RANK = typer.Option(None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1].")
-NMF_SOLVER = typer.Option(
-    None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
-)
-NMF_LAYERS = typer.Option(
-    None,
-    "--nmf-layers",
-    metavar="LAYERS",
-    help="NMF layers that run, 0-based in network order (encoder, bridge, decoder): "
-    "0-4, 0,3,8, all or none; the others are short-circuited [all].",
-)
-
-
+@with_settings(*SETTING_OPTIONS)
 def predict(
     ctx: typer.Context,
     model: Path = typer.Option(
@@ -103,22 +67,8 @@ def predict(
         "[every numbered fold].",
     ),
     checkpoint: str = CHECKPOINT,
-    tta: bool = typer.Option(
-        False, "--tta", help="Average over all 8 flip combinations (8x slower)."
-    ),
-    compile_: bool = typer.Option(
-        False, "--compile", help="torch.compile the networks (pays off on many cases, GPU)."
-    ),
     device: str = DEVICE,
-    overlap: str = OVERLAP,
-    sw_batch_size: str = SW_BATCH_SIZE,
-    blend: str = BLEND,
-    threshold: str = THRESHOLD,
-    amp: str = AMP,
-    nmf_iters: str = NMF_ITERS,
-    nmf_rank: str = NMF_RANK,
-    nmf_solver: str = NMF_SOLVER,
-    nmf_layers: str = NMF_LAYERS,
+    settings: InferenceSettings = None,
     save_probabilities: bool = typer.Option(
         False,
         "--save-probabilities",
@@ -130,15 +80,6 @@ def predict(
         help="Redo cases whose outputs exist, and replace outputs of other settings [skip them].",
     ),
     quiet: bool = QUIET,
-    postprocess: list[str] = typer.Option(
-        None,
-        "--postprocess",
-        metavar="SPEC",
-        help="Clean the region masks (repeatable): largest:REGION[,REGION] keeps the largest "
-        "connected component, min-size:REGION=VOXELS removes smaller components (ET: the "
-        "BraTS rule, they become necrosis), auto uses the run's postprocessing.json "
-        "(nmfseg postprocess-search) [none, as the paper].",
-    ),
     into_labels: bool = typer.Option(
         False,
         "--write-into-labels",
@@ -159,20 +100,6 @@ def predict(
     from nmfseg.inference.predict import describe, predict_folder
 
     output = one_of(out, old_out, "-o/--out", "--output")
-    settings = settings_from(
-        tta=tta,
-        compile=compile_,
-        overlap=overlap,
-        sw_batch_size=sw_batch_size,
-        blend=blend,
-        threshold=threshold,
-        amp=amp,
-        nmf_iters=nmf_iters,
-        nmf_rank=nmf_rank,
-        nmf_solver=nmf_solver,
-        nmf_layers=nmf_layers,
-        postprocess=tuple(postprocess) if postprocess else None,
-    )
     if output is None:
         raise ConfigError("-o/--out is required: the folder for the predictions")
     fold_ids = parse_folds(folds or [], ctx.args)
@@ -198,13 +125,6 @@ def predict(
         raise NmfsegError(f"{n} of {total} case(s) failed: {names}")
 
 
-def settings_from(**options: Any) -> Any:
-    """:class:`~nmfseg.inference.settings.InferenceSettings` from the options given (as text)."""
-    from nmfseg.inference.settings import InferenceSettings
-
-    return InferenceSettings(**{k: v for k, v in options.items() if v is not None})
-
-
 def model_for_engine(
     engine: str, model: Path, settings: Any, folds: list[str], checkpoint: str, device: str | None
 ) -> Any:
@@ -228,21 +148,6 @@ def model_for_engine(
     if checkpoint != "final":
         raise ConfigError("--checkpoint: an ONNX model's checkpoint is chosen by nmfseg export")
     return load_onnx_ensemble(model, device)
-
-
-def parse_folds(given: list[str], extra: list[str]) -> list[str]:
-    """``--folds 0 1 2`` arrives as ``["0"]`` plus extra arguments ``["1", "2"]``."""
-    from nmfseg.errors import ConfigError
-
-    if extra and not given:
-        raise ConfigError(f"unexpected argument {extra[0]!r}")
-    out = []
-    for item in [*given, *extra]:
-        for part in item.replace(",", " ").split():
-            if not (part.isdigit() or part == "all"):
-                raise ConfigError(f"--folds {part!r}: a fold is a number (0, 1, ...) or 'all'")
-            out.append(part)
-    return out
 
 
 def register(app: typer.Typer) -> None:

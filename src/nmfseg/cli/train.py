@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, one_of
+from nmfseg.cli._options import DEVICE, QUIET
 
 # CLI option -> config key. Values are parsed here (not by click) so that a bad value is
 # one "nmfseg: error: --steps: ..." line with exit status 1, like every other bad input.
@@ -102,7 +103,7 @@ def train(
     set_: list[str] = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Any config key, e.g. augmentation.flip.prob=0."
     ),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N [cuda if available]."),
+    device: str = DEVICE,
     amp: str = typer.Option(None, "--amp", help="Mixed precision: bf16 or none [none]."),
     compile_: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the network."
@@ -121,7 +122,7 @@ def train(
     ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     old_fmt: str = typer.Option(None, "--fmt", hidden=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET,
 ) -> None:
     """Train MODEL on fold K of DATA_DIR with the paper's recipe (configs/brats.yaml, isles.yaml).
 

@@ -1,0 +1,194 @@
+"""The options every command that loads a trained model shares, written once.
+
+The prediction settings (``--overlap`` ... ``--nmf-layers``, ``--postprocess``) are the fields
+of :class:`~nmfseg.inference.settings.InferenceSettings`. A command takes the ones it needs
+with :func:`with_settings` and receives them as one ``settings`` argument, checked there: a
+bad value is one ``nmfseg: error: --overlap ...`` line before anything is loaded or written.
+``--checkpoint``, ``--device``, ``--quiet`` and the fold options mean the same in every verb.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CHECKPOINT = typer.Option(
+    "final", "--checkpoint", help="Which checkpoint of each fold: final, best or last."
+)
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N [cuda if available].")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+#: InferenceSettings field -> its option (the field's name is the parameter's).
+SETTING_OPTIONS: dict[str, Any] = {
+    "tta": typer.Option(False, "--tta", help="Average over all 8 flip combinations (8x slower)."),
+    "compile": typer.Option(
+        False, "--compile", help="torch.compile the networks (pays off on many cases, GPU)."
+    ),
+    "overlap": typer.Option(
+        None,
+        "--overlap",
+        metavar="FLOAT",
+        help="Sliding-window overlap in [0, 1) [the run's validation.overlap, 0.5].",
+    ),
+    "sw_batch_size": typer.Option(
+        None,
+        "--sw-batch-size",
+        metavar="INT",
+        help="Windows per forward pass [the run's validation.sw_batch_size, 1].",
+    ),
+    "blend": typer.Option(
+        None,
+        "--blend",
+        metavar="gaussian|constant",
+        help="Window blending [the run's validation.mode, gaussian].",
+    ),
+    "threshold": typer.Option(
+        None,
+        "--threshold",
+        metavar="FLOAT",
+        help="Probability in (0, 1) at or above which a voxel is inside a region "
+        "[the run's validation.threshold, 0.5].",
+    ),
+    "amp": typer.Option(
+        None, "--amp", metavar="bf16|none", help="Mixed precision: bf16 or none [none]."
+    ),
+    "nmf_iters": typer.Option(
+        None, "--nmf-iters", metavar="T", help="NMF iterations T >= 0 [as trained, 5]."
+    ),
+    "nmf_rank": typer.Option(
+        None, "--nmf-rank", metavar="R", help="NMF rank R >= 1 [as trained, 1]."
+    ),
+    "nmf_solver": typer.Option(
+        None, "--nmf-solver", metavar="hals|mu", help="NMF solver [as trained, hals]."
+    ),
+    "nmf_layers": typer.Option(
+        None,
+        "--nmf-layers",
+        metavar="LAYERS",
+        help="NMF layers that run, 0-based in network order (encoder, bridge, decoder): "
+        "0-4, 0,3,8, all or none; the others are short-circuited [all].",
+    ),
+    "postprocess": typer.Option(
+        None,
+        "--postprocess",
+        metavar="SPEC",
+        help="Clean the region masks (repeatable): largest:REGION[,REGION] keeps the largest "
+        "connected component, min-size:REGION=VOXELS removes smaller components (ET: the "
+        "BraTS rule, they become necrosis), auto uses the run's postprocessing.json "
+        "(nmfseg postprocess-search) [none, as the paper].",
+    ),
+}
+_TYPES = {"tta": bool, "compile": bool, "postprocess": list[str]}
+WINDOW = ("overlap", "sw_batch_size", "blend")
+NMF = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
+
+
+def with_settings(*names: str) -> Callable[[F], F]:
+    """Give a command the prediction options ``names``, received as one ``settings`` argument.
+
+    The command declares ``settings`` where the options belong in ``--help``; typer sees the
+    options there instead (the wrapper's ``__signature__``), and the wrapper passes the
+    :class:`~nmfseg.inference.settings.InferenceSettings` of the values given (an option not
+    given keeps what the run was validated with).
+
+    Raises:
+        TypeError: A name is not a setting, or the command has no ``settings`` parameter.
+
+    Examples::
+
+        >>> @with_settings("overlap", "amp")
+        ... def show(settings=None):
+        ...     return settings.overlap, settings.amp
+        >>> list(inspect.signature(show).parameters)
+        ['overlap', 'amp']
+        >>> show(overlap="0.25", amp=None)
+        (0.25, 'none')
+    """
+    unknown = [n for n in names if n not in SETTING_OPTIONS]
+    if unknown:
+        raise TypeError(f"not a prediction setting: {', '.join(unknown)}")
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+        if "settings" not in sig.parameters:
+            raise TypeError(f"{fn.__name__} has no 'settings' parameter")
+        options = [
+            inspect.Parameter(
+                n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=SETTING_OPTIONS[n], annotation=t
+            )
+            for n in names
+            for t in [_TYPES.get(n, str)]
+        ]
+        params: list[inspect.Parameter] = []
+        for p in sig.parameters.values():
+            params.extend(options if p.name == "settings" else [p])
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from nmfseg.inference.settings import InferenceSettings
+
+            given = {n: kwargs.pop(n, None) for n in names}
+            given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+            kwargs["settings"] = InferenceSettings(
+                **{k: v for k, v in given.items() if v not in (None, ())}
+            )
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        annotations = {k: v for k, v in fn.__annotations__.items() if k != "settings"}
+        wrapper.__annotations__ = {**annotations, **{p.name: p.annotation for p in options}}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def parse_fold(fold: str | None, allow_all: bool = False) -> int | str | None:
+    """The value of ``--fold K``: a fold number, ``"all"`` where allowed, or None.
+
+    Raises:
+        ConfigError: Anything else.
+
+    Examples::
+
+        >>> parse_fold("2"), parse_fold(None), parse_fold("all", allow_all=True)
+        (2, None, 'all')
+    """
+    from nmfseg.errors import ConfigError
+
+    if fold is None or (allow_all and fold == "all"):
+        return fold
+    if not fold.isdigit():
+        also = " or all" if allow_all else ""
+        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...){also}")
+    return int(fold)
+
+
+def parse_folds(given: list[str], extra: list[str]) -> list[str]:
+    """The values of ``--folds``: ``--folds 0 1 2`` arrives as ``["0"]`` plus the extra
+    arguments ``["1", "2"]``; commas separate too.
+
+    Raises:
+        ConfigError: A value is neither a fold number nor ``all``.
+
+    Examples::
+
+        >>> parse_folds(["0"], ["1,2"])
+        ['0', '1', '2']
+    """
+    from nmfseg.errors import ConfigError
+
+    if extra and not given:
+        raise ConfigError(f"unexpected argument {extra[0]!r}")
+    out = []
+    for item in [*given, *extra]:
+        for part in item.replace(",", " ").split():
+            if not (part.isdigit() or part == "all"):
+                raise ConfigError(f"--folds {part!r}: a fold is a number (0, 1, ...) or 'all'")
+            out.append(part)
+    return out
