@@ -117,7 +117,9 @@ def test_window_options_take_effect_and_are_recorded(trained, tmp_path):
     p = nmfseg.Predictor.from_run(run, device="cpu")
     case = open_dataset(data).cases[0]
     image = load_case(case).image
-    direct = predict_case(p.networks, image, (16, 16, 16), 0.25, mode="constant", sw_batch_size=3)
+    direct = predict_case(
+        p.networks, image, (16, 16, 16), overlap=0.25, mode="constant", sw_batch_size=3
+    )
     saved = np.load(tmp_path / "out" / f"{case.case_id}_probabilities.npz")["probabilities"]
     np.testing.assert_allclose(saved.astype(np.float32), direct, atol=1e-3)
     default = p.predict_array(image, output="probabilities")

@@ -304,70 +304,6 @@ def load_ensemble(
     )
 
 
-def predict_case(
-    models: Sequence[nn.Module],
-    image: np.ndarray,
-    patch_size: Sequence[int],
-    overlap: float = 0.5,
-    tta: bool = False,
-    *,
-    mode: str = "gaussian",
-    sw_batch_size: int = 1,
-    device: str | torch.device | None = None,
-    where: str = "image",
-    progress: bool = False,
-) -> np.ndarray:
-    """Probabilities of one raw case, in its original grid.
-
-    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`),
-    predicts the cropped volume with :func:`sliding_window_predict` for every model, averages
-    the models' probabilities and puts the result back into the original grid (probability 0
-    outside the nonzero box).
-
-    Args:
-        models: the networks to ensemble (e.g. the folds of a run).
-        image: raw image ``(C, X, Y, Z)``.
-        patch_size: sliding-window size.
-        overlap: window overlap fraction.
-        tta: average over all flip combinations.
-        mode: window blending, ``"gaussian"`` or ``"constant"``.
-        sw_batch_size: windows per forward pass.
-        device: where the models run (default: where their parameters are).
-        where: case name used in error messages.
-        progress: per-window progress bar.
-
-    Returns:
-        Float32 array ``(R, X, Y, Z)`` in ``[0, 1]``.
-
-    Raises:
-        DataError: the image's channel count differs from a model's ``in_channels``, or it
-            has NaN/Inf voxels.
-    """
-    if not models:
-        raise ValueError("predict_case needs at least one model.")
-    image = np.asarray(image)
-    for model in models:
-        expected = getattr(model, "in_channels", None)
-        if expected is not None and image.shape[0] != expected:
-            raise DataError(
-                where,
-                f"image has {image.shape[0]} channels but the model expects {expected}",
-            )
-    x, _, record = preprocess_case(image, where=where)
-    mean = predict_preprocessed(
-        models,
-        x,
-        patch_size,
-        overlap,
-        tta,
-        mode=mode,
-        sw_batch_size=sw_batch_size,
-        device=device,
-        progress=progress,
-    )
-    return uncrop(mean, record, fill=0.0)
-
-
 def predict_preprocessed(
     models: Sequence[nn.Module],
     image: np.ndarray,
@@ -384,6 +320,17 @@ def predict_preprocessed(
 
     The part of :func:`predict_case` between the preprocessing and the uncrop: one
     :func:`sliding_window_predict` per model (with flips when ``tta``), averaged.
+
+    Args:
+        models: the networks to ensemble (e.g. the folds of a run).
+        image: preprocessed image ``(C, *spatial)``.
+        patch_size: sliding-window size.
+        overlap: window overlap fraction.
+        tta: average over all flip combinations.
+        mode: window blending, ``"gaussian"`` or ``"constant"``.
+        sw_batch_size: windows per forward pass.
+        device: where the models run (default: where their parameters are).
+        progress: per-window progress bar.
 
     Returns:
         Float32 array ``(R, *image.shape[1:])``.
@@ -410,3 +357,47 @@ def predict_preprocessed(
         total = probs if total is None else total + probs
     assert total is not None
     return (total / len(models)).numpy().astype(np.float32, copy=False)
+
+
+def predict_case(
+    models: Sequence[nn.Module],
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    *,
+    where: str = "image",
+    **window: Any,
+) -> np.ndarray:
+    """Probabilities of one raw case, in its original grid.
+
+    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`),
+    predicts the cropped volume with :func:`predict_preprocessed` (every model's sliding
+    window, averaged) and puts the result back into the original grid (probability 0 outside
+    the nonzero box).
+
+    Args:
+        models: the networks to ensemble (e.g. the folds of a run).
+        image: raw image ``(C, X, Y, Z)``.
+        patch_size: sliding-window size.
+        where: case name used in error messages.
+        **window: the other sliding-window arguments of :func:`predict_preprocessed`
+            (``overlap``, ``tta``, ``mode``, ``sw_batch_size``, ``device``, ``progress``).
+
+    Returns:
+        Float32 array ``(R, X, Y, Z)`` in ``[0, 1]``.
+
+    Raises:
+        DataError: the image's channel count differs from a model's ``in_channels``, or it
+            has NaN/Inf voxels.
+    """
+    if not models:
+        raise ValueError("predict_case needs at least one model.")
+    image = np.asarray(image)
+    for model in models:
+        expected = getattr(model, "in_channels", None)
+        if expected is not None and image.shape[0] != expected:
+            raise DataError(
+                where,
+                f"image has {image.shape[0]} channels but the model expects {expected}",
+            )
+    x, _, record = preprocess_case(image, where=where)
+    return uncrop(predict_preprocessed(models, x, patch_size, **window), record, fill=0.0)

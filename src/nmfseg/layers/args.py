@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nmfseg.nmf.windows import ntuple as int_tuple
 
-__all__ = ["check_channels", "int_tuple"]
+__all__ = ["check_channels", "check_deep_supervision", "check_dropout", "int_tuple"]
 
 
 def check_channels(**values: int) -> None:
@@ -22,3 +22,49 @@ def check_channels(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} should be a positive int, got {value!r}.")
+
+
+def check_dropout(dropout: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= dropout < 1``.
+
+    Examples::
+
+        >>> check_dropout(1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: dropout should be in [0, 1), got 1.0.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout should be in [0, 1), got {dropout!r}.")
+
+
+def check_deep_supervision(
+    deep_supervision: bool, deep_supr_num: int, levels: int, unit: str = "levels"
+) -> int:
+    """The number of output heads of a U-shaped network of ``levels`` resolutions
+    (``1 + deep_supr_num`` with deep supervision, else 1), after checking both arguments:
+    the lowest-resolution output is at most one level above the bridge.
+
+    Raises:
+        ValueError: ``deep_supervision`` is not a bool, or ``deep_supr_num`` is not an int in
+            ``[1, levels - 2]`` while ``deep_supervision`` is on.
+
+    Examples::
+
+        >>> check_deep_supervision(True, 2, levels=5), check_deep_supervision(False, 9, levels=5)
+        (3, 1)
+        >>> check_deep_supervision(True, 3, levels=4, unit="stages")
+        Traceback (most recent call last):
+        ...
+        ValueError: deep_supr_num should be an int in [1, 2] for 4 stages, got 3.
+    """
+    if not isinstance(deep_supervision, bool):
+        raise ValueError(f"deep_supervision should be True or False, got {deep_supervision!r}.")
+    if not deep_supervision:
+        return 1
+    if not (isinstance(deep_supr_num, int) and 1 <= deep_supr_num <= levels - 2):
+        raise ValueError(
+            f"deep_supr_num should be an int in [1, {levels - 2}] for {levels} {unit}, "
+            f"got {deep_supr_num!r}."
+        )
+    return 1 + deep_supr_num

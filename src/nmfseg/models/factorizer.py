@@ -75,7 +75,8 @@ class Factorizer(UNet):
             (``None``: all of them, as in the paper).
 
     Raises:
-        ValueError: An argument is out of range; the message names it.
+        ValueError: An argument is out of range (e.g. a width that is not a multiple of
+            ``head_dim``); the message names it.
     """
 
     def __init__(

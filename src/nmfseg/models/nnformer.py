@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from nmfseg.layers import LayerNorm
-from nmfseg.layers.args import int_tuple
+from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import UShapedNetwork
 from nmfseg.models.nnformer_blocks import SkipAttentionLayer, TransformerLayer
@@ -108,9 +108,10 @@ class _DecoderStage(nn.Module):
 class NNFormer(UShapedNetwork):
     """nnFormer for 2D or 3D segmentation, on inputs of any spatial size.
 
-    ``forward`` returns one logit tensor of the input's spatial size in ``eval()`` and, with
-    ``deep_supervision``, the list ``[full, 1/2, ...]`` of ``1 + deep_supr_num`` outputs in
-    ``train()`` (``[full]`` without).
+    ``forward`` returns one logit tensor of the input's spatial size in ``eval()``; in
+    ``train()``, with ``deep_supervision``, also the outputs of the ``deep_supr_num`` decoder
+    stages below the highest (stride-4 transposed-convolution heads, ``[full, 1/2, 1/4]`` by
+    default), else ``[full]``.
 
     Args:
         spatial_dims: 2 or 3.
@@ -130,7 +131,8 @@ class NNFormer(UShapedNetwork):
         deep_supr_num: Number of lower-resolution outputs; at most ``len(depths) - 2``.
 
     Raises:
-        ValueError: An argument is out of range; the message names it.
+        ValueError: An argument is out of range (e.g. an odd ``feature_size``, or
+            ``num_heads`` that do not divide their stage's width); the message names it.
     """
 
     def __init__(
@@ -171,17 +173,8 @@ class NNFormer(UShapedNetwork):
         window = int_tuple(window_size, spatial_dims, "window_size")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio should be > 0, got {mlp_ratio!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout should be in [0, 1), got {dropout!r}.")
-        if not isinstance(deep_supervision, bool):
-            raise ValueError(f"deep_supervision should be True or False, got {deep_supervision!r}.")
-        if deep_supervision and not (
-            isinstance(deep_supr_num, int) and 1 <= deep_supr_num <= len(depths) - 2
-        ):
-            raise ValueError(
-                f"deep_supr_num should be an int in [1, {len(depths) - 2}] for {len(depths)} "
-                f"stages, got {deep_supr_num!r}."
-            )
+        check_dropout(dropout)
+        heads = check_deep_supervision(deep_supervision, deep_supr_num, len(depths), "stages")
         strides = [4 * 2**i for i in range(len(depths))]
         self.size_multiple = math.lcm(
             strides[-1], *(s * w for s in strides[:local_stages] for w in window)
@@ -224,7 +217,6 @@ class NNFormer(UShapedNetwork):
             )
             for i in reversed(range(last))
         )
-        heads = 1 + deep_supr_num if deep_supervision else 1
         self.heads = nn.ModuleList(
             tconv(widths[i], out_channels, kernel_size=4, stride=4) for i in range(heads)
         )

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
-from nmfseg.layers.args import int_tuple
+from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
 from nmfseg.models.base import UShapedNetwork
 
 __all__ = ["UNet"]
@@ -109,7 +109,8 @@ class UNet(UShapedNetwork):
             the block (built with ``in_channels=2C``), as the paper's CNN baselines do.
 
     Raises:
-        ValueError: An argument is out of range; the message names it.
+        ValueError: An argument is out of range (e.g. fewer than two ``channels``, or
+            ``deep_supr_num`` above ``len(channels) - 2``); the message names it.
     """
 
     def __init__(
@@ -131,21 +132,11 @@ class UNet(UShapedNetwork):
         if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
             raise ValueError(f"channels should be at least 2 positive ints, got {channels!r}.")
         super().__init__(spatial_dims, in_channels, out_channels, 2 ** (len(channels) - 1))
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout should be in [0, 1), got {dropout!r}.")
+        check_dropout(dropout)
         grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
-        if not isinstance(deep_supervision, bool):
-            raise ValueError(f"deep_supervision should be True or False, got {deep_supervision!r}.")
+        heads = check_deep_supervision(deep_supervision, deep_supr_num, len(channels))
         if not isinstance(decoder_proj, bool):
             raise ValueError(f"decoder_proj should be True or False, got {decoder_proj!r}.")
-        heads = 1 + deep_supr_num if deep_supervision else 1
-        if deep_supervision and not (
-            isinstance(deep_supr_num, int) and 1 <= deep_supr_num <= len(channels) - 2
-        ):
-            raise ValueError(
-                f"deep_supr_num should be an int in [1, {len(channels) - 2}] for "
-                f"{len(channels)} levels, got {deep_supr_num!r}."
-            )
         self.channels = channels
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num

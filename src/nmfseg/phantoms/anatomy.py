@@ -29,6 +29,7 @@ __all__ = [
     "Pose",
     "SynthCase",
     "acquire",
+    "box_around",
     "case_rng",
     "ellipsoid_radius",
     "load_anatomy",
@@ -286,6 +287,21 @@ def random_pose(
     centre = (idx.min(0) + idx.max(0)) / 2.0
     shift = rng.uniform(-max_shift_mm, max_shift_mm, size=3) / anat.spacing
     return Pose(rotation=rot, centre=centre.astype(np.float64), shift=shift)
+
+
+def box_around(centre: np.ndarray, half: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The box of voxels within ``half`` of ``floor(centre)`` along every axis, clipped to
+    a grid of ``shape``: where a lesion is drawn, so that its cost is the box's, not the grid's.
+
+    Examples::
+
+        >>> box_around(np.array([1.5, 8.2, 4.0]), 2, (10, 10, 10))
+        (slice(0, 4, None), slice(6, 10, None), slice(2, 7, None))
+    """
+    corner = np.floor(centre).astype(int)
+    lo = np.maximum(corner - half, 0)
+    hi = np.minimum(corner + half + 1, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def output_grid(shape: tuple[int, int, int]) -> np.ndarray:

@@ -27,6 +27,7 @@ from scipy import ndimage
 from nmfseg.phantoms.anatomy import (
     SynthCase,
     acquire,
+    box_around,
     case_rng,
     ellipsoid_radius,
     load_anatomy,
@@ -166,9 +167,7 @@ def synth_brats_case(
     # The tumour lives in a box around the core that holds the edema's farthest reach
     # (normalised radius 1.55: the hard limit below).
     half = int(np.ceil(1.6 * wt_axes.max() + np.linalg.norm(offset))) + 2
-    lo = np.maximum(np.floor(centre).astype(int) - half, 0)
-    hi = np.minimum(np.floor(centre).astype(int) + half + 1, anat.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = box_around(centre, half, anat.shape)
     rel_box = rel[(slice(None), *box)]
     bshape = rel_box.shape[1:]
     wm, csf = tissue["wm"][box], tissue["csf"][box]

@@ -23,6 +23,7 @@ from scipy import ndimage
 from nmfseg.phantoms.anatomy import (
     SynthCase,
     acquire,
+    box_around,
     case_rng,
     ellipsoid_radius,
     load_anatomy,
@@ -91,9 +92,7 @@ def _white_matter_lesions(
         centre = idx[rng.integers(len(idx))].astype(np.float32)
         radius = rng.uniform(2.5, 7.0) / spacing
         half = int(np.ceil(1.6 * radius)) + 1
-        lo = np.maximum(centre.astype(int) - half, 0)
-        hi = np.minimum(centre.astype(int) + half + 1, wm.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        box = box_around(centre, half, wm.shape)
         rel = grid[(slice(None), *box)] - centre.reshape(3, 1, 1, 1)
         score = ellipsoid_radius(rel, random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3))
         blob = np.clip(1.5 - score, 0.0, 1.0) * (wm[box] > 0.5)
@@ -106,13 +105,8 @@ def synth_isles_case(
     spacing: float = 2.0,
     shape: tuple[int, int, int] | None = None,
 ) -> SynthCase:
-    """Generate one ISLES'22-like case.
-
-    Args:
-        seed: Seed of this case; the same seed gives byte-identical arrays.
-            :func:`~nmfseg.phantoms.synth.synthesize_dataset` uses ``(seed, i)`` for case ``i``.
-        spacing: Isotropic voxel size in mm (2 mm by default; 4 mm for quick tests).
-        shape: Optional output grid size (crop/pad about the brain).
+    """Generate one ISLES'22-like case (``seed``, ``spacing`` and ``shape`` as in
+    :func:`~nmfseg.phantoms.brats.synth_brats_case`).
 
     Returns:
         ``SynthCase(image, label, affine)``: ``image`` is ``(2, X, Y, Z)`` float32 (DWI,
@@ -144,11 +138,9 @@ def synth_isles_case(
         centre = pose.to_output(centre_t)
         radius_mm = float(np.exp(rng.uniform(np.log(2.5), np.log(rmax))))
         half = int(np.ceil(1.5 * radius_mm / sp)) + 2
-        lo = np.maximum(np.floor(centre).astype(int) - half, 0)
-        hi = np.minimum(np.floor(centre).astype(int) + half + 1, anat.shape)
-        if np.any(hi <= lo):
+        box = box_around(centre, half, anat.shape)
+        if any(b.stop <= b.start for b in box):
             continue
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         rel = grid[(slice(None), *box)] - centre.astype(np.float32).reshape(3, 1, 1, 1)
         axes = radius_mm / sp * rng.uniform(0.6, 1.4, size=3)
         score = ellipsoid_radius(rel, random_rotation(rng), np.maximum(axes, 0.6))
