@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks._registry import register_block
 from nmfseg.layers import Dropout, PointwiseConv
-from nmfseg.layers.args import check_channels, check_dropout
+from nmfseg.layers.args import check_dropout, check_positive
 from nmfseg.layers.factories import ActSpec, NormSpec, make_act, make_norm
 
 __all__ = ["ConvBlock", "ResConvBlock"]
@@ -92,12 +92,12 @@ class ConvBlock(nn.Module):
     ) -> None:
         super().__init__()
         in_channels = channels if in_channels is None else in_channels
-        check_channels(channels=channels, in_channels=in_channels)
+        check_positive(channels=channels, in_channels=in_channels)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims should be 2 or 3, got {spatial_dims!r}.")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size should be a positive odd int, got {kernel_size!r}.")
-        check_dropout(dropout)
+        check_dropout(dropout=dropout)
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         pad = kernel_size // 2
         self.in_channels = in_channels

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from nmfseg.nmf.windows import ntuple as int_tuple
 
-__all__ = ["check_channels", "check_deep_supervision", "check_dropout", "int_tuple"]
+__all__ = [
+    "check_deep_supervision",
+    "check_dropout",
+    "check_heads",
+    "check_positive",
+    "int_tuple",
+]
 
 
-def check_channels(**values: int) -> None:
+def check_positive(**values: int) -> None:
     """Raise ``ValueError`` naming the first argument that is not a positive int.
 
     Examples::
 
-        >>> check_channels(in_channels=4, out_channels=0)
+        >>> check_positive(in_channels=4, out_channels=0)
         Traceback (most recent call last):
         ...
         ValueError: out_channels should be a positive int, got 0.
@@ -24,18 +30,19 @@ def check_channels(**values: int) -> None:
             raise ValueError(f"{name} should be a positive int, got {value!r}.")
 
 
-def check_dropout(dropout: float) -> None:
-    """Raise ``ValueError`` unless ``0 <= dropout < 1``.
+def check_dropout(**values: float) -> None:
+    """Raise ``ValueError`` naming the first probability that is not in ``[0, 1)``.
 
     Examples::
 
-        >>> check_dropout(1.0)
+        >>> check_dropout(dropout=0.1, drop_path=1.0)
         Traceback (most recent call last):
         ...
-        ValueError: dropout should be in [0, 1), got 1.0.
+        ValueError: drop_path should be in [0, 1), got 1.0.
     """
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout should be in [0, 1), got {dropout!r}.")
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} should be in [0, 1), got {value!r}.")
 
 
 def check_deep_supervision(
@@ -68,3 +75,19 @@ def check_deep_supervision(
             f"got {deep_supr_num!r}."
         )
     return 1 + deep_supr_num
+
+
+def check_heads(num_heads: int, channels: int) -> None:
+    """Raise ``ValueError`` unless ``num_heads`` is a positive int dividing ``channels``.
+
+    Examples::
+
+        >>> check_heads(3, channels=16)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_heads should be a positive int dividing channels=16, got 3.
+    """
+    if not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
+        raise ValueError(
+            f"num_heads should be a positive int dividing channels={channels}, got {num_heads!r}."
+        )

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nmfseg.layers import PointwiseConv
+from nmfseg.layers.args import check_positive
 from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.base import ProjectedMixer
 from nmfseg.nmf import (
@@ -166,8 +167,7 @@ class WrappedNMF(ProjectedMixer):
             )
         if solver not in SOLVERS:
             raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank should be a positive int, got {rank!r}.")
+        check_positive(rank=rank)
         if not isinstance(iters, int) or iters < 0:
             raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
         if grad_iters is not None and (not isinstance(grad_iters, int) or grad_iters < 0):

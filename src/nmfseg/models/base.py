@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nmfseg.layers.args import check_channels
+from nmfseg.layers.args import check_positive
 
 __all__ = ["SegmentationNetwork", "UShapedNetwork", "crop"]
 
@@ -67,7 +67,7 @@ class SegmentationNetwork(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims should be 2 or 3, got {spatial_dims!r}.")
-        check_channels(in_channels=in_channels, out_channels=out_channels)
+        check_positive(in_channels=in_channels, out_channels=out_channels)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -33,6 +33,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from nmfseg.layers.args import check_positive
 from nmfseg.mixers.nmf import NMFRecord, WrappedNMF, nmf_layers, set_nmf
 from nmfseg.models._registry import (
     PAPER_DATASETS,
@@ -103,8 +104,7 @@ class Factorizer(UNet):
     ) -> None:
         channels = tuple(channels)
         if nmf:
-            if not isinstance(head_dim, int) or head_dim < 1:
-                raise ValueError(f"head_dim should be a positive int, got {head_dim!r}.")
+            check_positive(head_dim=head_dim)
             if any(isinstance(c, int) and c % head_dim for c in channels):
                 raise ValueError(
                     f"every width in channels={channels} should be divisible by "

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from nmfseg.layers.args import int_tuple
+from nmfseg.layers.args import check_dropout, check_positive, int_tuple
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
@@ -58,11 +58,6 @@ __all__ = ["UNETR", "SwinUNETR"]
 
 UNETR_PATCH = 16  # MONAI's UNETR patch size (fixed)
 SWIN_MULTIPLE = 32  # Swin UNETR: patch 2, then four 2x merges
-
-
-def _check_dropout(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} should be in [0, 1), got {value!r}.")
 
 
 class _LinspaceOnCPU(TorchFunctionMode):
@@ -125,19 +120,14 @@ class UNETR(SegmentationNetwork):
         size = int_tuple(img_size, spatial_dims, "img_size")
         if any(s % UNETR_PATCH for s in size):
             raise ValueError(f"img_size should be multiples of {UNETR_PATCH}, got {img_size!r}.")
-        for name, value in (
-            ("feature_size", feature_size),
-            ("hidden_size", hidden_size),
-            ("mlp_dim", mlp_dim),
-            ("num_heads", num_heads),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} should be a positive int, got {value!r}.")
+        check_positive(
+            feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads
+        )
         if hidden_size % num_heads:
             raise ValueError(
                 f"hidden_size={hidden_size} should be divisible by num_heads={num_heads}."
             )
-        _check_dropout("dropout", dropout)
+        check_dropout(dropout=dropout)
         self.img_size = size
         self.pos_grid = tuple(s // UNETR_PATCH for s in size)
         self.hidden_size = hidden_size
@@ -255,8 +245,7 @@ class SwinUNETR(SegmentationNetwork):
                     f"{feature_size * 2**stage} (feature_size * 2**{stage})."
                 )
         window = int_tuple(window_size, spatial_dims, "window_size")
-        _check_dropout("dropout", dropout)
-        _check_dropout("drop_path", drop_path)
+        check_dropout(dropout=dropout, drop_path=drop_path)
         with _LinspaceOnCPU():
             self.net = _MonaiSwinUNETR(
                 in_channels=in_channels,

@@ -173,7 +173,7 @@ class NNFormer(UShapedNetwork):
         window = int_tuple(window_size, spatial_dims, "window_size")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio should be > 0, got {mlp_ratio!r}.")
-        check_dropout(dropout)
+        check_dropout(dropout=dropout)
         heads = check_deep_supervision(deep_supervision, deep_supr_num, len(depths), "stages")
         strides = [4 * 2**i for i in range(len(depths))]
         self.size_multiple = math.lcm(

@@ -57,6 +57,7 @@ from nmfseg.layers import (
     layer_norm_pointwise,
     norm_mlp_residual,
 )
+from nmfseg.layers.args import check_heads
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers.base import ProjectedMixer
 
@@ -176,11 +177,7 @@ class VolumeAttention(ProjectedMixer):
         query_proj: bool = True,
     ) -> None:
         super().__init__(dropout)
-        if not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
-            raise ValueError(
-                f"num_heads should be a positive int dividing channels={channels}, "
-                f"got {num_heads!r}."
-            )
+        check_heads(num_heads, channels)
         self.num_heads = num_heads
         self.window_size = None if window_size is None else tuple(window_size)
         self.shifted = shifted and window_size is not None

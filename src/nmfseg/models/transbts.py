@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
-from nmfseg.layers.args import int_tuple
+from nmfseg.layers.args import check_dropout, check_heads, check_positive, int_tuple
 from nmfseg.layers.factories import NormSpec, make_norm
 from nmfseg.mixers.base import ProjectedMixer
 from nmfseg.models._registry import register_paper_presets
@@ -132,11 +132,7 @@ class SelfAttention(ProjectedMixer):
         self, channels: int, num_heads: int, dropout: float = 0.0, attn_dropout: float = 0.0
     ) -> None:
         super().__init__(dropout)
-        if not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
-            raise ValueError(
-                f"num_heads should be a positive int dividing the width {channels}, "
-                f"got {num_heads!r}."
-            )
+        check_heads(num_heads, channels)
         self.num_heads = num_heads
         self.attn_dropout = attn_dropout
         self.in_proj = PointwiseConv(channels, 3 * channels, bias=False)
@@ -258,16 +254,10 @@ class TransBTS(SegmentationNetwork):
         if len(blocks_down) < 2 or not all(isinstance(n, int) and n > 0 for n in blocks_down):
             raise ValueError(f"blocks_down should be at least 2 positive ints, got {blocks_down}.")
         super().__init__(spatial_dims, in_channels, out_channels, 2 ** (len(blocks_down) - 1))
-        if not isinstance(feature_size, int) or feature_size < 1:
-            raise ValueError(f"feature_size should be a positive int, got {feature_size!r}.")
+        check_positive(feature_size=feature_size)
         make_norm(norm, feature_size, spatial_dims)  # a bad norm: ValueError naming it
-        if not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size should be a positive int, got {hidden_size!r}.")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers should be a positive int, got {num_layers!r}.")
-        for name, p in (("dropout", dropout), ("stem_dropout", stem_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} should be in [0, 1), got {p!r}.")
+        check_positive(hidden_size=hidden_size, num_layers=num_layers)
+        check_dropout(dropout=dropout, stem_dropout=stem_dropout)
         grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         widths = [feature_size * 2**i for i in range(len(blocks_down))]
         self.feature_size = feature_size

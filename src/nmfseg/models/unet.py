@@ -132,7 +132,7 @@ class UNet(UShapedNetwork):
         if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
             raise ValueError(f"channels should be at least 2 positive ints, got {channels!r}.")
         super().__init__(spatial_dims, in_channels, out_channels, 2 ** (len(channels) - 1))
-        check_dropout(dropout)
+        check_dropout(dropout=dropout)
         grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         heads = check_deep_supervision(deep_supervision, deep_supr_num, len(channels))
         if not isinstance(decoder_proj, bool):
