@@ -13,6 +13,9 @@ forward pass, no TTA), sigmoid, threshold, write the label map. Configurations:
 - ``swin_factorizer_brats``;
 - ``swin_factorizer_brats --nmf-iters 2`` and ``--nmf-layers none``: the same network with
   the inference-time NMF switches of the paper's §4.5;
+- with ``--bf16``, ``segresnet_brats --amp bf16`` and ``swin_factorizer_brats --amp bf16``:
+  both networks under bf16 autocast (``nmfseg predict --amp bf16``; the NMF itself stays
+  float32), still against plain SegResNet;
 - with ``--onnx``, ``swin_factorizer_brats (onnxruntime)``: the same network exported as
   ``nmfseg export`` does (traced at one window; ``bench_export.py`` checks the export against
   PyTorch) and run by onnxruntime on the CPU, as ``nmfseg predict --engine onnxruntime`` does.
@@ -59,8 +62,10 @@ from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
 NAME = "bench_predict"
 
 
-def configurations(model: str, onnx: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Label -> (registered network, NMF switches of :class:`InferenceSettings`; ``engine``).
+def configurations(
+    model: str, onnx: bool = False, bf16: bool = False
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Label -> (registered network, settings of :class:`InferenceSettings`; ``engine``).
 
     Examples::
 
@@ -68,6 +73,8 @@ def configurations(model: str, onnx: bool = False) -> dict[str, tuple[str, dict[
         'swin_factorizer_brats --nmf-iters 2'
         >>> list(configurations("swin_factorizer_brats", onnx=True).values())[-1]
         ('swin_factorizer_brats', {'engine': 'onnxruntime'})
+        >>> list(configurations("swin_factorizer_brats", bf16=True))[-2:]
+        ['segresnet_brats --amp bf16', 'swin_factorizer_brats --amp bf16']
     """
     configs = {
         REFERENCE: (REFERENCE, {}),
@@ -75,6 +82,9 @@ def configurations(model: str, onnx: bool = False) -> dict[str, tuple[str, dict[
         f"{model} --nmf-iters 2": (model, {"nmf_iters": 2}),
         f"{model} --nmf-layers none": (model, {"nmf_layers": "none"}),
     }
+    if bf16:
+        configs[f"{REFERENCE} --amp bf16"] = (REFERENCE, {"amp": "bf16"})
+        configs[f"{model} --amp bf16"] = (model, {"amp": "bf16"})
     if onnx:
         configs[f"{model} (onnxruntime)"] = (model, {"engine": "onnxruntime"})
     return configs
@@ -93,12 +103,12 @@ def synth_case(work: Path, shape: tuple[int, ...], spacing: float, seed: int) ->
     )
 
 
-def build_predictor(model: str, nmf: dict[str, Any], patch: int, overlap: float) -> Predictor:
+def build_predictor(model: str, settings: dict[str, Any], patch: int, overlap: float) -> Predictor:
     """An untrained, seeded network behind a Predictor with the benchmark's settings."""
     torch.manual_seed(0)
     net = create_model(model).eval()
     ensemble = Ensemble([net], [], (patch,) * 3, net.in_channels, net.out_channels)
-    return Predictor(ensemble, overlap=overlap, sw_batch_size=1, blend="gaussian", **nmf)
+    return Predictor(ensemble, overlap=overlap, sw_batch_size=1, blend="gaussian", **settings)
 
 
 def build_onnx_predictor(model: str, patch: int, overlap: float, threads: int) -> Predictor:
@@ -139,7 +149,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, case: str) -
         f"Machine: {machine(args.threads)}.",
         f"Case: {case}. Predictor + predict_folder: read, crop, z-score, sliding window "
         f"({args.patch}³ windows, overlap {args.overlap:g}, Gaussian blending, sw_batch_size 1, "
-        "no TTA), sigmoid, threshold, write the labels. Untrained seeded networks. Median over "
+        "no TTA), sigmoid, threshold, write the labels. Untrained seeded networks; ratios "
+        f"against plain {REFERENCE}. Median over "
         f"{args.repeats} interleaved rounds after a one-window warm-up per network.",
         markdown_table(header, rows),
     ])  # fmt: skip
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="also the Factorizer exported, run by onnxruntime"
     )
+    parser.add_argument("--bf16", action="store_true", help="also both networks under bf16")
     args = parser.parse_args(argv)
 
     if not re.fullmatch(r"\d+,\d+,\d+", args.shape.replace("x", ",")):
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     case += f"box {'×'.join(map(str, box))} ({root})"
     del image
 
-    configs = configurations(args.model, args.onnx)
+    configs = configurations(args.model, args.onnx, args.bf16)
     predictors = {}
     for label, (model, nmf) in configs.items():
         if nmf.get("engine") == "onnxruntime":
@@ -215,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         records.append({
             "configuration": label,
             "model": model,
-            **{k: nmf.get(k, "") for k in ("nmf_iters", "nmf_layers")},
+            **{k: nmf.get(k, "") for k in ("nmf_iters", "nmf_layers", "amp")},
             "s": statistics.median(r["s"] for r in runs),
             "cpu_s": statistics.median(r["cpu_s"] for r in runs),
             "rounds": len(runs),

@@ -80,11 +80,12 @@ def test_whole_volume_prediction_runs_every_configuration_with_onnxruntime(tmp_p
     bench_predict = importlib.import_module("bench_predict")
     out = tmp_path / "out"
     argv = ["--shape", "40,48,40", "--spacing", "4", "--patch", "32", "--repeats", "1"]
-    argv += ["--threads", "1", "--onnx", "--work", str(tmp_path), "--out", str(out)]
+    argv += ["--threads", "1", "--onnx", "--bf16", "--work", str(tmp_path), "--out", str(out)]
     bench_predict.main(argv)
     table = (out / "bench_predict.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith(("| swin", "| seg"))]
-    assert len(rows) == 5 and "swin_factorizer_brats (onnxruntime)" in table
+    assert len(rows) == 7 and "swin_factorizer_brats (onnxruntime)" in table
+    assert "| segresnet_brats --amp bf16 |" in table
     predictions = tmp_path / "predictions"
     labels = {p.parent.name for p in predictions.glob("*/*.nii.gz")}
-    assert len(labels) == 5, labels
+    assert len(labels) == 7, labels

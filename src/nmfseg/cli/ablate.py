@@ -64,7 +64,7 @@ def ablate(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    settings: InferenceSettings = None,
+    settings: InferenceSettings = None,  # the options named in @with_settings, checked
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     quiet: bool = QUIET,
 ) -> None:

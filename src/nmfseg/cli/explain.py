@@ -57,7 +57,7 @@ def explain(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    settings: InferenceSettings = None,
+    settings: InferenceSettings = None,  # the options named in @with_settings, checked
     max_maps: str = typer.Option(
         "32", "--max-maps", metavar="INT", help="Maps held in memory at once (one pass each)."
     ),

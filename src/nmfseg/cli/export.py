@@ -44,7 +44,7 @@ def export(
         None, "--fold", "-f", metavar="K", help="Fold of a run folder, or all [its first fold]."
     ),
     checkpoint: str = CHECKPOINT,
-    settings: InferenceSettings = None,
+    settings: InferenceSettings = None,  # the options named in @with_settings, checked
     opset: str = typer.Option("17", "--opset", metavar="N", help="ONNX opset version, 11 to 20."),
     tolerance: str = typer.Option(
         "1e-4",

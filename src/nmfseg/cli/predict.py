@@ -68,7 +68,7 @@ def predict(
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    settings: InferenceSettings = None,
+    settings: InferenceSettings = None,  # the options named in @with_settings, checked
     save_probabilities: bool = typer.Option(
         False,
         "--save-probabilities",
