@@ -361,3 +361,53 @@ def test_bf16_autocast_runs_in_train_and_eval(train: bool) -> None:
     outs = out if isinstance(out, list) else [out]
     assert outs[0].shape[-3:] == x.shape[-3:]
     assert all(torch.isfinite(o.float()).all() for o in outs)
+
+
+@pytest.mark.parametrize(
+    ("mixer", "args"),
+    [("nmf", {"head_dim": 8, "window_size": 4}), ("favor", {"head_dim": 8}), ("none", {})],
+)
+def test_blocks_mixing_in_float32_leave_cpu_autocast(mixer, args) -> None:
+    """Under CPU bf16 autocast a block whose mixer computes in float32 anyway runs its fused
+    float32 kernels: the same output as outside autocast, bit for bit, and gradients."""
+    from nmfseg.blocks import MixerBlock
+
+    torch.manual_seed(0)
+    block = MixerBlock(16, spatial_dims=3, mixer=mixer, mixer_args=args).eval()
+    x = torch.randn(1, 16, 8, 6, 5)
+    with torch.no_grad():
+        ref = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = block(x.bfloat16())
+            from_float = block(x)
+    assert low.dtype == torch.float32 and torch.equal(from_float, ref)
+    torch.testing.assert_close(low, block(x.bfloat16().float()).detach())
+    block.train()
+    grads = []
+    for amp in (False, True):  # backward() inside the autocast region, as some loops do
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            block(xg).square().sum().backward()
+        grads.append(xg.grad)
+    if mixer != "favor":  # nmfseg's own autograd Functions: float32 backward, bit for bit
+        assert torch.equal(grads[1], grads[0])
+    else:  # PyTorch's own backward ops follow the autocast region they are called in
+        torch.testing.assert_close(grads[1], grads[0], atol=0.05, rtol=0.05)
+
+
+def test_attention_blocks_keep_bf16_under_cpu_autocast() -> None:
+    """An attention mixer gains from bf16, so its block stays under autocast."""
+    from nmfseg.models.transbts import SelfAttention
+
+    torch.manual_seed(0)
+    block = nmfseg.blocks.MixerBlock(16, spatial_dims=3, mixer="none").eval()
+    block.mixer, block.norm1 = SelfAttention(16, num_heads=2), nmfseg.layers.LayerNorm(16)
+    x = torch.randn(1, 16, 4, 4, 4)
+    with torch.no_grad():
+        ref = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not block._leaves_autocast(x)
+            low = block(x)
+    assert not torch.equal(low.float(), ref)
+    torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)

@@ -8,7 +8,10 @@ The fused CPU kernels of :mod:`nmfseg.layers.fused` are chosen here, once per ca
 ``fused`` set (the default) and a float32/float64 CPU input outside autocast, the LayerNorm
 is fused into the mixer's input projection, the mixer's output projection, dropout and
 residual are one pass, and the whole MLP subblock is one node; otherwise every module runs
-its own plain ``forward``. Both paths compute the same function.
+its own plain ``forward``. Both paths compute the same function. Under CPU autocast a block
+whose mixer computes in float32 anyway (the NMF, FAVOR+; or no mixer) leaves autocast and
+runs the fused float32 kernels: on the CPU they are faster than its plain modules in bf16
+(an attention mixer keeps bf16, where attention gains from it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from nmfseg.mixers import create_mixer
 from nmfseg.mixers.base import ProjectedMixer
 
 __all__ = ["MixerBlock"]
+
+_HALF = (torch.bfloat16, torch.float16)
 
 
 class MixerBlock(nn.Module):
@@ -77,6 +82,18 @@ class MixerBlock(nn.Module):
         block at the top of a checkpointed stage's backward, for one more mixer forward."""
         self.grad_checkpointing = enable
 
+    def _leaves_autocast(self, x: Tensor) -> bool:
+        """Under CPU autocast, whether this block runs in float32 on its fused kernels: when
+        its mixer computes in float32 anyway (or it has none), the fused float32 kernels are
+        faster than the plain modules in bf16 (``benchmarks/bench_predict.py --bf16``)."""
+        mixer = self.mixer
+        return (
+            self.fused
+            and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and (mixer is None or getattr(mixer, "mixes_in_float32", False))
+        )
+
     def _mix(self, x: Tensor) -> Tensor:
         mixer, norm = self.mixer, self.norm1
         if self.fused and fusable(x) and isinstance(mixer, ProjectedMixer):
@@ -86,6 +103,12 @@ class MixerBlock(nn.Module):
         return x + mixer(norm(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._leaves_autocast(x):
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(x.float() if x.dtype in _HALF else x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if self.mixer is not None:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(self._mix, x, use_reentrant=False)

@@ -173,7 +173,9 @@ class InferenceSettings:
         blend: ``"gaussian"`` or ``"constant"`` window blending (``validation.mode``).
         threshold: Probability in ``(0, 1)`` at or above which a voxel is inside a region
             (``validation.threshold``).
-        amp: ``"bf16"`` (autocast; the NMF itself stays float32) or ``"none"``.
+        amp: ``"bf16"`` (autocast; the NMF itself stays float32, and on the CPU so do the
+            blocks of the Factorizers and Performer, whose fused float32 kernels are faster
+            there) or ``"none"``.
         compile: ``torch.compile`` every fold's network.
         nmf_iters: NMF outer iterations ``T >= 0`` (Factorizers only).
         nmf_rank: NMF rank ``R >= 1``.

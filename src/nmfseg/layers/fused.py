@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
+from nmfseg.nmf.precision import backward_without_autocast
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -108,6 +109,7 @@ class LayerNormPointwiseFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, dy):  # type: ignore[override]
         x, mu, rstd, gamma, beta, weight = ctx.saved_tensors
         batch, c, n = x.shape
@@ -177,6 +179,7 @@ class MLPFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, dy):  # type: ignore[override]
         x, mu, rstd, gamma, beta, w1, b1, w2 = ctx.saved_tensors
         p, p_out = ctx.p, ctx.p_out
@@ -242,6 +245,7 @@ class ProjectAddDropoutFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, dy):  # type: ignore[override]
         z, weight = ctx.saved_tensors
         batch, c, n = z.shape

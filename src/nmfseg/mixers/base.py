@@ -29,6 +29,9 @@ class ProjectedMixer(nn.Module):
 
     in_proj: PointwiseConv
     out_proj: PointwiseConv
+    #: :meth:`mix` computes in float32 whatever autocast says (the NMF, FAVOR+): under CPU
+    #: autocast the block then runs in float32 too, on its fused kernels.
+    mixes_in_float32: bool = False
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()

@@ -65,7 +65,7 @@ from torch import Tensor
 from nmfseg.layers import PointwiseConv
 from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf.solvers import autocast_off
+from nmfseg.nmf.precision import autocast_off
 
 __all__ = [
     "FAVORAttention",
@@ -243,6 +243,8 @@ class FAVORAttention(ProjectedMixer):
     """
 
     projection: Tensor
+
+    mixes_in_float32 = True
 
     def __init__(
         self,

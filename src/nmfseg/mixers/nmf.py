@@ -37,7 +37,7 @@ from nmfseg.nmf import (
     build_matricize,
     matricized_rank1,
 )
-from nmfseg.nmf.solvers import autocast_on
+from nmfseg.nmf.precision import autocast_on
 from nmfseg.nmf.windows import is_view
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
@@ -144,6 +144,8 @@ class WrappedNMF(ProjectedMixer):
         >>> layer(torch.randn(1, 16, 8, 8, 8)).shape
         torch.Size([1, 16, 8, 8, 8])
     """
+
+    mixes_in_float32 = True
 
     def __init__(
         self,

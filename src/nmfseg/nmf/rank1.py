@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nmfseg.nmf.precision import backward_without_autocast
 from nmfseg.nmf.steps import guard
 
 __all__ = [
@@ -162,6 +163,7 @@ class Rank1Projection(torch.autograd.Function):
         return y
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         x, g0, *saved = ctx.saved_tensors
         need_x, need_g0 = ctx.needs_input_grad[:2]

@@ -25,6 +25,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from nmfseg.nmf.precision import backward_without_autocast
 from nmfseg.nmf.rank1 import (
     _grad_steps,
     projection_forward,
@@ -100,6 +101,7 @@ class MatricizedRank1(torch.autograd.Function):
         return out
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, dout: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
         z, g0, *saved = ctx.saved_tensors
         need_z, need_g0 = ctx.needs_input_grad[:2]

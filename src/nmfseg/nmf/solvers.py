@@ -30,6 +30,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from nmfseg.nmf.precision import autocast_off, autocast_on
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
 from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
 
@@ -60,18 +61,6 @@ def _check(x: Tensor, rank: int, iters: int, solver: str, grad_iters: int | None
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def autocast_on(x: Tensor) -> bool:
-    """Whether autocast is active for ``x``'s device (never for the meta device)."""
-    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-
-
-def autocast_off(x: Tensor):
-    """A context that disables autocast for ``x``'s device if it is on (NMF runs in float32)."""
-    if autocast_on(x):
-        return torch.autocast(device_type=x.device.type, enabled=False)
-    return nullcontext()
 
 
 def _no_grad_if(cond: bool):
