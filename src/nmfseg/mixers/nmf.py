@@ -167,11 +167,7 @@ class WrappedNMF(ProjectedMixer):
             raise ValueError(
                 f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
             )
-        if solver not in SOLVERS:
-            raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
-        check_positive(rank=rank)
-        if not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
+        _check_settings(iters, rank, solver)
         if grad_iters is not None and (not isinstance(grad_iters, int) or grad_iters < 0):
             raise ValueError(
                 f"grad_iters should be None or a non-negative int, got {grad_iters!r}."
@@ -244,6 +240,17 @@ def nmf_layers(model: nn.Module) -> list[WrappedNMF]:
     return [m for m in model.modules() if isinstance(m, WrappedNMF)]
 
 
+def _check_settings(iters: int | None, rank: int | None, solver: str | None) -> None:
+    """Raise ``ValueError`` naming the first NMF setting out of range (``None``: not given),
+    for :class:`WrappedNMF` and :func:`set_nmf` alike."""
+    if solver is not None and solver not in SOLVERS:
+        raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
+    if rank is not None:
+        check_positive(rank=rank)
+    if iters is not None and (not isinstance(iters, int) or iters < 0):
+        raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
+
+
 def set_nmf(
     model: nn.Module,
     iters: int | None = None,
@@ -266,12 +273,7 @@ def set_nmf(
         ValueError: A value out of range (the message names it).
     """
     layers = nmf_layers(model)
-    if iters is not None and (not isinstance(iters, int) or iters < 0):
-        raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
-    if rank is not None and (not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank should be a positive int, got {rank!r}.")
-    if solver is not None and solver not in SOLVERS:
-        raise ValueError(f"solver should be one of {SOLVERS}, got {solver!r}.")
+    _check_settings(iters, rank, solver)
     if isinstance(enabled, str) and enabled != "all":
         raise ValueError(f"enabled should be 'all' or a list of indices, got {enabled!r}.")
     if enabled is None:
