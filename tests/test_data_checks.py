@@ -164,3 +164,20 @@ def test_not_a_dataset_and_bad_option(tmp_path):
     result = _check(tmp_path, "--fmt", "brats2019")
     assert result.exit_code == 1 and "--format 'brats2019': not a dataset format" in result.stderr
     assert _check(tmp_path / "nope").exit_code == 1
+
+
+def test_nnunet_stray_file_and_missing_training_entry(tmp_path):
+    root = make_toy_dataset(tmp_path / "nn", "nnunet", n_cases=2, shape=SHAPE)
+    meta = json.loads((root / "dataset.json").read_text())
+    entry = {"image": "./imagesTr/toy_009.nii.gz", "label": "./labelsTr/toy_001.nii.gz"}
+    meta["training"] = [entry]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    src = root / "imagesTr" / "toy_001_0000.nii.gz"
+    (root / "imagesTr" / "notes.nii.gz").write_bytes(src.read_bytes())
+    result = _check(root)
+    assert result.exit_code == 1
+    assert "imagesTr/notes.nii.gz: not named CASE_XXXX (channel index)" in result.stdout
+    assert "toy_009: imagesTr/toy_009.nii.gz: listed in dataset.json as a training image" in (
+        result.stdout
+    )
+    assert "toy_001.nii.gz: listed" not in result.stdout

@@ -406,3 +406,31 @@ def test_open_case_test_images_do_not_take_training_labels(tmp_path):
     assert open_case(root / "imagesTr" / "BRATS_001.nii.gz").label_path is not None
     ds = open_dataset(root / "imagesTs")
     assert ds.case_ids == ["BRATS_001"] and not ds.has_labels
+
+
+@pytest.mark.parametrize("fmt", ["msd_brats", "nnunet"])
+def test_decathlon_test_folder_takes_its_own_labels(tmp_path, fmt):
+    """``imagesTs`` pairs with ``labelsTs`` (never ``labelsTr``), opened from either folder."""
+    root = make_toy_dataset(tmp_path, fmt, n_cases=2, shape=SHAPE)
+    for tr, ts in (("imagesTr", "imagesTs"), ("labelsTr", "labelsTs")):
+        (root / ts).mkdir()
+        for path in sorted((root / tr).iterdir())[: 1 if tr == "labelsTr" else None]:
+            (root / ts / path.name).write_bytes(path.read_bytes())
+    ds = open_dataset(root / "imagesTs")
+    assert ds.fmt == fmt and len(ds) == 2 and ds.has_labels
+    labels = [c.label_path for c in ds.cases]
+    assert [p.parent.name for p in labels] == ["labelsTs"] * 2
+    assert labels[0].is_file() and not labels[1].is_file()  # check-data reports the second
+    assert [p.parent.name for c in open_dataset(root).cases for p in c.image_paths] == (
+        ["imagesTr"] * len(REAL_FILES[fmt]) * 2
+    )
+
+
+@pytest.mark.parametrize("fmt", ["msd_brats", "nnunet"])
+def test_decathlon_without_images_folder(tmp_path, fmt):
+    root = make_toy_dataset(tmp_path, fmt, n_cases=1, shape=SHAPE)
+    for path in (root / "imagesTr").iterdir():
+        path.unlink()
+    (root / "imagesTr").rmdir()
+    with pytest.raises(DataError, match=r"imagesTr: images folder not found"):
+        get_format(fmt).open(root)

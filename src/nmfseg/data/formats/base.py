@@ -11,7 +11,6 @@ the volumes is format-independent (:mod:`nmfseg.data.formats.reading`).
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,13 @@ import numpy as np
 from nmfseg.data.nifti import (
     label_dtype,
     new_nifti,
-    nifti_files,
     save_nifti,
-    strip_nifti_ending,
     write_image,
 )
 from nmfseg.data.schemes import DatasetScheme
-from nmfseg.fileio import read_json
 from nmfseg.registry import Registry
 
 __all__ = [
-    "CHANNEL_FILE",
     "DATASET",
     "FORMATS",
     "Case",
@@ -42,16 +37,12 @@ __all__ = [
     "Problem",
     "case_output_name",
     "get_format",
-    "json_base",
-    "json_dataset_problems",
     "list_formats",
     "register_format",
     "subdirs",
     "temporarily_registered_format",
 ]
 
-#: ``CASE_0000.nii.gz``: one channel of an nnU-Net case.
-CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 #: Case id of problems that belong to no single case.
 DATASET = "<dataset>"
 
@@ -162,49 +153,6 @@ def case_output_name(case: Case) -> str:
 def subdirs(folder: Path) -> list[Path]:
     """The visible sub-folders of ``folder``, sorted."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def json_base(root: Path) -> tuple[Path, str, dict[str, Any]] | None:
-    """``(folder with dataset.json, images folder name, its content)`` for a dataset folder or
-    its ``imagesTr``/``imagesTs`` folder; None without a ``dataset.json``."""
-    if (root / "dataset.json").is_file():
-        return root, "imagesTr", read_json(root / "dataset.json")
-    if root.name in ("imagesTr", "imagesTs") and (root.parent / "dataset.json").is_file():
-        return root.parent, root.name, read_json(root.parent / "dataset.json")
-    return None
-
-
-def json_dataset_problems(dataset: Dataset) -> list[Problem]:
-    """Problems of an MSD / nnU-Net folder: ``numTraining`` that does not match, label files
-    without images."""
-    problems: list[Problem] = []
-    base = json_base(dataset.root)
-    if base is None:
-        return problems
-    root, images_name, meta = base
-    expected, found = meta.get("numTraining"), len(dataset.cases)
-    if images_name == "imagesTr" and expected is not None and expected != found:
-        problems.append(
-            Problem(
-                DATASET,
-                root / "dataset.json",
-                f"numTraining is {expected} but {found} training cases were found",
-            )
-        )
-    for entry in meta.get("training", []) if images_name == "imagesTr" else []:
-        for key in ("image", "label"):
-            value = entry.get(key) if isinstance(entry, dict) else None
-            if isinstance(value, str) and not (root / value).is_file():
-                case_id = strip_nifti_ending(Path(value).name)
-                problems.append(Problem(case_id, root / value, f"listed in dataset.json as a "
-                                        f"training {key} but the file is missing"))  # fmt: skip
-    labels = next((c.label_path for c in dataset.cases if c.label_path is not None), None)
-    if dataset.has_labels and labels is not None:
-        ids = set(dataset.case_ids)
-        for path in nifti_files(labels.parent):
-            if strip_nifti_ending(path.name) not in ids:
-                problems.append(Problem(DATASET, path, "label file without images"))
-    return problems
 
 
 class DatasetFormat:

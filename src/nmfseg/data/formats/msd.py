@@ -12,32 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nmfseg.data.formats.base import (
-    CHANNEL_FILE,
-    Case,
-    Dataset,
-    DatasetFormat,
-    Problem,
-    json_base,
-    json_dataset_problems,
-    register_format,
-)
+from nmfseg.data.formats.base import Case, Dataset, register_format
+from nmfseg.data.formats.decathlon import CHANNEL_FILE, DatasetJson, DecathlonFormat, sibling_label
 from nmfseg.data.nifti import NIFTI_ENDINGS, load_nifti, nifti_files, nifti_path, strip_nifti_ending
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.errors import DataError
 from nmfseg.fileio import write_json
 
-__all__ = ["MSDBraTS", "sibling_label"]
+__all__ = ["MSDBraTS"]
 
 
-def sibling_label(image: Path, name: str) -> Path | None:
-    """``../labelsTr/name`` for a file in ``imagesTr`` (``labelsTs`` for ``imagesTs``)."""
-    folder = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}.get(image.parent.name)
-    label = image.parent.parent / folder / name if folder else None
-    return label if label is not None and label.is_file() else None
-
-
-class MSDBraTS(DatasetFormat):
+class MSDBraTS(DecathlonFormat):
     """The MSD Task01_BrainTumour layout (see the module docstring)."""
 
     name = "msd_brats"
@@ -45,35 +30,27 @@ class MSDBraTS(DatasetFormat):
     scheme = SCHEMES["msd_brats"]
 
     def detect(self, root: Path) -> bool:
-        base = json_base(root)
-        if base is not None:
-            folder, images, meta = base
+        found = DatasetJson.find(root)
+        if found is not None:
             return (
-                "modality" in meta
-                and "channel_names" not in meta
-                and not any(CHANNEL_FILE.match(p.name) for p in nifti_files(folder / images))
+                "modality" in found.meta
+                and "channel_names" not in found.meta
+                and not any(CHANNEL_FILE.match(p.name) for p in nifti_files(found.images))
             )
         files = nifti_files(root)
         return bool(files) and len(load_nifti(files[0]).shape) == 4
 
     def open(self, root: Path, scheme: DatasetScheme | None = None) -> Dataset:
-        base = json_base(root)
-        if base is None:
-            images, labels = root, None
-        else:
-            folder, images_name, meta = base
-            self._check_modalities(meta, folder / "dataset.json")
-            images = folder / images_name
-            labels = folder / ("labelsTr" if images_name == "imagesTr" else "labelsTs")
-        if not images.is_dir():
-            raise DataError(images, "images folder not found")
-        has_labels = labels is not None and bool(nifti_files(labels))
+        found = DatasetJson.find(root)
+        if found is not None:
+            self._check_modalities(found.meta, found.path)
+        images, labels = self.case_folders(root, found)
         cases = []
         for path in nifti_files(images):
             cid = strip_nifti_ending(path.name)
-            label = nifti_path(labels / cid) if has_labels and labels is not None else None
+            label = nifti_path(labels / cid) if labels is not None else None
             cases.append(Case(cid, [path], label, self.name, self.scheme))
-        return Dataset(root, self.name, self.scheme, cases, has_labels)
+        return Dataset(root, self.name, self.scheme, cases, labels is not None)
 
     def _check_modalities(self, meta: dict[str, Any], where: Path) -> None:
         modality = meta.get("modality", {})
@@ -92,9 +69,6 @@ class MSDBraTS(DatasetFormat):
             return None  # an nnU-Net channel file
         label = sibling_label(path, path.name)
         return Case(strip_nifti_ending(path.name), [path], label, self.name, self.scheme)
-
-    def dataset_problems(self, dataset: Dataset) -> list[Problem]:
-        return json_dataset_problems(dataset)
 
     def case_id(self, index: int, prefix: str = "BRATS") -> str:
         return f"BRATS_{index + 1:03d}"

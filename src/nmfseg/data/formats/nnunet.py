@@ -12,18 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nmfseg.data.formats.base import (
-    CHANNEL_FILE,
-    DATASET,
-    Case,
-    Dataset,
-    DatasetFormat,
-    Problem,
-    json_base,
-    json_dataset_problems,
-    register_format,
-)
-from nmfseg.data.formats.msd import sibling_label
+from nmfseg.data.formats.base import DATASET, Case, Dataset, Problem, register_format
+from nmfseg.data.formats.decathlon import CHANNEL_FILE, DatasetJson, DecathlonFormat, sibling_label
 from nmfseg.data.nifti import NIFTI_ENDINGS, nifti_files, strip_nifti_ending
 from nmfseg.data.schemes import DatasetScheme, scheme_from_nnunet_json, scheme_to_nnunet_json
 from nmfseg.errors import DataError
@@ -32,7 +22,7 @@ from nmfseg.fileio import read_json, write_json
 __all__ = ["NnUNet"]
 
 
-class NnUNet(DatasetFormat):
+class NnUNet(DecathlonFormat):
     """The nnU-Net v2 raw layout (see the module docstring); the scheme is the dataset's own."""
 
     name = "nnunet"
@@ -40,51 +30,43 @@ class NnUNet(DatasetFormat):
     scheme = None
 
     def detect(self, root: Path) -> bool:
-        base = json_base(root)
-        if base is None:
+        found = DatasetJson.find(root)
+        if found is None:
             return any(CHANNEL_FILE.match(p.name) for p in nifti_files(root))
-        folder, images, meta = base
-        if "channel_names" in meta:
+        if "channel_names" in found.meta:
             return True
-        v1 = any(CHANNEL_FILE.match(p.name) for p in nifti_files(folder / images))
-        return "modality" in meta and v1
+        v1 = any(CHANNEL_FILE.match(p.name) for p in nifti_files(found.images))
+        return "modality" in found.meta and v1
 
     def open(self, root: Path, scheme: DatasetScheme | None = None) -> Dataset:
-        base = json_base(root)
+        found = DatasetJson.find(root)
         ending = ".nii.gz"
-        if base is None:  # a bare images folder (e.g. imagesTs copied elsewhere)
-            images, labels = root, None
-            if scheme is None:
-                raise DataError(
-                    root,
-                    "nnU-Net images without a dataset.json next to them: pass the scheme "
-                    "(channel names and labels), e.g. the one stored with the trained model",
-                )
-        else:
-            folder, images_name, meta = base
-            scheme = scheme_from_nnunet_json(meta, folder / "dataset.json")
-            ending = str(meta.get("file_ending", ".nii.gz"))
+        if found is None and scheme is None:  # a bare images folder (e.g. imagesTs elsewhere)
+            raise DataError(
+                root,
+                "nnU-Net images without a dataset.json next to them: pass the scheme "
+                "(channel names and labels), e.g. the one stored with the trained model",
+            )
+        if found is not None:
+            scheme = scheme_from_nnunet_json(found.meta, found.path)
+            ending = str(found.meta.get("file_ending", ".nii.gz"))
             if ending not in NIFTI_ENDINGS:
                 problem = f"file_ending {ending!r} is not supported (NIfTI only)"
-                raise DataError(folder / "dataset.json", problem)
-            images = folder / images_name
-            labels = folder / ("labelsTr" if images_name == "imagesTr" else "labelsTs")
-        if not images.is_dir():
-            raise DataError(images, "images folder not found")
-        has_labels = labels is not None and bool(nifti_files(labels))
-        files = nifti_files(images)
-        ids = sorted({m["case"] for p in files if (m := CHANNEL_FILE.match(p.name))})
+                raise DataError(found.path, problem)
+        assert scheme is not None
+        images, labels = self.case_folders(root, found)
+        ids = sorted({m["case"] for p in nifti_files(images) if (m := CHANNEL_FILE.match(p.name))})
         cases = [
             Case(
                 cid,
                 [images / f"{cid}_{i:04d}{ending}" for i in range(scheme.in_channels)],
-                labels / f"{cid}{ending}" if has_labels and labels is not None else None,
+                labels / f"{cid}{ending}" if labels is not None else None,
                 self.name,
                 scheme,
             )
             for cid in ids
         ]
-        return Dataset(root, self.name, scheme, cases, has_labels)
+        return Dataset(root, self.name, scheme, cases, labels is not None)
 
     def open_case(self, path: Path, scheme: DatasetScheme | None = None) -> Case | None:
         if not path.is_file() or not path.name.endswith(NIFTI_ENDINGS):
@@ -104,12 +86,12 @@ class NnUNet(DatasetFormat):
         return Case(cid, paths, sibling_label(path, f"{cid}{ending}"), self.name, scheme)
 
     def dataset_problems(self, dataset: Dataset) -> list[Problem]:
-        problems = json_dataset_problems(dataset)
-        base = json_base(dataset.root)
-        if base is None:
+        problems = super().dataset_problems(dataset)
+        found = DatasetJson.find(dataset.root)
+        if found is None:
             return problems
         n = dataset.scheme.in_channels
-        for path in nifti_files(base[0] / base[1]):
+        for path in nifti_files(found.images):
             match = CHANNEL_FILE.match(path.name)
             if match is None:
                 problems.append(Problem(DATASET, path, "not named CASE_XXXX (channel index)"))

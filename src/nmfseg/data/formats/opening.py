@@ -12,14 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nmfseg.data.formats.base import (
-    Case,
-    Dataset,
-    get_format,
-    json_base,
-    list_formats,
-    subdirs,
-)
+from nmfseg.data.formats.base import Case, Dataset, get_format, list_formats, subdirs
+from nmfseg.data.formats.decathlon import DatasetJson
 from nmfseg.data.nifti import NIFTI_ENDINGS
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.errors import DataError
@@ -38,12 +32,9 @@ def _detect(root: Path) -> str | None:
     for name in list_formats():
         if get_format(name).detect(root):
             return name
-    base = json_base(root)
-    if base is not None:
-        raise DataError(
-            base[0] / "dataset.json",
-            "has neither 'channel_names' (nnU-Net v2) nor 'modality' (MSD)",
-        )
+    found = DatasetJson.find(root)
+    if found is not None:
+        raise DataError(found.path, "has neither 'channel_names' (nnU-Net v2) nor 'modality' (MSD)")
     return None
 
 
