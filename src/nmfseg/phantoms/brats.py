@@ -24,19 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from nmfseg.phantoms.anatomy import (
-    SynthCase,
-    acquire,
-    box_around,
-    case_rng,
-    ellipsoid_radius,
-    load_anatomy,
-    output_grid,
-    random_pose,
-    random_rotation,
-    smooth_noise,
-    warp_tissue,
-)
+from nmfseg.phantoms import anatomy
 
 __all__ = [
     "BRATS_CHANNELS",
@@ -44,8 +32,6 @@ __all__ = [
     "ED",
     "ET",
     "NCR",
-    "SynthCase",
-    "case_rng",
     "mass_effect",
     "synth_brats_case",
 ]
@@ -115,7 +101,7 @@ def synth_brats_case(
     seed: int | tuple[int, ...],
     spacing: float = 2.0,
     shape: tuple[int, int, int] | None = None,
-) -> SynthCase:
+) -> anatomy.SynthCase:
     """Generate one BraTS-like case.
 
     Args:
@@ -138,27 +124,27 @@ def synth_brats_case(
         >>> bool((case.label > 0).any()), set(case.label.ravel()) <= {0, NCR, ED, ET}
         (True, True)
     """
-    rng = case_rng(seed)
-    anat = load_anatomy(spacing, shape)
+    rng = anatomy.case_rng(seed)
+    anat = anatomy.load_anatomy(spacing, shape)
     sp = anat.spacing
-    pose = random_pose(rng, anat)
+    pose = anatomy.random_pose(rng, anat)
 
     # Sizes (mm) and where the tumour sits.
     wt_mm = rng.uniform(16.0, 34.0)
     core_mm = wt_mm * rng.uniform(0.35, 0.7)
     centre = pose.to_output(_pick_centre(rng, anat, core_mm))
 
-    grid = output_grid(anat.shape)
+    grid = anatomy.output_grid(anat.shape)
     rel = grid - centre.astype(np.float32).reshape(3, 1, 1, 1)
     source = mass_effect(rel, core_mm / sp, rng.uniform(0.15, 0.45)) + grid - rel
-    tissue = warp_tissue(anat, pose, source)
+    tissue = anatomy.warp_tissue(anat, pose, source)
     brain = tissue["brain"] > 0.5
 
     # Shapes: a core ellipsoid and an edema ellipsoid offset from it (sizes in voxels).
     core_axes = core_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    core_rot = random_rotation(rng)
+    core_rot = anatomy.random_rotation(rng)
     wt_axes = wt_mm / sp * rng.uniform(0.75, 1.3, size=3)
-    wt_rot = random_rotation(rng)
+    wt_rot = anatomy.random_rotation(rng)
     direction = rng.standard_normal(3)
     offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.5) * (wt_mm - core_mm)
     offset = (offset / sp).astype(np.float32)
@@ -167,17 +153,17 @@ def synth_brats_case(
     # The tumour lives in a box around the core that holds the edema's farthest reach
     # (normalised radius 1.55: the hard limit below).
     half = int(np.ceil(1.6 * wt_axes.max() + np.linalg.norm(offset))) + 2
-    box = box_around(centre, half, anat.shape)
+    box = anatomy.box_around(centre, half, anat.shape)
     rel_box = rel[(slice(None), *box)]
     bshape = rel_box.shape[1:]
     wm, csf = tissue["wm"][box], tissue["csf"][box]
 
-    core_score = ellipsoid_radius(rel_box, core_rot, core_axes)
-    core_score += 0.22 * smooth_noise(rng, bshape, max(core_mm / sp * 0.5, 1.5))
+    core_score = anatomy.ellipsoid_radius(rel_box, core_rot, core_axes)
+    core_score += 0.22 * anatomy.smooth_noise(rng, bshape, max(core_mm / sp * 0.5, 1.5))
     core = core_score < 1.0
 
-    radius = ellipsoid_radius(rel_box - offset.reshape(3, 1, 1, 1), wt_rot, wt_axes)
-    wt_score = radius + 0.25 * smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
+    radius = anatomy.ellipsoid_radius(rel_box - offset.reshape(3, 1, 1, 1), wt_rot, wt_axes)
+    wt_score = radius + 0.25 * anatomy.smooth_noise(rng, bshape, max(wt_mm / sp * 0.35, 1.5))
     wt_score -= spread * (wm - 0.5)  # spreads along white matter, stops at cortex
     wt_score += 4.0 * np.maximum(radius - 1.3, 0.0)  # reaches at most ~1.55 radii
     edema = (wt_score < 1.0) & (csf < 0.6) & brain[box]
@@ -189,7 +175,7 @@ def synth_brats_case(
 
     kind = rng.choice(["rim", "solid", "non-enhancing"], p=[0.72, 0.16, 0.12])
     necrosis_level = rng.uniform(0.4, 0.75)
-    inner = core_score + 0.12 * smooth_noise(rng, bshape, max(core_mm / sp * 0.3, 1.2))
+    inner = core_score + 0.12 * anatomy.smooth_noise(rng, bshape, max(core_mm / sp * 0.3, 1.2))
     if kind == "rim":
         ncr = core & (inner < necrosis_level)
         enh = core & ~ncr
@@ -208,7 +194,7 @@ def synth_brats_case(
     tissue_c = _TISSUE * rng.uniform(0.93, 1.07, size=_TISSUE.shape).astype(np.float32)
     fractions = np.stack([tissue["csf"], tissue["gm"], tissue["wm"]])
     clean = np.tensordot(tissue_c.T, fractions, axes=1).astype(np.float32)
-    clean *= 1.0 + 0.03 * smooth_noise(rng, anat.shape, 3.0 / sp * 2.0)[None]
+    clean *= 1.0 + 0.03 * anatomy.smooth_noise(rng, anat.shape, 3.0 / sp * 2.0)[None]
     lesion = {k: v * rng.uniform(0.9, 1.1, size=4).astype(np.float32) for k, v in _LESION.items()}
     core_contrast = lesion["net"] if kind == "non-enhancing" else lesion["ncr"]
     base = clean[(slice(None), *box)]
@@ -225,13 +211,13 @@ def synth_brats_case(
         if not mask.any():
             continue
         weight = ndimage.gaussian_filter(mask.astype(np.float32), blur)
-        texture = 1.0 + het * smooth_noise(rng, bshape, 2.0)
+        texture = 1.0 + het * anatomy.smooth_noise(rng, bshape, 2.0)
         value = contrast.reshape(4, 1, 1, 1) * texture[None]
         if strength_map is not None:
             value = base + strength_map[None] * (value - base)
         painted += weight[None] * (value - base)
     clean[(slice(None), *box)] = painted
 
-    image = acquire(rng, clean, brain, sp)
+    image = anatomy.acquire(rng, clean, brain, sp)
     label *= brain
-    return SynthCase(image=image, label=label, affine=anat.affine.copy())
+    return anatomy.SynthCase(image=image, label=label, affine=anat.affine.copy())

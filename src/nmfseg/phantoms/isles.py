@@ -20,19 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from nmfseg.phantoms.anatomy import (
-    SynthCase,
-    acquire,
-    box_around,
-    case_rng,
-    ellipsoid_radius,
-    load_anatomy,
-    output_grid,
-    random_pose,
-    random_rotation,
-    smooth_noise,
-    warp_tissue,
-)
+from nmfseg.phantoms import anatomy
 
 __all__ = ["ISLES_CHANNELS", "ISLES_REGIONS", "LESION", "TERRITORIES", "synth_isles_case"]
 
@@ -92,9 +80,11 @@ def _white_matter_lesions(
         centre = idx[rng.integers(len(idx))].astype(np.float32)
         radius = rng.uniform(2.5, 7.0) / spacing
         half = int(np.ceil(1.6 * radius)) + 1
-        box = box_around(centre, half, wm.shape)
+        box = anatomy.box_around(centre, half, wm.shape)
         rel = grid[(slice(None), *box)] - centre.reshape(3, 1, 1, 1)
-        score = ellipsoid_radius(rel, random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3))
+        score = anatomy.ellipsoid_radius(
+            rel, anatomy.random_rotation(rng), radius * rng.uniform(0.6, 1.4, 3)
+        )
         blob = np.clip(1.5 - score, 0.0, 1.0) * (wm[box] > 0.5)
         out[box] = np.maximum(out[box], blob)
     return out
@@ -104,7 +94,7 @@ def synth_isles_case(
     seed: int | tuple[int, ...],
     spacing: float = 2.0,
     shape: tuple[int, int, int] | None = None,
-) -> SynthCase:
+) -> anatomy.SynthCase:
     """Generate one ISLES'22-like case (``seed``, ``spacing`` and ``shape`` as in
     :func:`~nmfseg.phantoms.brats.synth_brats_case`).
 
@@ -118,17 +108,17 @@ def synth_isles_case(
         >>> case.image.shape[0], case.label.dtype.name, int(case.label.max()) <= 1
         (2, 'uint8', True)
     """
-    rng = case_rng(seed)
-    anat = load_anatomy(spacing, shape)
+    rng = anatomy.case_rng(seed)
+    anat = anatomy.load_anatomy(spacing, shape)
     sp = anat.spacing
-    pose = random_pose(rng, anat)
-    tissue = warp_tissue(anat, pose)
+    pose = anatomy.random_pose(rng, anat)
+    tissue = anatomy.warp_tissue(anat, pose)
     brain = tissue["brain"] > 0.5
     parenchyma = (tissue["gm"] + tissue["wm"] > 0.45) & brain
 
     n_lesions = int(rng.choice(6, p=[0.08, 0.4, 0.22, 0.14, 0.1, 0.06]))
     side = rng.choice([-1.0, 1.0])
-    grid = output_grid(anat.shape)
+    grid = anatomy.output_grid(anat.shape)
     label = np.zeros(anat.shape, dtype=np.uint8)
     severity = np.zeros(anat.shape, dtype=np.float32)  # fraction of ADC lost
     for i in range(n_lesions):
@@ -138,13 +128,13 @@ def synth_isles_case(
         centre = pose.to_output(centre_t)
         radius_mm = float(np.exp(rng.uniform(np.log(2.5), np.log(rmax))))
         half = int(np.ceil(1.5 * radius_mm / sp)) + 2
-        box = box_around(centre, half, anat.shape)
+        box = anatomy.box_around(centre, half, anat.shape)
         if any(b.stop <= b.start for b in box):
             continue
         rel = grid[(slice(None), *box)] - centre.astype(np.float32).reshape(3, 1, 1, 1)
         axes = radius_mm / sp * rng.uniform(0.6, 1.4, size=3)
-        score = ellipsoid_radius(rel, random_rotation(rng), np.maximum(axes, 0.6))
-        score += 0.25 * smooth_noise(rng, rel.shape[1:], max(radius_mm / sp * 0.4, 1.2))
+        score = anatomy.ellipsoid_radius(rel, anatomy.random_rotation(rng), np.maximum(axes, 0.6))
+        score += 0.25 * anatomy.smooth_noise(rng, rel.shape[1:], max(radius_mm / sp * 0.4, 1.2))
         mask = (score < 1.0) & parenchyma[box]
         if not mask.any():
             continue
@@ -155,7 +145,7 @@ def synth_isles_case(
 
     # Partial-volume blur of the infarct's effect, texture within it.
     severity = ndimage.gaussian_filter(severity, 0.6)
-    severity *= 1.0 + 0.15 * smooth_noise(rng, anat.shape, 2.0)
+    severity *= 1.0 + 0.15 * anatomy.smooth_noise(rng, anat.shape, 2.0)
     chronic = _white_matter_lesions(rng, tissue["wm"], grid, sp)
     fractions = np.stack([tissue["csf"], tissue["gm"], tissue["wm"]])
     adc_c = _ADC * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
@@ -164,10 +154,12 @@ def synth_isles_case(
     s0 = np.tensordot(s0_c, fractions, axes=1) * (1.0 + 0.3 * severity)
     adc *= 1.0 + 0.4 * chronic  # old lesions: high ADC, T2 shine-through on DWI
     s0 *= 1.0 + 0.45 * chronic
-    adc *= 1.0 + 0.05 * smooth_noise(rng, anat.shape, 3.0)
+    adc *= 1.0 + 0.05 * anatomy.smooth_noise(rng, anat.shape, 3.0)
     dwi = s0 * np.exp(-_B * adc)
-    dwi_img = acquire(rng, (dwi / 0.3)[None].astype(np.float32), brain, sp, noise=(0.03, 0.07))
-    adc_img = acquire(
+    dwi_img = anatomy.acquire(
+        rng, (dwi / 0.3)[None].astype(np.float32), brain, sp, noise=(0.03, 0.07)
+    )
+    adc_img = anatomy.acquire(
         rng,
         (adc / 1000.0)[None].astype(np.float32),
         brain,
@@ -178,4 +170,4 @@ def synth_isles_case(
     )
     image = np.concatenate([dwi_img, adc_img]).astype(np.float32)
     label *= brain
-    return SynthCase(image=image, label=label, affine=anat.affine.copy())
+    return anatomy.SynthCase(image=image, label=label, affine=anat.affine.copy())
