@@ -18,14 +18,14 @@ Examples::
     >>> import tempfile, numpy as np, nibabel as nib, torch
     >>> from pathlib import Path
     >>> from nmfseg.models import create_model
-    >>> from nmfseg.training.checkpoint import atomic_save
     >>> kwargs = dict(channels=(4, 8), head_dim=4, window_size=2, deep_supervision=False)
     >>> net = create_model("swin_factorizer_isles", **kwargs)
     >>> run = Path(tempfile.mkdtemp()) / "run"
+    >>> (run / "fold_0").mkdir(parents=True)
     >>> config = {"patch_size": [8, 8, 8], "dataset": {"scheme": "isles22"}}
-    >>> atomic_save({"model_name": "swin_factorizer_isles", "model_kwargs": kwargs,
-    ...              "model": net.state_dict(), "config": config},
-    ...             run / "fold_0" / "checkpoint_final.pt")
+    >>> torch.save({"model_name": "swin_factorizer_isles", "model_kwargs": kwargs,
+    ...             "model": net.state_dict(), "config": config},
+    ...            run / "fold_0" / "checkpoint_final.pt")
     >>> p = Predictor.from_run(run, device="cpu", nmf_iters=2)
     >>> image = np.zeros((2, 10, 9, 8), np.float32)
     >>> image[:, 2:8, 2:7, 1:7] = np.random.default_rng(0).random((2, 6, 5, 6)) + 1
