@@ -101,6 +101,7 @@ def test_traced_matricize_matches_swin_matricize_and_inverts_it():
 # ------------------------------------------------------------------ nmfseg export
 
 
+@pytest.mark.slow
 def test_export_writes_a_verified_model_that_runs_at_other_sizes(exported):
     _, net, path, output = exported
     assert "exporting fold_0" in output and "wrote" in output
@@ -121,6 +122,7 @@ def test_export_writes_a_verified_model_that_runs_at_other_sizes(exported):
             assert np.abs(got - net(x).numpy()).max() <= 1e-4, spatial
 
 
+@pytest.mark.slow
 def test_export_bakes_in_the_nmf_layers_and_picks_the_fold(exported, tmp_path):
     run, _, _, _ = exported
     out = tmp_path / "m.onnx"
@@ -140,6 +142,7 @@ def test_export_bakes_in_the_nmf_layers_and_picks_the_fold(exported, tmp_path):
 # ------------------------------------------------------------------ predict --engine
 
 
+@pytest.mark.slow
 def test_onnxruntime_predicts_what_torch_predicts(exported, tmp_path):
     from nmfseg.export.runtime import load_onnx_ensemble
     from nmfseg.inference.predictor import Predictor
@@ -183,6 +186,7 @@ def test_missing_optional_dependencies_are_one_line(monkeypatch, tmp_path, args)
     assert result.output == f"nmfseg: error: {EXTRA_HINT}\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -230,6 +234,7 @@ def test_an_operator_without_onnx_translation_is_named():
         network_to_onnx(Spectrum(), torch.randn(2, 1, 4, 4, 4))
 
 
+@pytest.mark.slow
 def test_a_network_whose_trace_fixes_the_size_is_refused_naming_the_line(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

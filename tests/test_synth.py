@@ -250,6 +250,7 @@ def test_scheme_label_mapping_matches_regions():
         to_scheme_labels(lab, BRATS_REGIONS, SCHEMES["isles22"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "fmt", "make"),
     [
