@@ -27,10 +27,9 @@ from nmfseg.layers import MLP, LayerNorm, fusable, layer_norm_pointwise, norm_ml
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers import create_mixer
 from nmfseg.mixers.base import ProjectedMixer
+from nmfseg.nmf.precision import work_dtype
 
 __all__ = ["MixerBlock"]
-
-_HALF = (torch.bfloat16, torch.float16)
 
 
 class MixerBlock(nn.Module):
@@ -105,7 +104,7 @@ class MixerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._leaves_autocast(x):
             with torch.autocast("cpu", enabled=False):
-                return self._forward(x.float() if x.dtype in _HALF else x)
+                return self._forward(x.to(work_dtype(x.dtype)))
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:

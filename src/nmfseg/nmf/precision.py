@@ -16,9 +16,21 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["autocast_off", "autocast_on", "backward_without_autocast"]
+__all__ = ["autocast_off", "autocast_on", "backward_without_autocast", "work_dtype"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the NMF computes in for input of ``dtype``: float32 or float64 as given,
+    float32 for anything else (bf16, float16).
+
+    Examples::
+
+        >>> work_dtype(torch.bfloat16), work_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def autocast_on(x: Tensor) -> bool:

@@ -30,15 +30,13 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from nmfseg.nmf.precision import autocast_off, autocast_on
+from nmfseg.nmf.precision import autocast_off, work_dtype
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
 from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
 
 __all__ = [
     "NMF",
     "SOLVERS",
-    "autocast_off",
-    "autocast_on",
     "nmf",
     "nmf_flops",
     "nmf_reconstruct",
@@ -59,10 +57,6 @@ def _check(x: Tensor, rank: int, iters: int, solver: str, grad_iters: int | None
         raise ValueError(f"x should have shape (..., M, N), got {tuple(x.shape)}.")
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def _no_grad_if(cond: bool):
     # grad_iters=0: every iteration runs without autograd (same values as grad_iters=None).
     return torch.no_grad() if cond else nullcontext()
@@ -72,7 +66,7 @@ def _prepare(
     x: Tensor, rank: int, init: tuple[Tensor, Tensor] | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``x`` in the working dtype and the initial factors, broadcast to ``x``'s batch."""
-    x = x.to(_work_dtype(x.dtype))
+    x = x.to(work_dtype(x.dtype))
     if init is None:
         u0, v0 = default_init(x, rank)
     else:
