@@ -4,7 +4,7 @@
 :class:`DecathlonFormat` is the base of such formats: it finds the ``dataset.json`` of a
 dataset folder or of its images folder (:class:`DatasetJson`), resolves the images and labels
 folders (:meth:`DecathlonFormat.case_folders`) and checks the folder against its
-``dataset.json`` (:meth:`DecathlonFormat.dataset_problems`). A subclass says how a case's
+``dataset.json`` (:meth:`DecathlonFormat.json_problems`). A subclass says how a case's
 files are named.
 """
 
@@ -106,12 +106,14 @@ class DecathlonFormat(DatasetFormat):
         return images, labels if labels is not None and nifti_files(labels) else None
 
     def dataset_problems(self, dataset: Dataset) -> list[Problem]:
-        """``numTraining`` that does not match, training files listed in ``dataset.json`` but
-        missing, label files without images."""
-        problems: list[Problem] = []
         found = DatasetJson.find(dataset.root)
-        if found is None:
-            return problems
+        return [] if found is None else self.json_problems(dataset, found)
+
+    def json_problems(self, dataset: Dataset, found: DatasetJson) -> list[Problem]:
+        """Problems of a dataset against its ``dataset.json``: ``numTraining`` that does not
+        match, training files listed but missing, label files without images. A subclass adds
+        its own by extending this."""
+        problems: list[Problem] = []
         expected, n_cases = found.meta.get("numTraining"), len(dataset.cases)
         if found.training and expected is not None and expected != n_cases:
             problem = f"numTraining is {expected} but {n_cases} training cases were found"

@@ -85,11 +85,8 @@ class NnUNet(DecathlonFormat):
         paths = [path.parent / f"{cid}_{i:04d}{ending}" for i in range(scheme.in_channels)]
         return Case(cid, paths, sibling_label(path, f"{cid}{ending}"), self.name, scheme)
 
-    def dataset_problems(self, dataset: Dataset) -> list[Problem]:
-        problems = super().dataset_problems(dataset)
-        found = DatasetJson.find(dataset.root)
-        if found is None:
-            return problems
+    def json_problems(self, dataset: Dataset, found: DatasetJson) -> list[Problem]:
+        problems = super().json_problems(dataset, found)
         n = dataset.scheme.in_channels
         for path in nifti_files(found.images):
             match = CHANNEL_FILE.match(path.name)
