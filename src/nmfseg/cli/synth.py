@@ -1,4 +1,4 @@
-"""``nmfseg synth``: write a synthetic BraTS- or ISLES'22-like dataset."""
+"""``nmfseg synth``: write a synthetic BraTS-, ISLES'22- or head-CT-like dataset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from nmfseg.cli._common import handle_errors
 
 def synth(
     kind: str = typer.Argument(
-        ..., metavar="KIND", help="brats (FLAIR/T1/T1Gd/T2 gliomas) or isles (DWI/ADC)."
+        ...,
+        metavar="KIND",
+        help="brats (FLAIR/T1/T1Gd/T2 gliomas), isles (DWI/ADC infarcts) or ct (head CT in "
+        "HU with haemorrhages, a clinical voxel size per case).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (empty/new)."),
     cases: int = typer.Option(10, "--cases", "-n", help="Number of cases."),
@@ -20,10 +23,13 @@ def synth(
         None,
         "--format",
         help="msd (default for brats), brats2021, brats2023, isles22 (default for isles), "
-        "nnunet (either kind).",
+        "nnunet (any kind; the default for ct).",
     ),
-    spacing: float = typer.Option(
-        2.0, "--spacing", help="Voxel size in mm (2 = the MNI 2 mm grid; 3-4 for quick runs)."
+    spacing: float | None = typer.Option(
+        None,
+        "--spacing",
+        help="Voxel size in mm [2 = the MNI 2 mm grid; 3-4 for quick runs]. ct: the generation "
+        "grid and the scale of each case's clinical voxel size [1].",
     ),
     shape: str | None = typer.Option(
         None, "--shape", help="Crop/pad the grid about the brain to X,Y,Z voxels, e.g. 64,64,64."

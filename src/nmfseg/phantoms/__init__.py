@@ -3,10 +3,11 @@
 ======================== ================================================================
 module                   what it holds
 ======================== ================================================================
-:mod:`~.synth`           :func:`synthesize_dataset`: BraTS- / ISLES'22-like phantoms
+:mod:`~.synth`           :func:`synthesize_dataset`: BraTS- / ISLES'22- / head-CT-like phantoms
 :mod:`~.anatomy`         the MNI152 template (inside the nilearn wheel), pose, scanner model
 :mod:`~.brats`           gliomas (NCR, edema, enhancing rim, mass effect)
 :mod:`~.isles`           infarcts in vascular territories, DWI/ADC
+:mod:`~.ct`              head CT in HU: skull, scalp, haemorrhage and oedema, clinical voxel sizes
 :mod:`~.overview`        the ``overview.png`` figure
 :mod:`~.toy`             tiny learnable toys for tests and examples
 ======================== ================================================================

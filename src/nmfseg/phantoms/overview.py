@@ -17,6 +17,7 @@ def save_overview(
     slices: Sequence[tuple[str, int, np.ndarray, np.ndarray]],
     channels: Sequence[str],
     labels: dict[int, tuple[str, str]],
+    window: tuple[float, float] | None = None,
 ) -> Path:
     """Save a figure of axial slices: every channel plus a label overlay per case.
 
@@ -26,6 +27,8 @@ def save_overview(
             internal codes.
         channels: Channel names (column titles).
         labels: Internal code -> ``(name, colour)``.
+        window: Display range of every channel (e.g. CT's brain window ``(0, 80)`` HU);
+            None shows 0 to the 99.5th percentile of each slice's positive values (MRI).
 
     Returns:
         The path written.
@@ -47,9 +50,12 @@ def save_overview(
     for row, (case_id, z, image, label) in zip(axes, slices, strict=True):
         for c, ax in enumerate(row):
             chan = image[min(c, len(channels) - 1) if c < len(channels) else 0]
-            nz = chan[chan > 0]
-            vmax = float(np.percentile(nz, 99.5)) if nz.size else 1.0
-            ax.imshow(chan.T, origin="lower", cmap="gray", vmin=0.0, vmax=vmax)
+            if window is None:
+                nz = chan[chan > 0]
+                vmin, vmax = 0.0, float(np.percentile(nz, 99.5)) if nz.size else 1.0
+            else:
+                vmin, vmax = window
+            ax.imshow(chan.T, origin="lower", cmap="gray", vmin=vmin, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(channels):

@@ -1,11 +1,13 @@
-"""Synthetic BraTS- and ISLES'22-like datasets, written in the real on-disk formats.
+"""Synthetic BraTS- and ISLES'22-like MRI and head-CT datasets, in the real on-disk formats.
 
 Real BraTS and ISLES data need a registration and a download; these phantoms need neither.
 They are built from the MNI152 template and tissue maps shipped inside the ``nilearn`` wheel
 (see :mod:`nmfseg.phantoms.anatomy`), with tumours (:mod:`nmfseg.phantoms.brats`) or
 infarcts (:mod:`nmfseg.phantoms.isles`) and a scanner model (pose, bias, gain, Rician
-noise, skull stripping). They are not real patients: use them to check that a pipeline
-runs and learns, not to claim clinical accuracy.
+noise, skull stripping), or as non-contrast head CT (:mod:`nmfseg.phantoms.ct`: Hounsfield
+units stored as int16, a skull, haemorrhages, a clinical voxel size per case). They are not
+real patients: use them to check that a pipeline runs and learns, not to claim clinical
+accuracy.
 
 :func:`synthesize_dataset` writes a whole dataset with the readers' own layout
 (:func:`nmfseg.data.formats.write_case`), labels in the format's scheme
@@ -15,7 +17,9 @@ runs and learns, not to claim clinical accuracy.
 
 Grid: 2 mm isotropic by default (the nilearn 2 mm MNI grid, 99 x 117 x 95). ``spacing``
 coarsens it (4 mm: about 50 x 59 x 48, ~8x fewer voxels, for quick tests and demos) and
-``shape`` crops/pads it about the brain (e.g. ``(64, 64, 64)`` at 3 mm).
+``shape`` crops/pads it about the brain (e.g. ``(64, 64, 64)`` at 3 mm). CT cases are
+generated on that grid (1 mm by default) and resampled to their own voxel size, the
+clinical one times ``spacing`` (so 3–4 mm gives the same spread of sizes, coarser).
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import write_json
 from nmfseg.phantoms.anatomy import SynthCase, load_anatomy, prime_anatomy
 from nmfseg.phantoms.brats import BRATS_CHANNELS, BRATS_REGIONS, ED, ET, NCR, synth_brats_case
+from nmfseg.phantoms.ct import (
+    CT_CHANNELS,
+    CT_REGIONS,
+    HAEMORRHAGE,
+    OEDEMA,
+    synth_ct_case,
+    write_ct_case,
+)
 from nmfseg.phantoms.isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
 from nmfseg.phantoms.overview import save_overview
 
@@ -50,6 +62,7 @@ __all__ = [
     "phantom_formats",
     "save_overview",
     "synth_brats_case",
+    "synth_ct_case",
     "synth_isles_case",
     "synthesize_dataset",
     "to_scheme_labels",
@@ -66,9 +79,12 @@ PHANTOM_REVISION = 2
 #: internal label names and overlay colours, the prefix of case ids in formats without their
 #: own naming, and the scheme used in formats without a fixed one (nnU-Net v2): BraTS
 #: region-based (labels 1 = edema, 2 = necrosis / non-enhancing core, 3 = enhancing; regions WT,
-#: TC, ET painted in that order, as nnU-Net's own BraTS conversion), ISLES one lesion label;
-#: channels in the generator's order. A kind can be written in every registered format whose
-#: fixed scheme has its regions, and in those without a fixed scheme.
+#: TC, ET painted in that order, as nnU-Net's own BraTS conversion), ISLES one lesion label,
+#: CT two disjoint labels (haemorrhage, oedema); channels in the generator's order. A kind can
+#: be written in every registered format whose fixed scheme has its regions, and in those
+#: without a fixed scheme. Optional: ``spacing`` (the default of ``synthesize_dataset``, else
+#: 2 mm), ``write`` (how a case is stored, else float32 through ``write_case``), ``window``
+#: (the overview's display range, else 0 to the 99.5th percentile).
 KINDS: dict[str, dict[str, Any]] = {
     "brats": {
         "generate": synth_brats_case,
@@ -99,6 +115,24 @@ KINDS: dict[str, dict[str, Any]] = {
             regions={"lesion": (1,)},
             region_labels={"lesion": 1},
         ),
+    },
+    "ct": {
+        "generate": synth_ct_case,
+        "regions": CT_REGIONS,
+        "channels": CT_CHANNELS,
+        "default_format": "nnunet",
+        "labels": {HAEMORRHAGE: ("haemorrhage", "#e8412c"), OEDEMA: ("oedema", "#3cc43c")},
+        "case_prefix": "CT",
+        "scheme": DatasetScheme(
+            name="nnunet",
+            channels=CT_CHANNELS,
+            labels=(0, 1, 2),
+            regions={"haemorrhage": (1,), "oedema": (2,)},
+            region_labels={"haemorrhage": 1, "oedema": 2},
+        ),
+        "spacing": 1.0,
+        "write": write_ct_case,
+        "window": (0.0, 80.0),  # the brain window (W80, L40)
     },
 }
 _FORMAT_ALIASES = {"msd": "msd_brats"}
@@ -207,9 +241,8 @@ def _make_case(job: dict[str, Any]) -> dict[str, Any]:
     )
     scheme = _scheme(job["kind"], job["fmt"])
     label = to_scheme_labels(case.label, spec["regions"], scheme)
-    write_case(
-        job["fmt"], job["out"], job["case_id"], case.image, label, case.affine, scheme=scheme
-    )
+    write = spec.get("write", write_case)
+    write(job["fmt"], job["out"], job["case_id"], case.image, label, case.affine, scheme=scheme)
     voxel_ml = float(abs(np.linalg.det(case.affine[:3, :3]))) / 1000.0
     counts = np.bincount(case.label.ravel(), minlength=max(spec["labels"]) + 1)
     result: dict[str, Any] = {
@@ -219,6 +252,10 @@ def _make_case(job: dict[str, Any]) -> dict[str, Any]:
             name: round(float(counts[c]) * voxel_ml, 3) for c, (name, _) in spec["labels"].items()
         },
     }
+    if "spacing" in spec:  # kinds whose cases have their own voxel size
+        result["spacing_mm"] = [
+            round(float(v), 6) for v in np.linalg.norm(case.affine[:3, :3], axis=0)
+        ]
     if job["keep_slice"]:
         z = _axial_slice(case.label, case.image[0] > 0)
         result["slice"] = (z, case.image[:, :, :, z].copy(), case.label[:, :, z].copy())
@@ -252,25 +289,30 @@ def synthesize_dataset(
     n_cases: int,
     seed: int = 0,
     fmt: str | None = None,
-    spacing: float = 2.0,
+    spacing: float | None = None,
     shape: Sequence[int] | None = None,
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
     overview: int = 4,
 ) -> Path:
-    """Write a synthetic BraTS- or ISLES'22-like dataset in a real on-disk format.
+    """Write a synthetic BraTS-, ISLES'22- or head-CT-like dataset in a real on-disk format.
 
     Args:
-        kind: ``"brats"`` (FLAIR, T1, T1Gd, T2; NCR/ED/ET) or ``"isles"`` (DWI, ADC; lesion).
+        kind: ``"brats"`` (FLAIR, T1, T1Gd, T2; NCR/ED/ET), ``"isles"`` (DWI, ADC; lesion) or
+            ``"ct"`` (CT in HU; haemorrhage, oedema; each case its own voxel size).
         out: Dataset folder to create; must be empty or absent (see ``overwrite``).
         n_cases: Number of cases.
         seed: Dataset seed; case ``i`` uses the seed ``(seed, i)``.
         fmt: ``"msd"``/``"msd_brats"`` (default for brats), ``"brats2021"``, ``"brats2023"``,
-            ``"isles22"`` (default for isles), or ``"nnunet"`` (nnU-Net v2 raw, either kind;
-            name the folder ``DatasetNNN_Name`` if nnU-Net itself is to read it).
-        spacing: Isotropic voxel size in mm (>= 1; 2 is the default, 3–4 for quick runs).
-        shape: Optional grid size ``(X, Y, Z)``, cropped/padded about the brain.
+            ``"isles22"`` (default for isles), or ``"nnunet"`` (nnU-Net v2 raw, any kind, the
+            default for ct; name the folder ``DatasetNNN_Name`` if nnU-Net itself is to read
+            it).
+        spacing: Isotropic voxel size in mm (>= 1; 3–4 for quick runs; default 2). For ct
+            the generation grid and the scale of each case's clinical voxel size (default 1:
+            0.70–1.0 mm in-plane, 1–5 mm slices).
+        shape: Optional grid size ``(X, Y, Z)``, cropped/padded about the brain (for ct the
+            generation grid's; each case's shape follows from its voxel size).
         workers: Processes generating cases in parallel (the result does not depend on it).
         progress: Show a tqdm progress bar.
         overwrite: Empty ``out`` first if it holds an earlier ``nmfseg synth`` dataset (one
@@ -306,6 +348,7 @@ def synthesize_dataset(
         raise ConfigError(f"--cases must be at least 1, got {n_cases}")
     if int(seed) < 0:
         raise ConfigError(f"--seed must be a nonnegative integer, got {seed}")
+    spacing = float(spec.get("spacing", 2.0) if spacing is None else spacing)
     if not np.isfinite(spacing) or spacing < 1.0:
         raise ConfigError(f"--spacing must be at least 1 mm, got {spacing}")
     if shape is not None:
@@ -366,7 +409,7 @@ def synthesize_dataset(
     )
     if overview > 0:
         slices = [(r["case_id"], *r.pop("slice")) for r in results if "slice" in r]
-        save_overview(out / OVERVIEW, slices, spec["channels"], spec["labels"])
+        save_overview(out / OVERVIEW, slices, spec["channels"], spec["labels"], spec.get("window"))
     manifest |= {"complete": True, "cases": results}
     write_json(out / MANIFEST, json.loads(json.dumps(manifest)))
     return out
