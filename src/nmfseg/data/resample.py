@@ -31,10 +31,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODES", "resample_to_grid", "resample_to_spacing", "same_spacing"]
+__all__ = [
+    "ANISOTROPY",
+    "MODES",
+    "resample_to_grid",
+    "resample_to_spacing",
+    "same_spacing",
+    "target_spacing_for",
+]
 
 MODES = ("bilinear", "nearest")
 SPACING_RTOL = 1e-4  # spacings this close (relative) are the same grid: nothing is resampled
+ANISOTROPY = 3.0  # nnU-Net's threshold for the low-resolution axis refinement
 
 
 def same_spacing(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -48,6 +56,55 @@ def same_spacing(a: Sequence[float], b: Sequence[float]) -> bool:
     if len(a) != len(b):
         return False
     return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=SPACING_RTOL, atol=0))
+
+
+def target_spacing_for(
+    spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]] | None = None
+) -> tuple[float, ...] | None:
+    """The voxel size a dataset's cases are resampled to: ``None`` when they all share one.
+
+    nnU-Net v2's rule (``ExperimentPlanner.determine_fullres_target_spacing``): the median
+    spacing per axis; with ``shapes``, if the coarsest axis is more than 3 times coarser than
+    the finest other axis *and* has fewer than a third of the voxels of the smallest other
+    axis (median shapes), its target is the 10th percentile of that axis's spacings instead
+    (kept above the other axes' spacing), so that thick-slice cases are not interpolated
+    into many invented slices.
+
+    Args:
+        spacings: one voxel size per case (mm, the same axis order for all).
+        shapes: optional spatial shape per case, for the anisotropy refinement (nnU-Net uses
+            the shapes after cropping to the nonzero box).
+
+    Examples::
+
+        >>> target_spacing_for([(1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]) is None
+        True
+        >>> target_spacing_for([(0.8, 0.8, 1.0), (1.0, 1.0, 1.5), (1.2, 1.2, 3.0)])
+        (1.0, 1.0, 1.5)
+        >>> spacings = [(0.7, 0.7, 5.0)] * 8 + [(0.7, 0.7, 2.0)] * 2
+        >>> target_spacing_for(spacings, [(256, 256, 30)] * 10)
+        (0.7, 0.7, 2.0)
+    """
+    table = np.asarray(spacings, dtype=np.float64)
+    if table.ndim != 2 or not len(table):
+        raise ValueError(f"spacings must be one voxel size per case, got shape {table.shape}")
+    if all(same_spacing(row, table[0]) for row in table[1:]):
+        return None
+    target = np.percentile(table, 50, axis=0)
+    if shapes is not None and table.shape[1] > 1:
+        sizes = np.percentile(np.asarray(shapes, dtype=np.float64), 50, axis=0)
+        worst = int(np.argmax(target))
+        others = [a for a in range(len(target)) if a != worst]
+        finest_other = max(target[a] for a in others)
+        if (
+            target[worst] > ANISOTROPY * finest_other
+            and sizes[worst] * ANISOTROPY < min(sizes[a] for a in others)
+        ):
+            refined = float(np.percentile(table[:, worst], 10))
+            if refined < finest_other:
+                refined = max(finest_other, refined) + 1e-5
+            target[worst] = refined
+    return tuple(float(t) for t in target)
 
 
 def _diag(spacing: Sequence[float]) -> Any:

@@ -288,6 +288,7 @@ def inference_metadata(predictor: Predictor, source: Path, checkpoint: str) -> d
         "sw_batch_size": settings["sw_batch_size"],
         "threshold": settings["threshold"],
         "nmf": nmf if nmf["iters"] is not None else None,
+        "preprocessing": ens.preprocessing.to_dict(),
     }
 
 

@@ -7,7 +7,9 @@ so the sliding window, flip TTA, thresholding and writing of
 :func:`~nmfseg.inference.predict.predict_folder` run unchanged.
 :func:`load_onnx_ensemble` builds the :class:`~nmfseg.inference.ensemble.Ensemble` from
 the metadata stored in the model (patch size, channels, regions, label scheme, overlap,
-blending, windows per batch, threshold, the NMF settings it was exported with).
+blending, windows per batch, threshold, the NMF settings it was exported with, and the
+run's preprocessing when the model has it; one exported before nmfseg stored it is
+preprocessed with the paper's rule, as it was trained).
 
 The NMF settings, bf16 autocast, ``torch.compile`` and the choice of folds are fixed when a
 model is exported; :func:`check_onnx_settings` refuses them in one line.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nmfseg.data.normalization import Preprocessing
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.export.onnx import FORMAT, INPUT, METADATA_KEY, OUTPUT, require
@@ -152,6 +155,9 @@ def load_onnx_ensemble(model: str | Path, device: str | None = None) -> Ensemble
     meta = read_metadata(session, path)
     net = OnnxNetwork(session, meta)
     scheme = DatasetScheme.from_dict(meta["scheme"]) if meta.get("scheme") else None
+    pre = meta.get("preprocessing")
+    if pre is not None:
+        pre = Preprocessing.from_dict(pre, where=f"{path}: metadata preprocessing")
     return Ensemble(
         models=[net],
         sources=[path],
@@ -167,6 +173,7 @@ def load_onnx_ensemble(model: str | Path, device: str | None = None) -> Ensemble
         threshold=float(meta["threshold"]),
         config={"model": {"name": meta.get("model")}, "export": meta},
         device=torch.device("cpu"),
+        preprocessing=pre,
     )
 
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.normalization import Preprocessing
+from nmfseg.data.preprocess import preprocess_case, restore, uncrop
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.device import resolve_device
 from nmfseg.errors import ConfigError, DataError
@@ -207,6 +208,9 @@ class Ensemble:
             (``validation.threshold``, default 0.5).
         config: resolved training config of the first fold.
         device: where the networks run.
+        preprocessing: what is done to a case before the networks see it (the config's
+            ``dataset.preprocessing``; ``None`` becomes
+            :meth:`~nmfseg.data.normalization.Preprocessing.default`, the paper's rule).
     """
 
     models: list[nn.Module]
@@ -223,6 +227,11 @@ class Ensemble:
     threshold: float = 0.5
     config: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    preprocessing: Preprocessing = None  # type: ignore[assignment]  # None: the default
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing.default(self.in_channels)
 
 
 def _channels(model: nn.Module, attr: str, where: Path) -> int:
@@ -241,7 +250,8 @@ def load_ensemble(
     """Load every fold named by ``model`` (see :func:`find_checkpoints`) onto ``device``.
 
     The patch size, channel and region names come from each checkpoint's resolved training
-    config (``patch_size``, ``dataset.scheme/channels/regions``), the overlap and blending
+    config (``patch_size``, ``dataset.scheme/channels/regions``), the preprocessing from its
+    ``dataset.preprocessing`` (the paper's rule when it has none), the overlap and blending
     from its ``validation`` section, so prediction slides exactly like validation did.
 
     Examples::
@@ -253,7 +263,8 @@ def load_ensemble(
 
     Raises:
         DataError: a checkpoint is missing or unreadable, or the folds disagree on
-            patch size, channels or regions.
+            patch size, channels, regions or preprocessing.
+        ConfigError: a config's ``dataset.preprocessing`` is not valid.
     """
     dev = resolve_device(device)
     paths = find_checkpoints(model, folds, checkpoint)
@@ -273,15 +284,24 @@ def load_ensemble(
             "channels": _names(dataset.get("channels")) or (scheme.channels if scheme else ()),
             "regions": _names(dataset.get("regions")) or (scheme.region_names if scheme else ()),
         }
+        pre = dataset.get("preprocessing")
+        spec["preprocessing"] = (
+            Preprocessing.from_dict(pre, where=f"{path}: config dataset.preprocessing")
+            if pre is not None
+            else Preprocessing.default(spec["in_channels"])
+        )
         if first is None:
             first = (spec, scheme, config)
         else:
             diff = [k for k in spec if spec[k] != first[0][k]]
             if diff:
                 k = diff[0]
-                raise DataError(
-                    path, f"this fold's {k} {spec[k]} differs from {paths[0]}'s {first[0][k]}"
+                ours, theirs = (
+                    (spec[k].to_dict(), first[0][k].to_dict())
+                    if k == "preprocessing"
+                    else (spec[k], first[0][k])
                 )
+                raise DataError(path, f"this fold's {k} {ours} differs from {paths[0]}'s {theirs}")
         models.append(net)
     assert first is not None
     spec, scheme, config = first
@@ -301,6 +321,7 @@ def load_ensemble(
         threshold=float(validation.get("threshold", 0.5)),
         config=config,
         device=dev,
+        preprocessing=spec["preprocessing"],
     )
 
 
@@ -365,20 +386,25 @@ def predict_case(
     patch_size: Sequence[int],
     *,
     where: str = "image",
+    spacing: Sequence[float] | None = None,
+    preprocessing: Preprocessing | None = None,
     **window: Any,
 ) -> np.ndarray:
     """Probabilities of one raw case, in its original grid.
 
-    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`),
-    predicts the cropped volume with :func:`predict_preprocessed` (every model's sliding
-    window, averaged) and puts the result back into the original grid (probability 0 outside
-    the nonzero box).
+    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`
+    with ``preprocessing``), predicts the preprocessed volume with :func:`predict_preprocessed`
+    (every model's sliding window, averaged) and puts the result back into the original grid
+    (:func:`~nmfseg.data.preprocess.restore`: probabilities resampled back trilinearly when
+    the case was resampled, probability 0 outside the nonzero box, axes transposed back).
 
     Args:
         models: the networks to ensemble (e.g. the folds of a run).
         image: raw image ``(C, X, Y, Z)``.
         patch_size: sliding-window size.
         where: case name used in error messages.
+        spacing: the case's voxel size in mm (needed when ``preprocessing`` resamples).
+        preprocessing: what training did to its cases (``None``: the paper's rule).
         **window: the other sliding-window arguments of :func:`predict_preprocessed`
             (``overlap``, ``tta``, ``mode``, ``sw_batch_size``, ``device``, ``progress``).
 
@@ -386,8 +412,8 @@ def predict_case(
         Float32 array ``(R, X, Y, Z)`` in ``[0, 1]``.
 
     Raises:
-        DataError: the image's channel count differs from a model's ``in_channels``, or it
-            has NaN/Inf voxels.
+        DataError: the image's channel count differs from a model's ``in_channels``, it
+            has NaN/Inf voxels, or it must be resampled and ``spacing`` is missing.
     """
     if not models:
         raise ValueError("predict_case needs at least one model.")
@@ -399,5 +425,9 @@ def predict_case(
                 where,
                 f"image has {image.shape[0]} channels but the model expects {expected}",
             )
-    x, _, record = preprocess_case(image, where=where)
-    return uncrop(predict_preprocessed(models, x, patch_size, **window), record, fill=0.0)
+    if preprocessing is None:
+        x, _, crop = preprocess_case(image, where=where)
+        return uncrop(predict_preprocessed(models, x, patch_size, **window), crop, fill=0.0)
+    x, _, record = preprocess_case(image, where=where, spacing=spacing, preprocessing=preprocessing)
+    probs = predict_preprocessed(models, x, patch_size, **window)
+    return restore(probs, record, fill=0.0, mode="bilinear").astype(np.float32, copy=False)

@@ -147,7 +147,7 @@ def _predict_one(
 ) -> None:
     # Labels are not needed to predict: a case with a broken label file is still predicted.
     data = load_case(dataclasses.replace(case, label_path=None))
-    probs = predictor.probabilities(data.image, where=case.case_id)
+    probs = predictor.probabilities(data.image, where=case.case_id, spacing=data.spacing)
     labels = predictor.to_labels(probs, scheme)
     # The label file is written last: it exists only when the whole case is done. If it
     # cannot be written, the probabilities written just before are removed again.

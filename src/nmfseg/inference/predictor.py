@@ -10,8 +10,12 @@ with :func:`~nmfseg.mixers.nmf.set_nmf` to every fold's network. A setting left 
 is the one the model was validated with (the run config's ``validation`` section, the
 trained NMF settings).
 
-Every prediction is the same pipeline as training's validation: crop to the nonzero box,
-z-score, sliding window, sigmoid, mean over flips and folds, threshold, crop undone.
+Every prediction is the same pipeline as training's validation: the run's preprocessing
+(crop to the nonzero box, resampling to the run's target spacing if it has one, each
+channel's normalization: :class:`~nmfseg.data.normalization.Preprocessing`), sliding window,
+sigmoid, mean over flips and folds, resampling back to the input's grid, threshold, crop
+undone. The voxel size comes from the NIfTI header (``predict_nifti``, ``predict_case``) or
+the ``spacing=`` argument (``predict_array``; needed only by runs that resample).
 
 Examples::
 
@@ -318,14 +322,30 @@ class Predictor:
         with self._autocast():
             return predict_preprocessed(self.networks, image, **self._window())
 
-    def probabilities(self, image: np.ndarray, where: str = "image") -> np.ndarray:
+    def probabilities(
+        self, image: np.ndarray, where: str = "image", spacing: Sequence[float] | None = None
+    ) -> np.ndarray:
         """Probabilities ``(R, X, Y, Z)`` of a raw image ``(C, X, Y, Z)``, in its own grid.
 
+        Args:
+            image: the raw image, channels first.
+            where: its name in error messages.
+            spacing: its voxel size in mm (needed when the run resamples its cases).
+
         Raises:
-            DataError: naming ``where``: wrong channel count, NaN/Inf voxels.
+            DataError: naming ``where``: wrong channel count, NaN/Inf voxels, no ``spacing``
+                for a run that resamples.
         """
+        pre = self.ensemble.preprocessing
         with self._autocast():
-            return predict_case(self.networks, image, where=where, **self._window())
+            return predict_case(
+                self.networks,
+                image,
+                where=where,
+                spacing=spacing,
+                preprocessing=pre,
+                **self._window(),
+            )
 
     def to_labels(self, probabilities: np.ndarray, scheme: DatasetScheme | None = None) -> Any:
         """Threshold probabilities and write them as a label map of ``scheme``.
@@ -354,6 +374,7 @@ class Predictor:
         image: np.ndarray | torch.Tensor,
         output: str = "labels",
         scheme: DatasetScheme | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Predict a raw image ``(C, X, Y, Z)`` given as a NumPy array or a torch tensor.
 
@@ -362,6 +383,8 @@ class Predictor:
             output: ``"labels"`` (a label map of ``scheme``), ``"regions"`` (``(R, ...)``
                 uint8 masks) or ``"probabilities"`` (``(R, ...)`` float32).
             scheme: Label scheme of ``"labels"`` (default: the model's training scheme).
+            spacing: The image's voxel size in mm; needed when the run resamples its cases
+                to a target spacing (its ``dataset.preprocessing``), ignored otherwise.
 
         Returns:
             The same kind of array as ``image`` (a tensor comes back on the CPU).
@@ -374,7 +397,7 @@ class Predictor:
         if array.ndim != dims + 1:
             raise DataError("image", f"expected (C, *spatial) with {dims} spatial axes, got "
                             f"shape {array.shape}")  # fmt: skip
-        probs = self.probabilities(array)
+        probs = self.probabilities(array, spacing=spacing)
         if output == "probabilities":
             out = probs
         elif output == "regions":
@@ -412,9 +435,9 @@ class Predictor:
         shapes = {a.shape[1:] for a in arrays}
         if len(shapes) > 1:
             raise DataError("image", f"the channel images differ in shape: {sorted(shapes)}")
-        labels = self.predict_array(np.concatenate(arrays), "labels", scheme)
-        labels = np.asarray(labels)
         ref = loaded[0]
+        spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[:3])
+        labels = np.asarray(self.predict_array(np.concatenate(arrays), "labels", scheme, spacing))
         return new_nifti(labels.astype(label_dtype(labels)), ref.affine, ref.header)
 
     def predict_case(
@@ -430,7 +453,8 @@ class Predictor:
         if scheme is None and case.scheme is not None:
             one = Dataset(Path(case.image_paths[0]).parent, case.fmt, case.scheme, [case], False)
             scheme, _ = output_scheme(one, self.ensemble)
-        labels = self.to_labels(self.probabilities(data.image, case.case_id), scheme)
+        probs = self.probabilities(data.image, case.case_id, data.spacing)
+        labels = self.to_labels(probs, scheme)
         return new_nifti(labels.astype(label_dtype(labels)), data.affine, data.header)
 
 

@@ -1,12 +1,17 @@
 """Training data: a preprocessed case cache and a deterministic stream of patches.
 
 **Cache.** Every labelled case is loaded once, preprocessed exactly as prediction does it
-(:func:`nmfseg.data.preprocess.preprocess_case`: crop to the image's nonzero box, channel-
-wise z-score on nonzero voxels), its label turned into regions
+(:func:`nmfseg.data.preprocess.preprocess_case` with the run's
+:class:`~nmfseg.data.normalization.Preprocessing`: crop to the image's nonzero box, resample
+to the target spacing if any, normalize each channel; by default the paper's z-score on
+nonzero voxels), its label turned into regions
 (:func:`nmfseg.data.schemes.labels_to_regions`) and stored as ``.npy`` files under
-``RUN_DIR/<dataset>/preprocessed/`` (shared by every model and fold). Training reads the
-files memory-mapped, so only the patches are read and memory does not grow with the
-dataset. An entry is reused while the source files keep their size and modification time.
+``RUN_DIR/<dataset>/preprocessed/`` (shared by every model and fold; a preprocessing other
+than the default gets its own subfolder ``preprocessed/<key>/``, named by a hash of its
+settings, so runs with different CT statistics or spacings never share entries). Training
+reads the files memory-mapped, so only the patches are read and memory does not grow with
+the dataset. An entry is reused while the source files keep their size and modification time
+and it was made with the same preprocessing (part of the entry's fingerprint).
 
 **Patches.** The ``k``-th sample a process draws is a pure function of
 ``(seed, global sample index)``; the global index of sample ``i`` of step ``s`` on rank
@@ -27,6 +32,7 @@ Examples::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +44,8 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from nmfseg.data.formats import load_case
-from nmfseg.data.preprocess import preprocess_case
+from nmfseg.data.normalization import Preprocessing
+from nmfseg.data.preprocess import crop, preprocess_case
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.data.transforms import augment, build_augmentation, random_patch
 from nmfseg.errors import DataError
@@ -48,6 +55,7 @@ __all__ = [
     "CACHE_VERSION",
     "PatchDataset",
     "PreparedCase",
+    "cache_folder",
     "derive_seed",
     "prepare_case",
 ]
@@ -68,11 +76,13 @@ class PreparedCase:
 
     Attributes:
         case_id: the dataset's case id.
-        image_path: ``(C, x, y, z)`` float32 ``.npy`` (cropped, z-scored).
+        image_path: ``(C, x, y, z)`` float32 ``.npy`` (cropped, resampled, normalized).
         regions_path: ``(R, x, y, z)`` uint8 ``.npy`` region masks.
-        spacing: voxel size in mm.
+        spacing: voxel size in mm of the cached arrays (the target spacing when the case
+            was resampled).
         outside: per region, the label voxels lying outside the crop box (almost always 0;
-            counted so that validation Dice equals Dice in the original grid).
+            counted so that validation Dice equals Dice in the original grid; in voxels of
+            the cached grid, rounded, when the case was resampled).
     """
 
     case_id: str
@@ -87,7 +97,7 @@ class PreparedCase:
         return np.load(self.image_path, mmap_mode=mode), np.load(self.regions_path, mmap_mode=mode)
 
 
-def _fingerprint(case: Any) -> dict[str, Any]:
+def _fingerprint(case: Any, preprocessing: Preprocessing | None) -> dict[str, Any]:
     files = [*case.image_paths, *([case.label_path] if case.label_path else [])]
     out = []
     for path in files:
@@ -96,7 +106,30 @@ def _fingerprint(case: Any) -> dict[str, Any]:
             out.append([str(path), st.st_size, st.st_mtime_ns])
         except OSError:
             out.append([str(path), None, None])
-    return {"version": CACHE_VERSION, "case_id": case.case_id, "files": out}
+    fingerprint: dict[str, Any] = {"version": CACHE_VERSION, "case_id": case.case_id, "files": out}
+    if preprocessing is not None:
+        fingerprint["preprocessing"] = preprocessing.to_dict()
+    return fingerprint
+
+
+def cache_folder(cache_dir: Path, preprocessing: Preprocessing | None) -> Path:
+    """Where the entries of ``preprocessing`` live: ``cache_dir`` for the default (the
+    paper's rule, no resampling: the entries of nmfseg before preprocessings existed),
+    else ``cache_dir/<key>`` with ``key`` a hash of its settings.
+
+    Examples::
+
+        >>> from nmfseg.data.normalization import ChannelNorm
+        >>> cache_folder(Path("pre"), Preprocessing.default(2)).as_posix()
+        'pre'
+        >>> ct = Preprocessing((ChannelNorm("ct", -100, 300, 40, 80),))
+        >>> cache_folder(Path("pre"), ct) == cache_folder(Path("pre"), ct) != Path("pre")
+        True
+    """
+    if preprocessing is None or preprocessing == Preprocessing.default(preprocessing.in_channels):
+        return cache_dir
+    text = json.dumps(preprocessing.to_dict(), sort_keys=True)
+    return cache_dir / hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -108,17 +141,30 @@ def _safe_name(case_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
 
 
-def prepare_case(case: Any, scheme: Any, cache_dir: Path) -> PreparedCase:
-    """Preprocess one labelled case into ``cache_dir`` (or reuse a valid cache entry).
+def prepare_case(
+    case: Any, scheme: Any, cache_dir: Path, preprocessing: Preprocessing | None = None
+) -> PreparedCase:
+    """Preprocess one labelled case into the cache (or reuse a valid cache entry).
+
+    Args:
+        case: a labelled case of the dataset.
+        scheme: the dataset's label scheme.
+        cache_dir: the dataset's cache, ``RUN_DIR/<dataset>/preprocessed``; the entry goes
+            into :func:`cache_folder` of it.
+        preprocessing: the run's (``None``: the default, the paper's rule).
 
     Raises:
         DataError: the case has no label, or its files fail the reader's checks.
     """
-
+    if preprocessing is not None and preprocessing == Preprocessing.default(
+        preprocessing.in_channels
+    ):
+        preprocessing = None  # the same arrays; keep the entries made before this option
+    cache_dir = cache_folder(cache_dir, preprocessing)
     name = _safe_name(case.case_id)
     meta_path = cache_dir / f"{name}.json"
     image_path, regions_path = cache_dir / f"{name}_image.npy", cache_dir / f"{name}_regions.npy"
-    fingerprint = _fingerprint(case)
+    fingerprint = _fingerprint(case, preprocessing)
     if meta_path.is_file() and image_path.is_file() and regions_path.is_file():
         try:
             meta = json.loads(meta_path.read_text("utf-8"))
@@ -137,22 +183,41 @@ def prepare_case(case: Any, scheme: Any, cache_dir: Path) -> PreparedCase:
     data = load_case(case, scheme)
     if data.label is None:
         raise DataError(case.case_id, "case has no label; training needs labels")
-    image, label, record = preprocess_case(data.image, data.label, where=case.case_id)
+    image, label, record = preprocess_case(
+        data.image,
+        data.label,
+        where=case.case_id,
+        spacing=data.spacing,
+        preprocessing=preprocessing,
+    )
     regions = labels_to_regions(label, scheme)
+    spacing = tuple(data.spacing if preprocessing is None else record.spacing)
     total = labels_to_regions(data.label, scheme).reshape(len(regions), -1).sum(1)
-    inside = regions.reshape(len(regions), -1).sum(1)
-    outside = tuple(int(t - r) for t, r in zip(total, inside, strict=True))
+    if preprocessing is None or not record.resampled:
+        inside = regions.reshape(len(regions), -1).sum(1)
+    else:  # count inside the box on the original grid; convert to voxels of the new grid
+        cut = labels_to_regions(
+            crop(_transposed(data.label, record.transpose), record.crop), scheme
+        )
+        inside = cut.reshape(len(regions), -1).sum(1)
+        spacing = tuple(preprocessing.target_spacing)  # type: ignore[arg-type]
+    scale = float(np.prod(data.spacing)) / float(np.prod(spacing))
+    outside = tuple(round(int(t - r) * scale) for t, r in zip(total, inside, strict=True))
     cache_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(image_path, np.ascontiguousarray(image, dtype=np.float32))
     _save_npy(regions_path, np.ascontiguousarray(regions, dtype=np.uint8))
     meta = {
         "fingerprint": fingerprint,
-        "spacing": list(data.spacing),
+        "spacing": list(spacing),
         "outside": list(outside),
         "crop": record.to_dict(),
     }
     write_json(meta_path, meta)
-    return PreparedCase(case.case_id, image_path, regions_path, data.spacing, outside)
+    return PreparedCase(case.case_id, image_path, regions_path, spacing, outside)
+
+
+def _transposed(label: np.ndarray, order: tuple[int, ...] | None) -> np.ndarray:
+    return label if order is None else label.transpose(order)
 
 
 class PatchDataset(TorchDataset):

@@ -14,6 +14,12 @@ an option whose value differs from the stored one is refused, except the runtime
 which may change.
 Without ``--resume``, a fold folder that already holds checkpoints is refused.
 
+The preprocessing (:class:`~nmfseg.data.normalization.Preprocessing`) is planned here from
+the fold's training cases (:func:`plan_preprocessing`: the normalization of each channel
+from its name, the CT statistics of the training foreground, the target spacing when the
+cases' spacings differ) and stored as ``config["dataset"]["preprocessing"]``; training,
+validation and prediction all read it from there.
+
 Folds come from ``splits.json``: the dataset folder's own file if it has one (e.g. written
 by ``nmfseg split``), else ``OUT/<dataset>/splits.json``, created on first use with the
 data layer's deterministic (ISLES'22: volume-stratified) splits, seed 0.
@@ -29,7 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmfseg.data.formats import open_dataset
+from nmfseg.data.formats import load_case, open_dataset
+from nmfseg.data.nifti import load_nifti
+from nmfseg.data.normalization import (
+    ChannelNorm,
+    Preprocessing,
+    ct_norm,
+    norm_scheme_for,
+    sample_foreground,
+)
+from nmfseg.data.resample import target_spacing_for
 from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import check_writable
@@ -45,10 +60,11 @@ from nmfseg.training.config import (
 )
 from nmfseg.training.data import TAG_INIT, derive_seed
 
-__all__ = ["RUNTIME_KEYS", "TrainingRun", "prepare_run"]
+__all__ = ["RUNTIME_KEYS", "TrainingRun", "plan_preprocessing", "prepare_run"]
 
 RUNTIME_KEYS = ("device", "workers", "amp", "compile", "deterministic", "grad_checkpointing")
 SPLITS_SEED = 0
+FOREGROUND_SEED = 1234  # the seed of every case's foreground sample (nnU-Net's)
 
 
 @dataclass
@@ -83,6 +99,62 @@ def _check_labels(dataset: Any) -> None:
         more = f" (and {len(missing) - 1} more case(s))" if len(missing) > 1 else ""
         where = first.label_path or first.case_id
         raise DataError(where, f"label file of case {first.case_id} is missing{more}")
+
+
+def _header_geometry(case: Any) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Voxel size (as :func:`~nmfseg.data.formats.load_case` reads it) and spatial shape of a
+    case, from its first image's header only."""
+    header = load_nifti(case.image_paths[0]).header
+    return (
+        tuple(round(float(z), 6) for z in header.get_zooms()[:3]),
+        tuple(int(n) for n in header.get_data_shape()[:3]),
+    )
+
+
+def plan_preprocessing(dataset: Any, case_ids: list[str]) -> Preprocessing:
+    """The preprocessing of a run, planned from its training cases (nnU-Net v2's rules).
+
+    Each channel's normalization comes from its name
+    (:func:`~nmfseg.data.normalization.norm_scheme_for`); a ``CT`` channel's clip range,
+    mean and standard deviation from at most
+    :data:`~nmfseg.data.normalization.FOREGROUND_SAMPLES` foreground voxels (label > 0) drawn
+    from each training case with a fixed seed (so the cases are read once, here). The target
+    spacing is :func:`~nmfseg.data.resample.target_spacing_for` of the cases' voxel sizes and
+    stored shapes: ``None`` (no resampling) when they all share one. The axes are never
+    transposed.
+
+    Raises:
+        DataError: a CT channel and no foreground voxel in any training case.
+    """
+    scheme = dataset.scheme
+    names = [norm_scheme_for(c) for c in scheme.channels]
+    ct = [i for i, n in enumerate(names) if n == "ct"]
+    spacings, shapes = [], []
+    samples: list[list[Any]] = [[] for _ in ct]
+    for case_id in case_ids:
+        case = dataset.get(case_id)
+        if ct:
+            data = load_case(case, scheme)
+            spacings.append(data.spacing)
+            shapes.append(data.image.shape[1:])
+            fg = sample_foreground(data.image[ct], data.label, seed=FOREGROUND_SEED)
+            for k in range(len(ct)):
+                samples[k].append(fg[k])
+        else:
+            spacing, shape = _header_geometry(case)
+            spacings.append(spacing)
+            shapes.append(shape)
+    norms = [ChannelNorm(n) if n != "ct" else None for n in names]
+    for k, i in enumerate(ct):
+        try:
+            norms[i] = ct_norm(samples[k])
+        except ValueError:
+            raise DataError(
+                dataset.root,
+                f"channel {scheme.channels[i]}: the training cases have no foreground voxel "
+                "(label > 0) to compute the CT intensity statistics from",
+            ) from None
+    return Preprocessing(tuple(norms), target_spacing_for(spacings, shapes))  # type: ignore[arg-type]
 
 
 def _resolve_config(
@@ -282,6 +354,10 @@ def prepare_run(
     if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
         raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
     cfg["split"] = {"file": str(splits_path.resolve()), "val": list(split["val"])}
+    if resume_from is None:
+        cfg["dataset"]["preprocessing"] = plan_preprocessing(dataset, split["train"]).to_dict()
+    else:  # a run of an older nmfseg has none (the default); a broken one fails here
+        Preprocessing.from_config(cfg)
     model, kwargs = _build_model(model_name, cfg)
     cfg["model"] = {"name": model_name, "kwargs": kwargs}
     notes += _check_patch(cfg["patch_size"], model, sources)

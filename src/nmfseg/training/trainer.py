@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nmfseg import __version__
+from nmfseg.data.normalization import Preprocessing
 from nmfseg.data.splits import save_splits
 from nmfseg.errors import NmfsegError
 from nmfseg.fileio import write_json
@@ -159,14 +160,15 @@ class _Trainer:
         cases = [run.dataset.get(i) for i in ids]
         scheme = run.dataset.scheme
         mine = cases[ctx.rank :: ctx.world_size]
+        pre = Preprocessing.from_config(self.cfg)  # validation reads the same cache entries
 
         def work() -> None:
             bar = tqdm(mine, desc="preprocessing", unit="case", disable=not self.progress)
             for case in bar:
-                prepare_case(case, scheme, cache)
+                prepare_case(case, scheme, cache, pre)
 
         self._collective(work)
-        prepared = {c.case_id: prepare_case(c, scheme, cache) for c in cases}
+        prepared = {c.case_id: prepare_case(c, scheme, cache, pre) for c in cases}
         self.train_cases = [prepared[i] for i in run.train_ids]
         self.val_cases: list[PreparedCase] = [prepared[i] for i in run.val_ids]
 
