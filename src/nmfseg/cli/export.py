@@ -1,11 +1,13 @@
-"""``nmfseg export``: one fold of a trained run as an ONNX model, for deployment.
+"""``nmfseg export``: one fold of a trained run as an ONNX model or a MONAI bundle.
 
 The library side is :mod:`nmfseg.export`; ``onnx`` and ``onnxruntime`` are the optional
-extra ``nmfseg[export]``, and without them this command says so in one line.
+extra ``nmfseg[export]``, and without them ``--format onnx`` says so in one line. A MONAI
+bundle (:mod:`nmfseg.export.bundle`) needs nothing more to be written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,8 @@ if TYPE_CHECKING:
     from nmfseg.inference.settings import InferenceSettings
 
 HELP = (
-    "Export one fold of a trained run as an ONNX model (dynamic batch and spatial size).\n\n"
+    "Export one fold of a trained run as an ONNX model (dynamic batch and spatial size) or, "
+    "with --format monai-bundle, as a MONAI bundle.\n\n"
     "The network is loaded in eval mode with the NMF settings given (paper §4.5; the NMF "
     "iterations are unrolled in the graph), traced, and accepted only if onnxruntime (CPU) "
     "reproduces PyTorch's logits to --tolerance on two inputs of other batch and spatial "
@@ -28,8 +31,19 @@ HELP = (
     "instead of .onnx gets the same settings; both are written together, atomically. "
     "Predict with it: nmfseg predict --engine onnxruntime -m OUT. Networks whose trace "
     "fixes the input size (a Python branch on a shape) are refused in one line naming the "
-    "source line. Needs pip install 'nmfseg[export]'."
+    "source line. Needs pip install 'nmfseg[export]'.\n\n"
+    "--format monai-bundle writes the folder OUT following MONAI's bundle specification: "
+    "configs/inference.json (nmfseg's preprocessing as MONAI transforms, the run's sliding "
+    "window, sigmoid, threshold, the dataset's labels, NIfTI in the input's geometry), "
+    "configs/metadata.json (input channels, output regions, the run's validation Dice), "
+    "models/model.pt, models/model.ts (TorchScript, when it reproduces PyTorch) and "
+    "docs/README.md. Run it with python -m monai.bundle run --config_file "
+    "OUT/configs/inference.json --meta_file OUT/configs/metadata.json --bundle_root OUT "
+    "--dataset_dir IN --output_dir PRED (pip install 'nmfseg[bundle]' pytorch-ignite). An "
+    "existing OUT is refused unless --overwrite; the bundle runs the network as trained, "
+    "so the --nmf-* options do not apply."
 )
+FORMATS = ("onnx", "monai-bundle")
 
 
 @with_settings(*NMF)
@@ -39,7 +53,12 @@ def export(
         metavar="RUN_DIR",
         help="Run folder RUN_DIR/<dataset>/<model>, a fold folder or a checkpoint file.",
     ),
-    out: Path = typer.Option(..., "-o", "--out", help="The .onnx file to write."),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="The .onnx file (onnx) or the bundle folder (monai-bundle)."
+    ),
+    fmt: str = typer.Option(
+        "onnx", "--format", metavar="onnx|monai-bundle", help="What to write [onnx]."
+    ),
     fold: str = typer.Option(
         None, "--fold", "-f", metavar="K", help="Fold of a run folder, or all [its first fold]."
     ),
@@ -50,23 +69,34 @@ def export(
         "1e-4",
         "--tolerance",
         metavar="FLOAT",
-        help="Largest accepted max |onnxruntime - torch| of the logits.",
+        help="Largest accepted max |exported - torch| of the logits (onnxruntime; for a "
+        "bundle, TorchScript).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="monai-bundle: replace an existing OUT folder."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only the summary."),
 ) -> None:
-    """Export one fold of a trained run as an ONNX model (dynamic batch and spatial size)."""
+    """Export one fold of a trained run as an ONNX model or a MONAI bundle."""
     from nmfseg.errors import ConfigError
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose onnx or monai-bundle")
+    tol = parse_number(tolerance, "--tolerance", float, exclusive=True)
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    if fmt == "monai-bundle":
+        _bundle(model, out, fold, checkpoint, settings, overwrite, tol, None if quiet else echo)
+        return
     from nmfseg.export.onnx import OPSETS, check_onnx_path, export_onnx, require
 
     require("onnx", "onnxruntime")
     if not (opset.isdigit() and int(opset) in OPSETS):
         raise ConfigError(f"--opset {opset!r}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
-    tol = parse_number(tolerance, "--tolerance", float, exclusive=True)
     check_onnx_path(out)
     path = one_fold(model, parse_fold(fold, allow_all=True), checkpoint, "exporting")
-
-    def echo(line: str) -> None:
-        typer.echo(line, err=True)
 
     result = export_onnx(
         path,
@@ -83,6 +113,36 @@ def export(
         f"{worst:.1g} on {len(result.checks)} input sizes)",
         err=True,
     )
+
+
+def _bundle(
+    model: Path,
+    out: Path,
+    fold: str | None,
+    checkpoint: str,
+    settings: InferenceSettings,
+    overwrite: bool,
+    tolerance: float,
+    echo: Callable[[str], None] | None,
+) -> None:
+    """``--format monai-bundle``: check the options, write the bundle, print the summary."""
+    from nmfseg.errors import ConfigError
+    from nmfseg.export.bundle import check_bundle_path, export_bundle
+    from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS
+
+    given = [name for name in NMF_SETTINGS if getattr(settings, name) is not None]
+    if given:
+        raise ConfigError(
+            f"{OPTIONS[given[0]]}: not with --format monai-bundle (the bundle runs the network "
+            "as trained)"
+        )
+    check_bundle_path(out, overwrite)
+    path = one_fold(model, parse_fold(fold, allow_all=True), checkpoint, "exporting")
+    result = export_bundle(
+        path, out, checkpoint=checkpoint, overwrite=overwrite, tolerance=tolerance, echo=echo
+    )
+    ts = "with" if result.torchscript else "without"
+    typer.echo(f"wrote the MONAI bundle {result.path} ({ts} TorchScript)", err=True)
 
 
 def register(app: typer.Typer) -> None:
