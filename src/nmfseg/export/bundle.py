@@ -263,8 +263,7 @@ def export_bundle(
     ensemble = load_ensemble(source, None, checkpoint, "cpu")
     network = ensemble.models[0]
     dims = len(ensemble.patch_size)
-    preprocessing = (ensemble.config.get("dataset") or {}).get("preprocessing")
-    config = inference_config(ckpt["model_name"], ckpt["model_kwargs"], ensemble, preprocessing)
+    config = inference_config(ckpt["model_name"], ckpt["model_kwargs"], ensemble)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     say(f"bundle: {ckpt['model_name']} ({source}): checking the network the config builds")
     _check_network_def(config, state, network, dims)

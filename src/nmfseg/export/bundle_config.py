@@ -13,56 +13,136 @@ the input's geometry (``SaveImaged``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nmfseg.data.normalization import ChannelNorm, Preprocessing
 from nmfseg.errors import ConfigError
 from nmfseg.inference.ensemble import Ensemble
 
-__all__ = ["inference_config", "preprocessing_transforms"]
+__all__ = ["describe_preprocessing", "inference_config", "preprocessing_transforms"]
 
 _RESERVED = ("$", "@", "%")  # strings that MONAI's config parser would evaluate or resolve
 
 
 # ---------------------------------------------------------------------- preprocessing
-def preprocessing_transforms(
-    preprocessing: Mapping[str, Any] | None, in_channels: int
-) -> list[dict[str, Any]]:
-    """The MONAI transforms (config dicts) between loading and the network.
+def preprocessing_transforms(pre: Preprocessing) -> list[dict[str, Any]]:
+    """The MONAI transforms (config dicts) between loading and the network: the one
+    translation of a run's :class:`~nmfseg.data.normalization.Preprocessing`.
 
-    nmfseg's preprocessing (:mod:`nmfseg.data.preprocess`): crop to the box of the voxels
-    that are nonzero in any channel, then z-score each channel on its nonzero voxels
-    (``NormalizeIntensityd(nonzero=True, channel_wise=True)``, the same statistics).
-    ``preprocessing`` is a run's ``config["dataset"]["preprocessing"]`` section (``None``:
-    that default for every channel).
+    As :func:`nmfseg.data.preprocess.preprocess_case` does, in its order: crop to the box of
+    the voxels that are nonzero in any channel (``CropForegroundd``), resample to the target
+    spacing if there is one (``Spacingd``, trilinear, the same field of view), normalize:
+
+    - every channel ``zscore_nonzero`` (the paper's rule):
+      ``NormalizeIntensityd(nonzero=True, channel_wise=True)``;
+    - every channel ``zscore``: ``NormalizeIntensityd(channel_wise=True)``;
+    - every channel ``ct`` with the same four numbers (one CT channel): ``ScaleIntensityRanged``
+      from ``[lower, upper]`` to ``[(lower - mean) / std, (upper - mean) / std]`` with
+      clipping, which is ``(clip(x, lower, upper) - mean) / std``;
+    - every channel ``none``: nothing;
+    - anything else (channels with different schemes or CT numbers): nmfseg's own code
+      (:class:`~nmfseg.export.bundle_transforms.NormalizeChannelsd`).
+
+    ``Invertd`` undoes the crop and the resampling (probabilities resampled back
+    trilinearly, as nmfseg does).
 
     Raises:
-        ConfigError: A preprocessing that a bundle cannot express (the line says which).
+        ConfigError: A transposed preprocessing (nnU-Net-trained folders), which a bundle
+            does not express.
 
     Examples::
 
-        >>> [t["_target_"] for t in preprocessing_transforms(None, 4)]
+        >>> [t["_target_"] for t in preprocessing_transforms(Preprocessing.default(4))]
         ['CropForegroundd', 'NormalizeIntensityd']
+        >>> ct = ChannelNorm("ct", lower=-100.0, upper=300.0, mean=50.0, std=100.0)
+        >>> pre = Preprocessing((ct,), target_spacing=(1.0, 1.0, 2.0))
+        >>> [t["_target_"] for t in preprocessing_transforms(pre)]
+        ['CropForegroundd', 'Spacingd', 'ScaleIntensityRanged']
     """
-    if preprocessing is not None:
+    if pre.transpose is not None:
         raise ConfigError(
-            "the run's dataset.preprocessing section is not supported by this nmfseg version's "
-            "bundle export yet"
+            f"the run's preprocessing transposes the image axes ({list(pre.transpose)}, an "
+            "nnU-Net-trained folder); a MONAI bundle of it is not supported"
         )
-    crop = {
-        "_target_": "CropForegroundd",
-        "keys": "image",
-        "source_key": "image",
-        "select_fn": "$lambda x: x != 0",
-        "margin": 0,
+    out: list[dict[str, Any]] = [
+        {
+            "_target_": "CropForegroundd",
+            "keys": "image",
+            "source_key": "image",
+            "select_fn": "$lambda x: x != 0",
+            "margin": 0,
+        }
+    ]
+    if pre.target_spacing is not None:
+        out.append(
+            {
+                "_target_": "Spacingd",
+                "keys": "image",
+                "pixdim": list(pre.target_spacing),
+                "mode": "bilinear",
+                "padding_mode": "border",
+                "scale_extent": True,
+            }
+        )
+    return out + _normalization(pre.normalization)
+
+
+def _normalization(norms: Sequence[ChannelNorm]) -> list[dict[str, Any]]:
+    schemes = {n.scheme for n in norms}
+    if schemes == {"none"}:
+        return []
+    if schemes == {"zscore_nonzero"} or schemes == {"zscore"}:
+        nonzero = schemes == {"zscore_nonzero"}
+        return [
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": nonzero,
+             "channel_wise": True}
+        ]  # fmt: skip
+    if schemes == {"ct"} and len(set(norms)) == 1:  # one CT channel, or several alike
+        n = norms[0]
+        assert n.lower is not None and n.upper is not None and n.mean and n.std
+        return [
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": n.lower,
+                "a_max": n.upper,
+                "b_min": (n.lower - n.mean) / n.std,
+                "b_max": (n.upper - n.mean) / n.std,
+                "clip": True,
+            }
+        ]
+    return [
+        {
+            "_target_": "nmfseg.export.bundle_transforms.NormalizeChannelsd",
+            "keys": "image",
+            "normalization": [n.to_dict() for n in norms],
+        }
+    ]
+
+
+def describe_preprocessing(pre: Preprocessing, channels: Sequence[str]) -> str:
+    """One sentence of what the bundle does to a case before the network, for its README.
+
+    Examples::
+
+        >>> describe_preprocessing(Preprocessing.default(1), ["dwi"])
+        'crop to the box of the voxels nonzero in any channel; dwi: z-score on its nonzero voxels'
+    """
+    words = {
+        "zscore_nonzero": "z-score on its nonzero voxels",
+        "zscore": "z-score on all its voxels",
+        "none": "as it is",
     }
-    norm = {
-        "_target_": "NormalizeIntensityd",
-        "keys": "image",
-        "nonzero": True,
-        "channel_wise": True,
-    }
-    return [crop, norm]
+    parts = ["crop to the box of the voxels nonzero in any channel"]
+    if pre.target_spacing is not None:
+        parts.append("resample to " + " x ".join(f"{s:g}" for s in pre.target_spacing) + " mm")
+    for name, n in zip(channels, pre.normalization, strict=False):
+        text = words.get(n.scheme) or (
+            f"clip to [{n.lower:g}, {n.upper:g}], subtract {n.mean:g}, divide by {n.std:g}"
+        )
+        parts.append(f"{name}: {text}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------- the configs
@@ -84,10 +164,7 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def inference_config(
-    model_name: str,
-    model_kwargs: Mapping[str, Any],
-    ensemble: Ensemble,
-    preprocessing: Mapping[str, Any] | None = None,
+    model_name: str, model_kwargs: Mapping[str, Any], ensemble: Ensemble
 ) -> dict[str, Any]:
     """``configs/inference.json`` of a bundle (MONAI's inference properties).
 
@@ -109,7 +186,7 @@ def inference_config(
         )
     load = {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader"}
     first = {"_target_": "EnsureChannelFirstd", "keys": "image"}
-    pre = [load, first, *preprocessing_transforms(preprocessing, ensemble.in_channels)]
+    pre = [load, first, *preprocessing_transforms(ensemble.preprocessing)]
     post = [
         {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
         {

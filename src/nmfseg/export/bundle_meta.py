@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nmfseg import __version__
+from nmfseg.export.bundle_config import describe_preprocessing
 from nmfseg.fileio import read_json
 from nmfseg.inference.ensemble import Ensemble
 
@@ -128,7 +129,8 @@ def bundle_metadata(
     regions = list(ensemble.regions or scheme.region_names)
     dataset = str((ensemble.config.get("dataset") or {}).get("name") or "the training dataset")
     labels = {str(v): scheme.label_names.get(v, f"label {v}") for v in scheme.labels}
-    modality = "CT" if any(c.strip().lower() == "ct" for c in channels) else "MR"
+    pre = ensemble.preprocessing
+    modality = "CT" if "ct" in pre.schemes else "MR"
     patch = [int(p) for p in ensemble.patch_size]
 
     def tensor(kind: str, names: Sequence[str], value_range: list[float]) -> dict[str, Any]:
@@ -191,6 +193,8 @@ def bundle_metadata(
             "step": ckpt.get("step"),
             "validation": note,
             "scheme": scheme.to_dict(),
+            "preprocessing": pre.to_dict(),
+            "preprocessing_text": describe_preprocessing(pre, channels),
             "threshold": float(ensemble.threshold),
             "overlap": float(ensemble.overlap),
             "blend": str(ensemble.mode),
@@ -256,9 +260,8 @@ ISLES'22: one case per case folder or file set), or a folder of NIfTI files, eac
 a 4D file with the channels last. The channels, in this order:
 {_bullets(channels)}
 
-A case is cropped to the box of the voxels that are nonzero in any channel, each channel
-is z-scored on its nonzero voxels, and the network slides over it with windows of
-{window} voxels, overlap {inferer["overlap"]}, {inferer["mode"]} blending.
+Before the network: {nmf["preprocessing_text"]}. The network slides over the case with
+windows of {window} voxels, overlap {inferer["overlap"]}, {inferer["mode"]} blending.
 
 ## Output
 

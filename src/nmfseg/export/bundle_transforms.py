@@ -7,6 +7,8 @@ same label conversion and reads the same input folders as ``nmfseg predict``:
 - :class:`RegionsToLabelsd`: thresholded region masks ``(R, *spatial)`` -> the dataset's
   label map ``(1, *spatial)`` (:func:`~nmfseg.data.schemes.regions_to_labels`: BraTS regions
   painted WT, TC, ET), keeping the image's metadata (affine) for ``SaveImaged``.
+- :class:`NormalizeChannelsd`: nmfseg's per-channel normalization, for the runs whose
+  channels are normalized differently (one MONAI transform treats all channels alike).
 - :func:`datalist`: the cases of an input folder in any format nmfseg reads (one
   ``{"image": ...}`` per case: a 4D file, or the per-channel files in the model's channel
   order), or every NIfTI file of a plain folder.
@@ -27,7 +29,7 @@ Examples::
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,11 @@ from monai.utils import convert_to_dst_type
 
 from nmfseg.data.formats import open_input
 from nmfseg.data.nifti import nifti_files
+from nmfseg.data.normalization import ChannelNorm, normalize_channels
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import DataError
 
-__all__ = ["RegionsToLabelsd", "datalist"]
+__all__ = ["NormalizeChannelsd", "RegionsToLabelsd", "datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +127,47 @@ def datalist(
         paths = [str(p) for p in case.image_paths]
         out.append({"image": paths if len(paths) > 1 else paths[0]})
     return out
+
+
+class NormalizeChannelsd(MapTransform):
+    """Each channel of ``(C, *spatial)`` normalized by its own
+    :class:`~nmfseg.data.normalization.ChannelNorm` (nmfseg's code: float64 statistics).
+
+    What a bundle uses when the channels' normalizations differ (one MONAI transform
+    normalizes every channel the same way).
+
+    Args:
+        keys: The keys of the images.
+        normalization: One ``ChannelNorm`` (or its ``to_dict()``) per channel.
+        allow_missing_keys: Skip keys that are absent instead of raising.
+
+    Examples::
+
+        >>> norm = NormalizeChannelsd("image", [{"scheme": "zscore_nonzero"}, {"scheme": "none"}])
+        >>> image = torch.tensor([[[0.0, 1.0, 3.0]], [[1.0, 1.0, 4.0]]])
+        >>> norm({"image": image})["image"].tolist()
+        [[[0.0, -1.0, 1.0]], [[1.0, 1.0, 4.0]]]
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        normalization: Sequence[ChannelNorm | Mapping[str, Any]],
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.norms = tuple(
+            n if isinstance(n, ChannelNorm) else ChannelNorm.from_dict(n) for n in normalization
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if isinstance(image, torch.Tensor):
+                array = image.detach().cpu().numpy()
+            else:
+                array = np.asarray(image)
+            out = normalize_channels(array, self.norms)
+            d[key] = convert_to_dst_type(out, image, dtype=torch.float32)[0]
+        return d
