@@ -181,3 +181,36 @@ def test_nnunet_stray_file_and_missing_training_entry(tmp_path):
         result.stdout
     )
     assert "toy_001.nii.gz: listed" not in result.stdout
+
+
+def test_report_profiles_spacing_and_normalization(tmp_path):
+    from nmfseg.phantoms.synth import synthesize_dataset
+
+    root = synthesize_dataset("brats", tmp_path / "b", 2, spacing=4.0, progress=False, overview=0)
+    result = _check(root)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert (
+        lines[1]
+        == "  spacing (mm): 4 x 4 x 4 in all 2 case(s), 1 distinct, 0 anisotropic (max/min > 3)"
+    )
+    assert lines[2] == (
+        "  channels -> normalization: FLAIR -> zscore_nonzero, T1w -> zscore_nonzero, "
+        "t1gd -> zscore_nonzero, T2w -> zscore_nonzero"
+    )
+    report = check_dataset(open_dataset(root))
+    assert report.spacing is not None and report.spacing.to_dict()["distinct"] == 1
+
+
+def test_report_counts_distinct_and_anisotropic_spacings(tmp_path):
+    root = make_toy_dataset(tmp_path / "t", "nnunet", n_cases=3, shape=SHAPE)
+    path = sorted((root / "imagesTr").glob("*_0000.nii.gz"))[1]
+    img = nib.load(path)
+    affine = img.affine @ np.diag([1.0, 1.0, 4.0, 1.0])
+    for f in sorted(root.rglob(path.name.replace("_0000", "*"))):
+        other = nib.load(f)
+        _save(f, np.asarray(other.dataobj), affine)
+    report = check_dataset(open_dataset(root))
+    assert report.ok, report.problems
+    assert report.spacing.distinct == 2 and report.spacing.anisotropic == 1
+    assert "2 distinct in 3 case(s), 1 anisotropic" in report.profile()[0]

@@ -26,7 +26,8 @@ def check_data(
 
     Checks that every file is present and readable, the channel count, that every channel
     and the label share shape and affine, no NaN/Inf, label values in the format's scheme.
-    Prints one line per problem (CASE: FILE: problem); exit status 1 if there is any.
+    Prints one line per problem (CASE: FILE: problem), a summary, the spread of the cases'
+    voxel sizes and each channel's normalization; exit status 1 if there is any problem.
     """
     from nmfseg.data.checks import check_dataset
     from nmfseg.errors import DataError
@@ -41,6 +42,8 @@ def check_data(
         f"{dataset.root}: {dataset.fmt}, channels {', '.join(scheme.channels)}, {labels}; "
         f"{report.n_ok} of {len(dataset)} case(s) OK"
     )
+    for line in report.profile():
+        typer.echo(f"  {line}")
     if not report.ok:
         n, bad = len(report.problems), len(report.bad_cases)
         raise DataError(dataset.root, f"{n} problem(s) found ({bad} case(s) affected)")

@@ -7,6 +7,11 @@ equal to :data:`~nmfseg.data.nifti.AFFINE_ATOL` mm), no NaN/Inf, integer label v
 that the scheme allows. For MSD and nnU-Net folders also: ``numTraining`` matches, no
 stray or out-of-range channel files, no label without an image.
 
+Besides the problems, the report profiles the dataset as the pipeline will see it: the voxel
+sizes of its cases (:class:`SpacingSpread`: range per axis, how many distinct, how many
+anisotropic) and each channel with the normalization nmfseg gives it
+(:func:`~nmfseg.data.normalization.norm_scheme_for`).
+
 The checks of a case are :func:`~nmfseg.data.formats.read_case`'s, the routine behind
 :func:`~nmfseg.data.formats.load_case`: where loading stops at the first problem, the checks
 collect every problem of every case, each naming the case and the file. The checks of the folder
@@ -19,13 +24,116 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nmfseg.data.formats import Case, Dataset, Problem, get_format, read_case
 from nmfseg.data.formats.base import DATASET
+from nmfseg.data.nifti import load_nifti
+from nmfseg.data.normalization import norm_scheme_for
 from nmfseg.data.schemes import DatasetScheme
+from nmfseg.errors import DataError
 
-__all__ = ["CheckReport", "Problem", "check_case", "check_dataset"]
+__all__ = [
+    "ANISOTROPY",
+    "CheckReport",
+    "Problem",
+    "SpacingSpread",
+    "case_spacing",
+    "check_case",
+    "check_dataset",
+]
+
+#: A case is anisotropic when its largest voxel side exceeds its smallest this many times
+#: (nnU-Net's threshold for treating the slice axis apart).
+ANISOTROPY = 3.0
+
+
+def _mm(value: float) -> str:
+    """A spacing in mm, short: ``0.703``, ``5``."""
+    return f"{value:.4g}"
+
+
+@dataclass(frozen=True)
+class SpacingSpread:
+    """The voxel sizes of a dataset's cases (mm, ``(x, y, z)`` per case).
+
+    Examples::
+
+        >>> spread = SpacingSpread(((0.7, 0.7, 5.0), (0.9, 0.9, 1.0), (0.9, 0.9, 1.0)))
+        >>> spread.distinct, spread.anisotropic, spread.median.tolist()
+        (2, 1, [0.9, 0.9, 1.0])
+        >>> for part in spread.describe().split("; "):
+        ...     print(part)
+        spacing (mm, min/median/max): x 0.7/0.9/0.9, y 0.7/0.9/0.9, z 1/1/5
+        2 distinct in 3 case(s), 1 anisotropic (max/min > 3)
+    """
+
+    spacings: tuple[tuple[float, float, float], ...]
+
+    @property
+    def min(self) -> np.ndarray:
+        """Smallest spacing per axis."""
+        return np.min(self.spacings, axis=0)
+
+    @property
+    def median(self) -> np.ndarray:
+        """Median spacing per axis."""
+        return np.median(self.spacings, axis=0)
+
+    @property
+    def max(self) -> np.ndarray:
+        """Largest spacing per axis."""
+        return np.max(self.spacings, axis=0)
+
+    @property
+    def distinct(self) -> int:
+        """Number of different spacings (to 1e-4 mm)."""
+        return len({tuple(round(v, 4) for v in s) for s in self.spacings})
+
+    @property
+    def anisotropic(self) -> int:
+        """Number of cases whose largest spacing exceeds :data:`ANISOTROPY` x the smallest."""
+        return sum(max(s) > ANISOTROPY * min(s) for s in self.spacings)
+
+    def describe(self) -> str:
+        """One line: the range per axis (or the one spacing), distinct and anisotropic counts."""
+        n = len(self.spacings)
+        tail = f"{self.anisotropic} anisotropic (max/min > {ANISOTROPY:g})"
+        if self.distinct == 1:
+            size = " x ".join(_mm(v) for v in self.spacings[0])
+            return f"spacing (mm): {size} in all {n} case(s), 1 distinct, {tail}"
+        axes = ", ".join(
+            f"{a} {_mm(lo)}/{_mm(mid)}/{_mm(hi)}"
+            for a, lo, mid, hi in zip("xyz", self.min, self.median, self.max, strict=True)
+        )
+        return (
+            f"spacing (mm, min/median/max): {axes}; {self.distinct} distinct in {n} case(s), {tail}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-friendly summary."""
+        return {
+            "min": self.min.tolist(),
+            "median": self.median.tolist(),
+            "max": self.max.tolist(),
+            "distinct": self.distinct,
+            "anisotropic": self.anisotropic,
+            "cases": len(self.spacings),
+        }
+
+
+def case_spacing(case: Case) -> tuple[float, float, float] | None:
+    """The voxel size (mm) in the header of a case's first image; None if unreadable."""
+    if not case.image_paths:
+        return None
+    try:
+        zooms = load_nifti(case.image_paths[0]).header.get_zooms()[:3]
+    except DataError:
+        return None
+    if len(zooms) < 3:
+        return None
+    return tuple(round(float(z), 6) for z in zooms)  # type: ignore[return-value]
 
 
 @dataclass
@@ -34,6 +142,7 @@ class CheckReport:
 
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
+    spacings: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -50,6 +159,34 @@ class CheckReport:
     def n_ok(self) -> int:
         """Number of cases without any problem."""
         return len(self.dataset.cases) - len(self.bad_cases)
+
+    @property
+    def spacing(self) -> SpacingSpread | None:
+        """The spread of the cases' voxel sizes (cases with a readable header); None if none."""
+        return SpacingSpread(tuple(self.spacings.values())) if self.spacings else None
+
+    @property
+    def normalization(self) -> dict[str, str]:
+        """Each channel -> the normalization nmfseg gives it (``ct``, ``zscore_nonzero`` ...)."""
+        return {c: norm_scheme_for(c) for c in self.dataset.scheme.channels}
+
+    def profile(self) -> list[str]:
+        """The profile lines ``nmfseg check-data`` prints: spacings, then channels.
+
+        Examples::
+
+            >>> import tempfile
+            >>> from nmfseg.data.formats import open_dataset
+            >>> from nmfseg.phantoms.toy import make_toy_dataset
+            >>> root = make_toy_dataset(Path(tempfile.mkdtemp()), "isles22", n_cases=2)
+            >>> print("\\n".join(check_dataset(open_dataset(root)).profile()))
+            spacing (mm): 1.2 x 1 x 1.5 in all 2 case(s), 1 distinct, 0 anisotropic (max/min > 3)
+            channels -> normalization: dwi -> zscore_nonzero, adc -> zscore_nonzero
+        """
+        spread = self.spacing
+        lines = [spread.describe() if spread is not None else "spacing: no readable image"]
+        pairs = ", ".join(f"{c} -> {n}" for c, n in self.normalization.items())
+        return [*lines, f"channels -> normalization: {pairs}"]
 
 
 def check_case(case: Case, scheme: DatasetScheme | None = None) -> list[Problem]:
@@ -99,4 +236,6 @@ def check_dataset(dataset: Dataset, progress: bool | None = None) -> CheckReport
     )
     for case in cases:
         report.problems.extend(check_case(case, dataset.scheme))
+        if (spacing := case_spacing(case)) is not None:
+            report.spacings[case.case_id] = spacing
     return report
