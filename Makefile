@@ -3,13 +3,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Pinned together: nnU-Net's trainer lookup imports torchvision, and PyPI's torchvision wheels
+# only import beside the torch build they were made for (2.13.0's CPU wheel has none).
+TORCH ?= 2.14.1
+TORCHVISION ?= 0.29.1
 
 .PHONY: venv demo test lint bench bench-scaling clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,export]'
+	$(BIN)/pip install -q torch==$(TORCH) torchvision==$(TORCHVISION)
+	$(BIN)/pip install -q -e '.[dev,export,nnunet,bundle]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -67,10 +67,11 @@ ALLOWED["analysis"] = {
 ALLOWED["study"] = _LOW | {"phantoms", "inference", "evaluation", "training"}
 ALLOWED["demo"] = _LOW | {"phantoms", "inference", "evaluation", "training", "analysis"}
 ALLOWED["export"] = _LOW | {"inference"}
+ALLOWED["nnunet"] = _LOW | {"training", "inference", "evaluation"}
 ALLOWED["cli"] = set(ALLOWED) | {"study", "demo", "cli"}
 
 # Imports worth deferring into a function: they cost seconds, or only some paths need them.
-HEAVY = ("torch", "monai", "matplotlib", "scipy", "nilearn", "onnx", "onnxruntime")
+HEAVY = ("torch", "monai", "matplotlib", "scipy", "nilearn", "onnx", "onnxruntime", "nnunetv2")
 
 
 def _modules() -> dict[str, Path]:

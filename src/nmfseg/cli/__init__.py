@@ -1,8 +1,9 @@
 """The ``nmfseg`` command line.
 
 One verb per stage, nnU-Net style: ``check-data``, ``split``, ``synth``, ``train``,
-``predict``, ``export``, ``explain``, ``ablate``, ``postprocess-search``, ``evaluate``,
-``compare``, ``study``, ``models``, ``complexity``, ``demo``. Each verb lives in its own
+``predict``, ``export``, ``nnunet-path``, ``nnunet-plans``, ``explain``, ``ablate``,
+``postprocess-search``, ``evaluate``, ``compare``, ``study``, ``models``, ``complexity``,
+``demo``. Each verb lives in its own
 module under :mod:`nmfseg.cli` and defers its heavy imports (torch, MONAI) into the command
 body so that ``nmfseg --help`` is instant.
 
@@ -43,6 +44,7 @@ _COMMAND_MODULES = (
     "nmfseg.cli.train",
     "nmfseg.cli.predict",
     "nmfseg.cli.export",
+    "nmfseg.cli.nnunet",
     "nmfseg.cli.explain",
     "nmfseg.cli.ablate",
     "nmfseg.cli.postprocess",

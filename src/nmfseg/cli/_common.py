@@ -151,3 +151,20 @@ def parse_number(
             f"{option} {text!r}: must be {what} {'>' if exclusive else '>='} {minimum:g}"
         )
     return value
+
+
+def key_value(text: str, option: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a repeatable option (``--set``, ``--model-arg``), the value parsed.
+
+    Examples::
+
+        >>> key_value("channels=8,16,32", "--model-arg")
+        ('channels', [8, 16, 32])
+    """
+    from nmfseg.errors import ConfigError
+    from nmfseg.training.config import parse_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{option} {text!r}: expected KEY=VALUE")
+    return key.strip(), parse_value(value)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, one_of
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, key_value, one_of
 from nmfseg.cli._options import DEVICE, QUIET
 
 # CLI option -> config key. Values are parsed here (not by click) so that a bad value is
@@ -41,16 +41,6 @@ WORKERS = typer.Option(
 N_FOLDS = typer.Option(
     None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
 )
-
-
-def _key_value(text: str, option: str) -> tuple[str, Any]:
-    from nmfseg.errors import ConfigError
-    from nmfseg.training.config import parse_value
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"{option} {text!r}: expected KEY=VALUE")
-    return key.strip(), parse_value(value)
 
 
 def train(
@@ -171,9 +161,9 @@ def train(
         if value is not None:
             overrides[key], sources[key] = value, flag
     for item in set_ or []:
-        key, value = _key_value(item, "--set")
+        key, value = key_value(item, "--set")
         overrides[key], sources[key] = value, f"--set {key}"
-    model_args = dict(_key_value(item, "--model-arg") for item in model_arg or [])
+    model_args = dict(key_value(item, "--model-arg") for item in model_arg or [])
     if config is not None and not config.is_file():
         raise ConfigError(f"--config {config}: no such file")
     run = prepare_run(

@@ -14,6 +14,13 @@ to ``ceil(size / 2**i)``.
 Subclasses (the skeleton :class:`~nmfseg.models.unet.UNet`, wrappers of MONAI networks)
 implement :meth:`~SegmentationNetwork.forward_logits` only.
 
+A framework that switches deep supervision with a flag of its own instead of the module's
+mode (nnU-Net's ``set_deep_supervision_enabled``, whose validation runs in ``eval()`` and
+wants the list) calls :meth:`~SegmentationNetwork.set_deep_supervision`: ``True`` returns
+the list in both modes, ``False`` one tensor in both, ``None`` (the default) goes back to
+the mode-driven contract. The heads stay in the network either way, so weights trained
+with deep supervision load into a network that predicts without it.
+
 
 Examples::
 
@@ -60,6 +67,7 @@ class SegmentationNetwork(nn.Module):
     """
 
     model_config = None  # set by nmfseg.create_model (a ModelConfig)
+    deep_supervision_override: bool | None = None  # set_deep_supervision; None: train()/eval()
 
     def __init__(
         self, spatial_dims: int, in_channels: int, out_channels: int, size_multiple: int = 1
@@ -86,6 +94,37 @@ class SegmentationNetwork(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def num_outputs(self) -> int:
+        """Outputs returned with deep supervision on (1 for a network without it)."""
+        return 1
+
+    @property
+    def returns_list(self) -> bool:
+        """Whether :meth:`forward` returns every deep-supervision output now (a list)."""
+        override = self.deep_supervision_override
+        return self.training if override is None else bool(override)
+
+    def set_deep_supervision(self, enabled: bool | None) -> None:
+        """Return every deep-supervision output (``True``), one tensor (``False``) in any
+        mode, or follow ``train()``/``eval()`` again (``None``, the default).
+
+        Examples::
+
+            >>> import torch
+            >>> from nmfseg.models import create_model
+            >>> net = create_model("nnunet_isles", channels=(8, 16, 32, 64)).eval()
+            >>> net.set_deep_supervision(True)
+            >>> [o.shape[2] for o in net(torch.randn(1, 2, 8, 8, 8))]
+            [8, 4, 2]
+            >>> net.set_deep_supervision(None)
+            >>> net(torch.randn(1, 2, 8, 8, 8)).shape
+            torch.Size([1, 1, 8, 8, 8])
+        """
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"set_deep_supervision takes True, False or None, got {enabled!r}.")
+        self.deep_supervision_override = enabled
+
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` with the offending shape unless ``x`` is
         ``(B, in_channels, *spatial_dims sizes)``."""
@@ -104,7 +143,7 @@ class SegmentationNetwork(nn.Module):
         outs = self.forward_logits(x, size)
         if any(pad):
             outs = [crop(o, size, 2**i) for i, o in enumerate(outs)]
-        return outs if self.training else outs[0]
+        return outs if self.returns_list else outs[0]
 
 
 class UShapedNetwork(SegmentationNetwork):
@@ -141,8 +180,12 @@ class UShapedNetwork(SegmentationNetwork):
 
     def forward_logits(self, x: Tensor, size: tuple[int, ...]) -> list[Tensor]:
         feats = self.forward_features(x)
-        heads = self.heads if self.training else self.heads[:1]
+        heads = self.heads if self.returns_list else self.heads[:1]
         return [head(f) for head, f in zip(heads, feats, strict=False)]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.heads)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each stage in backward instead of storing its activations (timm API).
