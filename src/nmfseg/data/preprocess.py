@@ -7,7 +7,10 @@ any, and different from the case's; :mod:`nmfseg.data.resample`, MONAI) -> norma
 channel (:class:`~nmfseg.data.normalization.ChannelNorm`). The crop and normalization below
 describe the default, the paper's rule, which is also what a call without
 ``preprocessing=`` does; with ``preprocessing=`` the returned :class:`CaseRecord` lets
-:func:`restore` undo all of it (resample back, uncrop, transpose back).
+:func:`restore` undo all of it (resample back, uncrop, transpose back). Unlike nnU-Net,
+which normalizes before it resamples, the intensities are normalized last, on the grid the
+network sees (so a ``zscore_nonzero`` channel's statistics include the voxels interpolated
+at the edge of its nonzero region); a case that is not resampled is unaffected.
 
 A case is cropped to the minimal box that holds every nonzero voxel of the image (any
 channel), then each channel is z-scored with the mean and standard deviation of its own
