@@ -163,9 +163,8 @@ def bundle_metadata(
         "numpy_version": np.__version__,
         "required_packages_version": {
             "nmfseg": __version__,
-            **{k: versions[k] for k in ("nibabel", "pytorch-ignite") if k in versions},
+            **{k: versions[k] for k in ("nibabel", "pytorch-ignite", "fire") if k in versions},
         },
-        "optional_packages_version": {k: versions[k] for k in ("fire",) if k in versions},
         "name": f"{model_name} ({dataset})",
         "task": f"3D segmentation of {', '.join(regions)} from {', '.join(channels)}",
         "description": f"nmfseg network {model_name} trained on {dataset} ({source.parent.name}); "
