@@ -53,7 +53,8 @@ from tqdm import tqdm
 from nmfseg.analysis.figures import ablation_figure
 from nmfseg.analysis.runs import validation_ids
 from nmfseg.data.formats import Dataset, load_case
-from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.normalization import Preprocessing
+from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.errors import ConfigError
 from nmfseg.evaluation.metrics import dice_score
@@ -208,14 +209,19 @@ class AblationResult:
 class _Cases:
     """The validation cases, preprocessed once and kept in memory up to a budget."""
 
-    def __init__(self, dataset: Dataset, ids: list[str], budget: int) -> None:
+    def __init__(
+        self, dataset: Dataset, ids: list[str], budget: int, preprocessing: Preprocessing
+    ) -> None:
         self.dataset, self.ids, self.budget = dataset, ids, budget
+        self.preprocessing = preprocessing
         self.kept: dict[str, tuple[Any, ...]] = {}
         self.size = 0
 
     def _load(self, case_id: str) -> tuple[Any, ...]:
         data = load_case(self.dataset.get(case_id))
-        x, _, crop = preprocess_case(data.image, where=case_id)
+        x, _, crop = preprocess_case(
+            data.image, where=case_id, spacing=data.spacing, preprocessing=self.preprocessing
+        )
         truth = labels_to_regions(data.label, self.dataset.scheme).astype(bool)
         return x, crop, truth
 
@@ -263,7 +269,7 @@ def _evaluate(
                 predictor.configure(**changes)
         seconds += best
         paired += ref_best if changes is not None else best
-        pred = uncrop(probs >= predictor.threshold, crop)
+        pred = restore(probs, crop) >= predictor.threshold
         for r, name in enumerate(regions):
             dice[name].append(dice_score(pred[r], truth[r]))
     means = {f"dice_{r}": float(np.mean(v)) for r, v in dice.items()}
@@ -402,7 +408,7 @@ def run_ablation(
     todo = [s for s in plan if s.key not in done[s.sweep]]
     if len(plan) > len(todo):
         _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
-    cases = _Cases(data, ids, cache_bytes)
+    cases = _Cases(data, ids, cache_bytes, predictor.ensemble.preprocessing)
     predictor.configure(predictor.settings.replace(**Setting("reference", "").changes()))
     trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
     result = AblationResult(out, {}, repeats=repeats)

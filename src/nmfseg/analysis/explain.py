@@ -51,7 +51,7 @@ from nmfseg.analysis.figures import axial_slice, component_panel
 from nmfseg.analysis.maps import LayerInfo, component_maps, group_layers, layer_infos
 from nmfseg.data.formats import Case, CaseData, load_case, open_input
 from nmfseg.data.nifti import check_label_values, read_nifti, squeeze_3d, write_image
-from nmfseg.data.preprocess import preprocess_case, uncrop
+from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json, write_json
@@ -212,7 +212,10 @@ def explain_case(
             f"{predictor.ensemble.in_channels}",
         )
     truth, gt_path = _ground_truth(data, case, gt)
-    x, _, crop = preprocess_case(data.image, where=case.case_id)
+    pre = predictor.ensemble.preprocessing
+    x, _, crop = preprocess_case(
+        data.image, where=case.case_id, spacing=data.spacing, preprocessing=pre
+    )
     out = Path(out)
     key = _key(predictor, case, gt_path)
     done, z = _previous(out, key) if write_maps else ({}, None)
@@ -236,14 +239,14 @@ def explain_case(
         probs, maps, geometry = component_maps(predictor, x, group, probabilities=z is None)
         if z is None:  # no ground truth: the slice with the largest predicted area
             assert probs is not None
-            predicted = uncrop(probs >= predictor.threshold, crop).any(0)
+            predicted = (restore(probs, crop) >= predictor.threshold).any(0)
             z = axial_slice(predicted, data.image.shape[-1])
         k = 0
         for info in group:
             slices[info.index] = []
             for head in range(info.heads):
                 for comp in range(info.rank):
-                    full = uncrop(maps[k], crop, fill=0.0)
+                    full = restore(maps[k], crop, fill=0.0)
                     entry = _entry(info, head, comp, full, geometry.get(info.index))
                     if write_maps:
                         write_image(out / entry["file"], full, data.affine, data.header)

@@ -5,7 +5,9 @@
 - a run folder ``RUN_DIR/<dataset>/<model>`` holding ``fold_K`` folders: the folds given
   by ``folds`` are ensembled (default: every ``fold_K`` that exists);
 - one fold folder ``.../fold_K`` holding ``checkpoint_{final,best,last}.pt``;
-- one checkpoint file.
+- one checkpoint file;
+- an nnU-Net v2 results folder of an nmfseg trainer (or one of its folds or checkpoints),
+  read by :mod:`nmfseg.inference.nnunet_results`.
 
 The ensemble's probability is the mean of the folds' probabilities (each itself the mean
 over flips when TTA is on).
@@ -24,7 +26,7 @@ Examples::
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from nmfseg.data.preprocess import preprocess_case, restore, uncrop
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.device import resolve_device
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.inference.nnunet_results import find_nnunet_results, load_nnunet_folds
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
 
@@ -241,6 +244,13 @@ def _channels(model: nn.Module, attr: str, where: Path) -> int:
     return value
 
 
+def _load_fold(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    try:
+        return load_model(path, device)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
+        raise DataError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err
+
+
 def load_ensemble(
     model: str | Path,
     folds: Sequence[int | str] | None = None,
@@ -267,13 +277,14 @@ def load_ensemble(
         ConfigError: a config's ``dataset.preprocessing`` is not valid.
     """
     dev = resolve_device(device)
-    paths = find_checkpoints(model, folds, checkpoint)
+    if find_nnunet_results(model) is not None:  # trained inside nnU-Net by an nmfseg trainer
+        nets, paths, nn_config = load_nnunet_folds(model, folds, checkpoint, dev)
+        loaded: Iterable[tuple[nn.Module, dict[str, Any]]] = ((n, nn_config) for n in nets)
+    else:
+        paths = find_checkpoints(model, folds, checkpoint)
+        loaded = (_load_fold(path, dev) for path in paths)
     models, first = [], None
-    for path in paths:
-        try:
-            net, config = load_model(path, dev)
-        except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
-            raise DataError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err
+    for path, (net, config) in zip(paths, loaded, strict=True):
         net.eval()
         scheme = _model_scheme(config)
         dataset = _dataset_section(config)
