@@ -146,13 +146,14 @@ def test_a_run_without_validation_gets_no_metrics(tmp_path):
 
 
 def test_monai_finds_every_inference_property_and_what_monai_label_loads(run, bundle):
-    """``ConfigWorkflow.check_properties`` for an inference bundle, and what MONAI Label's
+    """``ConfigWorkflow.check_properties`` for an inference bundle, ``verify_net_in_out``
+    (``verify_metadata`` is left out: it downloads the schema), and what MONAI Label's
     ``BundleInferTask`` reads (monailabel/tasks/infer/bundle.py, basic_infer.py):
     configs/inference.json, models/model.pt loaded into ``network_def``, the first input and
     output of ``network_data_format`` (``image``, ``pred``) with ``channel_def``, and the
     config ids ``preprocessing``, ``postprocessing``, ``inferer``, ``device``,
     ``bundle_root`` (a ``Compose`` each where it takes one)."""
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import Compose, LoadImaged, SaveImaged
 
@@ -165,6 +166,10 @@ def test_monai_finds_every_inference_property_and_what_monai_label_loads(run, bu
     workflow.initialize()
     assert workflow.check_properties() == []
     assert len(workflow.dataset) == 4
+    verify_net_in_out(  # network_data_format against the network (raises if they disagree)
+        net_id="network_def", meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"), device="cpu",
+    )  # fmt: skip
 
     meta = _json(configs / "metadata.json")
     data_format = meta["network_data_format"]

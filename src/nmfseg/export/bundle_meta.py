@@ -289,8 +289,10 @@ and they are written as labels {meta["pred_classes"].split("(painted ", 1)[-1].r
 
 The same preprocessing, window and threshold give the same labels up to rounding (MONAI
 computes the z-score in float32, nmfseg in float64). nmfseg refuses images with NaN/Inf
-voxels and predicts an all-zero image as background; MONAI does neither. Test-time flips,
-fold ensembles and post-processing are not part of the bundle.
+voxels and predicts an all-zero image as background; MONAI does neither. `nmfseg predict`
+writes the labels of the input's own format when its regions are the model's (BraTS 2021's
+ET is 4); the bundle always writes the training dataset's. Test-time flips, fold ensembles
+and post-processing are not part of the bundle.
 
 Reference: {PAPER}
 """
