@@ -466,10 +466,11 @@ def test_phantoms_through_nnunet_with_an_nmfseg_trainer(tmp_path):
     env["nnUNet_extTrainer"] += os.pathsep + str(ext)
     env |= {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "2"}
     raw = tmp_path / "raw" / "Dataset501_Phantoms"
-    _run([nmfseg, "synth", "brats", "-o", str(raw), "--format", "nnunet", "-n", "4",
+    _run([nmfseg, "synth", "brats", "-o", str(raw), "--format", "nnunet", "-n", "5",
           "--spacing", "4", "--no-progress"], env, tmp_path)  # fmt: skip
     _run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres",
-          "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], env, tmp_path)  # fmt: skip
+          "--verify_dataset_integrity", "-np", "1", "-npfp", "1"],
+         env | {"nnUNet_n_proc_DA": "1"}, tmp_path)  # its planner sets threads from it  # fmt: skip
     _run([nmfseg, "nnunet-plans", "501", "-m", "swin_factorizer_brats", "--model-arg",
           "channels=8,16,32,64,128", "--name", "nnUNetPlans_tiny"], env, tmp_path)  # fmt: skip
     trainer = "nnUNetTrainerSwinFactorizer_test"
@@ -489,7 +490,7 @@ def test_phantoms_through_nnunet_with_an_nmfseg_trainer(tmp_path):
     out = _run([nmfseg, "evaluate", "--pred", str(pred), "--gt", str(raw), "-o", str(report),
                 "--no-plots"], env, tmp_path)  # fmt: skip
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["n_cases"] == 4 and summary["regions"] == ["WT", "TC", "ET"], out
+    assert summary["n_cases"] == 5 and summary["regions"] == ["WT", "TC", "ET"], out
 
     from nmfseg import Predictor
 

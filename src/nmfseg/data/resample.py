@@ -96,9 +96,8 @@ def target_spacing_for(
         worst = int(np.argmax(target))
         others = [a for a in range(len(target)) if a != worst]
         finest_other = max(target[a] for a in others)
-        if (
-            target[worst] > ANISOTROPY * finest_other
-            and sizes[worst] * ANISOTROPY < min(sizes[a] for a in others)
+        if target[worst] > ANISOTROPY * finest_other and sizes[worst] * ANISOTROPY < min(
+            sizes[a] for a in others
         ):
             refined = float(np.percentile(table[:, worst], 10))
             if refined < finest_other:
