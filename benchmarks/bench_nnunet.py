@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import environment
+from _common import cpu_model, environment
 
 BIN = Path(sys.executable).parent
 
@@ -174,7 +173,9 @@ def main() -> None:
     }
     write_json(path, forced)
     os.environ.update({k: env[k] for k in env if k.startswith("nnUNet")})
-    print(json.dumps(environment(args.threads)))
+    import torch
+
+    print(f"{cpu_model()}, torch {torch.__version__}, {args.threads} threads ({environment()})")
     print(
         f"nnU-Net's plan for the phantoms ({args.cases} cases, {args.spacing} mm): spacing "
         f"{planned['spacing']}, patch {planned['patch_size']}, batch {planned['batch_size']}, "
