@@ -355,3 +355,31 @@ def test_invalid_arguments():
         nmf(torch.rand(5))
     with pytest.raises(ValueError, match="solver"):
         NMF(solver="svd")
+
+
+# --- issue 21: the documented precondition of the public functions. ----------------------
+
+PRECONDITION_CASES = [
+    # (x, rank, the message): one amin for the values, the shape for the rank
+    (torch.rand(2, 4, 5) - 0.5, 1, r"x should be nonnegative \(NMF's precondition\), but its "),
+    (torch.tensor([[0.0, -3.0], [1.0, 2.0]]), 1, "its minimum is -3; apply torch.relu"),
+    (torch.full((2, 4, 5), float("nan")), 1, "x holds NaN; NMF needs nonnegative numbers"),
+    (torch.rand(2, 4, 5), 5, r"rank=5 is above min\(M, N\) = 4 of x's 4 x 5 matrices"),
+    (torch.rand(3, 8, 2), 5000, r"rank=5000 is above min\(M, N\) = 2 of x's 8 x 2 matrices"),
+]
+
+
+@pytest.mark.parametrize("fn", [nmf, nmf_reconstruct], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(("x", "rank", "message"), PRECONDITION_CASES)
+def test_public_functions_refuse_what_breaks_their_precondition(fn, x, rank, message):
+    with pytest.raises(ValueError, match=message):
+        fn(x, rank=rank)
+
+
+def test_the_module_skips_the_value_check_and_zeros_or_empty_inputs_pass():
+    # The networks feed the NMF module ReLU'd matrices: no extra pass over them per forward.
+    x = torch.rand(2, 4, 5) - 0.5
+    assert NMF()(x).shape == x.shape and NMF(rank=2).factorize(x)[0].shape == (2, 4, 2)
+    assert nmf(torch.zeros(2, 4, 5))[0].shape == (2, 4, 1)
+    assert nmf(torch.zeros(0, 4, 5))[0].shape == (0, 4, 1)
+    assert nmf(torch.rand(2, 4, 5), rank=4)[1].shape == (2, 5, 4)  # rank = min(M, N) is fine

@@ -57,6 +57,27 @@ def _check(x: Tensor, rank: int, iters: int, solver: str, grad_iters: int | None
         raise ValueError(f"x should have shape (..., M, N), got {tuple(x.shape)}.")
 
 
+def _check_input(x: Tensor, rank: int) -> None:
+    """The documented precondition of the public functions: ``x >= 0`` (one ``amin``, no
+    NaN) and a rank of at most ``min(M, N)``. The :class:`NMF` module, which the networks
+    feed with ReLU'd matrices, skips it."""
+    m, n = x.shape[-2:]
+    if rank > min(m, n):
+        raise ValueError(
+            f"rank={rank} is above min(M, N) = {min(m, n)} of x's {m} x {n} matrices; a larger "
+            "rank cannot describe a matrix better."
+        )
+    if x.numel():
+        low = float(x.detach().amin())  # NaN if x holds one
+        if math.isnan(low):
+            raise ValueError("x holds NaN; NMF needs nonnegative numbers.")
+        if low < 0:
+            raise ValueError(
+                f"x should be nonnegative (NMF's precondition), but its minimum is "
+                f"{low:.4g}; apply torch.relu or shift it first."
+            )
+
+
 def _no_grad_if(cond: bool):
     # grad_iters=0: every iteration runs without autograd (same values as grad_iters=None).
     return torch.no_grad() if cond else nullcontext()
@@ -137,7 +158,30 @@ def nmf(
         >>> u, v = nmf(x, rank=2, iters=10, solver="mu")
         >>> u.shape, v.shape, bool(u.min() >= 0)
         (torch.Size([3, 4, 8, 2]), torch.Size([3, 4, 50, 2]), True)
+        >>> nmf(x - 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: x should be nonnegative (NMF's precondition), but its minimum is ...
+
+    Raises:
+        ValueError: An argument out of range, ``rank > min(M, N)``, or ``x`` with a negative
+            or NaN entry (checked with one ``amin``; the :class:`NMF` module skips it).
     """
+    _check(x, rank, iters, solver, grad_iters)
+    _check_input(x, rank)
+    return _factorize(x, rank, iters, solver, init, grad_iters, fast)
+
+
+def _factorize(
+    x: Tensor,
+    rank: int,
+    iters: int,
+    solver: str,
+    init: tuple[Tensor, Tensor] | None,
+    grad_iters: int | None,
+    fast: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`nmf` without the check of ``x``'s values (what :class:`NMF` runs)."""
     _check(x, rank, iters, solver, grad_iters)
     out_dtype, shape = x.dtype, x.shape
     with autocast_off(x):
@@ -175,10 +219,28 @@ def nmf_reconstruct(
         >>> u, v = nmf(x, fast=False)
         >>> torch.allclose(nmf_reconstruct(x), u @ v.mT)
         True
+
+    Raises:
+        ValueError: As :func:`nmf`.
     """
     _check(x, rank, iters, solver, grad_iters)
+    _check_input(x, rank)
+    return _reconstruct(x, rank, iters, solver, init, grad_iters, fast)
+
+
+def _reconstruct(
+    x: Tensor,
+    rank: int,
+    iters: int,
+    solver: str,
+    init: tuple[Tensor, Tensor] | None,
+    grad_iters: int | None,
+    fast: bool,
+) -> Tensor:
+    """:func:`nmf_reconstruct` without the check of ``x``'s values (what :class:`NMF` runs)."""
+    _check(x, rank, iters, solver, grad_iters)
     if not _use_fast(rank, iters, solver, init, fast):
-        return reconstruct(*nmf(x, rank, iters, solver, init, grad_iters, fast=fast))
+        return reconstruct(*_factorize(x, rank, iters, solver, init, grad_iters, fast))
     out_dtype, shape = x.dtype, x.shape
     with autocast_off(x):
         x, _, v0 = _prepare(x, rank, init)
@@ -213,6 +275,8 @@ class NMF(nn.Module):
 
     ``rank``, ``iters``, ``solver``, ``grad_iters`` and ``fast`` are plain attributes and
     may be changed after training (paper §4.5). The module has no parameters or buffers.
+    Unlike :func:`nmf`, it does not check that its input is nonnegative (a network feeds it
+    ReLU'd matrices, and the check would cost a pass over them in every forward).
 
     Args:
         rank: Number of components ``R``.
@@ -253,15 +317,11 @@ class NMF(nn.Module):
 
     def factorize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The factors ``(u, v)`` of ``x`` with this layer's settings."""
-        return nmf(
-            x, self.rank, self.iters, self.solver, grad_iters=self.grad_iters, fast=self.fast
-        )
+        return _factorize(x, self.rank, self.iters, self.solver, None, self.grad_iters, self.fast)
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction ``u @ v.mT`` of ``x (..., M, N)``, same shape as ``x``."""
-        return nmf_reconstruct(
-            x, self.rank, self.iters, self.solver, grad_iters=self.grad_iters, fast=self.fast
-        )
+        return _reconstruct(x, self.rank, self.iters, self.solver, None, self.grad_iters, self.fast)
 
     flops_category = "nmf"
 
