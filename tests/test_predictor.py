@@ -21,6 +21,10 @@ from nmfseg.inference.ensemble import predict_case
 pytestmark = pytest.mark.slow
 
 MODEL = "swin_factorizer_isles"
+RANK_LIMIT = (
+    "at most 4: its matrices have head_dim=4 rows and 64 columns (a 4x4x4 window), and a rank "
+    "above min(rows, columns) of a matrix cannot describe it better"
+)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +178,9 @@ def test_a_folder_of_other_settings_is_refused_without_overwrite(trained, tmp_pa
         ("--nmf-rank", "1.5", "--nmf-rank '1.5': must be an integer >= 1"),
         ("--nmf-solver", "als", "--nmf-solver 'als': must be hals or mu"),
         ("--amp", "fp16", "--amp 'fp16': must be bf16 or none"),
+        # issue 21: the rank is bounded by the matrices (head_dim=4 rows, 4x4x4 windows)
+        ("--nmf-rank", "5", f"--nmf-rank 5: {MODEL} allows {RANK_LIMIT}$"),
+        ("--nmf-rank", "5000", f"--nmf-rank 5000: {MODEL} allows {RANK_LIMIT}$"),
     ],
 )
 def test_bad_switches_are_one_line_and_write_nothing(trained, tmp_path, option, value, message):
@@ -181,5 +188,55 @@ def test_bad_switches_are_one_line_and_write_nothing(trained, tmp_path, option, 
     res = _predict(run, data, tmp_path / "pred", option, value)
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"nmfseg: error: {message}"), res.output
+    assert len(lines) == 1, res.output
+    if message.endswith("$"):
+        assert lines[0] == f"nmfseg: error: {message[:-1]}"
+    else:
+        assert lines[0].startswith(f"nmfseg: error: {message}"), res.output
     assert not (tmp_path / "pred").exists()
+
+
+# issue 21: what the Python API is given, checked before any work, in one line.
+API_CASES = [
+    # (what, image, the DataError's line)
+    ("empty", np.zeros((2, 0, 9, 8), np.float32), "image: is empty (shape (2, 0, 9, 8)); "),
+    ("no channel", np.zeros((0, 9, 9, 8)), "image: is empty (shape (0, 9, 9, 8)); "),
+    ("complex", np.ones((2, 9, 9, 8), np.complex64), "image: has complex values (complex64); "),
+    ("text", np.full((2, 4, 4, 4), "x"), "image: holds <U1 values, not numbers"),
+    ("none", None, "image: holds object values, not numbers"),
+    ("ragged", [[1.0], [1.0, 2.0]], "image: is not a rectangular array of numbers"),
+    ("3 axes", np.ones((9, 9, 8)), "image: expected (C, *spatial) with 3 spatial axes, got "),
+]
+
+
+@pytest.mark.parametrize(("what", "image", "message"), API_CASES, ids=[c[0] for c in API_CASES])
+def test_predict_array_refuses_what_it_cannot_predict(trained, what, image, message):
+    import torch
+
+    from nmfseg.errors import DataError
+
+    p = nmfseg.Predictor.from_run(trained[1], device="cpu")
+    with pytest.raises(DataError) as err:
+        p.predict_array(image)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    if what == "complex":  # a tensor too, and a NIfTI image (the imaginary part was dropped)
+        with pytest.raises(DataError, match="has complex values"):
+            p.predict_array(torch.from_numpy(image))
+        nifti = nib.Nifti1Image(np.moveaxis(image, 0, -1), np.eye(4))
+        with pytest.raises(DataError, match="image 0: has complex values"):
+            p.predict_nifti(nifti)
+
+
+def test_a_rank_above_the_limit_changes_nothing(trained):
+    import torch
+
+    p = nmfseg.Predictor.from_run(trained[1], device="cpu", nmf_rank=4)  # the limit itself
+    assert p.describe()["nmf_rank"] == 4
+    for rank in (5, 64, 5000):
+        with pytest.raises(ConfigError, match=f"^--nmf-rank {rank}: {MODEL} allows at most 4: "):
+            p.configure(nmf_rank=rank)
+        with pytest.raises(ConfigError, match=f"^--nmf-rank {rank}: "):
+            nmfseg.Predictor.from_run(trained[1], device="cpu", nmf_rank=rank)
+    assert p.describe()["nmf_rank"] == 4 and p.settings.nmf_rank == 4
+    image = torch.ones(2, 6, 6, 6, dtype=torch.bfloat16)  # no NumPy dtype: predicted as float32
+    assert p.predict_array(image, output="regions").shape == (1, 6, 6, 6)

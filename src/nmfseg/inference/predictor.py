@@ -58,9 +58,10 @@ from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, squeeze_3d
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json
+from nmfseg.inference.checks import check_image, check_nmf_settings
 from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
 from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
-from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS, InferenceSettings, parse_layers
+from nmfseg.inference.settings import NMF_SETTINGS, InferenceSettings, parse_layers
 from nmfseg.mixers.nmf import nmf_layers, set_nmf
 
 __all__ = ["InferenceSettings", "Predictor", "output_scheme", "parse_layers"]
@@ -82,8 +83,9 @@ class Predictor:
         **options: Fields of :class:`InferenceSettings`.
 
     Raises:
-        ConfigError: A bad setting, an NMF switch for a network without NMF layers, or an
-            NMF layer the network does not have (each message names the option).
+        ConfigError: A bad setting, an NMF switch for a network without NMF layers, an NMF
+            layer the network does not have, or an NMF rank above what the layers' matrices
+            allow (each message names the option).
 
     Examples::
 
@@ -163,20 +165,11 @@ class Predictor:
             (0.3, 'constant')
         """
         new = settings if settings is not None else self.settings.replace(**changes)
-        asked = [name for name in NMF_SETTINGS if getattr(new, name) is not None]
-        if asked and not self.has_nmf:
-            raise ConfigError(
-                f"{OPTIONS[asked[0]]}: the network {self.model_name} has no NMF layers "
-                "(only Factorizers do); leave out the --nmf-* options"
-            )
-        for net, trained in zip(self.ensemble.models, self._trained, strict=True):
-            layers = nmf_layers(net)
-            if not layers:
+        keep = check_nmf_settings(self.ensemble.models, new, self.model_name)
+        for net, trained, enabled in zip(self.ensemble.models, self._trained, keep, strict=True):
+            if enabled is None:  # no NMF layers
                 continue
-            enabled = (
-                parse_layers(new.nmf_layers, len(layers)) if new.nmf_layers is not None else "all"
-            )
-            for layer, (iters, rank, solver) in zip(layers, trained, strict=True):
+            for layer, (iters, rank, solver) in zip(nmf_layers(net), trained, strict=True):
                 layer.nmf.iters, layer.nmf.rank, layer.nmf.solver = iters, rank, solver
             set_nmf(net, new.nmf_iters, new.nmf_rank, new.nmf_solver, enabled)
         if new.compile and self._compiled is None:
@@ -392,11 +385,7 @@ class Predictor:
         if output not in ("labels", "regions", "probabilities"):
             raise ConfigError(f"output {output!r}: choose labels, regions or probabilities")
         is_tensor = isinstance(image, torch.Tensor)
-        array = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
-        dims = len(self.patch_size)
-        if array.ndim != dims + 1:
-            raise DataError("image", f"expected (C, *spatial) with {dims} spatial axes, got "
-                            f"shape {array.shape}")  # fmt: skip
+        array = check_image(image, len(self.patch_size))
         probs = self.probabilities(array, spacing=spacing)
         if output == "probabilities":
             out = probs
@@ -425,8 +414,9 @@ class Predictor:
         loaded = [load_nifti(Path(i)) if isinstance(i, str | Path) else i for i in images]
         arrays = []
         for i, img in enumerate(loaded):
-            data = np.asarray(img.dataobj, dtype=np.float32)
             where = images[i] if isinstance(images[i], str | Path) else f"image {i}"
+            data = check_image(img.dataobj, len(np.shape(img.dataobj)) - 1, str(where))
+            data = np.asarray(data, dtype=np.float32)
             if len(loaded) > 1:
                 data = squeeze_3d(data, where)
                 arrays.append(data[None])

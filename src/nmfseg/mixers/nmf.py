@@ -18,6 +18,7 @@ NMF layer of any network (:func:`nmf_layers`, :func:`set_nmf`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,9 +39,11 @@ from nmfseg.nmf import (
     matricized_rank1,
 )
 from nmfseg.nmf.precision import autocast_on
-from nmfseg.nmf.windows import is_view
+from nmfseg.nmf.windows import is_view, ntuple
 
-__all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "set_nmf"]
+__all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "rank_problem", "set_nmf"]
+
+_NO_BETTER = "a rank above min(rows, columns) of a matrix cannot describe it better"
 
 
 @dataclass
@@ -178,6 +181,8 @@ class WrappedNMF(ProjectedMixer):
         self.head_dim = head_dim
         self.in_proj = PointwiseConv(channels, channels, bias=False)
         self.matricize = build_matricize(matricize, head_dim, window_size, spatial_dims)
+        if rank > self.max_rank:
+            raise ValueError(f"rank={rank} is above {self.max_rank}: {self.rank_limit()}.")
         self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
         self.out_proj = PointwiseConv(channels, channels, bias=True)
         self.enabled = True
@@ -185,6 +190,38 @@ class WrappedNMF(ProjectedMixer):
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
         self.fused = True  # Swin or Local rank 1: matricized_rank1 (see _one_node)
+
+    @property
+    def window(self) -> tuple[int, ...] | None:
+        """The matricize window (Local and Swin; ``None`` for Global)."""
+        if self.kind == "global":
+            return None
+        return ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
+
+    @property
+    def max_rank(self) -> int:
+        """The largest meaningful NMF rank: ``min(M, N)`` of the layer's matrices, with
+        ``M = head_dim`` rows and, for Local and Swin, ``N`` = the voxels of a window (a stage
+        smaller than the window has fewer; Global's ``N``, a whole stage, is not bounded).
+
+        Examples::
+
+            >>> WrappedNMF(16, head_dim=8, window_size=2).max_rank  # 2x2x2 = 8 voxels
+            8
+            >>> WrappedNMF(16, matricize="local", head_dim=8, window_size=(2, 1, 2)).max_rank
+            4
+        """
+        window = self.window
+        return self.head_dim if window is None else min(self.head_dim, math.prod(window))
+
+    def rank_limit(self) -> str:
+        """Why :attr:`max_rank` is what it is, for error messages."""
+        window = self.window
+        rows = f"head_dim={self.head_dim} rows"
+        if window is None:
+            return f"its matrices have {rows}, and {_NO_BETTER}"
+        voxels = f"{math.prod(window)} columns (a {'x'.join(map(str, window))} window)"
+        return f"its matrices have {rows} and {voxels}, and {_NO_BETTER}"
 
     def _one_node(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
@@ -251,6 +288,54 @@ def _check_settings(iters: int | None, rank: int | None, solver: str | None) -> 
         raise ValueError(f"iters should be a non-negative int, got {iters!r}.")
 
 
+def _spans(indices: Sequence[int]) -> str:
+    """``0-3,7`` for ``[0, 1, 2, 3, 7]``."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def rank_problem(layers: Sequence[WrappedNMF], rank: int) -> str | None:
+    """Why ``rank`` is too large for the NMF ``layers`` of a network, or ``None`` if it is not.
+
+    The limit of a layer is :attr:`WrappedNMF.max_rank`, ``min(rows, columns)`` of its
+    matrices; when the layers' limits differ the text gives each, with its layers.
+
+    Examples::
+
+        >>> layers = [WrappedNMF(8, head_dim=4, window_size=4), WrappedNMF(16, head_dim=8)]
+        >>> rank_problem(layers, 4) is None
+        True
+        >>> print(rank_problem(layers[:1], 64))
+        at most 4: its matrices have head_dim=4 rows and 64 columns (a 4x4x4 window),
+        and a rank above min(rows, columns) of a matrix cannot describe it better
+        >>> print(rank_problem(layers, 64))
+        at most 4 for NMF layer 0 (head_dim=4 rows, 4x4x4 windows), 8 for NMF layer 1
+        (head_dim=8 rows, 8x8x8 windows); a rank above min(rows, columns) of a matrix
+        cannot describe it better
+    """
+    if all(rank <= layer.max_rank for layer in layers):
+        return None
+    groups: dict[tuple[int, str], list[int]] = {}
+    for index, layer in enumerate(layers):
+        window = layer.window
+        shape = f"head_dim={layer.head_dim} rows"
+        if window is not None:
+            shape += f", {'x'.join(map(str, window))} windows"
+        groups.setdefault((layer.max_rank, shape), []).append(index)
+    if len(groups) == 1:
+        return f"at most {layers[0].max_rank}: {layers[0].rank_limit()}"
+    parts = [
+        f"{limit} for NMF layer{'s' if len(idx) > 1 else ''} {_spans(idx)} ({shape})"
+        for (limit, shape), idx in sorted(groups.items(), key=lambda kv: kv[1][0])
+    ]
+    return f"at most {', '.join(parts)}; {_NO_BETTER}"
+
+
 def set_nmf(
     model: nn.Module,
     iters: int | None = None,
@@ -270,10 +355,14 @@ def set_nmf(
             layer again; ``None`` leaves the choice unchanged.
 
     Raises:
-        ValueError: A value out of range (the message names it).
+        ValueError: A value out of range (the message names it), or a rank above what a
+            layer's matrices allow (:func:`rank_problem`); nothing is changed then.
     """
     layers = nmf_layers(model)
     _check_settings(iters, rank, solver)
+    problem = None if rank is None else rank_problem(layers, rank)
+    if problem:
+        raise ValueError(f"rank={rank} is too large for this network's NMF layers: {problem}.")
     if isinstance(enabled, str) and enabled != "all":
         raise ValueError(f"enabled should be 'all' or a list of indices, got {enabled!r}.")
     if enabled is None:
