@@ -9,8 +9,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.autograd import gradcheck
 
+from nmfseg.mixers.nmf import WrappedNMF, set_nmf
 from nmfseg.nmf import NMF, default_init, nmf, nmf_reconstruct, reconstruct
 
 TINY = np.finfo(np.float64).tiny
@@ -383,3 +385,56 @@ def test_the_module_skips_the_value_check_and_zeros_or_empty_inputs_pass():
     assert nmf(torch.zeros(2, 4, 5))[0].shape == (2, 4, 1)
     assert nmf(torch.zeros(0, 4, 5))[0].shape == (0, 4, 1)
     assert nmf(torch.rand(2, 4, 5), rank=4)[1].shape == (2, 5, 4)  # rank = min(M, N) is fine
+
+
+# --- issue 21: the rank of a Wrapped NMF layer is bounded by its matrices. ---------------
+
+RANK_CASES = [
+    # (what is built or changed, the ValueError's text)
+    (
+        lambda: WrappedNMF(16, head_dim=8, window_size=8, rank=9),
+        r"^rank=9 is above 8: its matrices have head_dim=8 rows and 512 columns \(a 8x8x8 ",
+    ),
+    (
+        lambda: WrappedNMF(16, matricize="local", head_dim=8, window_size=(2, 1, 2), rank=5),
+        r"^rank=5 is above 4: its matrices have head_dim=8 rows and 4 columns \(a 2x1x2 window",
+    ),
+    (
+        lambda: WrappedNMF(16, matricize="global", head_dim=4, rank=5),
+        r"^rank=5 is above 4: its matrices have head_dim=4 rows, and a rank above min\(rows, ",
+    ),
+    (
+        lambda: _tiny_factorizer().set_nmf(rank=5000),
+        r"^rank=5000 is too large for this network's NMF layers: at most 4: its matrices have "
+        r"head_dim=4 rows and 8 columns \(a 2x2x2 window\), and a rank above min\(rows, "
+        r"columns\) of a matrix cannot describe it better\.$",
+    ),
+    (
+        lambda: set_nmf(
+            nn.Sequential(WrappedNMF(4, head_dim=2), WrappedNMF(8, head_dim=8)), rank=3
+        ),
+        r"^rank=3 is too large .*: at most 2 for NMF layer 0 \(head_dim=2 rows, 8x8x8 windows\), "
+        r"8 for NMF layer 1 \(head_dim=8 rows, 8x8x8 windows\); a rank above",
+    ),
+]
+
+
+def _tiny_factorizer():
+    from nmfseg.models import create_model
+
+    kwargs = dict(channels=(4, 8), head_dim=4, window_size=2, deep_supervision=False)
+    return create_model("swin_factorizer_isles", **kwargs)
+
+
+@pytest.mark.parametrize(("build", "message"), RANK_CASES)
+def test_a_rank_above_what_the_matrices_allow_is_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_set_nmf_with_a_too_large_rank_changes_nothing():
+    net = _tiny_factorizer()
+    net.set_nmf(rank=4, iters=2)  # the limit itself
+    with pytest.raises(ValueError, match="at most 4"):
+        net.set_nmf(rank=5, iters=7, enabled=[0])
+    assert {(m.nmf.rank, m.nmf.iters, m.enabled) for m in net.nmf_layers()} == {(4, 2, True)}
