@@ -145,6 +145,26 @@ CASES = [
     # issue 21 (A): NMF rank, Predictor and nmf() preconditions, presets on other data
     # issue 21 (B): post-processing, lists, .onnx where a run is expected, predict.json
     # issue 21 (C): export, explain and the first hour on a CPU
+    Case("explain read-only out, before loading the model",
+         ("explain", "-m", "{run}", "-i", "{data}", "-o", UNWRITABLE),
+         r"^nmfseg: error: /sys/fs/nmfseg-test: cannot write the component maps here: "
+         r"/sys/fs: Permission denied$"),
+    Case("explain -o a file", ("explain", "-m", "{run}", "-i", "{data}", "-o",
+                               "{data}/dataset_description.json"),
+         r"^nmfseg: error: .*dataset_description.json: cannot write the component maps here: "
+         r".*dataset_description.json is a file$"),
+    Case("export read-only out", ("export", "{run}", "-o", UNWRITABLE + "/m.onnx"),
+         r"^nmfseg: error: /sys/fs/nmfseg-test: cannot write the ONNX model here: .*denied$"),
+    Case("export whose sidecar would replace a file",
+         ("export", "{run}", "-o", "{data}/dataset_description.onnx"),
+         r"^nmfseg: error: .*dataset_description.json: exists; add --overwrite to replace "
+         r"the model and its .json$", absent=("{data}/dataset_description.onnx",)),
+    Case("export --tolerance below float32 rounding",
+         ("export", "{run}", "-o", "{tmp}/m.onnx", "--tolerance", "1e-30", "--quiet"),
+         r"^nmfseg: error: swin_factorizer_isles: max \|onnxruntime - torch\| of the logits is "
+         r"\S+ at 1x2x32x32x32, above --tolerance 1e-30; that is float32 rounding \(logits up "
+         r"to \S+\): use --tolerance 1e-\d\d or more \(default 0.0001\)$",
+         absent=("{tmp}/m.onnx", "{tmp}/m.json")),
 ]  # fmt: skip
 
 
@@ -263,7 +283,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(world, tmp_path, mon
     assert result.exit_code == 1, result.output
     assert re.search(
         r"checkpoint_last\.pt: No space left on device: the file needs about "
-        r"[\d.]+ MB; .* the previous file is kept",
+        r"[\d.]+ [KMG]B; .* the previous file is kept",
         result.output,
     ), result.output
     assert "Traceback" not in result.output

@@ -139,6 +139,95 @@ def test_export_bakes_in_the_nmf_layers_and_picks_the_fold(exported, tmp_path):
     assert np.abs(_session(out).run(None, {"image": x.numpy()})[0] - expected).max() <= 1e-4
 
 
+def _pair(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_an_existing_model_is_replaced_only_with_overwrite(exported, tmp_path):
+    run, _, _, _ = exported
+    out = tmp_path / "m.onnx"
+    assert cli("export", run, "-o", out, "-f", 0, "--quiet").exit_code == 0
+    before = _pair(tmp_path)
+    refused = cli("export", run, "-o", out, "-f", 0, "--nmf-iters", 1, "--quiet")
+    assert refused.exit_code == 1 and refused.output == (
+        f"nmfseg: error: {out}: exists; add --overwrite to replace the model and its .json\n"
+    )
+    assert _pair(tmp_path) == before
+    replaced = cli("export", run, "-o", out, "-f", 0, "--nmf-iters", 1, "-q", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(out.with_suffix(".json").read_text())["nmf"]["iters"] == 1
+
+
+#: A write that fails while the pair is written: (what fails, the file it hits, the line).
+FAILURES = [
+    ("fsync", ".onnx", r"m\.onnx: No space left on device: the file needs about [\d.]+ [KM]B; "
+                       r"[\d.]+ [KMG]B free; the previous file is kept$"),
+    ("fsync", ".json", r"m\.json: No space left on device: the file needs about [\d.]+ KB; "
+                       r"[\d.]+ [KMG]B free; the previous file is kept$"),
+    ("rename", ".json", r"m\.json: cannot write the file: .*: Permission denied$"),
+    ("write", ".json", r"m\.json: No space left on device: the file needs about [\d.]+ KB; "),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("step", "ending", "line"), FAILURES)
+def test_the_pair_appears_together_or_not_at_all(exported, tmp_path, monkeypatch, step, ending,
+                                                 line):  # fmt: skip
+    """A failure on either file leaves the previous pair as it was, names the final file
+    (never a temporary one) and leaves no temporary file."""
+    import errno
+    import os
+    import re
+    from pathlib import Path
+
+    import nmfseg.fileio as fileio
+
+    run, _, _, _ = exported
+    out = tmp_path / "m.onnx"
+    assert cli("export", run, "-o", out, "--fold", 0, "--quiet").exit_code == 0
+    before = _pair(tmp_path)
+
+    def hits(path) -> bool:
+        return Path(path).name.endswith(ending) and Path(path).name.startswith(".tmp-")
+
+    real_fsync, real_replace, real_write = fileio._fsync, os.replace, Path.write_bytes
+
+    def fsync(path):
+        if step == "fsync" and hits(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(path)
+
+    def replace(src, dst):
+        if step == "rename" and hits(src):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src), str(dst))
+        real_replace(src, dst)
+
+    def write_bytes(self, data):
+        if step == "write" and hits(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(fileio, "_fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    result = cli("export", run, "-o", out, "-f", 0, "--nmf-iters", 1, "-q", "--overwrite")
+    monkeypatch.undo()
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert re.search(line, result.output.strip()), result.output
+    assert ".tmp-" not in result.output
+    assert _pair(tmp_path) == before  # the previous model and sidecar, byte for byte
+
+
+@pytest.mark.slow
+def test_a_tolerance_below_rounding_says_what_was_measured(exported, tmp_path):
+    run, _, _, _ = exported
+    result = cli("export", run, "-o", tmp_path / "m.onnx", "-f", 0, "--tolerance", "1e-30", "-q")
+    assert result.exit_code == 1
+    assert "float32 rounding" in result.output and "fixed a size" not in result.output
+    assert "above --tolerance 1e-30" in result.output and not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------ predict --engine
 
 

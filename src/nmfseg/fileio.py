@@ -65,8 +65,23 @@ def short_error(err: BaseException) -> str:
 
 
 def _new_temp(path: Path) -> Path:
-    """Create an empty temporary file next to ``path`` (umask-respecting mode) and name it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create an empty temporary file next to ``path`` (umask-respecting mode) and name it.
+
+    Raises:
+        DataError: Naming ``path`` (not the temporary file) when its folder cannot be
+            created or written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _create_temp(path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _no_space(path, path) from None
+        raise DataError(path, f"cannot write the file here: {_os_words(err)}") from None
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty temporary file next to ``path``; OSError as the system raises it."""
     while True:
         tmp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
         try:
@@ -77,6 +92,25 @@ def _new_temp(path: Path) -> Path:
         return tmp
 
 
+def _os_words(err: OSError) -> str:
+    """``folder: Permission denied``: the system's words, naming the folder or file that
+    refused (a temporary file's name is replaced by its folder's)."""
+    where = err.filename
+    if where is not None and Path(str(where)).name.startswith(_TEMP_PREFIX):
+        where = Path(str(where)).parent
+    words = err.strerror or str(err) or type(err).__name__
+    return f"{where}: {words}" if where is not None else words
+
+
+def _write_failed(path: Path, tmp: Path, err: OSError, size_hint: int | None = None) -> DataError:
+    """One line naming ``path`` (never ``tmp``) for a failed write of its new content."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _no_space(path, tmp, size_hint, quota=err.errno == errno.EDQUOT)
+    if err.errno == errno.EISDIR or path.is_dir():
+        return DataError(path, "is a folder; cannot write a file in its place")
+    return DataError(path, f"cannot write the file: {_os_words(err)}")
+
+
 def _free_bytes(folder: Path) -> int | None:
     try:
         return shutil.disk_usage(folder).free
@@ -84,25 +118,49 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _no_space(path: Path, tmp: Path, size_hint: int | None = None) -> DataError:
-    """The one line for a full disk: how much the file needed (``size_hint``, else what had
-    been written: at least that) and how much is free; the old file is still there."""
+def _no_space(
+    path: Path, tmp: Path, size_hint: int | None = None, quota: bool = False
+) -> DataError:
+    """The one line for a full disk (or quota): how much the file needed (``size_hint``, else
+    what had been written: at least that) and how much is free; the old file is still there.
+
+    Examples::
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> print(_no_space(folder / "m.onnx", folder / "tmp", 3 << 20))  # doctest: +ELLIPSIS
+        /.../m.onnx: No space left on device: the file needs about 3.0 MB; ... free
+    """
     try:
-        written = tmp.stat().st_size
+        written = tmp.stat().st_size if tmp != path else 0
     except OSError:
         written = 0
-    free = _free_bytes(path.parent)
+    free = None if quota else _free_bytes(path.parent)
     if size_hint:
         need = f"needs about {_mb(size_hint)}"
     else:
         need = f"needs more than {_mb(written)}" if written else "could not be written"
-    room = f"; {_mb(free)} free" if free is not None else ""
+    room = "" if free is None else "; the disk is full" if free < 1024 else f"; {_mb(free)} free"
     kept = "; the previous file is kept" if path.exists() else ""
-    return DataError(path, f"No space left on device: the file {need}{room}{kept}")
+    what = "Disk quota exceeded" if quota else "No space left on device"
+    return DataError(path, f"{what}: the file {need}{room}{kept}")
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    """A size in the unit that shows it: bytes, KB, MB or GB.
+
+    Examples::
+
+        >>> [_mb(n) for n in (0, 900, 40_000, 3 << 20, 25 << 30)]
+        ['0 bytes', '900 bytes', '39.1 KB', '3.0 MB', '25.0 GB']
+    """
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KB"
+    if n < 10 * 2**30:
+        return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**30:.1f} GB"
 
 
 def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") -> None:
@@ -131,7 +189,7 @@ def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") 
     if not existing.is_dir():
         raise DataError(path, f"cannot write the {what} here: {existing} is a file")
     try:  # a real probe: permissions, read-only file systems, quotas, root or not
-        os.unlink(_new_temp(existing / "write-probe"))
+        os.unlink(_create_temp(existing / "write-probe"))
     except OSError as err:
         raise DataError(
             path, f"cannot write the {what} here: {existing}: {err.strerror or err}"
@@ -142,6 +200,12 @@ def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") 
             path,
             f"not enough space for the {what}: about {_mb(need_bytes)} needed, {_mb(free)} free",
         )
+
+
+def _about(err: OSError, tmp: Path) -> bool:
+    """Whether ``err`` is the failed write of ``tmp`` (or a full disk while writing it)."""
+    names = {str(err.filename), str(err.filename2)}
+    return err.errno in (errno.ENOSPC, errno.EDQUOT) or str(tmp) in names
 
 
 def _fsync(path: Path) -> None:
@@ -176,8 +240,8 @@ def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path
         _fsync(tmp)
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise _no_space(path, tmp, size_hint) from None
+        if _about(err, tmp):
+            raise _write_failed(path, tmp, err, size_hint) from None
         raise
     finally:
         with contextlib.suppress(OSError):  # never mask the error that got us here
@@ -229,9 +293,11 @@ def read_json(path: str | Path) -> dict[str, Any]:
 class StagedFiles:
     """Write several files in one folder so that either all of them appear or none does.
 
-    Each file is written to a temporary name in the folder (:meth:`path`, :meth:`write_text`);
-    :meth:`commit` renames them all into place; leaving the ``with`` block without a commit
-    (e.g. on an error) deletes the temporary files.
+    Each file is written to a temporary name in the folder (:meth:`path`, :meth:`write_text`,
+    :meth:`write_bytes`); :meth:`commit` renames them all into place, and if one rename
+    fails, the files already renamed are put back as they were (the previous versions, or
+    none); leaving the ``with`` block without a commit (e.g. on an error) deletes the
+    temporary files. Errors name the final files, never the temporary ones.
 
     Examples::
 
@@ -239,13 +305,25 @@ class StagedFiles:
         >>> folder = Path(tempfile.mkdtemp())
         >>> with StagedFiles(folder) as staged:
         ...     staged.write_text("a.csv", "x\\n1\\n")
+        ...     staged.write_bytes("a.bin", b"1")
         ...     [p.name for p in staged.commit()]
-        ['a.csv']
+        ['a.csv', 'a.bin']
+        >>> (folder / "b.json").mkdir()  # a folder where a file should go: nothing changes
+        >>> with StagedFiles(folder) as staged:  # doctest: +ELLIPSIS
+        ...     staged.write_text("a.csv", "new")
+        ...     staged.write_text("b.json", "{}")
+        ...     staged.commit()
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.DataError: .../b.json: is a folder; cannot write a file in its place
+        >>> (folder / "a.csv").read_text(), sorted(p.name for p in folder.iterdir())
+        ('x\\n1\\n', ['a.bin', 'a.csv', 'b.json'])
     """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._pending: list[tuple[Path, Path]] = []
+        self._sizes: dict[Path, int] = {}
 
     def path(self, name: str) -> Path:
         """A temporary path (same folder, same ending) that becomes ``folder/name``."""
@@ -254,25 +332,56 @@ class StagedFiles:
         self._pending.append((tmp, final))
         return tmp
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Stage a file; a full disk is one line naming ``folder/name`` and its size."""
+        tmp = self.path(name)
+        self._sizes[tmp] = len(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as err:
+            raise _write_failed(self.folder / name, tmp, err, len(data)) from None
+
     def write_text(self, name: str, text: str) -> None:
         """Stage a UTF-8 text file."""
-        self.path(name).write_text(text, encoding="utf-8")
+        self.write_bytes(name, text.encode("utf-8"))
 
     def commit(self) -> list[Path]:
-        """Flush every staged file to disk, then rename them into place; the final paths."""
+        """Flush every staged file to disk, then rename them into place; the final paths.
+
+        Raises:
+            DataError: Naming the file that could not be written (full disk, a folder in
+                its place, no permission); every final file is then as it was before.
+        """
         for tmp, final in self._pending:
             try:
                 _fsync(tmp)
             except OSError as err:
-                if err.errno == errno.ENOSPC:
-                    raise _no_space(final, tmp) from None
-                raise
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
+                raise _write_failed(final, tmp, err, self._sizes.get(tmp)) from None
+        done: list[tuple[Path, Path | None]] = []  # (final, its previous version kept aside)
+        try:
+            for tmp, final in self._pending:
+                old = _keep_aside(final)
+                try:
+                    os.replace(tmp, final)
+                except OSError as err:
+                    if old is not None:
+                        old.unlink(missing_ok=True)
+                    raise _write_failed(final, tmp, err) from None
+                done.append((final, old))
+        except BaseException:
+            for final, old in reversed(done):  # undo: the previous versions, or nothing
+                with contextlib.suppress(OSError):
+                    if old is not None:
+                        os.replace(old, final)
+                    else:
+                        final.unlink()
+            raise
+        for _, old in done:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         self._pending = []
-        return done
+        return [final for final, _ in done]
 
     def __enter__(self) -> StagedFiles:
         return self
@@ -282,3 +391,19 @@ class StagedFiles:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         self._pending = []
+
+
+def _keep_aside(final: Path) -> Path | None:
+    """A hard link (else a copy) of an existing file ``final``, to put back if a group of
+    renames fails; ``None`` when there is no file."""
+    if not final.is_file():
+        return None
+    aside = final.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex[:8]}-old-{final.name}")
+    try:
+        os.link(final, aside)
+    except OSError:
+        try:
+            shutil.copy2(final, aside)
+        except OSError as err:
+            raise _write_failed(final, aside, err) from None
+    return aside

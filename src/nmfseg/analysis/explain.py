@@ -54,7 +54,7 @@ from nmfseg.data.nifti import check_label_values, read_nifti, squeeze_3d, write_
 from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.fileio import read_json, write_json
+from nmfseg.fileio import check_writable, read_json, write_json
 from nmfseg.inference.predictor import Predictor
 from nmfseg.inference.settings import parse_layers
 
@@ -191,7 +191,8 @@ def explain_case(
 
     Raises:
         ConfigError: A network without NMF layers, or a bad ``layers``.
-        DataError: An unreadable case or ground truth, or one that does not fit the model.
+        DataError: An unreadable case or ground truth, or one that does not fit the model, or
+            an output folder that cannot be written (checked before any work).
     """
     if not predictor.has_nmf:
         raise ConfigError(
@@ -203,6 +204,7 @@ def explain_case(
     chosen = parse_layers(layers, len(infos), option="--layers")
     if not chosen:
         raise ConfigError(f"--layers {layers!r}: choose at least one NMF layer")
+    check_writable(out, what="component maps")  # before any work
     case = open_one_case(case, predictor.ensemble.scheme)
     data = load_case(dataclasses.replace(case, label_path=None))
     if data.image.shape[0] != predictor.ensemble.in_channels:

@@ -65,11 +65,13 @@ def explain(
 ) -> None:
     """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
     from nmfseg.analysis.explain import explain_case
+    from nmfseg.fileio import check_writable
     from nmfseg.inference.predictor import Predictor
     from nmfseg.inference.settings import parse_layers
 
     parse_layers(layers, None, option="--layers")
     n_maps = parse_number(max_maps, "--max-maps", minimum=1)
+    check_writable(out, what="component maps")  # before loading the model
     path = one_fold(model, parse_fold(fold), checkpoint, "explaining")
     predictor = Predictor.from_run(path, device=device, settings=settings, progress=not quiet)
     result = explain_case(predictor, input, out, layers, gt, max_maps=n_maps, progress=not quiet)

@@ -28,7 +28,8 @@ HELP = (
     "sizes than the traced one. OUT gets the model, with the run's inference settings "
     "(patch size, channels, regions and label scheme, overlap, blending, threshold, NMF "
     "settings, nmfseg version, source checkpoint) in its metadata, and OUT with .json "
-    "instead of .onnx gets the same settings; both are written together, atomically. "
+    "instead of .onnx gets the same settings; both are written together, atomically, and "
+    "an existing OUT is refused unless --overwrite. "
     "Predict with it: nmfseg predict --engine onnxruntime -m OUT. Networks whose trace "
     "fixes the input size (a Python branch on a shape) are refused in one line naming the "
     "source line. Needs pip install 'nmfseg[export]'.\n\n"
@@ -73,7 +74,9 @@ def export(
         "bundle, TorchScript).",
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="monai-bundle: replace an existing OUT folder."
+        False,
+        "--overwrite",
+        help="Replace an existing OUT: the .onnx file and its .json, or the bundle folder.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only the summary."),
 ) -> None:
@@ -95,7 +98,7 @@ def export(
     require("onnx", "onnxruntime")
     if not (opset.isdigit() and int(opset) in OPSETS):
         raise ConfigError(f"--opset {opset!r}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
-    check_onnx_path(out)
+    check_onnx_path(out, overwrite)
     path = one_fold(model, parse_fold(fold, allow_all=True), checkpoint, "exporting")
 
     result = export_onnx(
@@ -105,6 +108,7 @@ def export(
         settings=settings,
         opset=int(opset),
         tolerance=tol,
+        overwrite=overwrite,
         echo=None if quiet else echo,
     )
     worst = max(diff for _, diff in result.checks)
