@@ -39,14 +39,14 @@ from tqdm import tqdm
 from nmfseg.analysis.runs import validation_ids
 from nmfseg.data.formats import Dataset, load_case
 from nmfseg.data.schemes import DatasetScheme, labels_to_regions
-from nmfseg.errors import DataError
+from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.fileio import write_json
 from nmfseg.inference.ensemble import find_checkpoints
 from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
 from nmfseg.inference.predictor import Predictor
 
-__all__ = ["MIN_GAIN", "THRESHOLDS", "postprocess_run", "search_postprocessing"]
+__all__ = ["MIN_GAIN", "THRESHOLDS", "check_search", "postprocess_run", "search_postprocessing"]
 
 #: Component sizes (voxels) tried by the min-size step.
 THRESHOLDS = (10, 25, 50, 100, 200, 500, 1000)
@@ -54,6 +54,31 @@ THRESHOLDS = (10, 25, 50, 100, 200, 500, 1000)
 MIN_GAIN = 0.001
 
 Pair = tuple[np.ndarray, np.ndarray]  # (predicted regions, true regions), (R, *spatial) bool
+
+
+def check_search(min_gain: float, thresholds: Sequence[int] = THRESHOLDS) -> None:
+    """Refuse a ``min_gain`` outside ``[0, 1)`` (a rise of a mean Dice, itself in ``[0, 1]``:
+    1 or more would keep nothing) and component sizes that are not integers ``>= 1``.
+
+    Raises:
+        ConfigError: Naming ``--min-gain``, or the thresholds.
+
+    Examples::
+
+        >>> check_search(0.001)
+        >>> check_search(2)
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --min-gain 2: must be a number in [0, 1) (a rise of ...
+    """
+    number = isinstance(min_gain, int | float) and not isinstance(min_gain, bool)
+    if not number or not 0 <= min_gain < 1:  # NaN fails too
+        shown = f"{min_gain:g}" if number else repr(min_gain)
+        raise ConfigError(
+            f"--min-gain {shown}: must be a number in [0, 1) (a rise of the mean Dice, at most 1)"
+        )
+    if not all(type(t) is int and t >= 1 for t in thresholds):
+        raise ConfigError(f"thresholds {list(thresholds)!r}: component sizes are integers >= 1")
 
 
 def _score(pairs: Sequence[Pair], pp: PostProcessing, scheme: DatasetScheme) -> float:
@@ -78,6 +103,7 @@ def search_postprocessing(
     Returns:
         ``(chosen, {"none": Dice without, "chosen": Dice with})``.
     """
+    check_search(min_gain, thresholds)
     names = list(scheme.regions)
     outer_first = sorted(names, key=lambda n: -len(scheme.regions[n]))
     chosen = PostProcessing()
@@ -141,7 +167,9 @@ def postprocess_run(
 
     Raises:
         DataError: A fold's validation case missing from ``dataset`` or without a label.
+        ConfigError: ``min_gain`` outside ``[0, 1)`` or bad ``thresholds`` (before any work).
     """
+    check_search(min_gain, thresholds)
     ckpts = find_checkpoints(model, folds, checkpoint)
     pairs: list[Pair] = []
     for ckpt in ckpts:

@@ -41,23 +41,22 @@ def postprocess_search(
     RUN/postprocessing.json, which 'nmfseg predict --postprocess auto' applies. The paper uses
     no post-processing.
     """
-    from nmfseg.analysis.postprocess import postprocess_run
+    from nmfseg.analysis.postprocess import check_search, postprocess_run
     from nmfseg.data.formats import open_dataset
+    from nmfseg.inference.postprocess import PostProcessing, option_words
 
+    gain = parse_number(min_gain, "--min-gain", float)
+    check_search(gain)
+    fold_ids = parse_folds(folds or [], ctx.args) or None
     dataset = open_dataset(data, check_format(fmt))
     path, record = postprocess_run(
-        model,
-        dataset,
-        parse_folds(folds or [], ctx.args) or None,
-        checkpoint,
-        device,
-        progress=not quiet,
-        min_gain=parse_number(min_gain, "--min-gain", float),
+        model, dataset, fold_ids, checkpoint, device, progress=not quiet, min_gain=gain
     )
     dice = record["mean_dice"]
+    chosen = PostProcessing.from_dict(record["postprocess"])
     typer.echo(
         f"{record['n_cases']} validation case(s): mean Dice {dice['none']:.4f} without, "
-        f"{dice['chosen']:.4f} with: --postprocess {' '.join(record['words'])}"
+        f"{dice['chosen']:.4f} with: {option_words(chosen)}"
     )
     typer.echo(f"wrote {path}")
 

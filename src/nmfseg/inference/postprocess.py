@@ -33,20 +33,69 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 from scipy import ndimage
 
 from nmfseg.data.schemes import DatasetScheme
-from nmfseg.errors import ConfigError
+from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import read_json
 
-__all__ = ["POSTPROCESSING", "PostProcessing"]
+__all__ = [
+    "POSTPROCESSING",
+    "PostProcessing",
+    "option_words",
+    "read_postprocessing",
+    "saved_postprocessing",
+    "split_list",
+]
 
 #: The file ``nmfseg postprocess-search`` writes into a run folder.
 POSTPROCESSING = "postprocessing.json"
 
 _CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connectivity in 3D
+_GAP = "an empty item in the comma list"
+_WORDS = "expected none, largest:REGION[,REGION] or min-size:REGION=VOXELS"
+
+
+def split_list(text: str, option: str, shown: str | None = None) -> list[str]:
+    """The items of a comma list given to ``option``, stripped; a gap is an error.
+
+    The one rule for every comma list nmfseg reads (``--models a,b``, ``largest:WT,TC``,
+    ``--folds 0,1``...): an empty item (``a,,b``, a leading or trailing comma, or nothing at
+    all) is refused rather than dropped, as a typo it may hide.
+
+    Args:
+        text: The list.
+        option: The option it was given to.
+        shown: What the error quotes after the option (default: ``text``), when the list is
+            part of a longer word (``largest:WT,TC``).
+
+    Raises:
+        ConfigError: Naming ``option`` and the text, if an item is empty.
+
+    Examples::
+
+        >>> split_list(" WT, TC", "--postprocess largest")
+        ['WT', 'TC']
+        >>> split_list("a,,b", "--models")
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --models 'a,,b': an empty item in the comma list
+    """
+    items = [item.strip() for item in str(text).split(",")]
+    if not all(items):
+        raise ConfigError(f"{option} {text if shown is None else shown!r}: {_GAP}")
+    return items
+
+
+def _unknown_region(name: str, regions: Sequence[str]) -> str | None:
+    """The problem with region ``name`` of a model with ``regions`` (None: none)."""
+    if name in regions:
+        return None
+    return f"no region {name!r}; the model's regions are {', '.join(regions) or 'unknown'}"
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,27 +127,27 @@ class PostProcessing:
         """Read ``--postprocess`` words: ``none``, ``largest:R[,R]``, ``min-size:R=N[,R=N]``.
 
         Raises:
-            ConfigError: A word or region name that is not understood (naming the option).
+            ConfigError: A word or region name that is not understood, a gap in a list, or
+                ``none`` together with a rule (naming the option).
         """
+        words = [str(spec).strip() for spec in specs]
+        rules = [w for w in words if w != "none"]
+        if rules and len(rules) < len(words):
+            raise ConfigError(
+                f"--postprocess none --postprocess {rules[0]}: 'none' cannot be combined with "
+                "a rule; give the rules alone, or none alone"
+            )
         largest: list[str] = []
         min_size: dict[str, int] = {}
-        for spec in specs:
-            kind, _, rest = spec.strip().partition(":")
-            if kind == "none" and not rest:
-                continue
-            items = [i.strip() for i in rest.split(",") if i.strip()]
-            if kind not in ("largest", "min-size") or not items:
-                raise ConfigError(
-                    f"--postprocess {spec!r}: expected none, largest:REGION[,REGION] or "
-                    "min-size:REGION=VOXELS"
-                )
-            for item in items:
-                name, _, value = item.partition("=")
-                if name not in regions:
-                    raise ConfigError(
-                        f"--postprocess {spec!r}: no region {name!r}; the model's regions are "
-                        f"{', '.join(regions)}"
-                    )
+        for spec in rules:
+            kind, _, rest = spec.partition(":")
+            if kind not in ("largest", "min-size") or not rest.strip():
+                raise ConfigError(f"--postprocess {spec!r}: {_WORDS}")
+            for item in split_list(rest, "--postprocess", shown=spec):  # a gap is a typo
+                name, _, value = (part.strip() for part in item.partition("="))
+                problem = _unknown_region(name, regions)
+                if problem:
+                    raise ConfigError(f"--postprocess {spec!r}: {problem}")
                 if kind == "largest":
                     largest.append(name)
                 elif value.isdigit() and int(value) > 0:
@@ -125,10 +174,50 @@ class PostProcessing:
         return {"largest": list(self.largest), "min_size": dict(self.min_size)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PostProcessing:
-        """Read :meth:`to_dict`'s form."""
-        sizes = {str(k): int(v) for k, v in dict(d.get("min_size", {})).items()}
-        return cls(tuple(str(r) for r in d.get("largest", [])), sizes)
+    def from_dict(
+        cls, d: Any, regions: Sequence[str] | None = None, where: str | Path = "postprocess"
+    ) -> PostProcessing:
+        """Read :meth:`to_dict`'s form, checked as strictly as the command line's words.
+
+        Args:
+            d: ``{"largest": [REGION, ...], "min_size": {REGION: VOXELS}}``.
+            regions: The model's regions; every name must be one of them (not checked when
+                None).
+            where: What the error names (the file it was read from).
+
+        Raises:
+            DataError: Naming ``where``: not that form, an unknown region, a size below 1.
+
+        Examples::
+
+            >>> PostProcessing.from_dict({"largest": ["WT"]}, ["ET", "TC", "WT"]).words()
+            ['largest:WT']
+            >>> PostProcessing.from_dict({"largest": "WT"})
+            Traceback (most recent call last):
+            ...
+            nmfseg.errors.DataError: postprocess: largest: expected a list of region names, got 'WT'
+        """
+
+        def fail(field: str, problem: str) -> NoReturn:
+            raise DataError(where, f"{field}: {problem}")
+
+        if not isinstance(d, Mapping):
+            fail("postprocess", f"expected {{'largest': [...], 'min_size': {{...}}}}, got {d!r}")
+        unknown = sorted(set(map(str, d)) - {"largest", "min_size"})
+        if unknown:
+            fail(unknown[0], "not a post-processing rule (expected largest, min_size)")
+        largest, sizes = d.get("largest", []), d.get("min_size", {})
+        if not isinstance(largest, list) or not all(isinstance(r, str) for r in largest):
+            fail("largest", f"expected a list of region names, got {largest!r}")
+        if not isinstance(sizes, Mapping) or not all(
+            type(v) is int and v >= 1 for v in sizes.values()
+        ):
+            fail("min_size", f"expected region -> voxel count >= 1, got {sizes!r}")
+        for name in [*largest, *sizes]:
+            problem = _unknown_region(name, regions) if regions is not None else None
+            if problem:
+                fail("postprocess", problem)
+        return cls(tuple(dict.fromkeys(largest)), {str(k): v for k, v in sizes.items()})
 
     def apply(self, regions: np.ndarray, scheme: DatasetScheme) -> np.ndarray:
         """Clean ``regions (R, *spatial)`` (bool or 0/1, in ``scheme.regions`` order).
@@ -159,3 +248,80 @@ class PostProcessing:
                 if labels[other] <= labels[name]:
                     out[j] &= ~removed
         return out
+
+
+def option_words(pp: PostProcessing) -> str:
+    """``pp`` as ``nmfseg predict`` options (the option repeated for each word).
+
+    Examples::
+
+        >>> option_words(PostProcessing(("WT",), {"ET": 50}))
+        '--postprocess largest:WT --postprocess min-size:ET=50'
+    """
+    return " ".join(f"--postprocess {word}" for word in pp.words())
+
+
+def read_postprocessing(path: str | Path, regions: Sequence[str]) -> PostProcessing:
+    """The setting saved by ``nmfseg postprocess-search``, checked for a model of ``regions``.
+
+    Raises:
+        DataError: Naming the file: unreadable, not such a file, made for other regions, or
+            a rule the command line would refuse.
+    """
+    record = read_json(path)
+    if "postprocess" not in record:
+        raise DataError(path, "no 'postprocess' entry: not written by nmfseg postprocess-search")
+    made_for = record.get("regions")
+    if made_for is not None and (
+        not isinstance(made_for, list) or not all(isinstance(r, str) for r in made_for)
+    ):
+        raise DataError(path, f"regions: expected a list of region names, got {made_for!r}")
+    if made_for is not None and regions and set(made_for) != set(regions):
+        raise DataError(
+            path,
+            f"made for a model of regions {', '.join(made_for) or 'none'}, but this model "
+            f"predicts {', '.join(regions)}: run nmfseg postprocess-search for this model",
+        )
+    return PostProcessing.from_dict(record["postprocess"], regions, path)
+
+
+def saved_postprocessing(
+    sources: Sequence[str | Path], regions: Sequence[str], export: Mapping[str, Any] | None = None
+) -> PostProcessing:
+    """``--postprocess auto``: the ``postprocessing.json`` of the run whose checkpoints are
+    ``sources`` (in the run folder or a fold folder), checked by :func:`read_postprocessing`.
+
+    Args:
+        sources: The model's checkpoint files.
+        regions: The model's regions.
+        export: The metadata of an ONNX model (``nmfseg export``), which carries no
+            post-processing: the error then gives the rules of the run it was exported from.
+
+    Raises:
+        ConfigError: No such file, or an ONNX model (saying what to pass instead).
+        DataError: The file is not valid for this model.
+    """
+    if export is not None:
+        source = (
+            (export.get("source") or {}).get("checkpoint") if isinstance(export, dict) else None
+        )
+        run = [Path(source).parent, Path(source).parent.parent] if source else []
+        saved = next((f / POSTPROCESSING for f in run if (f / POSTPROCESSING).is_file()), None)
+        rules = (
+            f"{option_words(read_postprocessing(saved, regions))} (from {saved})"
+            if saved
+            else (f"--postprocess with the rules ('words') of RUN/{POSTPROCESSING} of its run")
+        )
+        raise ConfigError(
+            f"--postprocess auto: an ONNX model does not carry its run's post-processing; "
+            f"pass {rules}"
+        )
+    folds = {Path(p).parent for p in sources}
+    places = [f / POSTPROCESSING for f in sorted({f.parent for f in folds} | folds)]
+    saved = next((p for p in places if p.is_file()), None)
+    if saved is None:
+        raise ConfigError(
+            f"--postprocess auto: no {POSTPROCESSING} next to the model's folds; run "
+            "nmfseg postprocess-search first"
+        )
+    return read_postprocessing(saved, regions)

@@ -43,7 +43,7 @@ Examples::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,9 @@ from nmfseg.data.formats import Case, Dataset, load_case, open_case
 from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, squeeze_3d
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.fileio import read_json
-from nmfseg.inference.checks import check_image, check_nmf_settings
+from nmfseg.inference.checks import check_image, check_nmf_settings, usable_ranks
 from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
-from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
+from nmfseg.inference.postprocess import PostProcessing, saved_postprocessing
 from nmfseg.inference.settings import NMF_SETTINGS, InferenceSettings, parse_layers
 from nmfseg.mixers.nmf import nmf_layers, set_nmf
 
@@ -177,22 +176,21 @@ class Predictor:
         self.postprocessing = self._postprocessing(new.postprocess)
         self.settings = new
 
+    def usable_ranks(self, ranks: Sequence[int], note: Callable[[str], Any]) -> list[int]:
+        """The NMF ranks of a sweep that every fold's layers allow, the others left out with a
+        ``note``; ``ConfigError`` naming ``--ranks`` when none is left
+        (:func:`~nmfseg.inference.checks.usable_ranks`)."""
+        return usable_ranks(self.ensemble.models, ranks, self.model_name, note)
+
     def _postprocessing(self, spec: Any) -> PostProcessing | None:
         """The post-processing of ``settings.postprocess`` (``auto``: the run's saved one)."""
         if spec is None or isinstance(spec, PostProcessing):
             return spec
-        if tuple(spec) == ("auto",):
-            folds = {Path(p).parent for p in self.ensemble.sources}
-            places = [f / POSTPROCESSING for f in sorted({f.parent for f in folds} | folds)]
-            saved = next((p for p in places if p.is_file()), None)
-            if saved is None:
-                raise ConfigError(
-                    f"--postprocess auto: no {POSTPROCESSING} next to the model's folds; run "
-                    "nmfseg postprocess-search first"
-                )
-            return PostProcessing.from_dict(read_json(saved)["postprocess"])
         scheme = self.ensemble.scheme
         regions = self.ensemble.regions or (scheme.region_names if scheme else ())
+        if tuple(spec) == ("auto",):  # checked like the words; an ONNX model has none
+            export = self.ensemble.config.get("export")
+            return saved_postprocessing(self.ensemble.sources, regions, export)
         return PostProcessing.parse(list(spec), regions)
 
     @property
