@@ -9,18 +9,14 @@ import math
 import pytest
 import torch
 
+from nmfseg.blocks import MixerBlock
 from nmfseg.errors import ConfigError
 from nmfseg.layers import LayerNorm, fused_kernels
+from nmfseg.mixers.attention import VolumeAttention, from_windows, to_windows
 from nmfseg.models import create_model, model_info
 from nmfseg.models.complexity import count_flops, count_params, model_complexity
 from nmfseg.models.nnformer import NNFormer
-from nmfseg.models.nnformer_blocks import (
-    SkipAttentionLayer,
-    TransformerLayer,
-    VolumeAttention,
-    from_windows,
-    to_windows,
-)
+from nmfseg.models.nnformer_blocks import SkipAttentionLayer
 
 SMALL = dict(feature_size=12, num_heads=(1, 2, 4, 8))
 
@@ -97,7 +93,8 @@ def test_windows_round_trip_and_shift_geometry():
 def test_layers_are_the_residual_formulas():
     torch.manual_seed(0)
     x, skip = torch.randn(1, 8, 4, 4, 4), torch.randn(1, 8, 4, 4, 4)
-    layer = TransformerLayer(8, 2, window_size=(2, 2, 2), shifted=True).eval()
+    args = {"num_heads": 2, "window_size": (2, 2, 2), "shifted": True}
+    layer = MixerBlock(8, mixer="volume_attention", mixer_args=args, mlp_ratio=4).eval()
     a = layer.mixer
     y = x + a.out_proj(a.attention(*a.in_proj(layer.norm1(x)).split([8, 16], 1)))
     torch.testing.assert_close(layer(x), y + layer.mlp(layer.norm2(y)), rtol=1e-5, atol=1e-5)

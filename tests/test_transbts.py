@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from helpers import small_kwargs, small_model
+from nmfseg.blocks import MixerBlock
 from nmfseg.layers import fused_kernels
+from nmfseg.mixers.attention import SelfAttention
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models.complexity import count_flops, count_params
-from nmfseg.models.transbts import SelfAttention, TransBTS, TransformerLayer
+from nmfseg.models.transbts import TransBTS
 
 SMALL = small_kwargs("transbts_brats")[0]  # reduced widths (tests/helpers.py)
 PRESETS = ["transbts_brats", "transbts_isles"]
@@ -117,7 +119,7 @@ def _head(t: torch.Tensor, h: int, head_dim: int = 4) -> torch.Tensor:
 
 def test_transformer_layer_is_pre_norm_attention_then_mlp():
     torch.manual_seed(0)
-    layer = TransformerLayer(8, num_heads=2, mlp_dim=16).eval()
+    layer = MixerBlock(8, mixer="attention", mixer_args={"num_heads": 2}, mlp_ratio=2).eval()
     x = torch.randn(1, 8, 2, 3, 4)
     with torch.no_grad(), fused_kernels(layer, False):
         y = x + layer.mixer(layer.norm1(x))

@@ -8,6 +8,10 @@ name      mixer
 ``none``  no mixer: the block is its MLP only (the paper's "no NMF" ablation)
 ========= ==================================================================================
 
+and the exact attention of two baselines (:mod:`nmfseg.mixers.attention`): ``attention``
+(TransBTS's multi-head self-attention over all voxels) and ``volume_attention`` (nnFormer's
+windowed LV-MSA with relative position bias, or GV-MSA).
+
 A new mixer is one module file that registers a constructor
 ``fn(channels, spatial_dims, dropout, **kwargs) -> nn.Module`` with :func:`register_mixer`
 (best a :class:`~nmfseg.mixers.base.ProjectedMixer`, which blocks fuse on CPU), plus a model
@@ -18,7 +22,7 @@ Examples::
 
     >>> from nmfseg.mixers import create_mixer, list_mixers
     >>> list_mixers()
-    ['favor', 'nmf', 'none']
+    ['attention', 'favor', 'nmf', 'none', 'volume_attention']
     >>> create_mixer("nmf", 16, spatial_dims=3, matricize="swin", window_size=4).kind
     'swin'
     >>> create_mixer("none", 16) is None
@@ -27,7 +31,7 @@ Examples::
 
 from __future__ import annotations
 
-from nmfseg.mixers import favor, nmf  # noqa: F401  (register "favor", "nmf")
+from nmfseg.mixers import attention, favor, nmf  # noqa: F401  (register their mixers)
 from nmfseg.mixers._registry import (
     create_mixer,
     list_mixers,

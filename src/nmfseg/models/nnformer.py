@@ -58,11 +58,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from nmfseg.blocks import MixerBlock
 from nmfseg.layers import LayerNorm
 from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import UShapedNetwork
-from nmfseg.models.nnformer_blocks import SkipAttentionLayer, TransformerLayer
+from nmfseg.models.nnformer_blocks import SkipAttentionLayer
 
 __all__ = ["NNFormer", "conv_embedding"]
 
@@ -191,8 +192,10 @@ class NNFormer(UShapedNetwork):
 
         def layers(i: int, first: int) -> nn.Sequential:
             return nn.Sequential(*(
-                TransformerLayer(widths[i], num_heads[i], windows(i), shifted=j % 2 == 1,
-                                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout)
+                MixerBlock(widths[i], spatial_dims, dropout, mixer="volume_attention",
+                           mixer_args={"num_heads": num_heads[i], "window_size": windows(i),
+                                       "shifted": j % 2 == 1, "qkv_bias": qkv_bias},
+                           mlp_ratio=mlp_ratio)
                 for j in range(first, depths[i])
             ))  # fmt: skip
 

@@ -58,18 +58,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
-from nmfseg.layers.args import check_dropout, check_heads, check_positive, int_tuple
+from nmfseg.layers.args import check_dropout, check_positive, int_tuple
 from nmfseg.layers.factories import NormSpec, make_norm
-from nmfseg.mixers.base import ProjectedMixer
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
-__all__ = ["SelfAttention", "TransBTS", "TransformerLayer"]
+__all__ = ["TransBTS"]
 
 
 def _conv3(spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
@@ -103,89 +101,6 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
-
-
-class SelfAttention(ProjectedMixer):
-    """Multi-head self-attention over the voxels of ``(B, C, *spatial)`` feature maps.
-
-    ``in_proj`` (bias-free, as in TransBTS) gives queries, keys and values, the tokens are
-    mixed by :func:`~torch.nn.functional.scaled_dot_product_attention` (scale
-    ``head_dim**-0.5``), and ``out_proj`` and dropout follow (:class:`ProjectedMixer`, so
-    :class:`~nmfseg.blocks.MixerBlock` fuses the projections with the norm and residual on
-    CPU).
-
-    Args:
-        channels: Embedding width ``C``.
-        num_heads: Number of heads; must divide ``channels``.
-        dropout: Dropout probability on the output.
-        attn_dropout: Dropout probability on the attention weights (``train()`` only).
-
-    Examples::
-
-        >>> import torch
-        >>> attn = SelfAttention(16, num_heads=4)
-        >>> attn(torch.randn(2, 16, 3, 4, 5)).shape
-        torch.Size([2, 16, 3, 4, 5])
-    """
-
-    def __init__(
-        self, channels: int, num_heads: int, dropout: float = 0.0, attn_dropout: float = 0.0
-    ) -> None:
-        super().__init__(dropout)
-        check_heads(num_heads, channels)
-        self.num_heads = num_heads
-        self.attn_dropout = attn_dropout
-        self.in_proj = PointwiseConv(channels, 3 * channels, bias=False)
-        self.out_proj = PointwiseConv(channels, channels)
-
-    def mix(self, z: Tensor) -> Tensor:
-        b, c3, *spatial = z.shape
-        c = c3 // 3
-        # (B, 3C, *S) → q, k, v of shape (B, heads, tokens, head_dim), head_dim contiguous
-        # (the fused CUDA kernels want a unit stride there): one copy of the projection
-        qkv = z.reshape(b, 3, self.num_heads, c // self.num_heads, -1).transpose(3, 4)
-        q, k, v = qkv.contiguous().unbind(1)
-        p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        return out.transpose(2, 3).reshape(b, c, *spatial)
-
-
-class TransformerLayer(MixerBlock):
-    """Pre-norm Transformer layer ``y = x + MHSA(LN(x)); z = y + MLP(LN(y))`` on voxels.
-
-    A :class:`~nmfseg.blocks.MixerBlock` whose mixer is :class:`SelfAttention` (built here,
-    not through the mixer registry) and whose MLP is ``C → mlp_dim → C`` with GELU.
-
-    Args:
-        channels: Embedding width ``C``.
-        num_heads: Number of attention heads.
-        mlp_dim: Hidden width of the MLP (a multiple of ``channels``).
-        dropout: Dropout probability after the attention, inside and after the MLP.
-        attn_dropout: Dropout probability on the attention weights.
-
-    Examples::
-
-        >>> import torch
-        >>> layer = TransformerLayer(16, num_heads=2, mlp_dim=32)
-        >>> layer(torch.randn(1, 16, 2, 3, 4)).shape
-        torch.Size([1, 16, 2, 3, 4])
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        num_heads: int,
-        mlp_dim: int,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-    ) -> None:
-        if not isinstance(mlp_dim, int) or mlp_dim < 1 or mlp_dim % channels:
-            raise ValueError(
-                f"mlp_dim should be a positive multiple of the width {channels}, got {mlp_dim!r}."
-            )
-        super().__init__(channels, dropout=dropout, mixer="none", mlp_ratio=mlp_dim // channels)
-        self.norm1 = LayerNorm(channels)
-        self.mixer = SelfAttention(channels, num_heads, dropout, attn_dropout)
 
 
 class _UpStage(nn.Module):
@@ -258,6 +173,11 @@ class TransBTS(SegmentationNetwork):
         make_norm(norm, feature_size, spatial_dims)  # a bad norm: ValueError naming it
         check_positive(hidden_size=hidden_size, num_layers=num_layers)
         check_dropout(dropout=dropout, stem_dropout=stem_dropout)
+        if not isinstance(mlp_dim, int) or mlp_dim < 1 or mlp_dim % hidden_size:
+            raise ValueError(
+                f"mlp_dim should be a positive multiple of hidden_size {hidden_size}, got "
+                f"{mlp_dim!r}."
+            )
         grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         widths = [feature_size * 2**i for i in range(len(blocks_down))]
         self.feature_size = feature_size
@@ -282,7 +202,14 @@ class TransBTS(SegmentationNetwork):
         nn.init.zeros_(self.pos_embed.pos)
         self.transformer = nn.Sequential(
             *(
-                TransformerLayer(hidden_size, num_heads, mlp_dim, dropout, attn_dropout=dropout)
+                MixerBlock(
+                    hidden_size,
+                    spatial_dims,
+                    dropout,
+                    mixer="attention",
+                    mixer_args={"num_heads": num_heads, "attn_dropout": dropout},
+                    mlp_ratio=mlp_dim // hidden_size,
+                )
                 for _ in range(num_layers)
             ),
             LayerNorm(hidden_size),
