@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -43,8 +44,14 @@ def test_every_setting_is_a_row_with_dice_and_time_and_the_panels(trained, tmp_p
     res = _ablate(run, data, tmp_path, "--iters", "1-2", "--ranks", "1-2", "--repeats", "2")
     assert res.exit_code == 0, res.output
     progress = [line for line in res.output.splitlines() if line.startswith("[ablate] ")]
-    assert len(progress) == 18 and progress[0].startswith("[ablate] 1/18 reference reference:")
-    assert "fastest within 1 Dice point of the unmodified model:" in res.output
+    assert re.fullmatch(  # the estimate comes first, in one line
+        r"\[ablate\] about [\d.]+ (s|min|h): 18 settings x 2 case\(s\) x 2 repeat\(s\), each "
+        r"pass beside one of the unmodified model \([\d.]+ s per pass, measured\)",
+        progress[0],
+    )
+    assert len(progress) == 19 and progress[1].startswith("[ablate] 1/18 reference reference:")
+    assert re.search(r"^(fastest within 1 Dice point of the unmodified model: |no setting within "
+                     r"1 Dice point is faster)", res.output, re.M)  # fmt: skip
 
     keys = {
         "reference": ["reference"],
@@ -80,6 +87,52 @@ def test_every_setting_is_a_row_with_dice_and_time_and_the_panels(trained, tmp_p
     assert "each keeping the fastest of 2" in (tmp_path / "fastest.md").read_text()
     assert all(float(r["speedup"]) > 0 for r in fastest)
     assert float(reference["speedup"]) == 1.0
+
+
+def _row(key, speedup, reference_seconds, dice="0.80", note=""):
+    return {"key": key, "options": f"--{key}", "speedup": speedup, "dice_mean": dice,
+            "reference_seconds_per_case": reference_seconds, "note": note}  # fmt: skip
+
+
+#: (speed-ups and the unmodified model's times beside them, the closing line's start):
+#: a speed-up is named only when it is beyond the spread of the unmodified model's times.
+NOISE_CASES = [
+    ("a busy machine: 3.27x within a ten-fold spread",
+     [("keep=2", 3.27, 1.0), ("keep=3", 1.1, 10.0), ("iters=1", 0.9, 2.0), ("iters=2", 1.0, 9.0)],
+     r"^no setting within 1 Dice point is faster beyond the timing noise: the unmodified "
+     r"model's own time varied [\d.]+x between settings, and the fastest measured, keep=2 "
+     r"\(3.27x\), is within it"),
+    ("an idle machine: 1.8x beyond a 2% spread",
+     [("keep=2", 1.8, 1.0), ("keep=3", 1.1, 1.01), ("iters=1", 0.9, 1.02), ("iters=2", 1.0, 1.0)],
+     r"^fastest within 1 Dice point of the unmodified model: keep=2 \(--keep=2\), 1.80x "
+     r"\(timing noise 1.0\dx\), mean Dice 80.0 vs 80.0$"),
+    ("too few settings to measure the noise: named",
+     [("iters=1", 1.5, 1.0), ("iters=2", 1.2, 1.5)],
+     r"^fastest within 1 Dice point of the unmodified model: iters=1 \(--iters=1\), 1.50x, "),
+    ("nothing faster", [("keep=2", 0.5, 1.0), ("keep=3", 0.7, 1.0), ("keep=4", 0.9, 1.1)],
+     r"^no setting within 1 Dice point is faster than the unmodified model$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "rows", "line"), NOISE_CASES, ids=[c[0] for c in NOISE_CASES])
+def test_a_speedup_within_the_timing_noise_is_not_named(name, rows, line, tmp_path):
+    from nmfseg.analysis.ablate_report import (
+        fastest_line,
+        fastest_rows,
+        timing_noise,
+        write_fastest,
+    )
+
+    reference = {**_row("reference", 1.0, 1.0), "options": "", "seconds_per_case": 1.0}
+    timed = [{**_row(*r), "seconds_per_case": r[2] / r[1], "dice_lesion": 0.8} for r in rows]
+    fastest = fastest_rows({**reference, "dice_lesion": 0.8}, timed)
+    noise = timing_noise(timed)
+    assert re.search(line, fastest_line(fastest, reference, noise))
+    write_fastest(tmp_path, fastest, reference, ["lesion"], 1, noise)
+    table = (tmp_path / "fastest.md").read_text()
+    assert fastest_line(fastest, reference, noise) in table
+    beyond = {r["key"]: r["beyond_noise"] for r in _rows(tmp_path / "fastest.csv")}
+    assert beyond["reference"] == "no"
 
 
 def test_a_setting_is_timed_beside_the_unmodified_model_fastest_pass_each(monkeypatch):

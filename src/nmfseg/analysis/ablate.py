@@ -19,7 +19,11 @@ The sweeps, each a CSV in the output folder:
 plus ``reference.csv`` (the unmodified model), ``ablation.png`` (the four panels of Fig. 8
 with the unmodified model as a dashed line) and ``fastest.csv`` / ``fastest.md``: the
 settings whose mean Dice is within one Dice point of the unmodified model, fastest first,
-with their speed-up and the ``nmfseg predict`` options that deploy them.
+with their speed-up and the ``nmfseg predict`` options that deploy them. Before the sweep, one
+timed pass of the unmodified model gives an estimate of the whole sweep (printed, and on the
+progress bar); afterwards, the spread of the unmodified model's own times over the settings
+is the timing noise, and a speed-up within it is reported as noise, not as a faster setting
+(:mod:`nmfseg.analysis.ablate_report`).
 
 Layers are 0-based in network order (encoder, bridge, decoder; the paper counts from 1).
 A setting that leaves the network as trained (``k = L``, the trained ``T``, rank and solver)
@@ -50,6 +54,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nmfseg.analysis.ablate_report import (
+    estimate_seconds,
+    fastest_rows,
+    format_estimate,
+    timing_noise,
+    write_fastest,
+)
 from nmfseg.analysis.figures import ablation_figure
 from nmfseg.analysis.runs import validation_ids
 from nmfseg.data.formats import Dataset, load_case
@@ -76,8 +87,6 @@ __all__ = [
 
 SWEEPS = ("layers", "remove", "iters", "rank")
 RECORD = "ablate.json"
-#: Dice points (in [0, 1] units) a setting may lose and still count as "as good".
-TOLERANCE = 0.01
 _NMF_KEYS = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
 
 
@@ -196,6 +205,9 @@ class AblationResult:
         fastest: Rows within one Dice point of the reference, fastest first.
         computed: Settings evaluated by this call (the others were already in the CSVs).
         repeats: Passes over each case per setting (its time is the fastest).
+        noise: How much the unmodified model's own time varied between the settings
+            (:func:`~nmfseg.analysis.ablate_report.timing_noise`; ``None``: too few).
+        estimate: The time the sweep was estimated to take before it started (seconds).
     """
 
     out: Path
@@ -204,6 +216,8 @@ class AblationResult:
     fastest: list[dict[str, Any]] = field(default_factory=list)
     computed: int = 0
     repeats: int = 1
+    noise: float | None = None
+    estimate: float | None = None
 
 
 class _Cases:
@@ -241,6 +255,13 @@ def _timed(predictor: Predictor, x: Any) -> tuple[Any, float]:
     if predictor.device.type == "cuda":
         torch.cuda.synchronize(predictor.device)
     return probs, time.perf_counter() - start
+
+
+def _counted(cases: Any, bar: Any) -> Iterator[tuple[Any, ...]]:
+    """The cases, one step of the whole sweep's progress bar each."""
+    for case in cases:
+        yield case
+        bar.update(1)
 
 
 def _evaluate(
@@ -412,9 +433,16 @@ def run_ablation(
     predictor.configure(predictor.settings.replace(**Setting("reference", "").changes()))
     trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
     result = AblationResult(out, {}, repeats=repeats)
+    bar = tqdm(total=0, unit="case", disable=not (progress and todo), file=sys.stderr)
     if todo:
         x = next(iter(cases))[0]
         predictor.predict_preprocessed(x)  # warm-up, untimed
+        one = _timed(predictor, x)[1]  # one pass of the unmodified model: the estimate's unit
+        result.estimate = estimate_seconds(one, len(todo), len(ids), repeats)
+        estimate = format_estimate(result.estimate, len(todo), len(ids), repeats, one)
+        _echo(f"[ablate] {estimate}")
+        bar.reset(total=len(todo) * len(ids))
+        bar.set_description(f"ablate (estimated {estimate.split(':')[0]})")
     for i, setting in enumerate(todo, start=1):
         predictor.configure(**setting.changes())
         state = {k: predictor.describe()[k] for k in _NMF_KEYS}
@@ -424,11 +452,12 @@ def run_ablation(
             keys = ("dice_", "seconds", "reference_seconds", "speedup", "n_")
             row.update({k: same[k] for k in same if k.startswith(keys)})
             row["note"] = "as trained (= reference)"
+            bar.update(len(ids))
         else:
-            bar = tqdm(cases, total=len(ids), desc=setting.key, unit="case", leave=False,
-                       disable=not progress, file=sys.stderr)  # fmt: skip
+            bar.set_postfix_str(setting.key)
             changes = None if setting.sweep == "reference" else setting.changes()
-            row.update(_evaluate(predictor, iter(bar), len(ids), regions, repeats, changes))
+            row.update(_evaluate(predictor, _counted(cases, bar), len(ids), regions, repeats,
+                                 changes))  # fmt: skip
         row["options"] = setting.options(n_layers)
         rows[setting.sweep].append(row)
         _write_rows(out / f"{setting.sweep}.csv", rows[setting.sweep], regions)
@@ -439,11 +468,14 @@ def run_ablation(
             f"{100 * float(row['dice_mean']):.1f} ({per_region}), "
             f"{float(row['seconds_per_case']):.3g} s/case, {float(row['speedup']):.2f}x"
         )
+    bar.close()
     predictor.configure(**Setting("reference", "").changes())
     result.reference = rows["reference"][0]
     result.rows = {s: rows[s] for s in sweeps}
-    result.fastest = _fastest(result.reference, [r for s in sweeps for r in rows[s]])
-    _write_fastest(out, result, regions)
+    timed = [r for s in sweeps for r in rows[s]]
+    result.fastest = fastest_rows(result.reference, timed)
+    result.noise = timing_noise(timed)
+    write_fastest(out, result.fastest, result.reference, regions, repeats, result.noise)
     ablation_figure(
         out / "ablation.png",
         result.rows,
@@ -451,48 +483,3 @@ def run_ablation(
         title=f"{predictor.model_name}, fold {record['fold']}: {len(ids)} validation cases",
     )
     return result
-
-
-def _fastest(reference: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows within :data:`TOLERANCE` of the reference's mean Dice, fastest first."""
-    floor = float(reference["dice_mean"]) - TOLERANCE
-    good = [r for r in (reference, *rows) if not r.get("note") and float(r["dice_mean"]) >= floor]
-    good = [{**r, "speedup": float(r["speedup"])} for r in good]
-    return sorted(good, key=lambda r: -r["speedup"])
-
-
-def _write_fastest(out: Path, result: AblationResult, regions: Sequence[str]) -> None:
-    dice = [f"dice_{r}" for r in regions]
-    fields = ["key", "options", "dice_mean", *dice, "seconds_per_case"]
-    fields += ["reference_seconds_per_case", "speedup"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in result.fastest:
-        writer.writerow({k: _text(row.get(k)) for k in fields})
-    write_text(out / "fastest.csv", buffer.getvalue())
-    ref = result.reference
-    lines = [
-        f"# Fastest settings within {100 * TOLERANCE:.0f} Dice point of the unmodified model",
-        "",
-        f"Unmodified: mean Dice {100 * float(ref['dice_mean']):.2f}%, "
-        f"{float(ref['seconds_per_case']):.3g} s per case. Each setting's passes over a case "
-        "alternate with passes of the unmodified model, each keeping the fastest of "
-        f"{result.repeats}; the speed-up is the ratio of the two, measured side by side (a few "
-        "percent either way is timing noise).",
-        "",
-        "| setting | nmfseg predict options | mean Dice (%) | "
-        + " | ".join(regions)
-        + " | s / case | unmodified, s / case | speed-up |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in regions) + " | --- | --- | --- |",
-    ]
-    for row in result.fastest:
-        per = " | ".join(f"{100 * float(row[k]):.2f}" for k in dice)
-        lines.append(
-            f"| {row['key']} | `{row.get('options') or '(none)'}` | "
-            f"{100 * float(row['dice_mean']):.2f} | {per} | "
-            f"{float(row['seconds_per_case']):.3g} | "
-            f"{float(row['reference_seconds_per_case']):.3g} | "
-            f"{row['speedup']:.2f}x |"
-        )
-    write_text(out / "fastest.md", "\n".join(lines) + "\n")

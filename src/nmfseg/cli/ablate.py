@@ -24,8 +24,11 @@ HELP = (
     "dashed) and fastest.md / fastest.csv: the settings within 1 Dice point of the unmodified "
     "model, fastest first, with the nmfseg predict options that deploy them. Each setting's passes "
     "over a case alternate with passes of the unmodified model, the fastest of --repeats "
-    "each, and its speed-up is their ratio. Resumable: a "
-    "setting already in its CSV is not redone. Layers are 0-based (encoder, bridge, decoder)."
+    "each, and its speed-up is their ratio; a speed-up within the spread of the unmodified "
+    "model's own times (the timing noise of a busy machine) is reported as noise. Before the "
+    "sweep, one timed pass gives an estimate of the whole run (about 2 x settings x cases x "
+    "--repeats passes; on a CPU, start with --sweeps iters --iters 1-3 --repeats 1). Resumable: "
+    "a setting already in its CSV is not redone. Layers are 0-based (encoder, bridge, decoder)."
 )
 
 
@@ -70,6 +73,7 @@ def ablate(
 ) -> None:
     """Measure what a trained Factorizer keeps when its NMF layers change at inference."""
     from nmfseg.analysis.ablate import parse_int_list, parse_sweeps, run_ablation
+    from nmfseg.analysis.ablate_report import fastest_line
     from nmfseg.analysis.runs import fold_checkpoint
     from nmfseg.data.formats import open_dataset
     from nmfseg.errors import ConfigError
@@ -100,15 +104,8 @@ def ablate(
         repeats=n_repeats,
         progress=not quiet,
     )
-    best = result.fastest[0] if result.fastest else result.reference
-    ref = result.reference
-    typer.echo(
-        f"fastest within 1 Dice point of the unmodified model: {best['key']} "
-        f"({best.get('options') or 'no options'}), {best.get('speedup', 1.0):.2f}x, mean Dice "
-        f"{100 * float(best['dice_mean']):.1f} vs {100 * float(ref['dice_mean']):.1f}; "
-        f"see {Path(out) / 'fastest.md'}",
-        err=True,
-    )
+    line = fastest_line(result.fastest, result.reference, result.noise)
+    typer.echo(f"{line}; see {Path(out) / 'fastest.md'}", err=True)
 
 
 def register(app: typer.Typer) -> None:
