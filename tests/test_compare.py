@@ -220,6 +220,8 @@ def test_cli_compare_writes_outputs(tmp_path):
         ("bad_names", "--names gives 3 names for 2 reports"),
         ("regions", "regions ['lesion'] differ from a's ['ET', 'TC', 'WT']"),
         ("bad_csv", "metrics.csv: line 2: dice_ET='oops' is not a number"),
+        ("names_gap", "--names 'x,,y': an empty item in the comma list"),
+        ("out_is_a_file", "out: cannot write the comparison here: "),
     ],
 )
 def test_cli_compare_errors(tmp_path, case, expected):
@@ -241,9 +243,56 @@ def test_cli_compare_errors(tmp_path, case, expected):
         text = (b / "metrics.csv").read_text().splitlines()
         text[1] = text[1].replace("0.6", "oops", 1)
         (b / "metrics.csv").write_text("\n".join(text) + "\n")
+    elif case == "names_gap":
+        args += ["--names", "x,,y"]
+    elif case == "out_is_a_file":  # refused before the table is computed and printed
+        (tmp_path / "out").write_text("a file")
     result = _cli("compare", *args, "-o", tmp_path / "out")
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nmfseg: error: ")
     assert expected in result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not result.stdout.strip(), "nothing is printed before the error"
+    assert not (tmp_path / "out").is_dir()
+
+
+#: (models, groups, ylabel, the y label drawn, the largest y tick at most): Dice in % like
+#: the tables, other metrics as given; the title is never cut off.
+BOXPLOTS = [
+    (1, ("lesion", "avg"), "Dice", "Dice (%)", 100),
+    (2, ("ET", "TC", "WT", "avg"), "Dice", "Dice (%)", 100),
+    (5, ("ET", "TC", "WT", "avg"), "Dice", "Dice (%)", 100),
+    (3, ("lesion", "avg"), "HD95 (mm)", "HD95 (mm)", 60),
+]
+
+
+@pytest.mark.parametrize(("n", "groups", "ylabel", "drawn", "top"), BOXPLOTS)
+def test_boxplot_titles_fit_and_dice_is_in_percent(n, groups, ylabel, drawn, top, tmp_path,
+                                                   monkeypatch):  # fmt: skip
+    from matplotlib.figure import Figure
+
+    from nmfseg.evaluation.plots import metric_boxplot
+
+    figures = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig),
+                                                                 real(fig, *a, **k)))  # fmt: skip
+    rng = np.random.default_rng(n)
+    scale = 1.0 if drawn.startswith("Dice") else 50.0
+    names = [f"swin_factorizer_brats_{i}" for i in range(n)]
+    samples = {m: {g: list(scale * rng.random(8)) for g in groups} for m in names}
+    title = f"paired Wilcoxon signed-rank vs {names[0]}: * p<0.05, ** p<0.01, *** p<0.001, " \
+            "**** p<0.0001"  # fmt: skip
+    metric_boxplot(samples, tmp_path / "box.png", ylabel=ylabel, title=title)
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    box = ax.title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, (box, fig.bbox)
+    assert "**** p<0.0001" in ax.title.get_text().replace("\n", " ")
+    assert ax.get_ylabel() == drawn
+    assert max(ax.get_ylim()) <= 1.2 * top and max(ax.get_ylim()) > 1.5
+    legend = ax.get_legend()
+    if n > 1:  # below the axes, inside the figure
+        lbox = legend.get_window_extent(renderer)
+        assert lbox.y1 <= ax.get_window_extent(renderer).y0 and lbox.y0 >= 0

@@ -18,10 +18,11 @@ Examples::
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["group_label", "metric_boxplot", "significance_stars"]
+__all__ = ["group_label", "metric_boxplot", "significance_stars", "wrap_title"]
 
 _COLORS = (
     "#4C72B0",
@@ -55,6 +56,27 @@ def significance_stars(p: float | None) -> str:
     return "ns"
 
 
+_TITLE_SIZE = 9
+
+
+def wrap_title(title: str, inches: float, fontsize: float) -> str:
+    """``title`` broken into lines that fit a figure ``inches`` wide at ``fontsize`` points.
+
+    Examples::
+
+        >>> print(wrap_title("paired Wilcoxon signed-rank vs A: * p<0.05, ** p<0.01", 3, 9))
+        paired Wilcoxon signed-rank vs A:
+        * p<0.05, ** p<0.01
+    """
+    chars = max(10, int(0.9 * inches * 72 / (0.55 * fontsize)))
+    if len(title) <= chars:
+        return title
+    parts = title.split(": ", 1)  # a subject and its legend: the legend on lines of its own
+    if len(parts) == 2:
+        parts[0] += ":"
+    return "\n".join(textwrap.fill(p, width=chars, break_on_hyphens=False) for p in parts)
+
+
 def group_label(group: str) -> str:
     """Axis label of a group: ``"avg"`` is shown as ``"Avg."`` like in the paper's tables."""
     return "Avg." if group == "avg" else group
@@ -66,6 +88,7 @@ def metric_boxplot(
     ylabel: str,
     stars: Mapping[tuple[str, str], str] | None = None,
     title: str | None = None,
+    percent: bool | None = None,
 ) -> Path:
     """Grouped box plot: x = groups (regions, ``avg``), one box per model in each group.
 
@@ -74,7 +97,9 @@ def metric_boxplot(
         path: output image (``.png``), written as given (stage it for atomic writes).
         ylabel: y-axis label, e.g. ``"Dice"`` or ``"HD95 (mm)"``.
         stars: ``{(model, group): mark}`` drawn above that box.
-        title: optional figure title.
+        title: optional figure title, wrapped to the figure's width (never cut off).
+        percent: show fractions in [0, 1] as % (like the tables); ``None``: when ``ylabel``
+            is a Dice score.
 
     Returns:
         ``path``.
@@ -91,9 +116,15 @@ def metric_boxplot(
         if list(samples[m]) != groups:
             raise ValueError(f"model {m!r} has groups {list(samples[m])}, expected {groups}")
     stars = dict(stars or {})
+    if percent is None:
+        percent = ylabel.lower().startswith("dice")
+    if percent:
+        samples = {m: {g: [100 * v for v in samples[m][g]] for g in groups} for m in models}
+        ylabel = ylabel if "%" in ylabel else f"{ylabel} (%)"
     n = len(models)
     width = 0.8 / n
-    fig = Figure(figsize=(max(4.0, 1.2 + len(groups) * (0.6 + 0.45 * n)), 4.2), dpi=110)
+    fig_width = max(5.0, 1.2 + len(groups) * (0.6 + 0.45 * n))
+    fig = Figure(figsize=(fig_width, 4.4), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for i, model in enumerate(models):
@@ -129,11 +160,12 @@ def metric_boxplot(
     ax.set_ylabel(ylabel)
     ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
-    if n > 1:
+    if n > 1:  # below the axes: never over a box or a mark
         handles = [Patch(facecolor=_COLORS[i % len(_COLORS)], alpha=0.75) for i in range(n)]
-        ax.legend(handles, models, fontsize=8, loc="best", frameon=False)
+        ax.legend(handles, models, fontsize=8, frameon=False, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.08), ncol=min(n, 4))  # fmt: skip
     if title:
-        ax.set_title(title)
+        ax.set_title(wrap_title(title, fig_width, _TITLE_SIZE), fontsize=_TITLE_SIZE)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, format="png")
