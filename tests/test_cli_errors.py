@@ -144,6 +144,39 @@ CASES = [
          r"^nmfseg: error: --min-gain '-1': must be a number >= 0$"),
     # issue 21 (A): NMF rank, Predictor and nmf() preconditions, presets on other data
     # issue 21 (B): post-processing, lists, .onnx where a run is expected, predict.json
+    Case("predict --postprocess none with a rule",
+         (*PREDICT, "-o", "{tmp}/pred", "--postprocess", "none", "--postprocess", "largest:lesion"),
+         r"^nmfseg: error: --postprocess none --postprocess largest:lesion: 'none' cannot be "
+         r"combined with a rule", absent=("{tmp}/pred",)),
+    Case("predict --postprocess with a gap",
+         (*PREDICT, "-o", "{tmp}/pred", "--postprocess", "largest:lesion,,lesion"),
+         r"^nmfseg: error: --postprocess 'largest:lesion,,lesion': an empty item in the comma "
+         r"list$", absent=("{tmp}/pred",)),
+    Case("predict --postprocess auto without postprocess-search",
+         (*PREDICT, "-o", "{tmp}/pred", "--postprocess", "auto"),
+         r"^nmfseg: error: --postprocess auto: no postprocessing\.json next to the model's "
+         r"folds; run nmfseg postprocess-search first$", absent=("{tmp}/pred",)),
+    Case("predict --folds with a gap", (*PREDICT, "-o", "{tmp}/pred", "--folds", "1,,1"),
+         r"^nmfseg: error: --folds '1,,1': an empty item in the comma list$",
+         absent=("{tmp}/pred",)),
+    Case("postprocess-search --min-gain 2", ("postprocess-search", "-m", "{run}", "--data",
+                                             "{data}", "--min-gain", "2"),
+         r"^nmfseg: error: --min-gain 2: must be a number in \[0, 1\)"),
+    Case("postprocess-search --folds with a gap", ("postprocess-search", "-m", "{run}",
+                                                   "--data", "{data}", "--folds", "1,"),
+         r"^nmfseg: error: --folds '1,': an empty item in the comma list$"),
+    Case("train --model-arg bogus", (*TRAIN, "--model-arg", "bogus=1"),
+         r"^nmfseg: error: --model-arg bogus: swin_factorizer_isles has no argument 'bogus'$",
+         absent=("{tmp}/runs",)),
+    Case("study --models with a gap", ("study", "{data}", "-o", "{tmp}/study", "--models",
+                                       "swin_factorizer_isles,,unet_isles"),
+         r"^nmfseg: error: --models 'swin_factorizer_isles,,unet_isles': an empty item in the "
+         r"comma list$", absent=("{tmp}/study",)),
+    Case("compare -o a file", ("compare", "{run}", "{run}", "-o",
+                               "{run}/fold_1/checkpoint_final.pt"),
+         r"^nmfseg: error: .*checkpoint_final\.pt: cannot write the comparison here: .*is a file$"),
+    Case("compare --names with a gap", ("compare", "{run}", "{run}", "--names", "a,,b"),
+         r"^nmfseg: error: --names 'a,,b': an empty item in the comma list$"),
     # issue 21 (C): export, explain and the first hour on a CPU
     Case("explain read-only out, before loading the model",
          ("explain", "-m", "{run}", "-i", "{data}", "-o", UNWRITABLE),

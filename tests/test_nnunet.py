@@ -277,7 +277,7 @@ ERRORS = [
     ),
     (
         ("nnunet-plans", "{pre}", "-m", "unetr_brats", "--model-arg", "bogus=1"),
-        r"unetr_brats: .*bogus",
+        r"^nmfseg: error: --model-arg bogus: unetr_brats has no argument 'bogus'$",
     ),
 ]
 

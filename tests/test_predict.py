@@ -434,3 +434,86 @@ def test_cli_sidecar_records_model_and_settings_and_threshold_applies(tmp_path, 
     name = "sub-strokecase0001.nii.gz"
     loose, tight = (np.asarray(nib.load(d / name).dataobj) for d in (out, strict))
     assert tight.sum() < loose.sum() and not (tight & ~loose).any()
+
+
+# ------------------------------------------------------------ issue 21: predict.json
+
+
+def test_predict_json_comes_with_the_first_prediction(tmp_path, pointwise_registry):
+    """A run that stops before its first case leaves no predict.json to refuse the next run
+    with; a predict.json with no predictions beside it (left by older versions) is replaced."""
+    import json
+
+    from nmfseg.data.schemes import SCHEMES
+    from nmfseg.phantoms.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "d", "isles22", n_cases=2, shape=(10, 10, 10))
+    run = _write_run(tmp_path / "run", SCHEMES["isles22"], [_oracle(2, 1)])
+    out = tmp_path / "pred"
+    broken = tmp_path / "broken"  # every case fails: nothing written, not even predict.json
+    broken_root = make_toy_dataset(broken, "isles22", n_cases=1, shape=(10, 10, 10))
+    for image in broken_root.rglob("*_dwi.nii.gz"):
+        image.write_bytes(b"not a nifti")
+    res = _cli("-m", run, "-i", broken_root, "-o", out, "--device", "cpu", "-q")
+    assert res.exit_code == 1 and "1 of 1 case(s) failed" in res.output, res.output
+    assert not (out / "predict.json").exists()
+    stale = {"checkpoints": ["elsewhere.pt"], "settings": {}}
+    (out / "predict.json").write_text(json.dumps(stale))  # as an early failure left it
+    res = _cli("-m", run, "-i", root, "-o", out, "--device", "cpu", "-q", "--threshold", "0.7")
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "predict.json").read_text())
+    assert record["settings"]["threshold"] == 0.7 and len(list(out.glob("*.nii.gz"))) == 2
+    # the protection stays: predictions of other settings are refused
+    res = _cli("-m", run, "-i", root, "-o", out, "--device", "cpu", "-q")
+    assert res.exit_code == 1 and "holds predictions made with other settings" in res.output
+
+
+# ------------------------------------------- issue 21: an .onnx where a run is expected
+
+ONNX_LINE = "an ONNX model (nmfseg export), not a trained run: give the run it was exported from"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export", "{onnx}", "-o", "{tmp}/m2.onnx"),
+        ("explain", "-m", "{onnx}", "-i", "{data}", "-o", "{tmp}/exp"),
+        ("ablate", "-m", "{onnx}", "--data", "{data}", "-o", "{tmp}/abl"),
+        ("postprocess-search", "-m", "{onnx}", "--data", "{data}"),
+        ("postprocess-search", "-m", "{folder}", "--data", "{data}"),
+        ("predict", "-m", "{onnx}", "-i", "{data}", "-o", "{tmp}/pred"),
+        ("predict", "-m", "{folder}", "-i", "{data}", "-o", "{tmp}/pred"),
+        ("api", "Predictor.from_run"),
+        ("api", "load_model"),
+    ],
+    ids=lambda a: " ".join(a[:3]),
+)
+def test_an_onnx_model_where_a_run_is_expected_is_one_line(tmp_path, args):
+    """Every verb that loads a run says what an .onnx is and what to give instead."""
+    import json
+
+    from nmfseg.errors import DataError
+    from nmfseg.phantoms.toy import make_toy_dataset
+
+    data = make_toy_dataset(tmp_path / "d", "isles22", n_cases=2, shape=(10, 10, 10))
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    onnx = folder / "model.onnx"
+    onnx.write_bytes(b"an ONNX protobuf")
+    source = str(tmp_path / "run" / "fold_0" / "checkpoint_final.pt")
+    (folder / "model.json").write_text(json.dumps({"source": {"checkpoint": source}}))
+    expected = f"{onnx}: {ONNX_LINE} ({source}), or predict with --engine onnxruntime"
+    if args[0] == "api":
+        from nmfseg import Predictor, load_model
+
+        with pytest.raises(DataError) as err:
+            Predictor.from_run(onnx) if args[1] == "Predictor.from_run" else load_model(onnx)
+        assert str(err.value).startswith(expected)
+        return
+    paths = {"onnx": onnx, "folder": folder, "data": data, "tmp": tmp_path}
+    from helpers import cli
+
+    res = cli(*[a.format(**paths) for a in args])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(f"nmfseg: error: {expected}") and res.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "exported"]

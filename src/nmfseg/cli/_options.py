@@ -9,9 +9,10 @@ bad value is one ``nmfseg: error: --overlap ...`` line before anything is loaded
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import typer
@@ -171,10 +172,10 @@ def parse_fold(fold: str | None, allow_all: bool = False) -> int | str | None:
 
 def parse_folds(given: list[str], extra: list[str]) -> list[str]:
     """The values of ``--folds``: ``--folds 0 1 2`` arrives as ``["0"]`` plus the extra
-    arguments ``["1", "2"]``; commas separate too.
+    arguments ``["1", "2"]``; commas separate too (a gap, ``0,,1``, is refused).
 
     Raises:
-        ConfigError: A value is neither a fold number nor ``all``.
+        ConfigError: A value is neither a fold number nor ``all``, or a comma list has a gap.
 
     Examples::
 
@@ -182,13 +183,35 @@ def parse_folds(given: list[str], extra: list[str]) -> list[str]:
         ['0', '1', '2']
     """
     from nmfseg.errors import ConfigError
+    from nmfseg.inference.postprocess import split_list
 
     if extra and not given:
         raise ConfigError(f"unexpected argument {extra[0]!r}")
     out = []
     for item in [*given, *extra]:
-        for part in item.replace(",", " ").split():
+        for part in (w for chunk in split_list(item, "--folds") for w in chunk.split()):
             if not (part.isdigit() or part == "all"):
                 raise ConfigError(f"--folds {part!r}: a fold is a number (0, 1, ...) or 'all'")
             out.append(part)
     return out
+
+
+@contextlib.contextmanager
+def naming_model_args(given: Sequence[str]) -> Iterator[None]:
+    """Inside: a network argument that does not exist, given as ``--model-arg [MODEL:]KEY=V``,
+    is reported as ``--model-arg KEY: MODEL has no argument 'KEY'`` (train, study,
+    nnunet-plans).
+
+    Raises:
+        ConfigError: That line.
+    """
+    from nmfseg.errors import ConfigError
+    from nmfseg.models._registry import UnknownArgument
+
+    keys = {text.partition("=")[0].rpartition(":")[2].strip() for text in given}
+    try:
+        yield
+    except UnknownArgument as err:
+        if err.argument not in keys:
+            raise
+        raise ConfigError(f"--model-arg {err.argument}: {err}") from None

@@ -107,9 +107,11 @@ def evaluate(
 
 
 def _split_names(names: list[str] | None) -> list[str] | None:
+    from nmfseg.inference.postprocess import split_list
+
     if not names:
         return None
-    return [n.strip() for item in names for n in item.split(",") if n.strip()]
+    return [name for item in names for name in split_list(item, "--names")]
 
 
 def compare(
@@ -143,8 +145,12 @@ def compare(
         load_reports,
         write_comparison,
     )
+    from nmfseg.fileio import check_writable
 
-    cmp = compare_reports(load_reports(reports, _split_names(names)), reference)
+    given = _split_names(names)
+    if out is not None:  # before anything is computed or printed
+        check_writable(out, what="comparison")
+    cmp = compare_reports(load_reports(reports, given), reference)
     typer.echo(format_table(cmp))
     typer.echo("")
     typer.echo(format_tests(cmp))

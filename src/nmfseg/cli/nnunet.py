@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import handle_errors, key_value
+from nmfseg.cli._options import naming_model_args
 
 PATH_HELP = (
     "Print the folder that holds nmfseg's nnU-Net trainers, for nnU-Net's nnUNet_extTrainer:\n\n"
@@ -85,9 +86,10 @@ def nnunet_plans(
     require_nnunet()
     model_info(model)  # an unknown name fails here, listing the registered ones
     overrides = dict(key_value(item, "--model-arg") for item in model_arg or [])
-    path = write_plans_variant(
-        dataset, model, overrides, source=source, name=name, overwrite=overwrite
-    )
+    with naming_model_args(model_arg or []):
+        path = write_plans_variant(
+            dataset, model, overrides, source=source, name=name, overwrite=overwrite
+        )
     plans = path.stem
     typer.echo(f"wrote {path}", err=True)
     typer.echo(

@@ -135,8 +135,9 @@ def model_for_engine(
     if engine not in ("torch", "onnxruntime"):
         raise ConfigError(f"--engine {engine!r}: must be torch or onnxruntime")
     if engine == "torch":
-        if model.suffix == ".onnx":
-            raise ConfigError(f"-m {model} is an ONNX model: predict with --engine onnxruntime")
+        from nmfseg.models.checkpoint import check_not_onnx
+
+        check_not_onnx(model)  # the one message wherever a run is expected
         return model
     from nmfseg.export.onnx import require
     from nmfseg.export.runtime import check_onnx_settings, load_onnx_ensemble

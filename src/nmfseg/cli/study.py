@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli._options import naming_model_args
 from nmfseg.cli.train import N_FOLDS, SEED, STEPS, WORKERS
 
 HELP = (
@@ -91,6 +92,7 @@ def study(
 ) -> None:
     """The paper's comparison: train, predict, evaluate every (model, fold); write Table 1."""
     from nmfseg.errors import NmfsegError
+    from nmfseg.inference.postprocess import split_list
     from nmfseg.study.plan import StudyOptions, job_lines, plan_study
 
     flags = (
@@ -106,7 +108,7 @@ def study(
     options = StudyOptions(
         data_dir=data_dir,
         out=out.expanduser(),
-        models=[n.strip() for item in models for n in item.split(",") if n.strip()],
+        models=[name for item in models for name in split_list(item, "--models")],
         folds=folds,
         reference=reference,
         config_file=config,
@@ -114,7 +116,8 @@ def study(
         model_args=list(model_arg or []),
         fmt=check_format(fmt),
     )
-    plan = plan_study(options)
+    with naming_model_args(options.model_args):
+        plan = plan_study(options)
     if print_jobs:
         lines = job_lines(plan)
         typer.echo(

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, key_value, one_of
-from nmfseg.cli._options import DEVICE, QUIET
+from nmfseg.cli._options import DEVICE, QUIET, naming_model_args
 
 # CLI option -> config key. Values are parsed here (not by click) so that a bad value is
 # one "nmfseg: error: --steps: ..." line with exit status 1, like every other bad input.
@@ -166,18 +166,19 @@ def train(
     model_args = dict(key_value(item, "--model-arg") for item in model_arg or [])
     if config is not None and not config.is_file():
         raise ConfigError(f"--config {config}: no such file")
-    run = prepare_run(
-        data_dir,
-        model,
-        fold,
-        out,
-        config_file=config,
-        overrides=overrides,
-        model_args=model_args,
-        sources=sources,
-        resume=resume,
-        fmt=check_format(one_of(fmt, old_fmt, "--format", "--fmt")),
-    )
+    with naming_model_args(model_arg or []):
+        run = prepare_run(
+            data_dir,
+            model,
+            fold,
+            out,
+            config_file=config,
+            overrides=overrides,
+            model_args=model_args,
+            sources=sources,
+            resume=resume,
+            fmt=check_format(one_of(fmt, old_fmt, "--format", "--fmt")),
+        )
     run_training(run, progress=not quiet)
     from nmfseg.training.distributed import is_main_process
 

@@ -43,6 +43,7 @@ from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.nnunet_results import find_nnunet_results, load_nnunet_folds
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
+from nmfseg.models.checkpoint import check_not_onnx
 
 __all__ = [
     "CHECKPOINTS",
@@ -78,8 +79,8 @@ def find_checkpoints(
         checkpoint: which checkpoint of a fold folder, one of ``final``, ``best``, ``last``.
 
     Raises:
-        DataError: the path does not exist or holds no such checkpoints (the message
-            names the path and what is available).
+        DataError: the path does not exist, is an ONNX model, or holds no such checkpoints
+            (the message names the path and what is available).
         ConfigError: ``checkpoint`` is not one of the known names.
 
     Examples::
@@ -99,6 +100,7 @@ def find_checkpoints(
     path = Path(model)
     if not path.exists():
         raise DataError(path, "no such model (expected a run folder, fold folder or checkpoint)")
+    check_not_onnx(path)  # an exported model: say so, and what to give instead
     if path.is_file():
         if folds:
             raise ConfigError(f"--folds needs a run folder, but {path} is a checkpoint file")

@@ -236,11 +236,20 @@ def _check_output(
         return
     old = read_json(sidecar)
     differ = _differences(old, record)
-    if differ:
+    if differ and _holds_predictions(output):
         raise ConfigError(
             f"{output} holds predictions made with other settings ({'; '.join(differ)} in "
             f"{SIDECAR}); pass --overwrite to replace them, or choose another -o"
         )
+
+
+def _holds_predictions(output: Path) -> bool:
+    """Whether ``output`` holds label or probability files (a ``predict.json`` alone, left by
+    a run that stopped before its first case, describes nothing and may be replaced)."""
+    return any(
+        p.name.endswith((".nii.gz", ".nii", ".npz")) and not p.name.startswith(".")
+        for p in output.iterdir()
+    )
 
 
 def predict_folder(
@@ -260,10 +269,12 @@ def predict_folder(
 ) -> PredictionResult:
     """Predict every case of a dataset folder (or one case) into ``output``.
 
-    Writes ``OUT/CASE.nii.gz`` per case and ``OUT/predict.json`` (:func:`prediction_record`:
-    model, checkpoints, input and every setting). A folder whose ``predict.json`` records
-    another model or other settings is refused unless ``overwrite``; with the same ones,
-    cases already written are skipped (an interrupted run resumes).
+    Writes ``OUT/CASE.nii.gz`` per case and, with the first of them, ``OUT/predict.json``
+    (:func:`prediction_record`: model, checkpoints, input and every setting). A folder
+    holding predictions whose ``predict.json`` records another model or other settings is
+    refused unless ``overwrite`` (a ``predict.json`` with no predictions beside it is
+    replaced); with the same ones, cases already written are skipped (an interrupted run
+    resumes).
 
     Args:
         model: run folder, fold folder or checkpoint file (see
@@ -316,7 +327,6 @@ def predict_folder(
         _echo(note)
     check_writable(output, _output_bytes(dataset, save_probabilities), "predictions")
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / SIDECAR, record)
     result = PredictionResult(output_scheme=scheme)
     bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
@@ -334,6 +344,8 @@ def predict_folder(
             result.failed[case.case_id] = problem
             _echo(f"nmfseg: skipped case {case.case_id}: {problem}")
             continue
+        if not result.written:  # with the first prediction: what made the folder's files
+            write_json(output / SIDECAR, record)
         result.written.append(out_path)
     return result
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -178,6 +179,14 @@ def model_info(name: str) -> ModelConfig:
     return MODELS.get(name)
 
 
+class UnknownArgument(ConfigError):
+    """A keyword argument the network does not take (``--model-arg`` prefixes the option)."""
+
+    def __init__(self, model: str, argument: str) -> None:
+        self.model, self.argument = model, argument
+        super().__init__(f"{model} has no argument {argument!r}")
+
+
 def create_model(
     name: str, checkpoint_path: str | Path | None = None, **overrides: Any
 ) -> nn.Module:
@@ -204,8 +213,9 @@ def create_model(
     try:
         model = config.builder(**kwargs)
     except TypeError as err:
-        if "unexpected keyword argument" in str(err):
-            raise ConfigError(f"{name}: {err}") from err
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown:
+            raise UnknownArgument(name, unknown[1]) from None
         raise
     except ValueError as err:
         raise ConfigError(f"{name}: {err}") from err

@@ -37,11 +37,12 @@ import torch
 from torch import nn
 
 from nmfseg.errors import DataError
-from nmfseg.fileio import short_error
+from nmfseg.fileio import read_json, short_error
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAMES",
+    "check_not_onnx",
     "find_checkpoint",
     "load_weights",
     "read_checkpoint",
@@ -57,6 +58,44 @@ _REQUIRED = ("model_name", "model_kwargs", "model", "config")
 _RENAMED = {"segresnet": "segresnet_brats"}  # network names of format 1
 
 
+def check_not_onnx(path: str | Path) -> None:
+    """Refuse an exported ONNX model (or a folder holding only one) where a trained run is
+    expected, saying what it is and what to do: give the run it came from, or predict with it.
+
+    Raises:
+        DataError: Naming ``path``, and the checkpoint it was exported from when its sidecar
+            (``model.json`` beside ``model.onnx``) says.
+
+    Examples::
+
+        >>> import tempfile
+        >>> onnx = Path(tempfile.mkdtemp()) / "model.onnx"
+        >>> onnx.touch()
+        >>> check_not_onnx(onnx)
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.DataError: ...model.onnx: an ONNX model (nmfseg export), not a trained ...
+    """
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("checkpoint_*")) and not any(path.glob("fold_*")):
+        found = sorted(path.glob("*.onnx"))
+        path = found[0] if len(found) == 1 else path
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return
+    source = None
+    if path.with_suffix(".json").is_file():
+        try:
+            source = read_json(path.with_suffix(".json"))["source"]["checkpoint"]
+        except (DataError, KeyError, TypeError):
+            source = None
+    run = f"the run it was exported from ({source})" if source else "the run it was exported from"
+    raise DataError(
+        path,
+        f"an ONNX model (nmfseg export), not a trained run: give {run}, or predict with "
+        "--engine onnxruntime (nmfseg predict)",
+    )
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``path`` names, or the preferred one in a fold folder.
 
@@ -65,9 +104,11 @@ def find_checkpoint(path: str | Path) -> Path:
     still going or stopped early).
 
     Raises:
-        DataError: ``path`` does not exist, or the folder holds no checkpoint.
+        DataError: ``path`` does not exist, is an ONNX model (:func:`check_not_onnx`), or the
+            folder holds no checkpoint.
     """
     path = Path(path)
+    check_not_onnx(path)
     if path.is_file():
         return path
     if not path.is_dir():

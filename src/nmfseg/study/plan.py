@@ -39,6 +39,7 @@ from typing import Any
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.matching import find_predictions
 from nmfseg.fileio import read_json
+from nmfseg.inference.postprocess import split_list
 from nmfseg.models import list_models
 from nmfseg.training.config import parse_value
 from nmfseg.training.setup import prepare_run
@@ -126,7 +127,7 @@ def parse_folds(spec: str | None, n_folds: int) -> list[int]:
     if spec is None or not spec.strip():
         return list(range(n_folds))
     folds: list[int] = []
-    for part in spec.replace(" ", "").split(","):
+    for part in split_list(spec.replace(" ", ""), "--folds"):  # a gap is refused
         first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
             raise ConfigError(f"--folds {spec!r}: expected fold numbers like 0-4 or 0,2,3")
