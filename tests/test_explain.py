@@ -177,3 +177,41 @@ def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, kind, options
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+#: (maps per layer row, images per row, the row titles and the figure title drawn): a row
+#: that shows fewer maps than its layer has says how many; one colour bar for the maps.
+PANELS = [
+    ([4, 16, 4], 8, ["layer 0, encoder\nfull resolution\nhead 0",
+                     "layer 1, bridge (8 of 16 maps)\n1/2 resolution\nhead 0",
+                     "layer 2, decoder\nfull resolution\nhead 0"],
+     "a row shows at most 8 maps of its layer"),
+    ([2, 2], 8, ["layer 0, encoder\nfull resolution\nhead 0",
+                 "layer 1, bridge\n1/2 resolution\nhead 0"], None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("maps", "columns", "titles", "note"), PANELS)
+def test_the_panel_says_what_it_leaves_out_and_has_a_colour_bar(
+    maps, columns, titles, note, tmp_path, monkeypatch
+):
+    from nmfseg.analysis import figures
+    from nmfseg.analysis.explain import resolution
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, title, fontsize: drawn.append(
+        (fig, title)))  # fmt: skip
+    image = np.random.default_rng(0).random((6, 5))
+    stages = ("encoder", "bridge", "decoder")
+    rows = [
+        (f"layer {i}, {stages[i]}\n{resolution(i % 2)}", [(f"head {h}", image) for h in range(n)])
+        for i, n in enumerate(maps)
+    ]
+    figures.component_panel(tmp_path / "p.png", [("dwi", image), ("adc", image)], None, rows,
+                            image, max_columns=columns, title="model")  # fmt: skip
+    fig, title = drawn[0]
+    per_row = len(fig.axes[:-1]) // (1 + len(maps))
+    first = [fig.axes[(1 + r) * per_row].get_title() for r in range(len(maps))]
+    assert first == titles
+    assert fig.axes[-1].get_ylabel() == "map / its maximum in the slice"  # the colour bar
+    assert title == ("model" if note is None else f"model\n{note}")

@@ -58,7 +58,7 @@ from nmfseg.fileio import check_writable, read_json, write_json
 from nmfseg.inference.predictor import Predictor
 from nmfseg.inference.settings import parse_layers
 
-__all__ = ["MANIFEST", "Explanation", "explain_case", "map_name", "open_one_case"]
+__all__ = ["MANIFEST", "Explanation", "explain_case", "map_name", "open_one_case", "resolution"]
 
 MANIFEST = "components.json"
 
@@ -315,12 +315,27 @@ def _panel(
     rows = []
     for i in chosen:
         info = infos[i]
-        rows.append((f"layer {i} ({info.stage}, 1/{2**info.level})", slices[i]))
+        rows.append((f"layer {i}, {info.stage}\n{resolution(info.level)}", slices[i]))
+    shown = max(len(modalities) + (truth is not None), 8)
+    every = "" if all(len(slices[i]) <= shown for i in chosen) else "; every map is in maps/"
     return component_panel(
         path,
         modalities,
         truth[..., z] if truth is not None else None,
         rows,
         data.image[0][..., z],
-        title=f"{predictor.model_name}: NMF components, case {case.case_id}, axial slice {z}",
+        max_columns=shown,
+        title=f"{predictor.model_name}: NMF components, case {case.case_id}, axial slice "
+        f"{z}{every}",
     )
+
+
+def resolution(level: int) -> str:
+    """The feature map's resolution at a U-Net level, in words.
+
+    Examples::
+
+        >>> resolution(0), resolution(3)
+        ('full resolution', '1/8 resolution')
+    """
+    return "full resolution" if level == 0 else f"1/{2**level} resolution"

@@ -75,10 +75,14 @@ def component_panel(
         modalities: ``(name, slice)`` of every input channel.
         truth: Label map slice (integers, 0 = background), or ``None``.
         layers: ``(row title, [(component title, map slice), ...])`` per NMF layer; at most
-            ``max_columns`` components of a layer are drawn.
+            ``max_columns`` components of a layer are drawn, and a row that shows fewer than
+            its layer has says so (``8 of 16 maps``).
         background: The slice the maps are overlaid on (usually the first modality).
         max_columns: Most images per row.
         title: Figure title.
+
+    Every map is drawn relative to its own maximum in the slice (one colour bar, 0 to 1), so
+    a weak component stays visible; the values themselves are in the NIfTI maps.
     """
     import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
@@ -99,13 +103,26 @@ def component_panel(
         shown = np.ma.masked_equal(np.rot90(truth).astype(float), 0)
         ax.imshow(shown, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
         _off(ax, "ground truth")
+    mappable = None
     for row, (name, components) in enumerate(layers, start=1):
-        for col, (label, image) in enumerate(list(components)[:cols]):
+        components = list(components)
+        if len(components) > cols:
+            head, _, rest = name.partition("\n")
+            name = f"{head} ({cols} of {len(components)} maps)" + (f"\n{rest}" if rest else "")
+        for col, (label, image) in enumerate(components[:cols]):
             ax = axes[row, col]
             _gray(ax, background)
             peak = float(np.max(image)) if np.size(image) else 0.0
-            ax.imshow(np.rot90(image), cmap="magma", alpha=0.7, vmin=0, vmax=peak or 1.0)
+            shown = np.rot90(image) / (peak or 1.0)
+            mappable = ax.imshow(shown, cmap="magma", alpha=0.7, vmin=0, vmax=1)
             _off(ax, f"{name}\n{label}" if col == 0 else label)
+    if mappable is not None:
+        bar = fig.colorbar(mappable, ax=axes[1:, :], shrink=0.6, aspect=30, pad=0.01)
+        bar.set_label("map / its maximum in the slice", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    if any(len(c) > cols for _, c in layers):
+        title = f"{title}\n" if title else ""
+        title += f"a row shows at most {cols} maps of its layer"
     _save(fig, path, title, fontsize=8)
     return Path(path)
 
