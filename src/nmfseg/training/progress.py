@@ -56,11 +56,17 @@ def write_log_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
 def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
     """Draw loss, validation Dice and learning rate against the step into a PNG."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, thread-safe
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8, 9), constrained_layout=True)
     ax_loss, ax_dice, ax_lr = fig.subplots(3, 1, sharex=True)
-    steps = [r["step"] for r in rows if r.get("loss") is not None]
-    ax_loss.plot(steps, [r["loss"] for r in rows if r.get("loss") is not None], lw=1)
+    losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") not in (None, "")]
+    dots = "." if len(rows) <= 50 else None  # a line of one point is not drawn: a dot is
+    if losses:
+        ax_loss.plot(*zip(*losses, strict=True), lw=1, marker=dots)
+    else:
+        ax_loss.text(0.5, 0.5, "no training loss logged yet", ha="center", va="center",
+                     transform=ax_loss.transAxes, color="gray")  # fmt: skip
     ax_loss.set_ylabel("training loss")
     val = [r for r in rows if r.get("val_dice") is not None]
     regions = [k for k in _columns(rows) if k.startswith("val_dice_")]
@@ -75,9 +81,13 @@ def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
         ax_dice.legend(loc="lower right", fontsize="small")
     ax_dice.set_ylabel("validation Dice")
     ax_dice.set_ylim(-0.02, 1.02)
-    ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1)
+    ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1, marker=dots)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    steps = [int(r["step"]) for r in rows]
+    if steps and max(steps) - min(steps) < 2:  # too short a range for integer ticks
+        ax_lr.set_xlim(min(steps) - 1, max(steps) + 1)
     for ax in (ax_loss, ax_dice, ax_lr):
         ax.grid(alpha=0.3)
     if title:
