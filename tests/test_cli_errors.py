@@ -64,6 +64,12 @@ TRAIN = (
     "{tmp}/runs",
 )
 PREDICT = ("predict", "-m", "{run}", "-i", "{data}", "--device", "cpu", "--quiet")
+#: What a rank above min(rows, columns) of the run's NMF matrices is told (issue 21).
+RANK_LIMIT = (
+    r"swin_factorizer_isles allows at most 4: its matrices have head_dim=4 rows and 64 columns "
+    r"\(a 4x4x4 window\), and a rank above min\(rows, columns\) of a matrix cannot describe it "
+    r"better$"
+)
 
 CASES = [
     # operating-system errors: one line naming the path, before any expensive work
@@ -143,6 +149,24 @@ CASES = [
                                               "{data}", "--min-gain", "-1"),
          r"^nmfseg: error: --min-gain '-1': must be a number >= 0$"),
     # issue 21 (A): NMF rank, Predictor and nmf() preconditions, presets on other data
+    Case("predict --nmf-rank 5000", (*PREDICT, "-o", "{tmp}/pred", "--nmf-rank", "5000"),
+         r"^nmfseg: error: --nmf-rank 5000: " + RANK_LIMIT, absent=("{tmp}/pred",)),
+    Case("predict --nmf-rank 64 on 4x4x4 windows",
+         (*PREDICT, "-o", "{tmp}/pred", "--nmf-rank", "64"),
+         r"^nmfseg: error: --nmf-rank 64: " + RANK_LIMIT, absent=("{tmp}/pred",)),
+    Case("ablate --ranks 5000, before any case",
+         ("ablate", "-m", "{run}", "-d", "{data}", "-o", "{tmp}/abl", "--ranks", "5000"),
+         r"^nmfseg: error: --ranks 5000: " + RANK_LIMIT, absent=("{tmp}/abl",)),
+    Case("ablate --ranks 5-64 --sweeps rank",
+         ("ablate", "-m", "{run}", "-d", "{data}", "-o", "{tmp}/abl", "--ranks", "5-64",
+          "--sweeps", "rank"),
+         r"^nmfseg: error: --ranks 5-64: " + RANK_LIMIT, absent=("{tmp}/abl",)),
+    Case("export --nmf-rank 5", ("export", "{run}", "-o", "{tmp}/m.onnx", "--nmf-rank", "5"),
+         r"^nmfseg: error: --nmf-rank 5: " + RANK_LIMIT, absent=("{tmp}/m.onnx",)),
+    Case("train --model-arg rank=5000, before reading a case",
+         (*TRAIN, "--model-arg", "rank=5000"),
+         r"^nmfseg: error: .*rank=5000 is above 4: its matrices have head_dim=4 rows and 64 "
+         r"columns \(a 4x4x4 window\)", absent=("{tmp}/runs",)),
     # issue 21 (B): post-processing, lists, .onnx where a run is expected, predict.json
     Case("predict --postprocess none with a rule",
          (*PREDICT, "-o", "{tmp}/pred", "--postprocess", "none", "--postprocess", "largest:lesion"),

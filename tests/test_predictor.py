@@ -240,3 +240,72 @@ def test_a_rank_above_the_limit_changes_nothing(trained):
     assert p.describe()["nmf_rank"] == 4 and p.settings.nmf_rank == 4
     image = torch.ones(2, 6, 6, 6, dtype=torch.bfloat16)  # no NumPy dtype: predicted as float32
     assert p.predict_array(image, output="regions").shape == (1, 6, 6, 6)
+
+
+# issue 21: an allocation failure anywhere in a verb is one line naming it and what to shrink.
+MEMORY_CASES = [
+    # (the error the allocator raised, what the line says was asked for)
+    (
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 107374182400 bytes. Error code 12 (Cannot allocate "
+            "memory)"
+        ),
+        " (it asked for 100.0 GiB)",
+    ),
+    (
+        RuntimeError("not enough memory: you tried to allocate 2147483648 bytes."),
+        " (it asked for 2.0 GiB)",
+    ),
+    (
+        MemoryError("Unable to allocate 74.5 GiB for an array with shape (9, 9)"),
+        " (it asked for 74.5 GiB)",
+    ),
+    (MemoryError(), ""),
+]
+
+
+def _raising(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+PREDICTING = "; try --sw-batch-size 1 or a lower --nmf-rank (the trained one, 1, is the cheapest)"
+
+
+@pytest.mark.parametrize(("error", "asked"), MEMORY_CASES)
+def test_an_allocation_failure_is_one_line(trained, tmp_path, monkeypatch, error, asked):
+    import nmfseg.inference.ensemble as ensemble
+
+    data, run = trained
+    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(error))
+    res = _predict(run, data, tmp_path / "pred")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"nmfseg: error: predict ran out of memory{asked}{PREDICTING}"
+    )
+
+
+def test_a_cuda_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
+    import torch
+
+    import nmfseg.inference.ensemble as ensemble
+
+    data, run = trained
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 95.37 GiB. GPU 0 has")
+    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(oom))
+    res = _predict(run, data, tmp_path / "pred")
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"nmfseg: error: predict ran out of memory (it asked for 95.37 GiB){PREDICTING}"
+    )
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(trained, tmp_path, monkeypatch):
+    import nmfseg.inference.ensemble as ensemble
+
+    data, run = trained
+    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(RuntimeError("shape mismatch")))
+    res = _predict(run, data, tmp_path / "pred")
+    assert isinstance(res.exception, RuntimeError) and "out of memory" not in res.output

@@ -399,7 +399,7 @@ def run_ablation(
             printed).
 
     Raises:
-        ConfigError: Not a Factorizer, or the folder holds another ablation.
+        ConfigError: Not a Factorizer, another ablation in the folder, no allowed rank.
         DataError: ``data`` lacks the validation cases or their labels.
     """
     if not predictor.has_nmf:
@@ -407,6 +407,7 @@ def run_ablation(
             f"the network {predictor.model_name} has no NMF layers; ablate changes the NMF "
             "layers of Factorizers"
         )
+    ranks = predictor.usable_ranks(ranks, _echo) if "rank" in sweeps else ranks  # or refused
     sources = predictor.ensemble.sources
     ids = validation_ids(predictor.ensemble.config, data, sources[0] if sources else "model")
     scheme, note = output_scheme(data, predictor.ensemble)

@@ -9,6 +9,7 @@ number of worker processes. Older spellings (``--fmt``, ``--scheme``, ``--output
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,13 +39,57 @@ def os_error_line(err: OSError) -> str:
     return ": ".join([" -> ".join(paths), what] if paths else [what])
 
 
+#: Smaller settings that need less memory, per verb (what a memory error suggests).
+_PREDICTING = "--sw-batch-size 1 or a lower --nmf-rank (the trained one, 1, is the cheapest)"
+_SMALLER = {
+    "train": "a smaller --batch-size or --patch-size, or a narrower network "
+    "(--model-arg channels=16,32,64,128,256)",
+    "study": "a smaller --set batch_size=N or --patch-size, or narrower networks "
+    "(--model-arg MODEL:channels=...)",
+    **dict.fromkeys(("predict", "explain", "ablate", "export", "postprocess-search"), _PREDICTING),
+}
+_MEMORY_WORDS = ("out of memory", "not enough memory", "can't allocate memory",
+                 "cannot allocate memory", "unable to allocate")  # fmt: skip
+
+
+def memory_error_line(err: BaseException, verb: str) -> str | None:
+    """One line for an allocation failure (torch's ``OutOfMemoryError``, a ``RuntimeError``
+    of the CPU allocator, NumPy's ``MemoryError``), naming the verb, what was asked for and
+    smaller settings; ``None`` for any other error.
+
+    Examples::
+
+        >>> print(memory_error_line(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. "
+        ...     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 95367431640 "
+        ...     "bytes. Error code 12 (Cannot allocate memory)"), "predict"))
+        predict ran out of memory (it asked for 88.8 GiB); try --sw-batch-size 1 or a lower
+        --nmf-rank (the trained one, 1, is the cheapest)
+        >>> memory_error_line(RuntimeError("shape mismatch"), "predict") is None
+        True
+    """
+    text = str(err)
+    oom = type(err).__name__ == "OutOfMemoryError" or isinstance(err, MemoryError)
+    if not (oom or any(w in text.lower() for w in _MEMORY_WORDS)):
+        return None
+    asked = re.search(r"(?i)tried to allocate (\d+) bytes", text)
+    if asked:
+        size = f"{int(asked[1]) / 2**30:.1f} GiB"
+    else:
+        found = re.search(r"(?i)allocate ([\d.]+ [KMGTP]i?B)", text)
+        size = found[1] if found else ""
+    what = f" (it asked for {size})" if size else ""
+    smaller = _SMALLER.get(verb, "smaller inputs or settings")
+    return f"{verb} ran out of memory{what}; try {smaller}"
+
+
 def handle_errors(fn: F) -> F:
     """Turn user errors into ``nmfseg: error: ...`` on stderr and exit 1.
 
-    User errors are :class:`~nmfseg.errors.NmfsegError` (a bad file or option) and
+    User errors are :class:`~nmfseg.errors.NmfsegError` (a bad file or option),
     :class:`OSError` (a read-only folder, a full disk, a permission, too many open files: one
-    line naming the path). Every command is wrapped with this, so bad input never shows a
-    traceback, whether the command is run from the shell or through ``CliRunner``.
+    line naming the path) and allocation failures (settings too large for the memory:
+    :func:`memory_error_line`). Every command is wrapped with this, so bad input never shows
+    a traceback, whether the command is run from the shell or through ``CliRunner``.
     """
 
     @functools.wraps(fn)
@@ -62,6 +107,12 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("nmfseg: interrupted", err=True)
             raise typer.Exit(130) from None
+        except (RuntimeError, MemoryError) as err:
+            line = memory_error_line(err, fn.__name__.replace("_", "-"))
+            if line is None:
+                raise
+            typer.echo(f"nmfseg: error: {line}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

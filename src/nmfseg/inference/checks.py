@@ -6,7 +6,7 @@ number of axes, refusing empty, complex and non-numeric input in one line (a com
 would otherwise lose its imaginary part silently in the float32 cast of the preprocessing).
 :func:`check_nmf_settings` checks ``--nmf-*`` against every fold's network (a network without
 NMF layers, a layer it lacks, a rank above what its matrices allow) before anything is
-changed or computed.
+changed or computed; :func:`usable_ranks` does it for the rank sweep of ``nmfseg ablate``.
 
 Examples::
 
@@ -21,7 +21,7 @@ Examples::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,10 +29,16 @@ import torch
 from torch import nn
 
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS, InferenceSettings, parse_layers
+from nmfseg.inference.settings import (
+    NMF_SETTINGS,
+    OPTIONS,
+    InferenceSettings,
+    format_layers,
+    parse_layers,
+)
 from nmfseg.mixers.nmf import nmf_layers, rank_problem
 
-__all__ = ["check_image", "check_nmf_settings"]
+__all__ = ["check_image", "check_nmf_settings", "usable_ranks"]
 
 
 def check_image(image: Any, dims: int, where: str = "image") -> np.ndarray:
@@ -111,3 +117,44 @@ def check_nmf_settings(
         else:
             keep.append(parse_layers(settings.nmf_layers, len(layers)))
     return keep
+
+
+def usable_ranks(
+    models: Sequence[nn.Module],
+    ranks: Sequence[int],
+    model_name: str,
+    note: Callable[[str], Any],
+    option: str = "--ranks",
+) -> list[int]:
+    """The ``ranks`` that every network's NMF layers allow (a sweep's values, checked before
+    its first setting runs); the others are left out with a ``note`` naming the limit.
+
+    Raises:
+        ConfigError: naming ``option``, when no rank is left.
+
+    Examples::
+
+        >>> from nmfseg.mixers.nmf import WrappedNMF
+        >>> net = WrappedNMF(8, head_dim=4, window_size=4)
+        >>> usable_ranks([net], [1, 2, 6, 7], "net", print)  # doctest: +ELLIPSIS
+        note: leaving out --ranks 6-7: net allows at most 4: its matrices have head_dim=4 rows ...
+        [1, 2]
+        >>> usable_ranks([net], [5000], "net", print)
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --ranks 5000: net allows at most 4: its matrices have ...
+    """
+    problems = {}
+    for layers in (nmf_layers(net) for net in models):
+        for rank in sorted(set(ranks) - set(problems)):
+            problems[rank] = rank_problem(layers, rank) if layers else None
+            if problems[rank] is None:
+                del problems[rank]
+    if not problems:
+        return list(ranks)
+    bad = sorted(problems)
+    line = f"{option} {format_layers(bad, None)}: {model_name} allows {problems[bad[0]]}"
+    if len(bad) == len(set(ranks)):
+        raise ConfigError(line)
+    note(f"note: leaving out {line}")
+    return [r for r in ranks if r not in problems]
