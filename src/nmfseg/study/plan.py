@@ -40,7 +40,8 @@ from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.matching import find_predictions
 from nmfseg.fileio import read_json
 from nmfseg.inference.postprocess import split_list
-from nmfseg.models import list_models
+from nmfseg.models import list_models, model_info
+from nmfseg.models._registry import PAPER_DATASETS
 from nmfseg.training.config import parse_value
 from nmfseg.training.setup import prepare_run
 
@@ -53,6 +54,7 @@ __all__ = [
     "StudyOptions",
     "StudyPlan",
     "checkpoint_stamp",
+    "flops_input",
     "job_lines",
     "parse_folds",
     "parse_setting",
@@ -187,6 +189,7 @@ class Job:
     val_ids: list[str] = field(default_factory=list)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     patch_size: list[int] = field(default_factory=list)
+    flops_input: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -309,12 +312,39 @@ def _job(
     job.val_ids = list(run.val_ids)
     job.model_kwargs = dict(run.config["model"]["kwargs"])
     job.patch_size = list(run.config["patch_size"])
+    job.flops_input = flops_input(model, job.model_kwargs, job.patch_size)
     facts = {
         "n_folds": int(run.config["n_folds"]),
         "regions": list(run.config["dataset"]["regions"]),
         "dataset": run.dataset.name,
     }
     return job, facts
+
+
+def flops_input(model: str, kwargs: dict[str, Any], patch: list[int]) -> tuple[int, ...]:
+    """The input a network's FLOPs are counted at: the paper's input of the data it was
+    built for (``(1, 4, 128, 128, 128)`` for BraTS' channels and regions, ``(1, 2, 64, 64,
+    64)`` for ISLES'22's), whatever its preset; its training patch for other data.
+
+    Examples::
+
+        >>> kwargs = {"in_channels": 4, "out_channels": 3}
+        >>> flops_input("swin_factorizer_isles", kwargs, [64, 64, 64])  # on BraTS data
+        (1, 4, 128, 128, 128)
+        >>> flops_input("swin_factorizer_isles", {"in_channels": 1, "out_channels": 2}, [96] * 3)
+        (1, 1, 96, 96, 96)
+    """
+    counts = (int(kwargs.get("in_channels", 1)), int(kwargs.get("out_channels", 1)))
+    size = next(
+        (tuple(paper["patch_size"]) for paper in PAPER_DATASETS.values()
+         if (paper["in_channels"], paper["out_channels"]) == counts),
+        None,
+    )  # fmt: skip
+    if size is None:
+        info = model_info(model)
+        preset = (info.in_channels, info.out_channels) == counts and info.patch_size
+        size = tuple(preset or patch)
+    return (1, counts[0], *size)
 
 
 def plan_study(options: StudyOptions) -> StudyPlan:

@@ -5,9 +5,10 @@ fold that held it out, and a model's row is the mean over all of them. :func:`po
 reads each fold's report (``OUT/reports/<model>/fold_K``) and joins the rows per model (a
 ``fold`` column says which fold scored the case); a model that failed keeps its row, marked
 with the reason. :func:`model_costs` counts the parameters of each network as it was trained
-(preset plus ``--model-arg``) and its FLOPs at the preset's paper input
-(:attr:`~nmfseg.models.ModelConfig.patch_size`: 128³ for BraTS, 64³ for ISLES'22), on the meta
-device (:mod:`nmfseg.models.complexity`), so it costs neither memory nor time.
+(preset plus ``--model-arg``) and its FLOPs at the paper's input of the data it was built
+for (:func:`~nmfseg.study.plan.flops_input`: 128³ for BraTS, 64³ for ISLES'22, whatever
+the preset), on the meta device (:mod:`nmfseg.models.complexity`), so it costs neither
+memory nor time.
 :func:`write_study_table` writes ``compare.md``, ``compare.csv`` and the box plots of Fig. 3
 (:func:`~nmfseg.evaluation.compare.write_comparison`).
 """
@@ -27,7 +28,7 @@ from nmfseg.evaluation.compare import (
 )
 from nmfseg.evaluation.evaluate import read_report
 from nmfseg.fileio import short_error
-from nmfseg.models import create_model, model_info
+from nmfseg.models import create_model
 from nmfseg.models.complexity import count_flops, count_params
 from nmfseg.study.plan import CHECKPOINT, StudyPlan
 
@@ -35,7 +36,7 @@ __all__ = ["model_costs", "pooled_reports", "study_comparison", "write_study_tab
 
 
 def model_costs(plan: StudyPlan) -> dict[str, ModelCost]:
-    """#params of each network as trained and its FLOPs at the preset's paper input.
+    """#params of each network as trained and its FLOPs at the paper's input of its data.
 
     A network that cannot be counted (e.g. it fails on that input) gets ``None`` counts.
     """
@@ -43,8 +44,7 @@ def model_costs(plan: StudyPlan) -> dict[str, ModelCost]:
     for model in plan.models:
         job = next(j for j in plan.jobs if j.model == model)
         kwargs = job.model_kwargs
-        size = model_info(model).patch_size or tuple(job.patch_size)
-        shape = (1, int(kwargs.get("in_channels", 1)), *size)
+        shape = job.flops_input or (1, int(kwargs.get("in_channels", 1)), *job.patch_size)
         try:
             with torch.device("meta"):
                 net = create_model(model, **kwargs)

@@ -49,6 +49,7 @@ from nmfseg.data.splits import default_splits_path, load_splits, make_splits, se
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import check_writable
 from nmfseg.models import create_model, list_models, model_info
+from nmfseg.models._registry import PAPER_DATASETS
 from nmfseg.models.checkpoint import read_checkpoint
 from nmfseg.training.config import (
     apply_overrides,
@@ -219,6 +220,49 @@ def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, A
     return model, kwargs
 
 
+def preset_note(model_name: str, data: dict[str, Any]) -> list[str]:
+    """A note when a paper preset is built for a dataset of other channels or regions.
+
+    A preset (``swin_factorizer_isles``: 2 channels -> 1 region) is built with the dataset's
+    channels and regions, so it trains on any dataset (an nnU-Net CT folder has no preset of
+    its own), and the run's ``model.kwargs`` records the real ``in_channels`` and
+    ``out_channels``; the note says so and names the preset made for that data, if any.
+
+    Examples::
+
+        >>> data = {"channels": ["flair", "t1", "t1ce", "t2"], "regions": ["ET", "TC", "WT"]}
+        >>> print(preset_note("swin_factorizer_isles", data)[0])
+        swin_factorizer_isles is the ISLES22 preset (2 channels -> 1 region); it is built for
+        this dataset's 4 channels (flair, t1, t1ce, t2) -> 3 regions (ET, TC, WT), and its
+        #params and FLOPs are those of that network; swin_factorizer_brats is the preset for
+        such data
+        >>> preset_note("swin_factorizer_brats", data)
+        []
+    """
+    info = model_info(model_name)
+    channels, regions = list(data["channels"]), list(data["regions"])
+    if info.dataset is None or (info.in_channels, info.out_channels) == (
+        len(channels),
+        len(regions),
+    ):
+        return []
+    family = model_name.rsplit("_", 1)[0]
+    other = [
+        f"{family}_{key}"
+        for key, paper in PAPER_DATASETS.items()
+        if (paper["in_channels"], paper["out_channels"]) == (len(channels), len(regions))
+        and f"{family}_{key}" in list_models()
+    ]
+    hint = f"; {other[0]} is the preset for such data" if other else ""
+    return [
+        f"{model_name} is the {info.dataset} preset ({info.in_channels} channels -> "
+        f"{info.out_channels} region{'s' if info.out_channels > 1 else ''}); it is built for "
+        f"this dataset's {len(channels)} channels ({', '.join(channels)}) -> {len(regions)} "
+        f"region{'s' if len(regions) > 1 else ''} ({', '.join(regions)}), and its #params and "
+        f"FLOPs are those of that network{hint}"
+    ]
+
+
 def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) -> list[str]:
     """Refuse a patch the network or the data cannot use; notes for a wasteful one.
 
@@ -350,6 +394,16 @@ def prepare_run(
             "regions": list(scheme.regions),
         }
         cfg["fold"] = int(fold) if fold.isdigit() else fold
+    # the network before any case is read (a bad --model-arg fails at once)
+    model, kwargs = _build_model(model_name, cfg)
+    cfg["model"] = {"name": model_name, "kwargs": kwargs}
+    notes += _check_patch(cfg["patch_size"], model, sources)
+    notes += preset_note(model_name, cfg["dataset"])
+    if cfg["grad_checkpointing"] and not hasattr(model, "set_grad_checkpointing"):
+        raise ConfigError(
+            f"{sources.get('grad_checkpointing', 'grad_checkpointing')}: {model_name} cannot "
+            "recompute its stages in backward; leave it off"
+        )
     splits_path, new_splits, split = _splits(dataset, fold_dir.parent.parent, cfg["n_folds"], fold)
     if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
         raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
@@ -358,14 +412,6 @@ def prepare_run(
         cfg["dataset"]["preprocessing"] = plan_preprocessing(dataset, split["train"]).to_dict()
     else:  # a run of an older nmfseg has none (the default); a broken one fails here
         Preprocessing.from_config(cfg)
-    model, kwargs = _build_model(model_name, cfg)
-    cfg["model"] = {"name": model_name, "kwargs": kwargs}
-    notes += _check_patch(cfg["patch_size"], model, sources)
-    if cfg["grad_checkpointing"] and not hasattr(model, "set_grad_checkpointing"):
-        raise ConfigError(
-            f"{sources.get('grad_checkpointing', 'grad_checkpointing')}: {model_name} cannot "
-            "recompute its stages in backward; leave it off"
-        )
     # three checkpoints of weights and AdamW's two moments, before any work is done
     need = 3 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     check_writable(fold_dir, need_bytes=need, what="training run")
