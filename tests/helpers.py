@@ -4,6 +4,7 @@
   registry-wide test stays well under a second per network.
 - :func:`cli` runs the ``nmfseg`` command in-process and returns typer's result.
 - :func:`train_tiny` trains a tiny Swin Factorizer for 2 steps on a toy dataset.
+- :data:`KILL_RUNNER` runs the CLI in a subprocess that SIGKILLs itself after a training step.
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ SMALL: dict[str, tuple[dict[str, Any], int]] = {
     "swin_unetr_*": (dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 1),
     "segresnet_*": (dict(init_filters=8), 1),
 }
+
+
+# ``python -c KILL_RUNNER STEP ARGS...``: ``nmfseg ARGS`` killed with SIGKILL right after
+# optimizer step STEP (before any file of that step is written), through the trainer's public
+# ``on_step_end`` hook; to test that an interrupted run resumes exactly.
+KILL_RUNNER = (
+    "import os, signal, sys\n"
+    "from nmfseg.training.trainer import Trainer\n"
+    "def on_step_end(self, step, loss, kill_at=int(sys.argv[1])):\n"
+    "    if step == kill_at:\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "Trainer.on_step_end = on_step_end\n"
+    "from nmfseg.cli import main\n"
+    "main(sys.argv[2:])\n"
+)
 
 
 def small_kwargs(name: str) -> tuple[dict[str, Any], int]:

@@ -18,7 +18,7 @@ import torch
 from scipy.stats import wilcoxon
 from torch import nn
 
-from helpers import cli
+from helpers import KILL_RUNNER, cli
 from nmfseg.cli import app
 from nmfseg.cli import study as study_cli
 from nmfseg.data.splits import load_splits
@@ -44,15 +44,6 @@ ARGS = [
     *(a for arg in SWIN for a in ("--model-arg", f"swin_factorizer_brats:{arg}")),
 ]  # fmt: skip
 OUTPUTS = ["compare.csv", "compare.md", "dice_boxplot.png", "hd95_boxplot.png", "study.json"]
-
-# `python -c` that runs the CLI with `study` registered (a subprocess, to be SIGKILLed).
-RUNNER = (
-    "import sys\n"
-    "from nmfseg.cli import app, main, study\n"
-    "if 'study' not in {c.name for c in app.registered_commands}:\n"
-    "    study.register(app)\n"
-    "main(sys.argv[1:])\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +175,13 @@ def test_study_killed_anywhere_continues_to_the_same_table(toy, reference, tmp_p
     out = tmp_path / "study"
     args = ["study", str(toy), *ARGS, "-o", str(out)]
     # Killed right after SegResNet's step 3 of fold 0 (its checkpoint of step 2 is on disk).
-    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", KILL_RUNNER, "3", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     seg = out / "runs" / "Toy" / "segresnet_brats" / "fold_0"

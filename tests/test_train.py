@@ -16,6 +16,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from helpers import KILL_RUNNER
 from nmfseg.cli import app
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.preprocess import preprocess_case, uncrop
@@ -142,10 +143,10 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     # Killed with SIGKILL right after step 3 (checkpoint of step 2 on disk), with 2 workers.
     b = tmp_path / "b"
     # Bitwise equality needs the same intra-op threads as the in-process runs (conftest: 1).
-    env = {**os.environ, "NMFSEG_DEBUG_KILL_AT_STEP": "3", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = train_args(data, b, fmt, *steps, "--workers", "2", steps=4)
     proc = subprocess.run(
-        [sys.executable, "-m", "nmfseg", *args],
+        [sys.executable, "-c", KILL_RUNNER, "3", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -460,3 +461,42 @@ def test_progress_png_of_a_short_run(rows, shown, tmp_path, monkeypatch):
         assert (line.get_marker() == ".") == (shown == "dot")
     ticks = [t for t in ax_lr.get_xticks() if ax_lr.get_xlim()[0] <= t <= ax_lr.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_trainer_hooks_swap_the_loss_and_see_every_step_and_validation(toy, tmp_path):
+    """A subclass overriding :class:`Trainer`'s hooks changes only what it overrides."""
+    from nmfseg.training.trainer import Trainer, run_training
+
+    seen: dict[str, list] = {"loss": [], "steps": [], "val": []}
+
+    class L1Trainer(Trainer):
+        def build_loss(self):
+            def l1(outputs, target):
+                out = outputs[0] if isinstance(outputs, list) else outputs
+                value = (out.sigmoid() - target).abs().mean()
+                seen["loss"].append(float(value))
+                return value
+
+            return l1
+
+        def on_step_end(self, step, loss):
+            seen["steps"].append((step, loss))
+
+        def on_validation_end(self, row):
+            seen["val"].append(row["val_dice"])
+
+    run = prepare_run(
+        toy["isles22"], "swin_factorizer_isles", 1, tmp_path / "runs",
+        overrides={"steps": 3, "patch_size": [16, 16, 16], "n_folds": 2, "workers": 0,
+                   "val_every": 2, "log_every": 1, "device": "cpu", "seed": 3},
+        model_args={"channels": [4, 8, 16, 32, 64]},
+    )  # fmt: skip
+    run_training(run, progress=False, trainer=L1Trainer)
+    assert [s for s, _ in seen["steps"]] == [1, 2, 3]
+    assert [loss for _, loss in seen["steps"]] == pytest.approx(seen["loss"])
+    assert all(0 <= v <= 1 for v in seen["loss"])  # an L1 distance of probabilities
+    with open(run.fold_dir / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(seen["loss"], rel=1e-5)
+    assert len(seen["val"]) == 2  # at step 2 and at the end
+    assert float(rows[-1]["val_dice"]) == pytest.approx(seen["val"][-1])

@@ -52,6 +52,7 @@ __all__ = [
     "HD95_ONE_EMPTY",
     "RegionMetrics",
     "case_metrics",
+    "dice_from_counts",
     "dice_score",
     "hd95",
     "region_metrics",
@@ -139,10 +140,24 @@ def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
         0.6666666666666666
     """
     pred, gt = _check_pair(pred, gt)
-    n_pred, n_gt = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-    if n_pred + n_gt == 0:
+    overlap = int(np.count_nonzero(pred & gt))
+    return dice_from_counts(overlap, int(np.count_nonzero(pred)), int(np.count_nonzero(gt)))
+
+
+def dice_from_counts(overlap: int, n_pred: int, n_truth: int) -> float:
+    """Dice from voxel counts ``|P ∩ G|``, ``|P|``, ``|G|``; 1.0 when both masks are empty.
+
+    What :func:`dice_score` computes, for callers that count voxels themselves (training's
+    validation adds the label voxels outside its crop box to ``n_truth``).
+
+    Examples::
+
+        >>> dice_from_counts(1, 2, 1), dice_from_counts(0, 0, 0)
+        (0.6666666666666666, 1.0)
+    """
+    if n_pred + n_truth == 0:
         return 1.0
-    return 2.0 * int(np.count_nonzero(pred & gt)) / (n_pred + n_gt)
+    return 2.0 * overlap / (n_pred + n_truth)
 
 
 def hd95(

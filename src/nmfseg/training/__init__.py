@@ -7,7 +7,9 @@ module         what it holds
 ``losses``     soft Dice (squared denominator) + BCE over deep-supervision outputs
 ``data``       preprocessed case cache, the deterministic patch stream
 ``setup``      :func:`prepare_run`: every check before anything is written
-``trainer``    :func:`run_training`: the loop, validation, checkpoints, resume, DDP
+``trainer``    :class:`Trainer` (the loop and its hooks), :func:`run_training`: checkpoints,
+               resume, DDP
+``validation`` the validation cases scored during training, ``validation/summary.json``
 ``checkpoint`` the training part of a checkpoint, RNG state (reading: :mod:`nmfseg.models`)
 ``distributed`` ``torchrun`` / DDP process group
 ``progress``   ``log.csv`` and ``progress.png``

@@ -3,11 +3,9 @@
 One step: a batch of random augmented patches (:mod:`nmfseg.training.data`), forward
 (optionally under bf16 autocast), the deep-supervision Dice + BCE loss
 (:mod:`nmfseg.training.losses`), backward, AdamW, then the LR schedule (linear warm-up
-to ``lr``, then cosine to 0 at ``steps``). Every ``val_every`` steps and at the end the
-fold's validation cases are predicted whole with a sliding window (window = patch size,
-50% overlap, the prediction code's :func:`~nmfseg.inference.sliding_window.sliding_window_predict`),
-thresholded at 0.5 and scored with Dice per region (BraTS conventions: 1 when prediction
-and truth are both empty, 0 when only one is), in the original grid.
+to ``lr``, then cosine to 0 at ``steps``); :class:`Trainer`'s hooks change any of these.
+Every ``val_every`` steps and at the end the fold's validation cases are predicted whole
+and scored with Dice per region (:mod:`nmfseg.training.validation`).
 
 The fold folder ``OUT/<dataset>/<model>/fold_K/`` receives ``config.yaml``, ``log.csv``,
 ``progress.png``, ``checkpoint_last.pt`` / ``checkpoint_best.pt`` / ``checkpoint_final.pt``
@@ -45,7 +43,6 @@ import contextlib
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 import warnings
@@ -62,8 +59,6 @@ from nmfseg import __version__
 from nmfseg.data.normalization import Preprocessing
 from nmfseg.data.splits import save_splits
 from nmfseg.errors import NmfsegError
-from nmfseg.fileio import write_json
-from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from nmfseg.training.checkpoint import (
     atomic_save,
@@ -83,12 +78,10 @@ from nmfseg.training.distributed import DistContext, init_distributed
 from nmfseg.training.losses import DeepSupervisionLoss
 from nmfseg.training.progress import plot_progress, write_log_csv
 from nmfseg.training.setup import TrainingRun
+from nmfseg.training.validation import mean_dice, score_cases, write_summary
 
-__all__ = ["WarmupCosine", "run_training"]
+__all__ = ["Trainer", "WarmupCosine", "run_training"]
 
-# Test hook: SIGKILL this process right after the given optimizer step (before any file
-# of that step is written), to test that --resume continues exactly.
-_KILL_ENV = "NMFSEG_DEBUG_KILL_AT_STEP"
 # A run stops once this many optimizer steps in a row had NaN/Inf gradients.
 _MAX_BAD_STEPS = 20
 
@@ -114,12 +107,36 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _dice(tp: int, n_pred: int, n_gt: int) -> float:
-    # nmfseg.evaluation.metrics.dice_score from counts: 1 when both masks are empty.
-    return 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt)
+class Trainer:
+    """nmfseg's training loop, with seams to change one part of the recipe (nnU-Net style).
 
+    :func:`run_training` builds one per process and calls :meth:`fit`. Subclass it and
+    override a hook; everything else (data, validation, checkpoints, exact resume, DDP,
+    the skipped NaN steps) stays as it is:
 
-class _Trainer:
+    ========================== ==========================================================
+    hook                       default (the paper's recipe)
+    ========================== ==========================================================
+    :meth:`build_network`      the run's network (``prepare_run`` built it from the registry)
+    :meth:`build_loss`         soft Dice + BCE per region with deep supervision
+    :meth:`configure_optimizers` AdamW, then linear warm-up and cosine, stepped every step
+    :meth:`train_step`         forward (under ``amp``) and the loss of one batch
+    :meth:`on_step_end`        nothing (called after every optimizer step)
+    :meth:`on_validation_end`  nothing (called with every validation's log row)
+    ========================== ==========================================================
+
+    Examples::
+
+        >>> from torch import nn
+        >>> class L1Trainer(Trainer):  # the same run with another loss
+        ...     def build_loss(self) -> nn.Module:
+        ...         def l1(outputs, target):
+        ...             out = outputs[0] if isinstance(outputs, list) else outputs
+        ...             return (out.sigmoid() - target).abs().mean()
+        ...         return l1
+        >>> # run_training(prepare_run(...), trainer=L1Trainer)
+    """
+
     def __init__(self, run: TrainingRun, ctx: DistContext, progress: bool) -> None:
         self.run, self.ctx, self.cfg = run, ctx, run.config
         self.progress = progress and ctx.is_main
@@ -187,23 +204,52 @@ class _Trainer:
             shutil.rmtree(path, ignore_errors=True)
         self._created.clear()
 
-    def _build(self) -> None:
-        cfg = self.cfg
-        model = self.run.model.to(self.device)
-        self.model = model
-        opt = cfg["optimizer"]
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(),
+    # ------------------------------------------------------------------------ hooks
+    def build_network(self) -> nn.Module:
+        """The network to train (on the CPU; it is moved to the device afterwards)."""
+        return self.run.model
+
+    def build_loss(self) -> nn.Module:
+        """The loss, called as ``loss(outputs, target)`` with the network's ``train()`` output
+        (a list of deep-supervision logits, full resolution first) and the region masks."""
+        loss = self.cfg["loss"]
+        return DeepSupervisionLoss(loss["ds_weights"], loss["dice_eps"], loss["ds_target"])
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
+        """``(optimizer, scheduler)`` for :attr:`model`; the scheduler steps once per
+        optimizer step (skipped steps included). Both are saved in checkpoints."""
+        opt = self.cfg["optimizer"]
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(),
             lr=opt["lr"],
             betas=tuple(opt["betas"]),
             weight_decay=opt["weight_decay"],
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(cfg["scheduler"]["warmup_steps"], self.total)
-        )
-        self.loss_fn = DeepSupervisionLoss(
-            cfg["loss"]["ds_weights"], cfg["loss"]["dice_eps"], cfg["loss"]["ds_target"]
-        )
+        warmup = WarmupCosine(self.cfg["scheduler"]["warmup_steps"], self.total)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one batch (``{"image", "label"}`` on the CPU); backward and the
+        optimizer step follow in the loop."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["label"].to(self.device, non_blocking=True).float()
+        with self._autocast():
+            outputs = self.net(x)
+        return self.loss_fn(outputs, y)
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        """Called after optimizer step ``step`` (1-based), before its log row and files."""
+
+    def on_validation_end(self, row: dict[str, Any]) -> None:
+        """Called with the log row of every validation (``val_dice``, ``val_dice_<region>``)."""
+
+    # ------------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        cfg = self.cfg
+        model = self.build_network().to(self.device)
+        self.model = model
+        self.optimizer, self.scheduler = self.configure_optimizers()
+        self.loss_fn = self.build_loss()
         if self.run.resume_from is not None:
             ckpt = read_checkpoint(self.run.resume_from)
             model.load_state_dict(ckpt["model"])
@@ -296,63 +342,27 @@ class _Trainer:
 
     # ------------------------------------------------------------------------ validation
     def _validate(self) -> dict[str, float]:
-        vcfg = self.cfg["validation"]
-        results = []
-        for case in self.val_cases[self.ctx.rank :: self.ctx.world_size]:
-            image, regions = case.load()
-            with self._autocast():
-                probs = sliding_window_predict(
-                    self.model,
-                    image,
-                    self.patch,
-                    overlap=vcfg["overlap"],
-                    mode=vcfg["mode"],
-                    sw_batch_size=vcfg["sw_batch_size"],
-                    device=self.device,
-                )
-            pred = (probs >= vcfg["threshold"]).numpy()
-            gt = regions.astype(bool)
-            dice = {
-                name: _dice(
-                    int(np.count_nonzero(pred[r] & gt[r])),
-                    int(np.count_nonzero(pred[r])),
-                    int(np.count_nonzero(gt[r])) + int(case.outside[r]),
-                )
-                for r, name in enumerate(self.regions)
-            }
-            results.append({"case_id": case.case_id, "dice": dice})
+        mine = self.val_cases[self.ctx.rank :: self.ctx.world_size]
+        validation = self.cfg["validation"]
+        results = score_cases(
+            self.model, mine, self.regions, self.patch, validation, self.device, self._autocast
+        )
         self.model.train()
         gathered = [r for part in self.ctx.all_gather_object(results) for r in part]
         order = {c.case_id: i for i, c in enumerate(self.val_cases)}
         self.val_results = sorted(gathered, key=lambda r: order[r["case_id"]])
         self.val_step = self.step
-        means = {
-            name: float(np.mean([r["dice"][name] for r in self.val_results]))
-            for name in self.regions
-        }
+        means = mean_dice(self.val_results, self.regions)
         row = {f"val_dice_{k}": v for k, v in means.items()}
         row["val_dice"] = float(np.mean(list(means.values())))
+        self.on_validation_end(row)
         return row
 
     def _write_summary(self) -> None:
-        if not self.ctx.is_main or self.val_results is None:
-            return
-        means = {
-            name: float(np.mean([r["dice"][name] for r in self.val_results]))
-            for name in self.regions
-        }
-        summary = {
-            "metric": "dice",
-            "checkpoint": "checkpoint_final.pt",
-            "step": self.step,
-            "regions": self.regions,
-            "threshold": self.cfg["validation"]["threshold"],
-            "mean": means,
-            "foreground_mean": float(np.mean(list(means.values()))),
-            "n_cases": len(self.val_results),
-            "per_case": self.val_results,
-        }
-        write_json(self.run.fold_dir / "validation" / "summary.json", summary)
+        if self.ctx.is_main and self.val_results is not None:
+            path = self.run.fold_dir / "validation" / "summary.json"
+            threshold = self.cfg["validation"]["threshold"]
+            write_summary(path, self.val_results, self.regions, self.step, threshold)
 
     # ------------------------------------------------------------------------ loop
     def fit(self) -> nn.Module:
@@ -371,12 +381,11 @@ class _Trainer:
                 save_splits(self.run.new_splits, self.run.splits_path)
             save_config(cfg, self.run.fold_dir / "config.yaml")
         self._build()
-        kill_at = int(os.environ.get(_KILL_ENV, "0") or 0)
         t0 = time.perf_counter()
         time_offset = float(self.history[-1].get("time", 0.0)) if self.history else 0.0
         losses: list[float] = []
         if self.step < self.total:
-            self._train_steps(t0, time_offset, losses, kill_at)
+            self._train_steps(t0, time_offset, losses)
         if self.val_results is None or self.val_step != self.total:
             row = self._validate()
             if self.history and self.history[-1]["step"] == self.total:
@@ -388,9 +397,7 @@ class _Trainer:
         self.model.eval()
         return self.model
 
-    def _train_steps(
-        self, t0: float, time_offset: float, losses: list[float], kill_at: int
-    ) -> None:
+    def _train_steps(self, t0: float, time_offset: float, losses: list[float]) -> None:
         cfg, ctx = self.cfg, self.ctx
         bar = tqdm(
             total=self.total, initial=self.step, desc=f"fold {cfg['fold']}", unit="step",
@@ -401,13 +408,9 @@ class _Trainer:
         seed, rank = cfg["seed"], ctx.rank
         while self.step < self.total:
             batch = next(batches)
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True).float()
             torch.manual_seed(derive_seed(seed, TAG_STEP, self.step, rank))
             lr = self.scheduler.get_last_lr()[0]
-            with self._autocast():
-                outputs = self.net(x)
-            loss = self.loss_fn(outputs, y)
+            loss = self.train_step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self._gradients_finite():
@@ -421,8 +424,7 @@ class _Trainer:
                 self.scheduler.step()
             self.step += 1
             losses.append(float(loss.detach()))
-            if self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            self.on_step_end(self.step, losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
             done = self.step
@@ -475,7 +477,9 @@ class _Trainer:
         return False
 
 
-def run_training(run: TrainingRun, progress: bool = True) -> nn.Module:
+def run_training(
+    run: TrainingRun, progress: bool = True, trainer: type[Trainer] = Trainer
+) -> nn.Module:
     """Train a prepared run (see :func:`nmfseg.training.setup.prepare_run`) to the end.
 
     Under ``torchrun`` every process calls this; they join one process group (DDP).
@@ -483,12 +487,13 @@ def run_training(run: TrainingRun, progress: bool = True) -> nn.Module:
     Args:
         run: the checked run.
         progress: show tqdm bars (rank 0 only).
+        trainer: the loop: :class:`Trainer` or a subclass that overrides its hooks.
 
     Returns:
         The trained network (this process's replica) in ``eval()`` mode.
     """
     ctx = init_distributed(run.config["device"])
     try:
-        return _Trainer(run, ctx, progress).fit()
+        return trainer(run, ctx, progress).fit()
     finally:
         ctx.close()
