@@ -326,3 +326,36 @@ def test_study_refuses_to_run_under_torchrun(toy, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "runs in one process; for several GPUs print the jobs" in _one_error_line(result)
     assert not (tmp_path / "study").exists()
+
+
+# issue 21: FLOPs are counted at the paper's input of the data a network was built for.
+FLOPS_CASES = [
+    # (model, its in/out channels as built, the training patch, the input of its FLOPs)
+    ("swin_factorizer_isles", (4, 3), [64, 64, 64], (1, 4, 128, 128, 128)),  # on BraTS data
+    ("swin_factorizer_brats", (2, 1), [128] * 3, (1, 2, 64, 64, 64)),  # on ISLES'22 data
+    ("swin_factorizer_brats", (4, 3), [96] * 3, (1, 4, 128, 128, 128)),
+    ("segresnet_brats", (1, 2), [80, 96, 64], (1, 1, 80, 96, 64)),  # other data: its patch
+]
+
+
+@pytest.mark.parametrize(("model", "counts", "patch", "shape"), FLOPS_CASES)
+def test_flops_input_follows_the_data(model, counts, patch, shape):
+    from nmfseg.study.plan import flops_input
+
+    kwargs = {"in_channels": counts[0], "out_channels": counts[1]}
+    assert flops_input(model, kwargs, patch) == shape
+
+
+def test_an_isles_preset_studied_on_brats_data_is_counted_as_built(toy, tmp_path):
+    from nmfseg.study.plan import StudyOptions, plan_study
+    from nmfseg.study.table import model_costs
+
+    args = ["swin_factorizer_isles:channels=4,8,16,32,64"]
+    options = StudyOptions(toy, tmp_path / "study", ["swin_factorizer_isles"], folds="0",
+                           model_args=args)  # fmt: skip
+    plan = plan_study(options)
+    (job,) = plan.jobs
+    assert (job.model_kwargs["in_channels"], job.model_kwargs["out_channels"]) == (4, 3)
+    cost = model_costs(plan)["swin_factorizer_isles"]
+    assert cost.input_shape == (1, 4, 128, 128, 128) and cost.flops > 0
+    assert not (tmp_path / "study").exists()

@@ -21,7 +21,7 @@ from nmfseg.cli import app
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.preprocess import preprocess_case, uncrop
 from nmfseg.data.schemes import labels_to_regions
-from nmfseg.errors import DataError
+from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
@@ -500,3 +500,52 @@ def test_trainer_hooks_swap_the_loss_and_see_every_step_and_validation(toy, tmp_
     assert [float(r["loss"]) for r in rows] == pytest.approx(seen["loss"], rel=1e-5)
     assert len(seen["val"]) == 2  # at step 2 and at the end
     assert float(rows[-1]["val_dice"]) == pytest.approx(seen["val"][-1])
+
+
+# issue 21: a paper preset on data of other channels or regions is built for the data, and
+# says so; the network is built before any case is read.
+PRESET_CASES = [
+    # (dataset, preset, the note or None)
+    ("brats2023", "local_factorizer_isles",
+     "local_factorizer_isles is the ISLES22 preset (2 channels -> 1 region); it is built for "
+     "this dataset's 4 channels (t2f, t1n, t1c, t2w) -> 3 regions (ET, TC, WT), and its #params "
+     "and FLOPs are those of that network; local_factorizer_brats is the preset for such data"),
+    ("isles22", "swin_factorizer_brats",
+     "swin_factorizer_brats is the BraTS preset (4 channels -> 3 regions); it is built for this "
+     "dataset's 2 channels (dwi, adc) -> 1 region (lesion), and its #params and FLOPs are those "
+     "of that network; swin_factorizer_isles is the preset for such data"),
+    ("isles22", "swin_factorizer_isles", None),
+    ("msd_brats", "segresnet_brats", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "model", "note"), PRESET_CASES)
+def test_a_preset_on_other_data_is_built_for_it_with_a_note(toy, tmp_path, fmt, model, note):
+    args = {"channels": [8, 16, 32, 64, 128]} if "factorizer" in model else {"init_filters": 8}
+    run = prepare_run(toy[fmt], model, 1, tmp_path, model_args=args,
+                      overrides={"patch_size": [16, 16, 16], "n_folds": 2})  # fmt: skip
+    scheme = open_dataset(toy[fmt]).scheme
+    kwargs = run.config["model"]["kwargs"]
+    assert (kwargs["in_channels"], kwargs["out_channels"]) == (
+        scheme.in_channels,
+        len(scheme.regions),
+    )
+    assert (run.model.in_channels, run.model.out_channels) == (
+        kwargs["in_channels"],
+        kwargs["out_channels"],
+    )
+    assert [n for n in run.notes if " preset (" in n] == ([note] if note else [])
+    assert not any(tmp_path.iterdir())  # prepare_run writes nothing
+
+
+def test_a_bad_network_argument_fails_before_any_case_is_read(toy, tmp_path, monkeypatch):
+    import nmfseg.training.setup as setup
+
+    def unread(*args, **kwargs):
+        raise AssertionError("a case was read")
+
+    monkeypatch.setattr(setup, "load_case", unread)
+    with pytest.raises(ConfigError, match=r"rank=5000 is above 4: its matrices have head_dim=4"):
+        prepare_run(toy["isles22"], "swin_factorizer_isles", 1, tmp_path,
+                    model_args={"rank": 5000}, overrides={"n_folds": 2})  # fmt: skip
+    assert not any(tmp_path.iterdir())
