@@ -29,7 +29,7 @@ from nmfseg.models.checkpoint import CHECKPOINT_NAMES, find_checkpoint
 from nmfseg.models.checkpoint import read_checkpoint as load_checkpoint
 from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.checkpoint import atomic_save, capture_rng_state, restore_rng_state
-from nmfseg.training.config import load_recipe, recipe_for_scheme, validate_config
+from nmfseg.training.config import load_recipe, validate_config
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import WarmupCosine
 
@@ -331,7 +331,7 @@ def test_recipe_follows_the_scheme_and_the_preset_patch(toy, tmp_path):
     from nmfseg.data.schemes import SCHEMES
     from nmfseg.models import model_info
 
-    assert [recipe_for_scheme(s) for s in SCHEMES] == [
+    assert [SCHEMES[s].recipe for s in SCHEMES] == [
         "brats", "brats", "brats", "isles", "default"
     ]  # fmt: skip
     nnunet = make_toy_dataset(tmp_path / "Dataset001_Toy", "nnunet", n_cases=5, shape=(12,) * 3)

@@ -63,6 +63,8 @@ class DatasetScheme:
         label_names: optional human-readable name of each label value.
         ignore_label: nnU-Net's "ignore" label, allowed in label files but part of no region.
         stratify_by_volume: whether cross-validation folds are stratified by foreground volume.
+        recipe: the packaged training recipe for this kind of data (``"brats"``,
+            ``"isles"``, ``"default"``: ``nmfseg/configs/<recipe>.yaml``).
 
     Examples::
 
@@ -84,6 +86,7 @@ class DatasetScheme:
     label_names: dict[int, str] = field(default_factory=dict)
     ignore_label: int | None = None
     stratify_by_volume: bool = False
+    recipe: str = "default"
 
     def __post_init__(self) -> None:
         if 0 not in self.labels:
@@ -142,6 +145,7 @@ class DatasetScheme:
             "label_names": {str(k): v for k, v in self.label_names.items()},
             "ignore_label": self.ignore_label,
             "stratify_by_volume": self.stratify_by_volume,
+            "recipe": self.recipe,
         }
 
     @classmethod
@@ -157,6 +161,7 @@ class DatasetScheme:
             label_names={int(k): v for k, v in d.get("label_names", {}).items()},
             ignore_label=d.get("ignore_label"),
             stratify_by_volume=bool(d.get("stratify_by_volume", False)),
+            recipe=str(d.get("recipe", "default")),
         )
 
 
@@ -170,6 +175,7 @@ def _brats(name: str, channels: tuple[str, ...], ncr: int, ed: int, et: int, nam
         region_labels={"ET": et, "TC": ncr, "WT": ed},
         write_order=("WT", "TC", "ET"),
         label_names=names,
+        recipe="brats",
     )
 
 
@@ -207,6 +213,7 @@ SCHEMES: dict[str, DatasetScheme] = {
         region_labels={"lesion": 1},
         label_names={0: "background", 1: "lesion"},
         stratify_by_volume=True,
+        recipe="isles",
     ),
     # Template only: nnU-Net's own region-based BraTS conversion (Dataset137). Real nnU-Net
     # datasets get their scheme from dataset.json (scheme_from_nnunet_json).

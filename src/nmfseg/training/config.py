@@ -4,7 +4,7 @@ A training config is a plain nested ``dict`` that round-trips through YAML. It i
 three layers, later ones winning:
 
 1. the packaged recipe for the dataset (``nmfseg/configs/brats.yaml``, ``isles.yaml`` or
-   ``default.yaml``, chosen from the dataset's label scheme by :func:`recipe_for_scheme`);
+   ``default.yaml``, named by the dataset's scheme, ``DatasetScheme.recipe``);
 2. a user YAML file (``nmfseg train --config my.yaml``), holding any subset of the keys;
 3. single values from the command line (``--steps 500``, ``--set augmentation.flip.prob=0``).
 
@@ -47,7 +47,6 @@ __all__ = [
     "load_yaml",
     "merge_config",
     "parse_value",
-    "recipe_for_scheme",
     "save_config",
     "validate_config",
 ]
@@ -58,22 +57,6 @@ RECIPES = ("brats", "isles", "default")
 RESOLVED_KEYS = ("model", "dataset", "fold", "split")
 # Free-form sections whose keys are not checked here (checked by the network constructor).
 FREE_KEYS = ("model_args",)
-
-
-def recipe_for_scheme(scheme: str) -> str:
-    """Name of the packaged recipe for a label scheme (``"brats"``, ``"isles"`` or ``"default"``).
-
-    Examples::
-
-        >>> [recipe_for_scheme(s) for s in ("brats2021", "msd_brats", "isles22", "nnunet")]
-        ['brats', 'brats', 'isles', 'default']
-    """
-    name = scheme.lower()
-    if "brats" in name or name.startswith("msd"):
-        return "brats"
-    if "isles" in name:
-        return "isles"
-    return "default"
 
 
 def default_workers() -> int:

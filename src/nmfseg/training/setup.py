@@ -56,7 +56,6 @@ from nmfseg.training.config import (
     load_recipe,
     load_yaml,
     merge_config,
-    recipe_for_scheme,
     validate_config,
 )
 from nmfseg.training.data import TAG_INIT, derive_seed
@@ -168,7 +167,7 @@ def _resolve_config(
 ) -> tuple[dict[str, Any], list[str]]:
 
     notes: list[str] = []
-    cfg = load_recipe(recipe_for_scheme(dataset.scheme.name))
+    cfg = load_recipe(dataset.scheme.recipe)
     if config_file is not None:
         cfg = merge_config(cfg, load_yaml(config_file), where=f"--config {config_file}")
     cfg = apply_overrides(cfg, overrides)
