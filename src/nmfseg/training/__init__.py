@@ -4,6 +4,7 @@
 module         what it holds
 ============== ==============================================================
 ``config``     the YAML recipes (``nmfseg/configs/*.yaml``), overrides, validation
+``rules``      what each config key may be, one declaration per key
 ``losses``     soft Dice (squared denominator) + BCE over deep-supervision outputs
 ``data``       preprocessed case cache, the deterministic patch stream
 ``setup``      :func:`prepare_run`: every check before anything is written

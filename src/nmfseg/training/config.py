@@ -27,8 +27,6 @@ Examples::
 from __future__ import annotations
 
 import copy
-import math
-import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -38,6 +36,7 @@ import yaml
 
 from nmfseg.errors import ConfigError
 from nmfseg.fileio import write_text
+from nmfseg.training.rules import RULES, BadValue, default_workers
 
 __all__ = [
     "RECIPES",
@@ -57,19 +56,6 @@ RECIPES = ("brats", "isles", "default")
 RESOLVED_KEYS = ("model", "dataset", "fold", "split")
 # Free-form sections whose keys are not checked here (checked by the network constructor).
 FREE_KEYS = ("model_args",)
-
-
-def default_workers() -> int:
-    """DataLoader workers when the config leaves them open: the cores this process may use
-    (``os.sched_getaffinity``), at most 4.
-
-    Examples::
-
-        >>> 1 <= default_workers() <= 4
-        True
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
 
 
 def load_recipe(name: str) -> dict[str, Any]:
@@ -173,81 +159,38 @@ def parse_value(text: str) -> Any:
 # --------------------------------------------------------------------------------- validation
 
 
-def _label(key: str, sources: Mapping[str, str] | None) -> str:
-    return (sources or {}).get(key, key)
+def _keys(cfg: Mapping[str, Any], pattern: str) -> list[str]:
+    """The keys of ``cfg`` a rule's key names (``*`` stands for every key of its section)."""
+    head, star, tail = pattern.partition(".*.")
+    if not star:
+        return [pattern]
+    node: Any = cfg
+    for part in head.split("."):
+        node = node[part]
+    return [f"{head}.{name}.{tail}" for name in node]
 
 
-def _fail(key: str, sources: Mapping[str, str] | None, problem: str, value: Any) -> None:
-    raise ConfigError(f"{_label(key, sources)}: {problem}, got {value!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _int(cfg: dict, key: str, low: int, src: Mapping[str, str] | None) -> None:
-    value = _get(cfg, key)
-    if not _is_int(value) or value < low:
-        _fail(key, src, f"must be an integer >= {low}", value)
-
-
-def _num(
-    cfg: dict,
-    key: str,
-    src: Mapping[str, str] | None,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    value = _get(cfg, key)
-    ok = _is_num(value) and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        _fail(key, src, f"must be a number in {lo}{low}, {high}{hi}", value)
-
-
-def _range(cfg: dict, key: str, src: Mapping[str, str] | None, low: float, low_open: bool) -> None:
-    value = _get(cfg, key)
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_num(v) for v in value)
-    ok = ok and value[0] <= value[1] and (value[0] > low if low_open else value[0] >= low)
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        _fail(key, src, f"must be a range [low, high] with low <= high and low {bound}", value)
-    _set(cfg, key, [float(v) for v in value])
-
-
-def _choice(cfg: dict, key: str, choices: tuple, src: Mapping[str, str] | None) -> None:
-    value = _get(cfg, key)
-    if value not in choices:
-        shown = ", ".join("null" if c is None else str(c) for c in choices)
-        _fail(key, src, f"must be one of {shown}", value)
-
-
-def _get(cfg: dict, key: str) -> Any:
+def _get(cfg: Mapping[str, Any], key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
         node = node[part]
     return node
 
 
-def _set(cfg: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
+def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
+    *path, last = key.split(".")
     node = cfg
-    for part in parts[:-1]:
+    for part in path:
         node = node[part]
-    node[parts[-1]] = value
+    node[last] = value
 
 
 def validate_config(
     cfg: Mapping[str, Any], sources: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Check every value of a (merged) config; return a normalized copy.
+    """Check every value of a (merged) config against its rule; return a normalized copy.
+
+    The rules are declared in :data:`nmfseg.training.rules.RULES`, one per key.
 
     Args:
         cfg: a config built from a recipe (all keys present).
@@ -256,79 +199,27 @@ def validate_config(
 
     Raises:
         ConfigError: one line naming the key (or option), the rule and the bad value.
+
+    Examples::
+
+        >>> cfg = validate_config(load_recipe("isles"))
+        >>> cfg["optimizer"]["betas"], cfg["amp"]
+        ([0.9, 0.999], None)
+        >>> validate_config({**cfg, "steps": 0}, {"steps": "--steps"})
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --steps: must be an integer >= 1, got 0
     """
     cfg = copy.deepcopy(dict(cfg))
-    src = sources
-    patch = cfg.get("patch_size")
-    if patch is not None:
-        if _is_int(patch):
-            patch = [patch] * 3
-        if (
-            not isinstance(patch, (list, tuple))
-            or len(patch) not in (2, 3)
-            or not all(_is_int(p) and p >= 1 for p in patch)
-        ):
-            _fail("patch_size", src, "must be 2 or 3 positive integers (or one for a cube)", patch)
-        cfg["patch_size"] = [int(p) for p in patch]
-    if cfg["workers"] is None:
-        cfg["workers"] = default_workers()
-    for key, low in (("batch_size", 1), ("steps", 1), ("seed", 0), ("workers", 0)):
-        _int(cfg, key, low, src)
-    for key in ("val_every", "checkpoint_every", "log_every"):
-        _int(cfg, key, 1, src)
-    _int(cfg, "n_folds", 2, src)
-    _num(cfg, "optimizer.lr", src, low=0.0, low_open=True)
-    _num(cfg, "optimizer.weight_decay", src, low=0.0)
-    betas = cfg["optimizer"]["betas"]
-    if not (
-        isinstance(betas, (list, tuple))
-        and len(betas) == 2
-        and all(_is_num(b) and 0 <= b < 1 for b in betas)
-    ):
-        _fail("optimizer.betas", src, "must be two numbers in [0, 1)", betas)
-    cfg["optimizer"]["betas"] = [float(b) for b in betas]
-    if cfg["optimizer"]["grad_clip"] is not None:
-        _num(cfg, "optimizer.grad_clip", src, low=0.0, low_open=True)
-    _int(cfg, "scheduler.warmup_steps", 0, src)
-    _num(cfg, "loss.dice_eps", src, low=0.0, low_open=True)
-    weights = cfg["loss"]["ds_weights"]
-    if not (
-        isinstance(weights, (list, tuple))
-        and weights
-        and all(_is_num(w) and w >= 0 for w in weights)
-        and any(w > 0 for w in weights)
-    ):
-        _fail("loss.ds_weights", src, "must be a list of weights >= 0, not all 0", weights)
-    cfg["loss"]["ds_weights"] = [float(w) for w in weights]
-    _choice(cfg, "loss.ds_target", ("nearest", "avg"), src)
-    aug = "augmentation"
-    for name in cfg[aug]:
-        _num(cfg, f"{aug}.{name}.prob", src, low=0.0, high=1.0)
-    _range(cfg, f"{aug}.affine.rotate_deg", src, -180.0, low_open=False)
-    _range(cfg, f"{aug}.affine.scale", src, 0.0, low_open=True)
-    _range(cfg, f"{aug}.noise.variance", src, 0.0, low_open=False)
-    _range(cfg, f"{aug}.smooth.sigma", src, 0.0, low_open=True)
-    _range(cfg, f"{aug}.scale_intensity.factor", src, 0.0, low_open=False)
-    _range(cfg, f"{aug}.shift_intensity.offset", src, -math.inf, low_open=True)
-    _range(cfg, f"{aug}.contrast.gamma", src, 0.0, low_open=True)
-    _num(cfg, "validation.overlap", src, low=0.0, high=1.0, high_open=True)
-    _choice(cfg, "validation.mode", ("gaussian", "constant"), src)
-    _int(cfg, "validation.sw_batch_size", 1, src)
-    _num(cfg, "validation.threshold", src, low=0.0, high=1.0, low_open=True, high_open=True)
-    device = cfg["device"]
-    if device is not None and not (
-        isinstance(device, str) and (device in ("cpu", "cuda") or device.startswith("cuda:"))
-    ):
-        _fail("device", src, "must be cpu, cuda or cuda:N", device)
-    if cfg["amp"] in ("none", "fp32", False):
-        cfg["amp"] = None
-    if cfg["amp"] not in (None, "bf16"):
-        _fail("amp", src, "must be bf16 or none", cfg["amp"])
-    for key in ("compile", "deterministic", "grad_checkpointing"):
-        if not isinstance(cfg[key], bool):
-            _fail(key, src, "must be true or false", cfg[key])
-    if not isinstance(cfg.get("model_args", {}), dict):
-        _fail("model_args", src, "must be a mapping", cfg.get("model_args"))
+    cfg.setdefault("model_args", {})
+    for pattern, rule in RULES.items():
+        for key in _keys(cfg, pattern):
+            value = _get(cfg, key)
+            try:
+                _set(cfg, key, rule.check(value))
+            except BadValue as err:
+                label = (sources or {}).get(key, key)
+                raise ConfigError(f"{label}: {err}, got {value!r}") from None
     return cfg
 
 
