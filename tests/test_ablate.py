@@ -177,11 +177,11 @@ def test_an_interrupted_ablation_resumes_and_other_settings_are_refused(trained,
     res = _ablate(run, data, tmp_path, "--sweeps", "iters", "--overlap", "0.25", *QUICK)
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [
-        f"nmfseg: error: {tmp_path} holds an ablation with another settings (see ablate.json); "
+        f"nmfseg: error: {tmp_path} holds an ablation with different settings (see ablate.json); "
         "choose another -o, or delete the folder to start again"
     ]
     res = _ablate(run, data, tmp_path, "--sweeps", "iters", *QUICK[:-1], "3")
-    assert res.exit_code == 1 and "holds an ablation with another repeats" in res.output
+    assert res.exit_code == 1 and "holds an ablation with different repeats" in res.output
 
 
 @pytest.fixture(scope="module")

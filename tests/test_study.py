@@ -215,12 +215,19 @@ def test_printed_jobs_run_anywhere_then_study_only_collects(toy, reference, tmp_
     lines = printed.stdout.strip().splitlines()
     assert len(lines) == 4 and "SLURM" in printed.stderr
     for line in lines:
-        train, predict = line.split(" && ")
-        for command in (train, predict):
+        train, *predicts = line.split(" && ")
+        # the fold's validation cases, one by one, as the in-process study (not all 5 cases)
+        inputs = [shlex.split(p)[shlex.split(p).index("-i") + 1] for p in predicts]
+        assert 1 <= len(predicts) < 5 and str(toy.resolve()) not in inputs
+        for command in (train, *predicts):
             argv = shlex.split(command)
             assert argv[0] == "nmfseg"
             result = cli(*argv[1:])
             assert result.exit_code == 0, f"{command}\n{result.output}"
+    smaller = cli("study", toy, *ARGS, "-o", out, "--print-jobs", "--batch-size", "1")
+    assert all(" --set batch_size=1 " in line for line in smaller.stdout.strip().splitlines())
+    refused = cli("study", toy, *ARGS, "-o", out, "--print-jobs", "--batch-size", "0")
+    assert refused.exit_code == 1 and "--batch-size '0': must be an integer >= 1" in refused.output
     # SegResNet's own steps replace the common ones; its own network argument only
     assert " --steps 3 " in lines[2] and "--steps 2" not in lines[2]
     assert "--model-arg init_filters=8" in lines[2] and "window_size" not in lines[2]

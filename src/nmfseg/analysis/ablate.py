@@ -359,7 +359,7 @@ def _check_record(out: Path, record: dict[str, Any]) -> None:
     differ = [k for k in record if old.get(k) != record[k]]
     if differ:
         raise ConfigError(
-            f"{out} holds an ablation with another {', '.join(differ)} (see {RECORD}); "
+            f"{out} holds an ablation with different {', '.join(differ)} (see {RECORD}); "
             "choose another -o, or delete the folder to start again"
         )
 

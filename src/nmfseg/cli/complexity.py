@@ -1,5 +1,6 @@
-"""``nmfseg models`` (the catalogue of registered networks, instant) and ``nmfseg complexity``
-(their #params and FLOPs counted, beside the paper's)."""
+"""``nmfseg models`` (the catalogue of registered networks: nothing is built, but reading the
+registry imports PyTorch, a few seconds) and ``nmfseg complexity`` (their #params and FLOPs
+counted, beside the paper's)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def models(
     """List the registered networks: dataset, channels, training patch, the paper's #params
     and GFLOPs (Tables 1-2), and what each is.
 
-    Instant: nothing is built. `nmfseg complexity -m NAME` counts #params and FLOPs.
+    Nothing is built (the registry is read; importing PyTorch takes a few seconds).
+    `nmfseg complexity -m NAME` counts #params and FLOPs.
     """
     from nmfseg.errors import ConfigError
     from nmfseg.models import list_models, model_info

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
 from nmfseg.cli._options import naming_model_args
 from nmfseg.cli.train import N_FOLDS, SEED, STEPS, WORKERS
 
@@ -60,6 +60,12 @@ def study(
     n_folds: str = N_FOLDS,
     seed: str = SEED,
     workers: str = WORKERS,
+    batch_size: str = typer.Option(
+        None,
+        "--batch-size",
+        metavar="INT",
+        help="Batch size of every model's training [2]; 1 needs about half the memory.",
+    ),
     device: str = typer.Option(
         None,
         "--device",
@@ -93,7 +99,7 @@ def study(
     """The paper's comparison: train, predict, evaluate every (model, fold); write Table 1."""
     from nmfseg.errors import NmfsegError
     from nmfseg.inference.postprocess import split_list
-    from nmfseg.study.plan import StudyOptions, job_lines, plan_study
+    from nmfseg.study.plan import StudyOptions, plan_study
 
     flags = (
         ("--steps", steps),
@@ -104,6 +110,8 @@ def study(
         ("--device", device),
     )
     train = [(flag, value) for flag, value in flags if value is not None]
+    if batch_size is not None:  # a config key of nmfseg train, checked here, set for all
+        train.append(("--set", f"batch_size={parse_number(batch_size, '--batch-size', minimum=1)}"))
     train += [("--set", text) for text in set_ or []]
     options = StudyOptions(
         data_dir=data_dir,
@@ -119,6 +127,8 @@ def study(
     with naming_model_args(options.model_args):
         plan = plan_study(options)
     if print_jobs:
+        from nmfseg.study.run import job_lines
+
         lines = job_lines(plan)
         typer.echo(
             f"# {len(lines)} job(s), one line per (model, fold): train, then predict with "

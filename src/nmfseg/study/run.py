@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,8 +55,10 @@ from nmfseg.study.plan import (
     StudyPlan,
     checkpoint_stamp,
     plan_study,
+    predict_command,
     predictions_to_make,
     report_is_current,
+    train_command,
     training_done,
 )
 from nmfseg.study.table import study_comparison, write_study_table
@@ -63,7 +66,7 @@ from nmfseg.training.progress import training_seconds
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import run_training
 
-__all__ = ["StudyResult", "format_seconds", "run_plan", "run_study"]
+__all__ = ["StudyResult", "format_seconds", "job_lines", "run_plan", "run_study"]
 
 
 @dataclass
@@ -137,6 +140,31 @@ def _case_input(case: Case, fmt: str) -> Path | None:
         except NmfsegError:
             continue
     return None
+
+
+def job_lines(plan: StudyPlan) -> list[str]:
+    """One shell line per (model, fold) for ``--print-jobs``: ``nmfseg train ...``, then
+    ``nmfseg predict`` of the fold's validation cases only, one case at a time, as the
+    in-process study predicts them (the whole dataset only where its cases cannot be opened
+    one by one).
+    """
+    dataset = open_dataset(plan.options.data_dir, plan.options.fmt)
+    lines = []
+    for job in plan.jobs:
+        whole = predict_command(plan, job)
+        inputs = [_case_input(dataset.get(cid), dataset.fmt) for cid in job.val_ids]
+        if any(path is None for path in inputs):
+            predicts = [whole]
+        else:
+            at = whole.index("-i") + 1
+            predicts = [
+                [*whole[:at], str(Path(path).resolve()), *whole[at + 1 :], "--quiet"]
+                for path in inputs
+                if path is not None
+            ]
+        commands = [train_command(plan, job), *predicts]
+        lines.append(" && ".join(shlex.join(c) for c in commands))
+    return lines
 
 
 def _predict(plan: StudyPlan, job: Job, progress: bool) -> str:
@@ -222,11 +250,10 @@ class _Clock:
         known = [s for _, _, s in self.pending if self.spent[s]]
         seconds = sum(sum(self.spent[s]) / len(self.spent[s]) for s in known)
         untimed = len(self.pending) - len(known)
-        text = f"about {format_seconds(seconds)} left" if known else ""
-        if untimed:
-            more = f"{untimed} stage(s) not timed yet"
-            text = f"{text} + {more}" if text else f"{more} left"
-        return text
+        if not known:
+            return f"{untimed} stage(s) left, none of their kind timed yet"
+        text = f"about {format_seconds(seconds)} left"
+        return f"{text} + {untimed} stage(s) not timed yet" if untimed else text
 
 
 def _now() -> str:
