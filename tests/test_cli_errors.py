@@ -416,6 +416,30 @@ def test_split_into_a_read_only_dataset(read_only, tmp_path):
     assert not (data / "splits.json").exists()
 
 
+def test_postprocess_search_in_a_read_only_run_fails_before_predicting(
+    world, read_only, tmp_path, monkeypatch
+):
+    """The run folder that will hold postprocessing.json is checked before any case."""
+    import nmfseg.analysis.postprocess as postprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    read_only(run)
+
+    def predicted(*args, **kwargs):
+        raise AssertionError("a case was predicted")
+
+    monkeypatch.setattr(postprocess, "_fold_pairs", predicted)
+    result = cli("postprocess-search", "-m", run, "--data", world["data"], "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert re.fullmatch(
+        rf"nmfseg: error: {re.escape(str(run))}: cannot write the post-processing file here: "
+        r".*(Read-only file system|Permission denied)\n",
+        result.output,
+    ), result.output
+    assert not (run / "postprocessing.json").exists()
+
+
 def test_outputs_are_readable_by_others(world):
     """Under umask 022 every file of a run is 0644, like a plain open() makes it."""
     files = [p for p in Path(world["run"]).rglob("*") if p.is_file()]

@@ -41,7 +41,7 @@ from nmfseg.data.formats import Dataset, load_case
 from nmfseg.data.schemes import DatasetScheme, labels_to_regions
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.metrics import dice_score
-from nmfseg.fileio import write_json
+from nmfseg.fileio import check_writable, write_json
 from nmfseg.inference.ensemble import find_checkpoints
 from nmfseg.inference.postprocess import POSTPROCESSING, PostProcessing
 from nmfseg.inference.predictor import Predictor
@@ -171,16 +171,17 @@ def postprocess_run(
     """
     check_search(min_gain, thresholds)
     ckpts = find_checkpoints(model, folds, checkpoint)
+    folds_of = {c.parent for c in ckpts}
+    # a run (several folds, or a folder of fold_K folders): the run folder; else the fold
+    run = ckpts[0].parent.parent if len(folds_of) > 1 or Path(model) not in folds_of else None
+    run = run if run is not None and Path(model).is_dir() else ckpts[0].parent
+    check_writable(run, what="post-processing file")  # before any case is predicted
     pairs: list[Pair] = []
     for ckpt in ckpts:
         pairs += _fold_pairs(ckpt, dataset, device, progress)
     if not pairs:
         raise DataError(model, "no validation cases to search the post-processing on")
     chosen, scores = search_postprocessing(pairs, dataset.scheme, thresholds, min_gain)
-    folds_of = {c.parent for c in ckpts}
-    # a run (several folds, or a folder of fold_K folders): the run folder; else the fold
-    run = ckpts[0].parent.parent if len(folds_of) > 1 or Path(model) not in folds_of else None
-    run = run if run is not None and Path(model).is_dir() else ckpts[0].parent
     record = {
         "postprocess": chosen.to_dict(),
         "words": chosen.words(),
