@@ -332,7 +332,7 @@ def test_a_network_whose_trace_fixes_the_size_is_refused_naming_the_line(tmp_pat
     result = cli("export", run, "-o", tmp_path / "m.onnx", "--quiet")
     assert result.exit_code == 1
     assert result.output.startswith("nmfseg: error: nnformer_isles cannot be exported for any ")
-    assert "nmfseg/models/nnformer_blocks.py:" in result.output
+    assert "nmfseg/mixers/attention.py:" in result.output
     assert result.output.count("\n") == 1 and not list(tmp_path.glob("m.*"))
 
 

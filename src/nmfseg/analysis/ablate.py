@@ -407,7 +407,6 @@ def run_ablation(
             f"the network {predictor.model_name} has no NMF layers; ablate changes the NMF "
             "layers of Factorizers"
         )
-    ranks = predictor.usable_ranks(ranks, _echo) if "rank" in sweeps else ranks  # or refused
     sources = predictor.ensemble.sources
     ids = validation_ids(predictor.ensemble.config, data, sources[0] if sources else "model")
     scheme, note = output_scheme(data, predictor.ensemble)
@@ -417,6 +416,8 @@ def run_ablation(
     out = Path(out)
     if repeats < 1:
         raise ConfigError(f"repeats {repeats}: must be at least 1")
+    # after every check that can refuse the run, so that a note is never followed by an error
+    ranks = predictor.usable_ranks(ranks, _echo) if "rank" in sweeps else ranks  # or refused
     record = _record(predictor, data, ids, repeats)
     _check_record(out, record)
     write_json(out / RECORD, record)
