@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nmfseg.errors import DataError
+from nmfseg.units import format_bytes
 
 __all__ = [
     "StagedFiles",
@@ -137,30 +138,19 @@ def _no_space(
         written = 0
     free = None if quota else _free_bytes(path.parent)
     if size_hint:
-        need = f"needs about {_mb(size_hint)}"
+        need = f"needs about {format_bytes(size_hint)}"
     else:
-        need = f"needs more than {_mb(written)}" if written else "could not be written"
-    room = "" if free is None else "; the disk is full" if free < 1024 else f"; {_mb(free)} free"
+        need = f"needs more than {format_bytes(written)}" if written else "could not be written"
+    room = (
+        ""
+        if free is None
+        else "; the disk is full"
+        if free < 1024
+        else f"; {format_bytes(free)} free"
+    )
     kept = "; the previous file is kept" if path.exists() else ""
     what = "Disk quota exceeded" if quota else "No space left on device"
     return DataError(path, f"{what}: the file {need}{room}{kept}")
-
-
-def _mb(n: int) -> str:
-    """A size in the unit that shows it: bytes, KB, MB or GB.
-
-    Examples::
-
-        >>> [_mb(n) for n in (0, 900, 40_000, 3 << 20, 25 << 30)]
-        ['0 bytes', '900 bytes', '39.1 KB', '3.0 MB', '25.0 GB']
-    """
-    if n < 1024:
-        return f"{n} bytes"
-    if n < 2**20:
-        return f"{n / 1024:.1f} KB"
-    if n < 10 * 2**30:
-        return f"{n / 2**20:.1f} MB"
-    return f"{n / 2**30:.1f} GB"
 
 
 def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") -> None:
@@ -198,7 +188,8 @@ def check_writable(path: str | Path, need_bytes: int = 0, what: str = "output") 
     if need_bytes and free is not None and free < need_bytes:
         raise DataError(
             path,
-            f"not enough space for the {what}: about {_mb(need_bytes)} needed, {_mb(free)} free",
+            f"not enough space for the {what}: about {format_bytes(need_bytes)} needed, "
+            f"{format_bytes(free)} free",
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from nmfseg.fileio import write_text
+from nmfseg.units import format_seconds
 
 __all__ = [
     "MIN_NOISE_ROWS",
@@ -38,7 +39,6 @@ __all__ = [
     "fastest_line",
     "fastest_rows",
     "format_estimate",
-    "format_seconds",
     "timing_noise",
     "write_fastest",
 ]
@@ -47,23 +47,6 @@ __all__ = [
 TOLERANCE = 0.01
 #: Settings timed beside the unmodified model needed to measure the timing noise.
 MIN_NOISE_ROWS = 3
-
-
-def format_seconds(seconds: float) -> str:
-    """``42`` -> ``'42 s'``, ``330`` -> ``'5.5 min'``, ``9000`` -> ``'2.5 h'``.
-
-    Examples::
-
-        >>> [format_seconds(s) for s in (0.42, 42, 330, 9000)]
-        ['0.4 s', '42 s', '5.5 min', '2.5 h']
-    """
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
-    return f"{seconds / 3600:.1f} h"
 
 
 def estimate_seconds(pass_seconds: float, settings: int, cases: int, repeats: int) -> float:

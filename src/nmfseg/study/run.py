@@ -65,8 +65,9 @@ from nmfseg.study.table import study_comparison, write_study_table
 from nmfseg.training.progress import training_seconds
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import run_training
+from nmfseg.units import format_seconds
 
-__all__ = ["StudyResult", "format_seconds", "job_lines", "run_plan", "run_study"]
+__all__ = ["StudyResult", "job_lines", "run_plan", "run_study"]
 
 
 @dataclass
@@ -78,23 +79,6 @@ class StudyResult:
     failed: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: Path | None = None
-
-
-def format_seconds(seconds: float) -> str:
-    """``42.0`` -> ``'42 s'``, ``330`` -> ``'5.5 min'``, ``9000`` -> ``'2.5 h'``.
-
-    Examples::
-
-        >>> [format_seconds(s) for s in (0.42, 42, 330, 9000)]
-        ['0.4 s', '42 s', '5.5 min', '2.5 h']
-    """
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _say(message: str) -> None:
