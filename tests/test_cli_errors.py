@@ -168,6 +168,12 @@ CASES = [
          r"^nmfseg: error: .*rank=5000 is above 4: its matrices have head_dim=4 rows and 64 "
          r"columns \(a 4x4x4 window\)", absent=("{tmp}/runs",)),
     # issue 21 (B): post-processing, lists, .onnx where a run is expected, predict.json
+    Case("train --model-arg with a gap", (*TRAIN, "--model-arg", "channels=4,,16"),
+         r"^nmfseg: error: --model-arg channels '4,,16': an empty item in the comma list$",
+         absent=("{tmp}/runs",)),
+    Case("train --patch-size with a gap", (*TRAIN, "--patch-size", "16,,16"),
+         r"^nmfseg: error: --patch-size '16,,16': an empty item in the comma list$",
+         absent=("{tmp}/runs",)),
     Case("predict --postprocess none with a rule",
          (*PREDICT, "-o", "{tmp}/pred", "--postprocess", "none", "--postprocess", "largest:lesion"),
          r"^nmfseg: error: --postprocess none --postprocess largest:lesion: 'none' cannot be "

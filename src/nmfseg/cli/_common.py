@@ -218,4 +218,4 @@ def key_value(text: str, option: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{option} {text!r}: expected KEY=VALUE")
-    return key.strip(), parse_value(value)
+    return key.strip(), parse_value(value, f"{option} {key.strip()}")

@@ -148,7 +148,7 @@ def train(
         if text is None:
             continue
         key = _OPTIONS[option]
-        value = text if option == "--device" else parse_value(text)
+        value = text if option == "--device" else parse_value(text, option)
         if option == "--amp" and value in ("none", "None", None, False):
             value = None
         overrides[key] = value

@@ -93,7 +93,7 @@ class Setting:
     @property
     def value(self) -> Any:
         """The parsed value (``8,16`` is a list; a device name stays text)."""
-        return self.text if self.key == "device" else parse_value(self.text)
+        return self.text if self.key == "device" else parse_value(self.text, self.option)
 
     @property
     def source(self) -> str:

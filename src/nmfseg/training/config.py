@@ -36,6 +36,7 @@ import yaml
 
 from nmfseg.errors import ConfigError
 from nmfseg.fileio import write_text
+from nmfseg.inference.postprocess import split_list
 from nmfseg.training.rules import RULES, BadValue, default_workers
 
 __all__ = [
@@ -134,17 +135,24 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     return out
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, option: str = "value") -> Any:
     """Parse one command-line value: YAML scalars, and comma lists (``8,16,32`` -> list).
+
+    A comma list with an empty item (``8,,16``, a trailing comma) is refused, as every comma
+    list nmfseg reads (:func:`nmfseg.inference.postprocess.split_list`).
 
     Examples::
 
         >>> parse_value("8,16,32"), parse_value("1e-3"), parse_value("false"), parse_value("swin")
         ([8, 16, 32], 0.001, False, 'swin')
+        >>> parse_value("8,,16", "--model-arg channels")
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --model-arg channels '8,,16': an empty item in the comma list
     """
     text = text.strip()
     if "," in text and not text.startswith(("[", "{")):
-        return [parse_value(t) for t in text.split(",") if t.strip()]
+        return [parse_value(t) for t in split_list(text, option)]
     for number in (int, float):  # YAML 1.1 would read "1e-3" as a string
         try:
             return number(text)
