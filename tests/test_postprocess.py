@@ -256,7 +256,7 @@ def test_min_gain_is_a_possible_rise_of_the_dice(min_gain, message):
 
 
 def test_split_list_is_the_one_rule_for_comma_lists():
-    from nmfseg.inference.postprocess import split_list
+    from nmfseg.text import split_list
 
     assert split_list("a, b", "--x") == ["a", "b"]
     for text in ("a,,b", ",a", "a,", "", " , "):

@@ -183,7 +183,7 @@ def parse_folds(given: list[str], extra: list[str]) -> list[str]:
         ['0', '1', '2']
     """
     from nmfseg.errors import ConfigError
-    from nmfseg.inference.postprocess import split_list
+    from nmfseg.text import split_list
 
     if extra and not given:
         raise ConfigError(f"unexpected argument {extra[0]!r}")

@@ -107,7 +107,7 @@ def evaluate(
 
 
 def _split_names(names: list[str] | None) -> list[str] | None:
-    from nmfseg.inference.postprocess import split_list
+    from nmfseg.text import split_list
 
     if not names:
         return None

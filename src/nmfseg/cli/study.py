@@ -98,8 +98,8 @@ def study(
 ) -> None:
     """The paper's comparison: train, predict, evaluate every (model, fold); write Table 1."""
     from nmfseg.errors import NmfsegError
-    from nmfseg.inference.postprocess import split_list
     from nmfseg.study.plan import StudyOptions, plan_study
+    from nmfseg.text import split_list
 
     flags = (
         ("--steps", steps),

@@ -42,6 +42,7 @@ from scipy import ndimage
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json
+from nmfseg.text import split_list
 
 __all__ = [
     "POSTPROCESSING",
@@ -49,46 +50,13 @@ __all__ = [
     "option_words",
     "read_postprocessing",
     "saved_postprocessing",
-    "split_list",
 ]
 
 #: The file ``nmfseg postprocess-search`` writes into a run folder.
 POSTPROCESSING = "postprocessing.json"
 
 _CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connectivity in 3D
-_GAP = "an empty item in the comma list"
 _WORDS = "expected none, largest:REGION[,REGION] or min-size:REGION=VOXELS"
-
-
-def split_list(text: str, option: str, shown: str | None = None) -> list[str]:
-    """The items of a comma list given to ``option``, stripped; a gap is an error.
-
-    The one rule for every comma list nmfseg reads (``--models a,b``, ``largest:WT,TC``,
-    ``--folds 0,1``...): an empty item (``a,,b``, a leading or trailing comma, or nothing at
-    all) is refused rather than dropped, as a typo it may hide.
-
-    Args:
-        text: The list.
-        option: The option it was given to.
-        shown: What the error quotes after the option (default: ``text``), when the list is
-            part of a longer word (``largest:WT,TC``).
-
-    Raises:
-        ConfigError: Naming ``option`` and the text, if an item is empty.
-
-    Examples::
-
-        >>> split_list(" WT, TC", "--postprocess largest")
-        ['WT', 'TC']
-        >>> split_list("a,,b", "--models")
-        Traceback (most recent call last):
-        ...
-        nmfseg.errors.ConfigError: --models 'a,,b': an empty item in the comma list
-    """
-    items = [item.strip() for item in str(text).split(",")]
-    if not all(items):
-        raise ConfigError(f"{option} {text if shown is None else shown!r}: {_GAP}")
-    return items
 
 
 def _unknown_region(name: str, regions: Sequence[str]) -> str | None:

@@ -39,9 +39,9 @@ from typing import Any
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.matching import find_predictions
 from nmfseg.fileio import read_json
-from nmfseg.inference.postprocess import split_list
 from nmfseg.models import list_models, model_info
 from nmfseg.models._registry import PAPER_DATASETS
+from nmfseg.text import split_list
 from nmfseg.training.config import parse_value
 from nmfseg.training.setup import prepare_run
 

@@ -36,7 +36,7 @@ import yaml
 
 from nmfseg.errors import ConfigError
 from nmfseg.fileio import write_text
-from nmfseg.inference.postprocess import split_list
+from nmfseg.text import split_list
 from nmfseg.training.rules import RULES, BadValue, default_workers
 
 __all__ = [
@@ -139,7 +139,7 @@ def parse_value(text: str, option: str = "value") -> Any:
     """Parse one command-line value: YAML scalars, and comma lists (``8,16,32`` -> list).
 
     A comma list with an empty item (``8,,16``, a trailing comma) is refused, as every comma
-    list nmfseg reads (:func:`nmfseg.inference.postprocess.split_list`).
+    list nmfseg reads (:func:`nmfseg.text.split_list`).
 
     Examples::
 
