@@ -27,7 +27,7 @@ from nmfseg.layers import MLP, LayerNorm, fusable, layer_norm_pointwise, norm_ml
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers import create_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf.precision import work_dtype
+from nmfseg.routes.precision import work_dtype
 
 __all__ = ["MixerBlock"]
 

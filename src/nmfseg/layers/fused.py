@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
-from nmfseg.nmf.precision import backward_without_autocast
+from nmfseg.routes.precision import backward_without_autocast
 
 __all__ = [
     "CHUNK_ELEMENTS",

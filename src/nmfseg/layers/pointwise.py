@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmfseg.nmf.precision import autocast_on
+from nmfseg.routes.precision import autocast_on
 
 __all__ = ["PointwiseConv", "channel_mm", "is_channels_last"]
 

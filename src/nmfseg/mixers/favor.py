@@ -65,7 +65,7 @@ from torch import Tensor
 from nmfseg.layers import PointwiseConv
 from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf.precision import autocast_off
+from nmfseg.routes.precision import autocast_off
 
 __all__ = [
     "FAVORAttention",

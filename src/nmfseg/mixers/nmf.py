@@ -38,8 +38,8 @@ from nmfseg.nmf import (
     build_matricize,
     matricized_rank1,
 )
-from nmfseg.nmf.precision import autocast_on
 from nmfseg.nmf.windows import is_view, ntuple
+from nmfseg.routes.precision import autocast_on
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "rank_problem", "set_nmf"]
 

@@ -6,7 +6,6 @@ module                    what it holds
 :mod:`~.solvers`          :func:`nmf`, :func:`nmf_reconstruct` and the :class:`NMF` module
 :mod:`~.steps`            the general solvers (MU, HALS; any rank) and the default init
 :mod:`~.rank1`            the exact rank-1 fast path (Gram-space power iteration)
-:mod:`~.precision`        autocast off for the NMF, forward and backward
 :mod:`~.matricize`        Global / Local / Shifted-Window matricize modules, exact inverses
 :mod:`~.windows`          :class:`MatricizeGeometry` and the data movement behind matricize
 ========================= ===================================================================

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nmfseg.nmf.precision import backward_without_autocast
 from nmfseg.nmf.steps import guard
+from nmfseg.routes.precision import backward_without_autocast
 
 __all__ = [
     "Rank1Projection",

@@ -25,7 +25,6 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from nmfseg.nmf.precision import backward_without_autocast
 from nmfseg.nmf.rank1 import (
     _grad_steps,
     projection_forward,
@@ -34,6 +33,7 @@ from nmfseg.nmf.rank1 import (
 )
 from nmfseg.nmf.steps import weyl
 from nmfseg.nmf.windows import MatricizeGeometry, fold_view, view_to_windows, windows_shape
+from nmfseg.routes.precision import backward_without_autocast
 
 __all__ = ["MatricizedRank1", "matricized_rank1"]
 

@@ -30,9 +30,9 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from nmfseg.nmf.precision import autocast_off, work_dtype
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
 from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
+from nmfseg.routes.precision import autocast_off, work_dtype
 
 __all__ = [
     "NMF",

@@ -1,9 +1,10 @@
-"""Autocast and the NMF: the factorization always computes in float32 (or float64).
+"""The precision policy: the NMF and the custom kernels compute in float32 (or float64).
 
 bf16 would ruin the divisions of the NMF updates, so every NMF entry point runs inside
 :func:`autocast_off`, and the custom autograd Functions run their backward there too
 (:func:`backward_without_autocast`), whether ``backward()`` is called inside an autocast
-region or not. The fused CPU kernels of :mod:`nmfseg.layers.fused` use the same helpers.
+region or not. The fused CPU kernels of :mod:`nmfseg.layers.fused`, the pointwise conv and
+FAVOR+ use the same helpers (moved here from ``nmfseg.nmf.precision``).
 """
 
 from __future__ import annotations
