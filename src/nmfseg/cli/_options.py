@@ -4,6 +4,9 @@ The prediction settings (``--overlap`` ... ``--nmf-layers``, ``--postprocess``) 
 of :class:`~nmfseg.inference.settings.InferenceSettings`. A command takes the ones it needs
 with :func:`with_settings` and receives them as one ``settings`` argument, checked there: a
 bad value is one ``nmfseg: error: --overlap ...`` line before anything is loaded or written.
+The training settings (``--steps`` ... ``--amp``) are declared once in
+:mod:`nmfseg.training.options`; :func:`with_training_options` gives a command the ones it
+takes, as one ``training`` argument.
 ``--checkpoint``, ``--device``, ``--quiet`` and the fold options mean the same in every verb.
 """
 
@@ -144,6 +147,67 @@ def with_settings(*names: str) -> Callable[[F], F]:
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         annotations = {k: v for k, v in fn.__annotations__.items() if k != "settings"}
         wrapper.__annotations__ = {**annotations, **{p.name: p.annotation for p in options}}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def with_training_options(*keys: str) -> Callable[[F], F]:
+    """Give a command the training options of ``keys`` (config keys of
+    :data:`nmfseg.training.options.TRAIN_OPTIONS`; none: all of them), received as one
+    ``training`` argument: the ``(TrainOption, text)`` pairs of the options given.
+
+    The options, their help and their defaults are declared once, in the training package;
+    the command declares ``training`` where they belong in ``--help``.
+
+    Raises:
+        TypeError: A key is not a training option, or the command has no ``training``
+            parameter.
+
+    Examples::
+
+        >>> @with_training_options("steps", "optimizer.lr")
+        ... def show(training=None):
+        ...     return [(opt.option, text) for opt, text in training]
+        >>> list(inspect.signature(show).parameters)
+        ['steps', 'lr']
+        >>> show(steps="500", lr=None)
+        [('--steps', '500')]
+    """
+    from nmfseg.training.options import BY_KEY
+
+    keys = keys or tuple(BY_KEY)
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        raise TypeError(f"not a training option: {', '.join(unknown)}")
+    chosen = [BY_KEY[k] for k in keys]
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+        if "training" not in sig.parameters:
+            raise TypeError(f"{fn.__name__} has no 'training' parameter")
+        options = [
+            inspect.Parameter(
+                o.parameter,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=typer.Option(None, o.option, metavar=o.metavar, help=o.help_text()),
+                annotation=str,
+            )
+            for o in chosen
+        ]
+        params: list[inspect.Parameter] = []
+        for p in sig.parameters.values():
+            params.extend(options if p.name == "training" else [p])
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = [(o, kwargs.pop(o.parameter, None)) for o in chosen]
+            kwargs["training"] = [(o, text) for o, text in given if text is not None]
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        annotations = {k: v for k, v in fn.__annotations__.items() if k != "training"}
+        wrapper.__annotations__ = {**annotations, **{p.name: str for p in options}}
         return wrapper  # type: ignore[return-value]
 
     return decorate

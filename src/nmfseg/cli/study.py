@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
-from nmfseg.cli._options import naming_model_args
-from nmfseg.cli.train import N_FOLDS, SEED, STEPS, WORKERS
+from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
+from nmfseg.cli._options import naming_model_args, with_training_options
 
 HELP = (
     "The paper's comparison in one command: train every model on every fold of DATA_DIR, "
@@ -27,6 +26,7 @@ HELP = (
 )
 
 
+@with_training_options()  # --steps ... --amp for every model, declared in nmfseg.training.options
 def study(
     data_dir: Path = typer.Argument(
         ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
@@ -53,25 +53,7 @@ def study(
     config: Path = typer.Option(
         None, "--config", "-c", metavar="YAML", help="Training config keys for every model."
     ),
-    steps: str = STEPS,
-    patch_size: str = typer.Option(
-        None, "--patch-size", metavar="INT[,INT,INT]", help="Patch size [the preset's]."
-    ),
-    n_folds: str = N_FOLDS,
-    seed: str = SEED,
-    workers: str = WORKERS,
-    batch_size: str = typer.Option(
-        None,
-        "--batch-size",
-        metavar="INT",
-        help="Batch size of every model's training [2]; 1 needs about half the memory.",
-    ),
-    device: str = typer.Option(
-        None,
-        "--device",
-        metavar="DEVICE",
-        help="cpu, cuda or cuda:N, to train and predict [cuda if available].",
-    ),
+    training: list | None = None,  # the options of @with_training_options, as given
     set_: list[str] = typer.Option(
         None,
         "--set",
@@ -101,17 +83,7 @@ def study(
     from nmfseg.study.plan import StudyOptions, plan_study
     from nmfseg.text import split_list
 
-    flags = (
-        ("--steps", steps),
-        ("--patch-size", patch_size),
-        ("--n-folds", n_folds),
-        ("--seed", seed),
-        ("--workers", workers),
-        ("--device", device),
-    )
-    train = [(flag, value) for flag, value in flags if value is not None]
-    if batch_size is not None:  # a config key of nmfseg train, checked here, set for all
-        train.append(("--set", f"batch_size={parse_number(batch_size, '--batch-size', minimum=1)}"))
+    train = [(opt.option, text) for opt, text in training]
     train += [("--set", text) for text in set_ or []]
     options = StudyOptions(
         data_dir=data_dir,

@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, key_value, one_of
-from nmfseg.cli._options import DEVICE, QUIET, naming_model_args
-
-# CLI option -> config key. Values are parsed here (not by click) so that a bad value is
-# one "nmfseg: error: --steps: ..." line with exit status 1, like every other bad input.
-_OPTIONS = {
-    "--steps": "steps",
-    "--patch-size": "patch_size",
-    "--batch-size": "batch_size",
-    "--lr": "optimizer.lr",
-    "--weight-decay": "optimizer.weight_decay",
-    "--warmup-steps": "scheduler.warmup_steps",
-    "--val-every": "val_every",
-    "--checkpoint-every": "checkpoint_every",
-    "--log-every": "log_every",
-    "--seed": "seed",
-    "--workers": "workers",
-    "--n-folds": "n_folds",
-    "--device": "device",
-    "--amp": "amp",
-}
+from nmfseg.cli._options import QUIET, naming_model_args, with_training_options
 
 
-STEPS = typer.Option(None, "--steps", metavar="INT", help="Optimizer steps [100000].")
-SEED = typer.Option(None, "--seed", metavar="INT", help="Random seed [42].")
-WORKERS = typer.Option(
-    None,
-    "--workers",
-    metavar="INT",
-    help="DataLoader workers per process [cores available, at most 4].",
-)
-N_FOLDS = typer.Option(
-    None, "--n-folds", metavar="INT", help="Folds when splits.json is created [5]."
-)
-
-
+@with_training_options()  # --steps ... --amp, declared in nmfseg.training.options
 def train(
     data_dir: Path = typer.Argument(
         ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
@@ -60,30 +28,7 @@ def train(
     config: Path = typer.Option(
         None, "--config", "-c", help="YAML file overriding keys of the dataset's recipe."
     ),
-    steps: str = STEPS,
-    patch_size: str = typer.Option(
-        None, "--patch-size", metavar="INT[,INT,INT]", help="Patch size [128 BraTS, 64 ISLES]."
-    ),
-    batch_size: str = typer.Option(
-        None, "--batch-size", metavar="INT", help="Global batch size, split over DDP processes [2]."
-    ),
-    lr: str = typer.Option(None, "--lr", metavar="FLOAT", help="AdamW learning rate [1e-4]."),
-    weight_decay: str = typer.Option(
-        None, "--weight-decay", metavar="FLOAT", help="AdamW weight decay [1e-2]."
-    ),
-    warmup_steps: str = typer.Option(
-        None, "--warmup-steps", metavar="INT", help="Linear warm-up steps before cosine [2000]."
-    ),
-    val_every: str = typer.Option(
-        None, "--val-every", metavar="INT", help="Validate every N steps (and at the end)."
-    ),
-    checkpoint_every: str = typer.Option(
-        None, "--checkpoint-every", metavar="INT", help="Write checkpoint_last.pt every N steps."
-    ),
-    log_every: str = typer.Option(None, "--log-every", metavar="INT", help="Log every N steps."),
-    seed: str = SEED,
-    workers: str = WORKERS,
-    n_folds: str = N_FOLDS,
+    training: list | None = None,  # the options of @with_training_options, as given
     model_arg: list[str] = typer.Option(
         None,
         "--model-arg",
@@ -93,8 +38,6 @@ def train(
     set_: list[str] = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Any config key, e.g. augmentation.flip.prob=0."
     ),
-    device: str = DEVICE,
-    amp: str = typer.Option(None, "--amp", help="Mixed precision: bf16 or none [none]."),
     compile_: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the network."
     ),
@@ -122,37 +65,11 @@ def train(
     Multi-GPU / multi-node: the same command under `torchrun --nproc_per_node N -m nmfseg train`.
     """
     from nmfseg.errors import ConfigError
-    from nmfseg.training.config import parse_value
+    from nmfseg.training.options import training_overrides
     from nmfseg.training.setup import prepare_run
     from nmfseg.training.trainer import run_training
 
-    given = {
-        "--steps": steps,
-        "--patch-size": patch_size,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--weight-decay": weight_decay,
-        "--warmup-steps": warmup_steps,
-        "--val-every": val_every,
-        "--checkpoint-every": checkpoint_every,
-        "--log-every": log_every,
-        "--seed": seed,
-        "--workers": workers,
-        "--n-folds": n_folds,
-        "--device": device,
-        "--amp": amp,
-    }
-    overrides: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for option, text in given.items():
-        if text is None:
-            continue
-        key = _OPTIONS[option]
-        value = text if option == "--device" else parse_value(text, option)
-        if option == "--amp" and value in ("none", "None", None, False):
-            value = None
-        overrides[key] = value
-        sources[key] = option
+    overrides, sources = training_overrides(training)
     for flag, key, value in (
         ("--compile", "compile", compile_),
         ("--deterministic", "deterministic", deterministic),

@@ -43,6 +43,7 @@ from nmfseg.models import list_models, model_info
 from nmfseg.models._registry import PAPER_DATASETS
 from nmfseg.text import split_list
 from nmfseg.training.config import parse_value
+from nmfseg.training.options import BY_KEY, BY_OPTION
 from nmfseg.training.setup import prepare_run
 
 __all__ = [
@@ -69,16 +70,6 @@ __all__ = [
 CHECKPOINT = "final"
 MANIFEST = "study.json"
 STAGES = ("train", "predict", "evaluate")
-
-# Settings that `nmfseg train` (and `nmfseg study`) take as options of their own.
-TRAIN_FLAGS = {
-    "steps": "--steps",
-    "patch_size": "--patch-size",
-    "n_folds": "--n-folds",
-    "seed": "--seed",
-    "workers": "--workers",
-    "device": "--device",
-}
 
 
 @dataclass(frozen=True)
@@ -276,8 +267,7 @@ def _settings(options: StudyOptions) -> tuple[list[Setting], list[Setting]]:
         if option == "--set":
             train.append(parse_setting(text, "--set", options.models))
         else:
-            key = next(k for k, flag in TRAIN_FLAGS.items() if flag == option)
-            train.append(Setting(key, text.strip(), None, option))
+            train.append(Setting(BY_OPTION[option].key, text.strip(), None, option))
     args = [parse_setting(t, "--model-arg", options.models) for t in options.model_args]
     # flags before --set items, as `nmfseg train` applies them
     train.sort(key=lambda s: s.option == "--set")
@@ -392,7 +382,7 @@ def train_command(plan: StudyPlan, job: Job) -> list[str]:
     if o.config_file is not None:
         argv += ["--config", str(Path(o.config_file).resolve())]
     for s in job.settings:
-        flag = TRAIN_FLAGS.get(s.key)
+        flag = BY_KEY[s.key].option if s.key in BY_KEY else None
         argv += [flag, s.text] if flag else ["--set", f"{s.key}={s.text}"]
     for s in job.arg_settings:
         argv += ["--model-arg", f"{s.key}={s.text}"]
