@@ -120,3 +120,19 @@ def test_the_reader_and_the_checks_are_the_formats_own(flat_dataset):
     assert result.exit_code == 1
     assert "flat02: flat02/flair.nii.gz: missing flair image (file not found)" in result.output
     assert np.isfinite(data.image).all()
+
+
+@pytest.mark.parametrize(("order", "position"), [(5, 0), (50, 4), (95, 5)])
+def test_detection_order_is_declared_not_the_import_order(order, position):
+    """A format registered last is tried where its ``detection_order`` puts it."""
+
+    class Late(DatasetFormat):
+        name = "late"
+        detection_order = order
+
+    before = list_formats()
+    assert before[-1] == "nnunet"  # the most general layout is tried last
+    with temporarily_registered_format(Late()):
+        names = list_formats()
+    assert names.index("late") == position
+    assert [n for n in names if n != "late"] == before

@@ -164,11 +164,15 @@ class DatasetFormat:
         layout: One line: what a dataset folder of this format looks like.
         scheme: The format's fixed label scheme; ``None`` when every dataset carries its own
             in its metadata (nnU-Net), which :meth:`open` then reads.
+        detection_order: Where the format is tried when a folder's format is detected (lower
+            first): the specific layouts before the general ones that would also match them
+            (nnU-Net's ``CASE_0000`` files match many folders, so it comes last).
     """
 
     name: ClassVar[str] = ""
     layout: ClassVar[str] = ""
     scheme: ClassVar[DatasetScheme | None] = None
+    detection_order: ClassVar[int] = 50
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -254,8 +258,8 @@ FORMATS: Registry[DatasetFormat] = Registry("dataset format")
 
 
 def register_format(fmt: DatasetFormat) -> DatasetFormat:
-    """Register a format under ``fmt.name``; formats are tried in registration order when a
-    folder's format is detected."""
+    """Register a format under ``fmt.name``; when a folder's format is detected, formats are
+    tried by their ``detection_order`` (then by name), whatever order they were registered in."""
     FORMATS.add(fmt.name, fmt)
     return fmt
 
@@ -275,5 +279,11 @@ def get_format(name: str) -> DatasetFormat:
 
 
 def list_formats() -> list[str]:
-    """Names of the registered formats, in detection order."""
-    return FORMATS.in_order()
+    """Names of the registered formats, in detection order (``DatasetFormat.detection_order``).
+
+    Examples::
+
+        >>> list_formats()
+        ['brats2021', 'brats2023', 'isles22', 'msd_brats', 'nnunet']
+    """
+    return sorted(FORMATS.in_order(), key=lambda n: (FORMATS.get(n).detection_order, n))

@@ -26,6 +26,8 @@ class BraTSFolders(DatasetFormat):
         case_pattern: The case id of case ``index``, e.g. ``"BraTS2021_{index:05d}"``.
     """
 
+    detection_order = 10
+
     def __init__(self, name: str, sep: str, case_pattern: str) -> None:
         self.name = name
         self.scheme = SCHEMES[name]

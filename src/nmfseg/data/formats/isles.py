@@ -31,6 +31,7 @@ class ISLES22(DatasetFormat):
 
     name = "isles22"
     layout = "BIDS subjects sub-*/ses-*/dwi/*_dwi.nii.gz, masks under derivatives/"
+    detection_order = 20
     scheme = SCHEMES["isles22"]
 
     def _case(self, subject: Path, derivatives: Path | None) -> Case:

@@ -27,6 +27,7 @@ class MSDBraTS(DecathlonFormat):
 
     name = "msd_brats"
     layout = "dataset.json with 'modality', imagesTr/CASE.nii.gz (4D), labelsTr/CASE.nii.gz"
+    detection_order = 30
     scheme = SCHEMES["msd_brats"]
 
     def detect(self, root: Path) -> bool:

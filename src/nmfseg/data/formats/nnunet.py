@@ -27,6 +27,7 @@ class NnUNet(DecathlonFormat):
 
     name = "nnunet"
     layout = "dataset.json with 'channel_names', imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz"
+    detection_order = 90  # the most general layout: last
     scheme = None
 
     def detect(self, root: Path) -> bool:
