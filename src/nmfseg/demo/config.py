@@ -15,7 +15,7 @@ import yaml
 
 from nmfseg.errors import ConfigError, DataError
 
-__all__ = ["flatten", "load_demo_config", "model_train_config", "set_demo_steps"]
+__all__ = ["load_demo_config", "model_train_config", "set_demo_steps"]
 
 
 def load_demo_config(path: str | Path | None = None) -> dict[str, Any]:
@@ -87,21 +87,3 @@ def set_demo_steps(cfg: dict[str, Any], steps: int) -> None:
         sched = section.get("scheduler")
         if isinstance(sched, dict) and "warmup_steps" in sched:
             sched["warmup_steps"] = min(int(sched["warmup_steps"]), steps // 10)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config overrides use dotted keys).
-
-    Examples::
-
-        >>> flatten({"steps": 5, "optimizer": {"lr": 0.1}})
-        {'steps': 5, 'optimizer.lr': 0.1}
-    """
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

@@ -36,13 +36,14 @@ from tqdm import tqdm
 
 from nmfseg.data.checks import check_dataset
 from nmfseg.data.formats import open_dataset
-from nmfseg.demo.config import flatten, load_demo_config, model_train_config, set_demo_steps
+from nmfseg.demo.config import load_demo_config, model_train_config, set_demo_steps
 from nmfseg.demo.report import write_demo_report
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.compare import compare_reports, load_reports
 from nmfseg.evaluation.evaluate import evaluate, write_report
 from nmfseg.inference.predict import predict_folder
 from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
+from nmfseg.training.config import flatten_config
 from nmfseg.training.progress import training_seconds
 from nmfseg.training.setup import prepare_run
 from nmfseg.training.trainer import run_training
@@ -109,7 +110,7 @@ def _check(folder: Path) -> None:
 def _train(
     train_dir: Path, runs: Path, name: str, model_args: dict[str, Any], cfg: dict[str, Any]
 ) -> Path:
-    overrides = flatten(model_train_config(cfg, name))
+    overrides = flatten_config(model_train_config(cfg, name))
     fold = cfg.get("fold", 0)
     # resume=True starts a new run when the fold folder has no checkpoint yet.
     run = prepare_run(

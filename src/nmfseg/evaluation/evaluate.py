@@ -56,7 +56,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nmfseg.data.nifti import check_label_values, compare_geometry, read_nifti, squeeze_3d
-from nmfseg.data.schemes import labels_to_regions
+from nmfseg.data.schemes import DatasetScheme, labels_to_regions
 from nmfseg.errors import ConfigError, DataError, NmfsegError
 from nmfseg.evaluation.matching import Matching, find_ground_truth, match_predictions
 from nmfseg.evaluation.metrics import HD95_ONE_EMPTY, case_metrics, union_bbox
@@ -101,7 +101,7 @@ def _read_label_file(path: Path) -> tuple[np.ndarray, Any]:
     return squeeze_3d(data, path), img
 
 
-def _checked_labels(data: np.ndarray, path: Path, scheme: Any) -> np.ndarray:
+def _checked_labels(data: np.ndarray, path: Path, scheme: DatasetScheme) -> np.ndarray:
     label, problem = check_label_values(data, scheme)
     if label is None:
         raise DataError(path, problem)
@@ -109,7 +109,7 @@ def _checked_labels(data: np.ndarray, path: Path, scheme: Any) -> np.ndarray:
 
 
 def evaluate_case(
-    case_id: str, pred_path: Path | None, label_path: Path, scheme: Any
+    case_id: str, pred_path: Path | None, label_path: Path, scheme: DatasetScheme
 ) -> dict[str, Any]:
     """One row of ``metrics.csv``: Dice, HD95 and volumes of every region of one case.
 

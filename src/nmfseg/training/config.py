@@ -43,6 +43,7 @@ __all__ = [
     "RECIPES",
     "apply_overrides",
     "default_workers",
+    "flatten_config",
     "load_recipe",
     "load_yaml",
     "merge_config",
@@ -133,6 +134,25 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
         node[parts[-1]] = value
         _merge_into(out, nested, where=f"--set {dotted}", prefix="")
     return out
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``: the dotted keys that
+    overrides and ``--set`` use; a free-form section (``model_args``) stays one value.
+
+    Examples::
+
+        >>> flatten_config({"steps": 5, "optimizer": {"lr": 0.1}, "model_args": {"c": 1}})
+        {'steps': 5, 'optimizer.lr': 0.1, 'model_args': {'c': 1}}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and name not in FREE_KEYS:
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def parse_value(text: str, option: str = "value") -> Any:

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from nmfseg.data.formats import load_case
+from nmfseg.data.formats import Case, load_case
 from nmfseg.data.normalization import Preprocessing
 from nmfseg.data.preprocess import crop, preprocess_case
-from nmfseg.data.schemes import labels_to_regions
+from nmfseg.data.schemes import DatasetScheme, labels_to_regions
 from nmfseg.data.transforms import augment, build_augmentation, random_patch
 from nmfseg.errors import DataError
 from nmfseg.fileio import atomic_open, write_json
@@ -97,7 +97,7 @@ class PreparedCase:
         return np.load(self.image_path, mmap_mode=mode), np.load(self.regions_path, mmap_mode=mode)
 
 
-def _fingerprint(case: Any, preprocessing: Preprocessing | None) -> dict[str, Any]:
+def _fingerprint(case: Case, preprocessing: Preprocessing | None) -> dict[str, Any]:
     files = [*case.image_paths, *([case.label_path] if case.label_path else [])]
     out = []
     for path in files:
@@ -142,7 +142,7 @@ def _safe_name(case_id: str) -> str:
 
 
 def prepare_case(
-    case: Any, scheme: Any, cache_dir: Path, preprocessing: Preprocessing | None = None
+    case: Case, scheme: DatasetScheme, cache_dir: Path, preprocessing: Preprocessing | None = None
 ) -> PreparedCase:
     """Preprocess one labelled case into the cache (or reuse a valid cache entry).
 

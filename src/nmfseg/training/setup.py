@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmfseg.data.formats import load_case, open_dataset
+from nmfseg.data.formats import Case, Dataset, load_case, open_dataset
 from nmfseg.data.nifti import load_nifti
 from nmfseg.data.normalization import (
     ChannelNorm,
@@ -53,6 +53,7 @@ from nmfseg.models._registry import PAPER_DATASETS
 from nmfseg.models.checkpoint import read_checkpoint
 from nmfseg.training.config import (
     apply_overrides,
+    flatten_config,
     load_recipe,
     load_yaml,
     merge_config,
@@ -72,7 +73,7 @@ class TrainingRun:
     """A checked, ready-to-start training run (nothing written yet)."""
 
     config: dict[str, Any]
-    dataset: Any
+    dataset: Dataset
     fold_dir: Path
     train_ids: list[str]
     val_ids: list[str]
@@ -88,7 +89,7 @@ class TrainingRun:
         return self.fold_dir.parent.parent
 
 
-def _check_labels(dataset: Any) -> None:
+def _check_labels(dataset: Dataset) -> None:
     if not dataset.cases:
         raise DataError(dataset.root, "no cases found")
     if not dataset.has_labels:
@@ -101,7 +102,7 @@ def _check_labels(dataset: Any) -> None:
         raise DataError(where, f"label file of case {first.case_id} is missing{more}")
 
 
-def _header_geometry(case: Any) -> tuple[tuple[float, ...], tuple[int, ...]]:
+def _header_geometry(case: Case) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """Voxel size (as :func:`~nmfseg.data.formats.load_case` reads it) and spatial shape of a
     case, from its first image's header only."""
     header = load_nifti(case.image_paths[0]).header
@@ -111,7 +112,7 @@ def _header_geometry(case: Any) -> tuple[tuple[float, ...], tuple[int, ...]]:
     )
 
 
-def plan_preprocessing(dataset: Any, case_ids: list[str]) -> Preprocessing:
+def plan_preprocessing(dataset: Dataset, case_ids: list[str]) -> Preprocessing:
     """The preprocessing of a run, planned from its training cases (nnU-Net v2's rules).
 
     Each channel's normalization comes from its name
@@ -158,7 +159,7 @@ def plan_preprocessing(dataset: Any, case_ids: list[str]) -> Preprocessing:
 
 
 def _resolve_config(
-    dataset: Any,
+    dataset: Dataset,
     model_name: str,
     config_file: str | Path | None,
     overrides: dict[str, Any],
@@ -293,7 +294,7 @@ def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) ->
 
 
 def _splits(
-    dataset: Any, dataset_dir: Path, n_folds: int, fold: str
+    dataset: Dataset, dataset_dir: Path, n_folds: int, fold: str
 ) -> tuple[Path, list[dict[str, list[str]]] | None, dict[str, list[str]]]:
 
     new = None
@@ -428,16 +429,6 @@ def prepare_run(
     )
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and f"{prefix}{key}" != "model_args":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _config_for_resume(
     path: Path,
     new: dict[str, Any],
@@ -451,8 +442,8 @@ def _config_for_resume(
     stored = read_checkpoint(path)["config"]
     given = dict.fromkeys(overrides)
     if config_file is not None:
-        given.update(dict.fromkeys(_flat(load_yaml(config_file))))
-    flat_new, flat_old = _flat(new), _flat(stored)
+        given.update(dict.fromkeys(flatten_config(load_yaml(config_file))))
+    flat_new, flat_old = flatten_config(new), flatten_config(stored)
     differ = [
         sources.get(k, k)
         for k in given
