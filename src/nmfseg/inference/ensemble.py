@@ -43,7 +43,12 @@ from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.nnunet_results import find_nnunet_results, load_nnunet_folds
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
-from nmfseg.models.checkpoint import check_not_onnx
+from nmfseg.models.checkpoint import (
+    CHECKPOINTS,
+    check_checkpoint_kind,
+    check_not_onnx,
+    find_checkpoint,
+)
 
 __all__ = [
     "CHECKPOINTS",
@@ -54,9 +59,7 @@ __all__ = [
     "predict_preprocessed",
 ]
 
-CHECKPOINTS = ("final", "best", "last")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
-_CKPT_SUFFIXES = (".pt", ".pth")
 
 
 def _fold_sort_key(path: Path) -> tuple[int, int | str]:
@@ -95,8 +98,7 @@ def find_checkpoints(
         >>> find_checkpoints(run, folds=[1])[0].name
         'checkpoint_final.pt'
     """
-    if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+    check_checkpoint_kind(checkpoint)  # before looking at the files
     path = Path(model)
     if not path.exists():
         raise DataError(path, "no such model (expected a run folder, fold folder or checkpoint)")
@@ -117,7 +119,7 @@ def find_checkpoints(
             raise DataError(path, f"holds {len(runs)} runs ({listed}); name one with -m")
         if folds:
             raise ConfigError(f"--folds needs a run folder with fold_K folders, not {path}")
-        return [_fold_checkpoint(path, checkpoint)]
+        return [find_checkpoint(path, checkpoint)]
     if folds:
         by_name = {p.name: p for p in fold_dirs}
         wanted = [f"fold_{k}" for k in folds]
@@ -131,27 +133,13 @@ def find_checkpoints(
     elif any(p.name != "fold_all" for p in fold_dirs):
         # like nnU-Net: the default ensemble is the cross-validation folds, not fold_all
         fold_dirs = [p for p in fold_dirs if p.name != "fold_all"]
-    return [_fold_checkpoint(p, checkpoint) for p in fold_dirs]
+    return [find_checkpoint(p, checkpoint) for p in fold_dirs]
 
 
 def _runs_below(root: Path) -> list[Path]:
     """The run folders ``root/<dataset>/<model>`` (with ``fold_K`` folders) of a results root."""
     folds = (p for p in root.glob("*/*/fold_*") if p.is_dir() and _FOLD_RE.match(p.name))
     return sorted({p.parent for p in folds})
-
-
-def _fold_checkpoint(fold_dir: Path, checkpoint: str) -> Path:
-    for suffix in _CKPT_SUFFIXES:
-        candidate = fold_dir / f"checkpoint_{checkpoint}{suffix}"
-        if candidate.is_file():
-            return candidate
-    found = sorted(p.name for p in fold_dir.glob("checkpoint_*") if p.suffix in _CKPT_SUFFIXES)
-    if not found:
-        raise DataError(fold_dir, "no checkpoint_*.pt files and no fold_K folders")
-    hint = (
-        " (training not finished?)" if checkpoint == "final" else ""
-    ) + f"; available: {', '.join(found)}; choose one with --checkpoint"
-    raise DataError(fold_dir, f"no checkpoint_{checkpoint}.pt{hint}")
 
 
 def _patch_size(config: dict[str, Any], where: Path) -> tuple[int, ...]:

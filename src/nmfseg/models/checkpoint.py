@@ -36,12 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmfseg.errors import DataError
+from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json, short_error
 
 __all__ = [
+    "CHECKPOINTS",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAMES",
+    "check_checkpoint_kind",
     "check_not_onnx",
     "find_checkpoint",
     "load_weights",
@@ -52,8 +54,11 @@ __all__ = [
 
 #: Version of the checkpoint layout; bumped (with an upgrade step) when it changes.
 CHECKPOINT_FORMAT = 2
-#: Preference order of :func:`find_checkpoint` in a fold folder.
-CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_last.pt")
+#: The checkpoints a fold folder holds (``--checkpoint``), in :func:`find_checkpoint`'s order
+#: of preference, and their file names.
+CHECKPOINTS = ("final", "best", "last")
+CHECKPOINT_NAMES = tuple(f"checkpoint_{kind}.pt" for kind in CHECKPOINTS)
+_SUFFIXES = (".pt", ".pth")
 _REQUIRED = ("model_name", "model_kwargs", "model", "config")
 _RENAMED = {"segresnet": "segresnet_brats"}  # network names of format 1
 
@@ -96,28 +101,58 @@ def check_not_onnx(path: str | Path) -> None:
     )
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file ``path`` names, or the preferred one in a fold folder.
+def check_checkpoint_kind(checkpoint: str) -> None:
+    """Refuse a ``--checkpoint`` that is not one of :data:`CHECKPOINTS`.
 
-    In a folder the order of preference is ``checkpoint_final.pt`` (a finished run), then
-    ``checkpoint_best.pt`` (best validation Dice), then ``checkpoint_last.pt`` (a run
-    still going or stopped early).
+    Examples::
+
+        >>> check_checkpoint_kind("best")
+        >>> check_checkpoint_kind("latest")
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --checkpoint 'latest': choose one of final, best, last
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+
+
+def find_checkpoint(path: str | Path, checkpoint: str | None = None) -> Path:
+    """The checkpoint file ``path`` names, or the one ``checkpoint`` names in a fold folder.
+
+    Without ``checkpoint`` the order of preference in a folder is ``checkpoint_final.pt`` (a
+    finished run), then ``checkpoint_best.pt`` (best validation Dice), then
+    ``checkpoint_last.pt`` (a run still going or stopped early); with it (``final``, ``best``
+    or ``last``), that one (``.pt``, or ``.pth``).
 
     Raises:
+        ConfigError: ``checkpoint`` is not one of :data:`CHECKPOINTS`.
         DataError: ``path`` does not exist, is an ONNX model (:func:`check_not_onnx`), or the
-            folder holds no checkpoint.
+            folder holds no such checkpoint (the message lists the ones it holds).
     """
+    if checkpoint is not None:
+        check_checkpoint_kind(checkpoint)
     path = Path(path)
     check_not_onnx(path)
     if path.is_file():
         return path
     if not path.is_dir():
         raise DataError(path, "no such checkpoint file or fold folder")
-    for name in CHECKPOINT_NAMES:
-        if (path / name).is_file():
-            return path / name
+    kinds = CHECKPOINTS if checkpoint is None else (checkpoint,)
+    for kind in kinds:
+        for suffix in _SUFFIXES:
+            if (path / f"checkpoint_{kind}{suffix}").is_file():
+                return path / f"checkpoint_{kind}{suffix}"
+    found = sorted(p.name for p in path.glob("checkpoint_*") if p.suffix in _SUFFIXES)
+    if checkpoint is None:
+        looked = ", ".join(CHECKPOINT_NAMES)
+        raise DataError(path, f"no checkpoint in this folder (looked for {looked})")
+    if not found:
+        raise DataError(path, "no checkpoint_*.pt files and no fold_K folders")
+    hint = " (training not finished?)" if checkpoint == "final" else ""
     raise DataError(
-        path, f"no checkpoint in this folder (looked for {', '.join(CHECKPOINT_NAMES)})"
+        path,
+        f"no checkpoint_{checkpoint}.pt{hint}; available: {', '.join(found)}; choose one "
+        "with --checkpoint",
     )
 
 
