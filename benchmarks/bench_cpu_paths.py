@@ -9,11 +9,11 @@ docs/benchmarks.md) affects every setting alike; each number is the median:
   ``--block-grad-size``³, and the whole BraTS preset forward at ``--size``³;
 - ``nmf-node``: a training step of the BraTS preset at ``--size``³ with the Swin NMF layers
   as one autograd node (``nmfseg.nmf.matricized_rank1``, the default, which moves a few
-  heads or a slab of windows of one view at a time; or whole views at a time) or built
-  from their parts
-  (``fused = False`` on the NMF layers), the same for the inference forward pass, and the
-  bytes each keeps for backward at ``--saved-size``³ (every tensor autograd saves, counted
-  once per storage); ``--model`` picks another network (e.g. ``local_factorizer_brats``).
+  heads or a slab of windows of one view at a time; or whole views at a time) or built from
+  their parts (the route ``recompute`` off on the NMF layers, :mod:`nmfseg.routes`), the
+  same for the inference forward pass, and the bytes each keeps for backward at
+  ``--saved-size``³ (every tensor autograd saves, counted once per storage); ``--model``
+  picks another network (e.g. ``local_factorizer_brats``).
 
 Usage::
 
@@ -117,6 +117,7 @@ def chunks(args: argparse.Namespace) -> None:
 def nmf_node(args: argparse.Namespace) -> None:
     from nmfseg.mixers.nmf import nmf_layers
     from nmfseg.nmf import recompute
+    from nmfseg.routes import Route, set_routes
 
     net = nmfseg.create_model(args.model).train()
     pieces = recompute._PIECE_BYTES
@@ -128,7 +129,7 @@ def nmf_node(args: argparse.Namespace) -> None:
 
     def use(mode: tuple[bool, int]) -> None:
         for layer in nmf_layers(net):
-            layer.fused = mode[0]
+            set_routes(layer, set(Route) if mode[0] else set(Route) - {Route.RECOMPUTE})
         recompute._PIECE_BYTES = mode[1]
 
     def loss(size: int) -> torch.Tensor:

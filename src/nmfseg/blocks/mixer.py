@@ -4,14 +4,15 @@
 Factorizer block, with FAVOR+ a Performer block, and with ``mixer="none"`` or ``mlp=False``
 the paper's "no NMF" and "no MLP" ablations (the subblock and its norm are left out).
 
-The fused CPU kernels of :mod:`nmfseg.layers.fused` are chosen here, once per call: with
-``fused`` set (the default) and a float32/float64 CPU input outside autocast, the LayerNorm
-is fused into the mixer's input projection, the mixer's output projection, dropout and
-residual are one pass, and the whole MLP subblock is one node; otherwise every module runs
-its own plain ``forward``. Both paths compute the same function. Under CPU autocast a block
-whose mixer computes in float32 anyway (the NMF, FAVOR+; or no mixer) leaves autocast and
-runs the fused float32 kernels: on the CPU they are faster than its plain modules in bf16
-(an attention mixer keeps bf16, where attention gains from it).
+The fused CPU kernels of :mod:`nmfseg.layers.fused` are chosen here, once per call: with the
+route ``cpu_fused`` allowed (the default, :mod:`nmfseg.routes`) and a float32/float64 CPU
+input outside autocast, the LayerNorm is fused into the mixer's input projection, the
+mixer's output projection, dropout and residual are one pass, and the whole MLP subblock is
+one node; otherwise every module runs its own plain ``forward``. Both paths compute the same
+function. Under CPU autocast a block whose mixer computes in float32 anyway (the NMF,
+FAVOR+; or no mixer) leaves autocast and runs the fused float32 kernels: on the CPU they are
+faster than its plain modules in bf16 (an attention mixer keeps bf16, where attention gains
+from it).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nmfseg.blocks._registry import register_block
-from nmfseg.layers import MLP, LayerNorm, fusable, layer_norm_pointwise, norm_mlp_residual
+from nmfseg.layers import MLP, LayerNorm, layer_norm_pointwise, norm_mlp_residual
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers import create_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.routes.precision import work_dtype
+from nmfseg.routes import Route, allows, cpu_autocast_leaves, takes, work_dtype
 
 __all__ = ["MixerBlock"]
 
@@ -54,6 +55,8 @@ class MixerBlock(nn.Module):
         torch.Size([1, 16, 9, 10])
     """
 
+    ROUTES = frozenset({Route.CPU_FUSED})
+
     def __init__(
         self,
         channels: int,
@@ -72,7 +75,7 @@ class MixerBlock(nn.Module):
         self.mixer = mixer_module
         self.norm2 = LayerNorm(channels) if mlp else None
         self.mlp = MLP(channels, mlp_ratio=mlp_ratio, dropout=dropout) if mlp else None
-        self.fused = True
+        self.routes = self.ROUTES
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -87,15 +90,14 @@ class MixerBlock(nn.Module):
         faster than the plain modules in bf16 (``benchmarks/bench_predict.py --bf16``)."""
         mixer = self.mixer
         return (
-            self.fused
-            and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu")
+            allows(self, Route.CPU_FUSED)
+            and cpu_autocast_leaves(x)
             and (mixer is None or getattr(mixer, "mixes_in_float32", False))
         )
 
     def _mix(self, x: Tensor) -> Tensor:
         mixer, norm = self.mixer, self.norm1
-        if self.fused and fusable(x) and isinstance(mixer, ProjectedMixer):
+        if takes(self, Route.CPU_FUSED, x) and isinstance(mixer, ProjectedMixer):
             z = mixer.mix(layer_norm_pointwise(x, norm, mixer.in_proj))
             p = mixer.dropout.p if mixer.training else 0.0
             return project_add_dropout(x, z, mixer.out_proj, p)
@@ -116,7 +118,7 @@ class MixerBlock(nn.Module):
         if self.mlp is not None:
             x = (
                 norm_mlp_residual(x, self.norm2, self.mlp)
-                if self.fused
+                if allows(self, Route.CPU_FUSED)
                 else x + self.mlp(self.norm2(x))
             )
         return x

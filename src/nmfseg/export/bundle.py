@@ -54,7 +54,7 @@ from nmfseg.export.traceable import export_form
 from nmfseg.fileio import check_writable
 from nmfseg.inference.ensemble import find_checkpoints, load_ensemble
 from nmfseg.models.checkpoint import read_checkpoint
-from nmfseg.nmf import NMF
+from nmfseg.routes import Route, restrict_routes
 
 __all__ = ["BundleResult", "check_bundle_path", "export_bundle"]
 
@@ -120,9 +120,7 @@ def _torchscript(network: nn.Module, dims: int, tolerance: float) -> tuple[Any, 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             form = export_form(network)
-            for module in form.modules():
-                if isinstance(module, NMF):
-                    module.fast = False  # the loop: the rank-1 fast path is a Python Function
+            restrict_routes(form, {Route.TRACED})  # the loop: rank-1 is a Python Function
             traced = torch.jit.trace(form, _example(network, channels, dims, 2), check_trace=False)
             buffer = io.BytesIO()
             torch.jit.save(traced, buffer)

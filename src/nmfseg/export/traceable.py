@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from nmfseg.layers import PositionEmbedding
 from nmfseg.nmf.matricize import GlobalMatricize, LocalMatricize, SWMatricize
 from nmfseg.nmf.windows import ntuple
+from nmfseg.routes import Route, restrict_routes
 
 __all__ = ["AnySizeNetwork", "ResizedPositionEmbedding", "TracedMatricize", "export_form"]
 
@@ -217,17 +218,17 @@ class AnySizeNetwork(nn.Module):
 def export_form(network: nn.Module) -> nn.Module:
     """The traceable eval-mode form of a registered network (see the module docstring).
 
-    The module tree is copied (the weights are shared, not copied), its fused CPU kernels
-    are switched off (their chunk loops depend on the size) and the modules that compute
-    sizes in Python are replaced; ``network`` itself is not changed. A module that is not a
-    :class:`~nmfseg.models.SegmentationNetwork` is returned in eval mode as it is.
+    The module tree is copied (the weights are shared, not copied), the route ``traced``: its
+    routes ``cpu_fused`` and ``recompute`` are switched off (their chunk loops depend on the
+    size) and the modules that compute sizes in Python are replaced; ``network`` itself is
+    not changed. A module that is not a :class:`~nmfseg.models.SegmentationNetwork` is
+    returned in eval mode as it is.
     """
     if not hasattr(network, "forward_logits"):
         return network.eval()
     form = _copy_modules(network)
+    restrict_routes(form, {Route.TRACED, Route.RANK1})  # chunk loops depend on the size
     for module in form.modules():
-        if isinstance(getattr(module, "fused", None), bool):
-            module.fused = False
         for name, child in list(module.named_children()):
             if isinstance(child, GlobalMatricize | LocalMatricize | SWMatricize):
                 setattr(module, name, TracedMatricize(child))

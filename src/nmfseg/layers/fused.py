@@ -25,9 +25,9 @@ The algebra (``x̂ = (x − μ)·rstd``, LayerNorm weight ``γ`` and bias ``β``
     dx = rstd · (d − mean_c(d) − x̂ · mean_c(d ∘ x̂)),  d = diag(γ) Wᵀ dy.
 
 Inputs are channels-first ``(B, C, N)`` float32/float64 CPU tensors (:func:`fusable`). The
-blocks decide once per call whether to use these kernels: a module that can has a boolean
-``fused`` attribute (``True`` by default), which :func:`fused_kernels` switches for a whole
-network, e.g. to run every layer's plain ``forward`` for hooks or as a reference in tests.
+blocks decide once per call whether to use these kernels: they are the route ``cpu_fused`` of
+:mod:`nmfseg.routes`, which ``use_routes(model, {"plain"})`` switches off for a whole network,
+e.g. to run every layer's plain ``forward`` for hooks or as a reference in tests.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.layers.dropout import _drop_bits, _seed, _thresholds
+from nmfseg.routes import Route, routable
+from nmfseg.routes import cpu_fused_applies as fusable
 from nmfseg.routes.precision import backward_without_autocast
 
 __all__ = [
@@ -264,16 +266,6 @@ class ProjectAddDropoutFn(torch.autograd.Function):
         return dy, dz, g, d if ctx.has_bias else None, None
 
 
-def fusable(x: Tensor) -> bool:
-    """Whether the fused kernels of this module apply to ``x`` (a float32/float64 CPU
-    tensor, no autocast)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
 def project_add_dropout(x: Tensor, z: Tensor, conv: nn.Module, p: float) -> Tensor:
     """``x + dropout(conv(z))`` for a pointwise ``conv`` (:class:`ProjectAddDropoutFn`).
 
@@ -290,24 +282,30 @@ def project_add_dropout(x: Tensor, z: Tensor, conv: nn.Module, p: float) -> Tens
     return y.view(x.shape)
 
 
+_FUSED = frozenset({Route.CPU_FUSED, Route.RECOMPUTE})
+
+
 @contextmanager
 def fused_kernels(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Switch the fused kernels of every submodule of ``model`` on or off inside the block.
+    """Deprecated: :func:`nmfseg.routes.use_routes`. Allow or forbid the routes
+    ``cpu_fused`` and ``recompute`` on every module of ``model`` inside the block (the
+    others, ``rank1``, as they were).
 
     Examples::
 
         >>> import nmfseg
+        >>> from nmfseg.routes import Route
         >>> net = nmfseg.create_model("swin_factorizer_isles", channels=(8, 16, 32, 64, 128))
         >>> with fused_kernels(net, False):  # the plain module-by-module path
-        ...     all(not m.fused for m in net.modules() if hasattr(m, "fused"))
-        True
+        ...     any(r in m.routes for m in net.modules() if hasattr(m, "routes") for r in _FUSED)
+        False
     """
-    switches = [m for m in model.modules() if isinstance(getattr(m, "fused", None), bool)]
-    previous = [m.fused for m in switches]
-    for m in switches:
-        m.fused = enabled
+    modules = routable(model)
+    previous = [m.routes for m in modules]
+    for m in modules:
+        m.routes = (m.routes - _FUSED) | (type(m).ROUTES & _FUSED if enabled else frozenset())
     try:
         yield
     finally:
-        for m, value in zip(switches, previous, strict=True):
-            m.fused = value
+        for m, routes in zip(modules, previous, strict=True):
+            m.routes = routes

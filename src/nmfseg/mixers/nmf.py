@@ -39,7 +39,7 @@ from nmfseg.nmf import (
     matricized_rank1,
 )
 from nmfseg.nmf.windows import is_view, ntuple
-from nmfseg.routes.precision import autocast_on
+from nmfseg.routes import Route, takes
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "rank_problem", "set_nmf"]
 
@@ -148,6 +148,8 @@ class WrappedNMF(ProjectedMixer):
         torch.Size([1, 16, 8, 8, 8])
     """
 
+    ROUTES = frozenset({Route.RECOMPUTE})
+
     mixes_in_float32 = True
 
     def __init__(
@@ -189,7 +191,7 @@ class WrappedNMF(ProjectedMixer):
         self.layer_index = -1
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
-        self.fused = True  # Swin or Local rank 1: matricized_rank1 (see _one_node)
+        self.routes = self.ROUTES  # Swin or Local rank 1: matricized_rank1 (see _one_node)
 
     @property
     def window(self) -> tuple[int, ...] | None:
@@ -227,20 +229,17 @@ class WrappedNMF(ProjectedMixer):
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
         heads of one view at a time and, in training, is one autograd node that keeps ``z``
         for backward instead of the matrices: Swin or Local, rank 1 with the default
-        init, float32/64 outside autocast, no recorder, not under ``torch.compile``,
-        ``fused`` on; in inference only on the CPU (where the pieces stay in cache)."""
+        init, no recorder, the route ``recompute`` allowed and its predicate true
+        (:func:`~nmfseg.routes.recompute_applies`: float32/64 outside autocast, not under
+        ``torch.compile``, in inference only on the CPU)."""
         nmf = self.nmf
         return (
-            self.fused
-            and not torch.compiler.is_compiling()  # a graph of the parts, not of the pieces
-            and (torch.is_grad_enabled() or z.device.type == "cpu")  # the cache is a CPU's
+            takes(self, Route.RECOMPUTE, z)
             and self.recorder is None
             and not is_view(geometry)  # Swin or Local (Global matricize is a reshape)
             and isinstance(nmf, NMF)  # not a module put in its place
             and nmf.uses_rank1_path()
             and nmf.grad_iters != 0
-            and z.dtype in (torch.float32, torch.float64)
-            and not autocast_on(z)
         )
 
     def mix(self, z: Tensor) -> Tensor:

@@ -46,9 +46,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nmfseg.layers import MLP, LayerNorm, fusable, layer_norm_pointwise, norm_mlp_residual
+from nmfseg.layers import MLP, LayerNorm, layer_norm_pointwise, norm_mlp_residual
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers.attention import VolumeAttention
+from nmfseg.routes import Route, takes
 
 __all__ = ["SkipAttentionLayer"]
 
@@ -76,6 +77,8 @@ class SkipAttentionLayer(nn.Module):
         torch.Size([1, 16, 4, 6])
     """
 
+    ROUTES = frozenset({Route.CPU_FUSED})
+
     def __init__(
         self,
         channels: int,
@@ -92,11 +95,11 @@ class SkipAttentionLayer(nn.Module):
         )
         self.norm2 = LayerNorm(channels)
         self.mlp = MLP(channels, mlp_ratio=mlp_ratio, dropout=dropout)
-        self.fused = True
+        self.routes = self.ROUTES
 
     def forward(self, up: Tensor, skip: Tensor) -> Tensor:
         attn, x = self.attn, up + skip
-        if self.fused and fusable(x):
+        if takes(self, Route.CPU_FUSED, x):
             kv = layer_norm_pointwise(skip, self.norm1, attn.in_proj)
             z = attn.attention(self.norm1(up), kv)
             x = project_add_dropout(x, z, attn.out_proj, attn.dropout.p if self.training else 0.0)

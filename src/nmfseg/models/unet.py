@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from nmfseg.blocks import create_block
-from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding, fusable
+from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding
 from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
 from nmfseg.models.base import UShapedNetwork
+from nmfseg.routes import Route, takes
 
 __all__ = ["UNet"]
 
@@ -54,6 +55,8 @@ class _EncoderStage(nn.Module):
 
 
 class _DecoderStage(nn.Module):
+    ROUTES = frozenset({Route.CPU_FUSED})
+
     def __init__(
         self, up: nn.Module, channels: int, dropout: float, block: nn.Module, proj: bool = True
     ) -> None:
@@ -62,7 +65,7 @@ class _DecoderStage(nn.Module):
         self.proj = PointwiseConv(2 * channels, channels, bias=False) if proj else None
         self.drop = Dropout(dropout, inplace=True)  # on the projection's fresh output
         self.block = block
-        self.fused = True
+        self.routes = self.ROUTES
 
     def _project(self, skip: Tensor, up: Tensor) -> Tensor:
         """``dropout(proj(cat([skip, up])))``; on CPU as ``W_skip · skip + W_up · up`` with
@@ -70,7 +73,7 @@ class _DecoderStage(nn.Module):
         down-sampling conv anyway). Without a projection: ``cat([skip, up])``."""
         if self.proj is None:
             return torch.cat([skip, up], dim=1)
-        if not (self.fused and fusable(up)) or up.shape[0] != 1:
+        if not takes(self, Route.CPU_FUSED, up) or up.shape[0] != 1:
             return self.drop(self.proj(torch.cat([skip, up], dim=1)))
         c = skip.shape[1]
         w = self.proj.weight

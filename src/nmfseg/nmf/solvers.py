@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
 from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
-from nmfseg.routes.precision import autocast_off, work_dtype
+from nmfseg.routes import Route, allows, autocast_off, work_dtype
 
 __all__ = [
     "NMF",
@@ -294,6 +294,8 @@ class NMF(nn.Module):
         >>> u, v = layer.factorize(torch.rand(3, 8, 100))
     """
 
+    ROUTES = frozenset({Route.RANK1})
+
     def __init__(
         self,
         rank: int = 1,
@@ -309,7 +311,16 @@ class NMF(nn.Module):
         self.iters = iters
         self.solver = solver
         self.grad_iters = grad_iters
-        self.fast = fast
+        self.routes = self.ROUTES if fast else frozenset()
+
+    @property
+    def fast(self) -> bool:
+        """Whether the route ``rank1`` (the exact rank-1 fast path) is allowed."""
+        return allows(self, Route.RANK1)
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self.routes = self.ROUTES if value else frozenset()
 
     def uses_rank1_path(self) -> bool:
         """Whether :meth:`forward` takes the exact rank-1 fast path (default init)."""

@@ -4,6 +4,7 @@
 ========================= ===================================================================
 module                    what it holds
 ========================= ===================================================================
+:mod:`~.table`            :class:`Route`, each route's predicate, the switch (:func:`use_routes`)
 :mod:`~.precision`        autocast off for the NMF and the custom kernels, forward and backward
 ========================= ===================================================================
 """
@@ -14,5 +15,34 @@ from nmfseg.routes.precision import (
     backward_without_autocast,
     work_dtype,
 )
+from nmfseg.routes.table import (
+    ROUTE_TABLE,
+    Route,
+    allows,
+    cpu_autocast_leaves,
+    cpu_fused_applies,
+    recompute_applies,
+    restrict_routes,
+    routable,
+    set_routes,
+    takes,
+    use_routes,
+)
 
-__all__ = ["autocast_off", "autocast_on", "backward_without_autocast", "work_dtype"]
+__all__ = [
+    "ROUTE_TABLE",
+    "Route",
+    "allows",
+    "autocast_off",
+    "autocast_on",
+    "backward_without_autocast",
+    "cpu_autocast_leaves",
+    "cpu_fused_applies",
+    "recompute_applies",
+    "restrict_routes",
+    "routable",
+    "set_routes",
+    "takes",
+    "use_routes",
+    "work_dtype",
+]
