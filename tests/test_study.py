@@ -224,10 +224,14 @@ def test_printed_jobs_run_anywhere_then_study_only_collects(toy, reference, tmp_
             assert argv[0] == "nmfseg"
             result = cli(*argv[1:])
             assert result.exit_code == 0, f"{command}\n{result.output}"
-    smaller = cli("study", toy, *ARGS, "-o", out, "--print-jobs", "--batch-size", "1")
-    assert all(" --set batch_size=1 " in line for line in smaller.stdout.strip().splitlines())
+    fresh = tmp_path / "fresh"  # a study with no job done yet prints every job
+    smaller = cli("study", toy, *ARGS, "-o", fresh, "--print-jobs", "--batch-size", "1")
+    assert smaller.exit_code == 0, smaller.output
+    smaller_lines = smaller.stdout.strip().splitlines()
+    assert len(smaller_lines) == 4 and all(" --batch-size 1 " in line for line in smaller_lines)
     refused = cli("study", toy, *ARGS, "-o", out, "--print-jobs", "--batch-size", "0")
-    assert refused.exit_code == 1 and "--batch-size '0': must be an integer >= 1" in refused.output
+    assert refused.exit_code == 1
+    assert refused.output == "nmfseg: error: --batch-size: must be an integer >= 1, got 0\n"
     # SegResNet's own steps replace the common ones; its own network argument only
     assert " --steps 3 " in lines[2] and "--steps 2" not in lines[2]
     assert "--model-arg init_filters=8" in lines[2] and "window_size" not in lines[2]

@@ -103,19 +103,16 @@ def predict(
     if output is None:
         raise ConfigError("-o/--out is required: the folder for the predictions")
     fold_ids = parse_folds(folds or [], ctx.args)
-    source = model_for_engine(engine, model, settings, fold_ids, checkpoint, device)
+    predictor = model_for_engine(engine, model, settings, fold_ids, checkpoint, device)
     result = predict_folder(
-        source,
+        predictor,
         input,
         output,
-        folds=fold_ids or None,
-        checkpoint=checkpoint,
-        device=device,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
         progress=not quiet,
-        settings=settings,
         into_labels=into_labels,
+        model=model,
     )
     typer.echo(describe(result, output), err=True)
     if result.failed:
@@ -128,9 +125,11 @@ def predict(
 def model_for_engine(
     engine: str, model: Path, settings: Any, folds: list[str], checkpoint: str, device: str | None
 ) -> Any:
-    """What ``-m`` names for the engine: the path itself (torch) or the ensemble of one
-    exported model (onnxruntime), after refusing what an ONNX model cannot change."""
+    """The :class:`~nmfseg.inference.predictor.Predictor` of what ``-m`` names for the engine:
+    the folds of a run (torch) or one exported model (onnxruntime), after refusing what an
+    ONNX model cannot change."""
     from nmfseg.errors import ConfigError
+    from nmfseg.inference.predictor import Predictor
 
     if engine not in ("torch", "onnxruntime"):
         raise ConfigError(f"--engine {engine!r}: must be torch or onnxruntime")
@@ -138,7 +137,7 @@ def model_for_engine(
         from nmfseg.models.checkpoint import check_not_onnx
 
         check_not_onnx(model)  # the one message wherever a run is expected
-        return model
+        return Predictor.from_run(model, folds or None, checkpoint, device, settings=settings)
     from nmfseg.export.onnx import require
     from nmfseg.export.runtime import check_onnx_settings, load_onnx_ensemble
 
@@ -148,7 +147,7 @@ def model_for_engine(
         raise ConfigError("--folds: an ONNX model holds one fold; export each fold you want")
     if checkpoint != "final":
         raise ConfigError("--checkpoint: an ONNX model's checkpoint is chosen by nmfseg export")
-    return load_onnx_ensemble(model, device)
+    return Predictor(load_onnx_ensemble(model, device), settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -42,6 +42,7 @@ from nmfseg.errors import ConfigError, DataError
 from nmfseg.evaluation.compare import compare_reports, load_reports
 from nmfseg.evaluation.evaluate import evaluate, write_report
 from nmfseg.inference.predict import predict_folder
+from nmfseg.inference.predictor import Predictor
 from nmfseg.phantoms.synth import MANIFEST, PHANTOM_REVISION, synthesize_dataset
 from nmfseg.training.config import flatten_config
 from nmfseg.training.progress import training_seconds
@@ -127,9 +128,8 @@ def _train(
 
 def _predict_and_evaluate(fold_dir: Path, test_dir: Path, pred_dir: Path, report_dir: Path):
     # checkpoint_best.pt: picked by the Dice on the fold's validation cases (never the test set).
-    result = predict_folder(
-        fold_dir, test_dir, pred_dir, checkpoint="best", overwrite=True, progress=True
-    )
+    predictor = Predictor.from_run(fold_dir, checkpoint="best")
+    result = predict_folder(predictor, test_dir, pred_dir, overwrite=True, model=fold_dir)
     if result.failed:
         raise DataError(pred_dir, f"prediction failed for {len(result.failed)} case(s)")
     report = evaluate(pred_dir, test_dir)

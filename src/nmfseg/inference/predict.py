@@ -29,10 +29,11 @@ Examples::
     >>> from nmfseg.phantoms.toy import make_toy_dataset
     >>> from nmfseg.inference.ensemble import Ensemble
     >>> from nmfseg.inference.predict import predict_folder
+    >>> from nmfseg.inference.predictor import Predictor
     >>> tmp = Path(tempfile.mkdtemp())
     >>> root = make_toy_dataset(tmp / "isles", "isles22", n_cases=2, shape=(12, 10, 9))
     >>> ens = Ensemble([torch.nn.Conv3d(2, 1, 1)], [], (8, 8, 8), 2, 1)
-    >>> result = predict_folder(ens, root, tmp / "pred", progress=False)
+    >>> result = predict_folder(Predictor(ens), root, tmp / "pred", progress=False)
     >>> sorted(p.name for p in result.written), result.failed
     (['sub-strokecase0001.nii.gz', 'sub-strokecase0002.nii.gz'], {})
 """
@@ -49,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from nmfseg import __version__
@@ -58,9 +58,7 @@ from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError, NmfsegError
 from nmfseg.fileio import atomic_open, check_writable, read_json, write_json
-from nmfseg.inference.ensemble import Ensemble, load_ensemble
 from nmfseg.inference.predictor import Predictor, output_scheme
-from nmfseg.inference.settings import InferenceSettings
 
 __all__ = [
     "SIDECAR",
@@ -168,7 +166,9 @@ def prediction_record(
 
     Examples::
 
+        >>> import torch
         >>> from nmfseg.data.schemes import SCHEMES
+        >>> from nmfseg.inference.ensemble import Ensemble
         >>> ens = Ensemble([torch.nn.Conv3d(2, 1, 1)], [], (8, 8, 8), 2, 1)
         >>> record = prediction_record(Predictor(ens), "run", "data", SCHEMES["isles22"])
         >>> record["settings"]["overlap"], record["output_scheme"]
@@ -253,19 +253,15 @@ def _holds_predictions(output: Path) -> bool:
 
 
 def predict_folder(
-    model: str | Path | Ensemble | Predictor,
+    predictor: Predictor,
     input: str | Path,
     output: str | Path,
     *,
-    folds: Sequence[int | str] | None = None,
-    checkpoint: str = "final",
-    tta: bool = False,
-    device: str | torch.device | None = None,
     save_probabilities: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    settings: InferenceSettings | None = None,
     into_labels: bool = False,
+    model: str | Path | None = None,
 ) -> PredictionResult:
     """Predict every case of a dataset folder (or one case) into ``output``.
 
@@ -277,45 +273,26 @@ def predict_folder(
     resumes).
 
     Args:
-        model: run folder, fold folder or checkpoint file (see
-            :func:`~nmfseg.inference.ensemble.find_checkpoints`), a loaded
-            :class:`~nmfseg.inference.ensemble.Ensemble`, or a
-            :class:`~nmfseg.inference.predictor.Predictor` (then ``folds``, ``checkpoint``,
-            ``device``, ``tta`` and ``settings`` are its own).
+        predictor: The loaded model and its settings
+            (:meth:`~nmfseg.inference.predictor.Predictor.from_run`: folds, checkpoint,
+            device, TTA, sliding window, NMF switches...).
         input: dataset folder in any supported format (labels optional) or a single case.
         output: folder for ``CASE.nii.gz`` (created if needed).
-        folds: folds of a run folder to ensemble (default: all that exist).
-        checkpoint: ``final``, ``best`` or ``last``.
-        tta: average over all 8 flip combinations.
-        device: ``cpu`` or ``cuda`` (default: CUDA when available).
         save_probabilities: also write ``CASE_probabilities.npz``.
         overwrite: redo cases whose outputs exist (otherwise they are skipped).
         progress: tqdm progress bar over the cases.
-        settings: sliding window, threshold, amp, compile and NMF switches
-            (:class:`~nmfseg.inference.settings.InferenceSettings`).
         into_labels: allow ``output`` to be the input's own label folder (otherwise refused:
             the predictions would replace the ground truth).
+        model: what ``-m`` named, recorded in ``predict.json`` (default: the network's name).
 
     Returns:
         A :class:`PredictionResult`; failed cases are listed there (and reported on
         stderr as they happen), not raised.
 
     Raises:
-        NmfsegError: a problem that concerns every case (model, input, channel count,
-            settings, an output folder holding other predictions).
+        NmfsegError: a problem that concerns every case (input, channel count, an output
+            folder holding other predictions).
     """
-    if isinstance(model, Predictor):
-        predictor = model
-    else:
-        settings = settings if settings is not None else InferenceSettings()
-        if tta:
-            settings = settings.replace(tta=True)
-        ensemble = (
-            model
-            if isinstance(model, Ensemble)
-            else load_ensemble(model, folds, checkpoint, device)
-        )
-        predictor = Predictor(ensemble, settings)
     dataset = open_input(input, scheme=predictor.ensemble.scheme)
     if not dataset.cases:
         raise DataError(input, f"no cases found in this {dataset.fmt} dataset")

@@ -46,6 +46,7 @@ from nmfseg.evaluation.matching import find_ground_truth, match_predictions
 from nmfseg.fileio import read_json, short_error, write_json
 from nmfseg.inference.ensemble import load_ensemble
 from nmfseg.inference.predict import predict_folder
+from nmfseg.inference.predictor import Predictor
 from nmfseg.study.plan import (
     CHECKPOINT,
     MANIFEST,
@@ -155,19 +156,19 @@ def _predict(plan: StudyPlan, job: Job, progress: bool) -> str:
     todo = predictions_to_make(job)
     if not todo:
         return f"{len(job.val_ids)} prediction(s) found"
-    ensemble = load_ensemble(job.fold_dir, checkpoint=CHECKPOINT, device=job.device)
+    predictor = Predictor(load_ensemble(job.fold_dir, checkpoint=CHECKPOINT, device=job.device))
     dataset = open_dataset(plan.options.data_dir, plan.options.fmt)
     inputs = {cid: _case_input(dataset.get(cid), dataset.fmt) for cid in todo}
     failed: dict[str, str] = {}
     if any(path is None for path in inputs.values()):
         # A layout whose cases cannot be opened one by one: predict the whole folder.
-        result = predict_folder(ensemble, dataset.root, job.pred_dir, overwrite=True)
+        result = predict_folder(predictor, dataset.root, job.pred_dir, overwrite=True)
         failed = {cid: why for cid, why in result.failed.items() if cid in inputs}
     else:
         bar = tqdm(todo, desc="predict", unit="case", disable=not progress, file=sys.stderr)
         for cid in bar:
             result = predict_folder(
-                ensemble, inputs[cid], job.pred_dir, overwrite=True, progress=False
+                predictor, inputs[cid], job.pred_dir, overwrite=True, progress=False
             )
             failed.update(result.failed)
     if failed:
