@@ -78,7 +78,7 @@ __all__ = [
     "RECORD",
     "SWEEPS",
     "AblationResult",
-    "Setting",
+    "AblationSetting",
     "parse_int_list",
     "parse_sweeps",
     "plan_settings",
@@ -131,7 +131,7 @@ def parse_sweeps(text: str | Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Setting:
+class AblationSetting:
     """One inference-time change of the NMF layers.
 
     Attributes:
@@ -175,21 +175,26 @@ def plan_settings(
     iters: Sequence[int] = range(1, 21),
     ranks: Sequence[int] = range(1, 9),
     solvers: Sequence[str] = SOLVERS,
-) -> list[Setting]:
+) -> list[AblationSetting]:
     """Every setting of the chosen sweeps for a network with ``n_layers`` NMF layers."""
     plan = []
     if "layers" in sweeps:
-        plan += [Setting("layers", f"keep={k}", k, tuple(range(k))) for k in range(n_layers + 1)]
+        plan += [
+            AblationSetting("layers", f"keep={k}", k, tuple(range(k))) for k in range(n_layers + 1)
+        ]
     if "remove" in sweeps:
         every = range(n_layers)
         plan += [
-            Setting("remove", f"remove={i}", i, tuple(j for j in every if j != i)) for i in every
+            AblationSetting("remove", f"remove={i}", i, tuple(j for j in every if j != i))
+            for i in every
         ]
     if "iters" in sweeps:
-        plan += [Setting("iters", f"iters={t}", t, iters=t) for t in iters]
+        plan += [AblationSetting("iters", f"iters={t}", t, iters=t) for t in iters]
     if "rank" in sweeps:
         plan += [
-            Setting("rank", f"rank={r},{s}", r, rank=r, solver=s) for s in solvers for r in ranks
+            AblationSetting("rank", f"rank={r},{s}", r, rank=r, solver=s)
+            for s in solvers
+            for r in ranks
         ]
     return plan
 
@@ -274,7 +279,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Score and time the configured setting; with ``changes`` (the setting's own
     :meth:`Predictor.configure` arguments) also time the unmodified model, interleaved."""
-    reference = Setting("reference", "").changes()
+    reference = AblationSetting("reference", "").changes()
     seconds = paired = 0.0
     dice: dict[str, list[float]] = {r: [] for r in regions}
     for x, crop, truth in cases:
@@ -423,7 +428,7 @@ def run_ablation(
     write_json(out / RECORD, record)
     n_layers = len(predictor.ensemble.models[0].nmf_layers())
     plan = [
-        Setting("reference", "reference"),
+        AblationSetting("reference", "reference"),
         *plan_settings(n_layers, sweeps, iters, ranks, solvers),
     ]
     rows = {s: _read_rows(out / f"{s}.csv") for s in ("reference", *sweeps)}
@@ -432,7 +437,7 @@ def run_ablation(
     if len(plan) > len(todo):
         _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
     cases = _Cases(data, ids, cache_bytes, predictor.ensemble.preprocessing)
-    predictor.configure(predictor.settings.replace(**Setting("reference", "").changes()))
+    predictor.configure(predictor.settings.replace(**AblationSetting("reference", "").changes()))
     trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
     result = AblationResult(out, {}, repeats=repeats)
     bar = tqdm(total=0, unit="case", disable=not (progress and todo), file=sys.stderr)
@@ -471,7 +476,7 @@ def run_ablation(
             f"{float(row['seconds_per_case']):.3g} s/case, {float(row['speedup']):.2f}x"
         )
     bar.close()
-    predictor.configure(**Setting("reference", "").changes())
+    predictor.configure(**AblationSetting("reference", "").changes())
     result.reference = rows["reference"][0]
     result.rows = {s: rows[s] for s in sweeps}
     timed = [r for s in sweeps for r in rows[s]]

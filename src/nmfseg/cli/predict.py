@@ -97,7 +97,7 @@ def predict(
 ) -> None:
     """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels."""
     from nmfseg.errors import ConfigError, NmfsegError
-    from nmfseg.inference.predict import describe, predict_folder
+    from nmfseg.inference.predict import predict_folder, summary_line
 
     output = one_of(out, old_out, "-o/--out", "--output")
     if output is None:
@@ -114,7 +114,7 @@ def predict(
         into_labels=into_labels,
         model=model,
     )
-    typer.echo(describe(result, output), err=True)
+    typer.echo(summary_line(result, output), err=True)
     if result.failed:
         n, total = len(result.failed), len(result.failed) + len(result.written)
         total += len(result.skipped)

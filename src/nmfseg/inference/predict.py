@@ -63,12 +63,12 @@ from nmfseg.inference.predictor import Predictor, output_scheme
 __all__ = [
     "SIDECAR",
     "PredictionResult",
-    "describe",
     "output_scheme",
     "predict_folder",
     "prediction_record",
     "probabilities_name",
     "save_probabilities",
+    "summary_line",
 ]
 
 _CASE_ERRORS = (NmfsegError, OSError, EOFError, ValueError, zlib.error)
@@ -327,12 +327,12 @@ def predict_folder(
     return result
 
 
-def describe(result: PredictionResult, output: str | Path) -> str:
+def summary_line(result: PredictionResult, output: str | Path) -> str:
     """One-line summary of a :class:`PredictionResult` for the CLI.
 
     Examples::
 
-        >>> describe(PredictionResult(written=[Path("a.nii.gz")], skipped=["b"]), "out")
+        >>> summary_line(PredictionResult(written=[Path("a.nii.gz")], skipped=["b"]), "out")
         'wrote 1 prediction(s) to out; 1 already there (pass --overwrite to redo them)'
     """
     parts = [f"wrote {len(result.written)} prediction(s) to {output}"]

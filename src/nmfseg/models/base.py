@@ -50,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nmfseg.layers.args import check_positive
 
-__all__ = ["SegmentationNetwork", "UShapedNetwork", "crop"]
+__all__ = ["SegmentationNetwork", "UShapedNetwork", "crop_to_size"]
 
 
 class SegmentationNetwork(nn.Module):
@@ -142,7 +142,7 @@ class SegmentationNetwork(nn.Module):
             x = F.pad(x, [p for d in reversed(pad) for p in (0, d)])
         outs = self.forward_logits(x, size)
         if any(pad):
-            outs = [crop(o, size, 2**i) for i, o in enumerate(outs)]
+            outs = [crop_to_size(o, size, 2**i) for i, o in enumerate(outs)]
         return outs if self.returns_list else outs[0]
 
 
@@ -200,6 +200,6 @@ class UShapedNetwork(SegmentationNetwork):
                 module.set_grad_checkpointing(enable)
 
 
-def crop(x: Tensor, size: Sequence[int], factor: int = 1) -> Tensor:
+def crop_to_size(x: Tensor, size: Sequence[int], factor: int = 1) -> Tensor:
     """``x (B, C, *S)`` cropped to ``ceil(size / factor)`` from the start of every dim."""
     return x[(..., *(slice(0, math.ceil(s / factor)) for s in size))]

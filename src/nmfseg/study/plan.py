@@ -24,7 +24,7 @@ Examples::
     >>> parse_folds("0-2,4", 5)
     [0, 1, 2, 4]
     >>> parse_setting("segresnet_brats:init_filters=8", "--model-arg", ["segresnet_brats"])
-    Setting(key='init_filters', text='8', model='segresnet_brats', option='--model-arg')
+    StudySetting(key='init_filters', text='8', model='segresnet_brats', option='--model-arg')
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ __all__ = [
     "MANIFEST",
     "STAGES",
     "Job",
-    "Setting",
     "StudyOptions",
     "StudyPlan",
+    "StudySetting",
     "checkpoint_stamp",
     "flops_input",
     "job_lines",
@@ -73,7 +73,7 @@ STAGES = ("train", "predict", "evaluate")
 
 
 @dataclass(frozen=True)
-class Setting:
+class StudySetting:
     """One ``KEY=VALUE`` as typed, for every model (``model`` None) or for one model."""
 
     key: str
@@ -94,8 +94,8 @@ class Setting:
         return f"{self.option} {self.model + ':' if self.model else ''}{self.key}"
 
 
-def parse_setting(text: str, option: str, models: list[str]) -> Setting:
-    """``[MODEL:]KEY=VALUE`` -> :class:`Setting`; MODEL must be one of ``models``.
+def parse_setting(text: str, option: str, models: list[str]) -> StudySetting:
+    """``[MODEL:]KEY=VALUE`` -> :class:`StudySetting`; MODEL must be one of ``models``.
 
     Raises:
         ConfigError: no ``=``, an empty key, or an unknown model.
@@ -108,7 +108,7 @@ def parse_setting(text: str, option: str, models: list[str]) -> Setting:
         raise ConfigError(
             f"{option} {text!r}: {model!r} is not one of --models ({', '.join(models)})"
         )
-    return Setting(key.strip(), value.strip(), model or None, option)
+    return StudySetting(key.strip(), value.strip(), model or None, option)
 
 
 def parse_folds(spec: str | None, n_folds: int) -> list[int]:
@@ -172,8 +172,8 @@ class Job:
 
     model: str
     fold: int
-    settings: list[Setting]
-    arg_settings: list[Setting]
+    settings: list[StudySetting]
+    arg_settings: list[StudySetting]
     fold_dir: Path
     pred_dir: Path
     report_dir: Path
@@ -225,9 +225,9 @@ class StudyPlan:
         return list(self.options.models)
 
 
-def _effective(settings: list[Setting], model: str) -> list[Setting]:
+def _effective(settings: list[StudySetting], model: str) -> list[StudySetting]:
     """The settings that apply to ``model``: all-model ones first, the last of a key wins."""
-    chosen: dict[str, Setting] = {}
+    chosen: dict[str, StudySetting] = {}
     for s in [s for s in settings if s.model is None] + [s for s in settings if s.model == model]:
         chosen.pop(s.key, None)
         chosen[s.key] = s
@@ -261,13 +261,13 @@ def _check_models(options: StudyOptions) -> None:
         raise ConfigError(f"--config {options.config_file}: no such file")
 
 
-def _settings(options: StudyOptions) -> tuple[list[Setting], list[Setting]]:
+def _settings(options: StudyOptions) -> tuple[list[StudySetting], list[StudySetting]]:
     train = []
     for option, text in options.train:
         if option == "--set":
             train.append(parse_setting(text, "--set", options.models))
         else:
-            train.append(Setting(BY_OPTION[option].key, text.strip(), None, option))
+            train.append(StudySetting(BY_OPTION[option].key, text.strip(), None, option))
     args = [parse_setting(t, "--model-arg", options.models) for t in options.model_args]
     # flags before --set items, as `nmfseg train` applies them
     train.sort(key=lambda s: s.option == "--set")
@@ -275,7 +275,11 @@ def _settings(options: StudyOptions) -> tuple[list[Setting], list[Setting]]:
 
 
 def _job(
-    options: StudyOptions, model: str, fold: int, train: list[Setting], args: list[Setting]
+    options: StudyOptions,
+    model: str,
+    fold: int,
+    train: list[StudySetting],
+    args: list[StudySetting],
 ) -> tuple[Job, dict[str, Any]]:
     """The job of (model, fold), checked by ``prepare_run``; and the run's dataset facts."""
     out = Path(options.out)
