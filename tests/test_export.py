@@ -13,8 +13,7 @@ import torch
 
 from helpers import cli, small_model
 from nmfseg.export.onnx import EXTRA_HINT, METADATA_KEY
-from nmfseg.export.traceable import TracedMatricize, export_form
-from nmfseg.layers import fused_kernels
+from nmfseg.export.traceable import TracedMatricize
 from nmfseg.mixers.nmf import set_nmf
 from nmfseg.models import create_model, list_models
 from nmfseg.nmf import SWMatricize
@@ -74,19 +73,6 @@ def _providers():
 
 
 # ------------------------------------------------------------------ the export form
-
-
-@pytest.mark.parametrize("kind", ["swin", "local", "global"])
-def test_export_form_computes_exactly_what_the_network_computes(kind):
-    net = small_model(f"{kind}_factorizer_isles").eval()
-    form = export_form(net)
-    torch.manual_seed(1)
-    with fused_kernels(net, False), torch.no_grad():
-        for batch, *spatial in [*SIZES, (1, 48, 32, 40)]:
-            x = torch.randn(batch, 2, *spatial)
-            assert torch.equal(form(x), net(x)), (kind, spatial)
-    assert any(isinstance(m, TracedMatricize) for m in form.modules())
-    assert not any(isinstance(m, TracedMatricize) for m in net.modules())  # untouched
 
 
 def test_traced_matricize_matches_swin_matricize_and_inverts_it():

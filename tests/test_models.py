@@ -301,55 +301,6 @@ def test_bad_inputs_and_nmf_settings_raise_value_errors():
         create_model("segresnet_brats", init_filters=12)
 
 
-def test_fused_and_plain_paths_agree_in_train_mode(monkeypatch):
-    """The fused CPU path (training) against the module-by-module path, gradients included,
-    with chunks small enough that every level is processed in several."""
-    from nmfseg.layers import fused, fused_kernels
-
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1000)
-    model = small("swin_factorizer_isles", dropout=0.0).double().train()
-    x = torch.randn(1, 2, 18, 16, 20, dtype=torch.float64)
-    results = []
-    for use_fused in (True, False):
-        model.zero_grad()
-        if use_fused:
-            outs = model(x)
-        else:
-            with fused_kernels(model, False):
-                outs = model(x)
-        sum(
-            (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outs
-        ).backward()
-        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]))
-    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1], strict=True):
-        torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("name", FACTORIZERS)
-def test_inference_gives_the_output_of_the_differentiable_path(name, monkeypatch):
-    """Three routes to one function: without autograd the plain NMF layers apply their ReLU
-    before matricize (once per voxel), with it after (once per view), and the Swin rank-1
-    layers (``matricized_rank1``, in pieces of a few heads or window slabs) in both modes."""
-    from nmfseg.mixers.nmf import nmf_layers
-    from nmfseg.nmf import recompute
-
-    monkeypatch.setattr(recompute, "_PIECE_BYTES", 2000)  # several pieces at every level
-    torch.manual_seed(0)
-    model = small(name).eval()
-    x = torch.randn(1, model.in_channels, 19, 24, 21)
-    outputs = {}
-    for one_node in (True, False):
-        for layer in nmf_layers(model):
-            layer.fused = one_node
-        with torch.inference_mode():
-            outputs[one_node, "inference"] = model(x)
-        with torch.enable_grad():
-            outputs[one_node, "autograd"] = model(x).detach()
-    assert torch.equal(outputs[False, "inference"], outputs[False, "autograd"])
-    assert torch.equal(outputs[True, "inference"], outputs[True, "autograd"])
-    torch.testing.assert_close(outputs[True, "inference"], outputs[False, "autograd"])
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_bf16_autocast_runs_in_train_and_eval(train: bool) -> None:
     """Mixed precision (``--amp bf16``) works for validation (eval, no grad) and training."""

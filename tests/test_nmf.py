@@ -1,5 +1,5 @@
-"""NMF core: agreement with an independent NumPy transcription of Algorithms 1 and 2, the
-rank-1 fast path against the general loop (values and gradients), truncated gradients,
+"""NMF core: agreement with an independent NumPy transcription of Algorithms 1 and 2, truncated
+gradients (the rank-1 fast path against the loop is a row of test_routes.py),
 dtypes, batching and degenerate inputs."""
 
 from __future__ import annotations
@@ -114,77 +114,6 @@ def test_factors_nonnegative(solver, rank):
     u, v = nmf(x, rank, iters=5, solver=solver)
     assert u.min() >= 0 and v.min() >= 0
     assert nmf_reconstruct(x, rank, solver=solver).min() >= 0
-
-
-# --- The rank-1 fast path computes what the loop computes. -----------------------------
-
-
-def _values_and_grads(fn, x, seeds=(7, 8)):
-    outs = fn(x)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    weights = [_rand(*o.shape, seed=s) - 0.5 for o, s in zip(outs, seeds[: len(outs)], strict=True)]
-    loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
-    (grad,) = torch.autograd.grad(loss, x)
-    return [o.detach() for o in outs], grad
-
-
-@pytest.mark.parametrize("solver", ["hals", "mu"])
-@pytest.mark.parametrize("grad_iters", [None, 1, 3, 9])
-@pytest.mark.parametrize("output", ["factors", "reconstruction"])
-def test_fast_path_matches_loop(solver, grad_iters, output):
-    x = _rand(2, 3, 8, 64, seed=9).requires_grad_()
-    if output == "factors":
-
-        def run(fast):
-            return lambda z: nmf(z, 1, 5, solver, grad_iters=grad_iters, fast=fast)
-    else:
-
-        def run(fast):
-            return lambda z: nmf_reconstruct(z, 1, 5, solver, grad_iters=grad_iters, fast=fast)
-
-    outs_fast, grad_fast = _values_and_grads(run(True), x)
-    outs_loop, grad_loop = _values_and_grads(run(False), x)
-    for a, b in zip(outs_fast, outs_loop, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_fast, grad_loop, rtol=1e-12, atol=1e-12)
-    assert grad_fast.abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("solver", ["hals", "mu"])
-def test_fast_path_matches_loop_with_batched_init(solver):
-    x = _rand(3, 5, 20, seed=10).requires_grad_()
-    u0 = (0.2 + _rand(3, 5, 1, seed=11)).requires_grad_()
-    v0 = (0.2 + _rand(3, 20, 1, seed=12)).requires_grad_()
-
-    def grads(fast):
-        y = nmf_reconstruct(x, 1, 4, solver, init=(u0, v0), fast=fast)
-        return (y, *torch.autograd.grad((y * _rand(3, 5, 20, seed=13)).sum(), (x, v0)))
-
-    for a, b in zip(grads(True), grads(False), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-def test_mu_with_zero_in_init_falls_back_to_loop():
-    # MU keeps a zero entry at zero forever; the power iteration would not, so it is not used.
-    x = _rand(4, 12, seed=14)
-    u0, v0 = _rand(4, 1, seed=15) + 0.1, _rand(12, 1, seed=16) + 0.1
-    v0[3] = 0.0
-    u, v = nmf(x, 1, 5, "mu", init=(u0, v0))
-    assert v[3, 0] == 0
-    u_loop, v_loop = nmf(x, 1, 5, "mu", init=(u0, v0), fast=False)
-    assert torch.equal(u, u_loop) and torch.equal(v, v_loop)
-
-
-def test_zero_rows_gradient_agrees_through_relu():
-    # At a zero row HALS sits at the kink of max(0, .); through the ReLU that makes the
-    # matrix nonnegative (as in the network) both paths give the same gradient.
-    z = _rand(2, 6, 30, seed=17) - 0.3
-    z[0, 2] = -1.0  # a whole row killed by the ReLU
-    z.requires_grad_()
-    dy = _rand(2, 6, 30, seed=18)
-    (g_fast,) = torch.autograd.grad((nmf_reconstruct(torch.relu(z)) * dy).sum(), z)
-    (g_loop,) = torch.autograd.grad((nmf_reconstruct(torch.relu(z), fast=False) * dy).sum(), z)
-    torch.testing.assert_close(g_fast, g_loop, rtol=1e-12, atol=1e-12)
 
 
 # --- Gradients. -------------------------------------------------------------------------

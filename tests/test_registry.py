@@ -11,7 +11,7 @@ from torch import nn
 import nmfseg
 from nmfseg.blocks import create_block, list_blocks, temporarily_registered_block
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.layers import PointwiseConv, fused_kernels
+from nmfseg.layers import PointwiseConv
 from nmfseg.mixers import create_mixer, list_mixers, temporarily_registered_mixer
 from nmfseg.mixers.base import ProjectedMixer
 from nmfseg.models import (
@@ -25,6 +25,7 @@ from nmfseg.models import (
     temporarily_registered_model,
 )
 from nmfseg.models.checkpoint import read_checkpoint, upgrade_checkpoint
+from nmfseg.routes import Route, use_routes
 
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy_0.1.0_swin_factorizer.pt"
@@ -74,9 +75,9 @@ def test_a_new_mixer_is_one_registration_and_a_preset(tmp_path):
         outs = net.train()(x)
         assert [tuple(o.shape[2:]) for o in outs] == [(9, 12, 10), (5, 6, 5), (3, 3, 3)]
         grads = []
-        for fused in (True, False):  # the block fuses any ProjectedMixer on CPU
+        for route in (Route.CPU_FUSED, Route.PLAIN):  # the block fuses any ProjectedMixer
             net.zero_grad()
-            with fused_kernels(net, fused):
+            with use_routes(net, {route}):
                 sum(o.square().sum() for o in net(x)).backward()
             grads.append([p.grad.clone() for p in net.parameters()])
         for a, b in zip(*grads, strict=True):

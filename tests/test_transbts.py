@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from helpers import small_kwargs, small_model
 from nmfseg.blocks import MixerBlock
-from nmfseg.layers import fused_kernels
 from nmfseg.mixers.attention import SelfAttention
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models.complexity import count_flops, count_params
 from nmfseg.models.transbts import TransBTS
+from nmfseg.routes import use_routes
 
 SMALL = small_kwargs("transbts_brats")[0]  # reduced widths (tests/helpers.py)
 PRESETS = ["transbts_brats", "transbts_isles"]
@@ -86,17 +86,6 @@ def test_state_dict_round_trip():
         assert torch.equal(model(x), clone(x))
 
 
-def test_fused_cpu_path_equals_the_plain_modules():
-    model = small(num_layers=2).eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(model.pos_embed.pos)
-        x = torch.randn(1, 4, 16, 24, 16)
-        fused = model(x)
-        with fused_kernels(model, False):
-            plain = model(x)
-    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
-
-
 def test_attention_is_multi_head_softmax_attention_over_voxels():
     torch.manual_seed(0)
     attn = SelfAttention(12, num_heads=3).eval()
@@ -121,7 +110,7 @@ def test_transformer_layer_is_pre_norm_attention_then_mlp():
     torch.manual_seed(0)
     layer = MixerBlock(8, mixer="attention", mixer_args={"num_heads": 2}, mlp_ratio=2).eval()
     x = torch.randn(1, 8, 2, 3, 4)
-    with torch.no_grad(), fused_kernels(layer, False):
+    with torch.no_grad(), use_routes(layer, {"plain"}):
         y = x + layer.mixer(layer.norm1(x))
         expected = y + layer.mlp(layer.norm2(y))
         torch.testing.assert_close(layer(x), expected)

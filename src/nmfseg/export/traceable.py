@@ -23,11 +23,11 @@ Examples::
 
     >>> import torch
     >>> from nmfseg.models import create_model
-    >>> from nmfseg.layers import fused_kernels
+    >>> from nmfseg.routes import use_routes
     >>> net = create_model("swin_factorizer_isles", channels=(8, 16, 32), deep_supervision=False)
     >>> form = export_form(net.eval())
     >>> x = torch.randn(1, 2, 12, 9, 16)
-    >>> with torch.no_grad(), fused_kernels(net, False):
+    >>> with torch.no_grad(), use_routes(net, {"plain", "rank1"}):  # the export form's
     ...     torch.equal(form(x), net(x))
     True
 """

@@ -9,7 +9,7 @@ subblock's input projection, the MLP's first layer). :func:`layer_norm_pointwise
 ``conv(norm(x))`` in one autograd node on channels-first CPU tensors
 (:class:`~nmfseg.layers.fused.LayerNormPointwiseFn`: no transposes, chunk-sized
 temporaries, and only ``x`` and the per-voxel statistics kept for backward). The blocks that
-use it decide when (their ``fused`` attribute, see :func:`~nmfseg.layers.fused.fused_kernels`).
+use it decide when (the route ``cpu_fused``, see :mod:`nmfseg.routes`).
 """
 
 from __future__ import annotations
