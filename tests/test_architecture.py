@@ -224,7 +224,7 @@ def test_function_local_imports_only_at_the_cli_boundary_or_for_heavy_modules():
 
 
 STDLIB_OF_THE_CORE = ("__future__", "math", "itertools", "collections", "dataclasses", "contextlib",
-                      "functools", "typing", "enum")  # fmt: skip
+                      "functools", "typing", "enum", "warnings")  # fmt: skip
 
 
 def test_the_nmf_core_imports_only_torch():

@@ -330,3 +330,18 @@ def test_the_switch_and_its_deprecated_alias():
     with fused_kernels(net, False):  # leaves rank1 on
         assert {r for m in net.modules() if hasattr(m, "routes") for r in m.routes} == {Route.RANK1}
     assert {id(m): m.routes for m in net.modules() if hasattr(m, "routes")} == defaults
+
+
+def test_the_old_fused_flag_still_switches_the_fused_routes():
+    """``module.fused = False`` (nmfseg 0.1) switches the fused routes off, with a warning."""
+    from nmfseg.blocks import MixerBlock
+    from nmfseg.routes import Route
+
+    block = MixerBlock(16, mixer="nmf", mixer_args={"head_dim": 8, "window_size": 4})
+    assert block.fused and block.mixer.fused
+    with pytest.warns(DeprecationWarning, match="use nmfseg.routes.use_routes"):
+        block.fused = False
+    assert Route.CPU_FUSED not in block.routes and not block.fused
+    with pytest.warns(DeprecationWarning):
+        block.fused = True
+    assert block.routes == type(block).ROUTES

@@ -28,12 +28,12 @@ from nmfseg.layers import MLP, LayerNorm, layer_norm_pointwise, norm_mlp_residua
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers import create_mixer
 from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.routes import Route, allows, cpu_autocast_leaves, takes, work_dtype
+from nmfseg.routes import FusedFlag, Route, allows, cpu_autocast_leaves, takes, work_dtype
 
 __all__ = ["MixerBlock"]
 
 
-class MixerBlock(nn.Module):
+class MixerBlock(FusedFlag, nn.Module):
     """``y = x + Mixer(LN(x)); z = y + MLP(LN(y))`` on ``(B, C, *spatial)`` feature maps.
 
     Args:

@@ -39,7 +39,7 @@ from nmfseg.nmf import (
     matricized_rank1,
 )
 from nmfseg.nmf.windows import is_view, ntuple
-from nmfseg.routes import Route, takes
+from nmfseg.routes import FusedFlag, Route, takes
 
 __all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "rank_problem", "set_nmf"]
 
@@ -126,7 +126,7 @@ def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
     return out
 
 
-class WrappedNMF(ProjectedMixer):
+class WrappedNMF(FusedFlag, ProjectedMixer):
     """Pointwise conv → matricize → ReLU → NMF → dematricize → pointwise conv → dropout.
 
     Args:

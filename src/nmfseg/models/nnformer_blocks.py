@@ -49,12 +49,12 @@ from torch import Tensor, nn
 from nmfseg.layers import MLP, LayerNorm, layer_norm_pointwise, norm_mlp_residual
 from nmfseg.layers.fused import project_add_dropout
 from nmfseg.mixers.attention import VolumeAttention
-from nmfseg.routes import Route, takes
+from nmfseg.routes import FusedFlag, Route, takes
 
 __all__ = ["SkipAttentionLayer"]
 
 
-class SkipAttentionLayer(nn.Module):
+class SkipAttentionLayer(FusedFlag, nn.Module):
     """Skip attention: decoder queries attend to the encoder's keys and values.
 
     ``y = (up + skip) + Proj(Attention(q=LN(up), kv=W_kv LN(skip))); z = y + MLP(LN(y))``,

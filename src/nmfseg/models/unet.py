@@ -34,7 +34,7 @@ from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding
 from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
 from nmfseg.models.base import UShapedNetwork
-from nmfseg.routes import Route, takes
+from nmfseg.routes import FusedFlag, Route, takes
 
 __all__ = ["UNet"]
 
@@ -54,7 +54,7 @@ class _EncoderStage(nn.Module):
         return self.block(x)
 
 
-class _DecoderStage(nn.Module):
+class _DecoderStage(FusedFlag, nn.Module):
     ROUTES = frozenset({Route.CPU_FUSED})
 
     def __init__(

@@ -17,6 +17,7 @@ from nmfseg.routes.precision import (
 )
 from nmfseg.routes.table import (
     ROUTE_TABLE,
+    FusedFlag,
     Route,
     allows,
     cpu_autocast_leaves,
@@ -31,6 +32,7 @@ from nmfseg.routes.table import (
 
 __all__ = [
     "ROUTE_TABLE",
+    "FusedFlag",
     "Route",
     "allows",
     "autocast_off",

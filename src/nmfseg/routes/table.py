@@ -45,6 +45,7 @@ Examples::
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -174,3 +175,44 @@ def use_routes(model: nn.Module, allowed: Iterable[Route | str]) -> Iterator[Non
     finally:
         for m, routes in zip(modules, previous, strict=True):
             m.routes = routes
+
+
+_FUSED_ROUTES = frozenset({Route.CPU_FUSED, Route.RECOMPUTE})
+
+
+class FusedFlag:
+    """The boolean ``fused`` attribute of nmfseg 0.1's routable modules, kept working: reading
+    it says whether the module may take its fused routes (``cpu_fused``, ``recompute``);
+    setting it switches them, with a ``DeprecationWarning`` (use :func:`use_routes`).
+
+    Examples::
+
+        >>> import warnings
+        >>> class Block(FusedFlag, nn.Module):
+        ...     ROUTES = frozenset({Route.CPU_FUSED})
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.routes = self.ROUTES
+        >>> block = Block()
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     block.fused = False
+        >>> block.routes == frozenset(), block.fused
+        (True, False)
+    """
+
+    ROUTES: frozenset[Route]
+    routes: frozenset[Route]
+
+    @property
+    def fused(self) -> bool:
+        return bool(self.routes & _FUSED_ROUTES)
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        warnings.warn(
+            "setting .fused is deprecated; use nmfseg.routes.use_routes(model, ...) or "
+            "set_routes", DeprecationWarning, stacklevel=2,
+        )  # fmt: skip
+        on = type(self).ROUTES & _FUSED_ROUTES if value else frozenset()
+        self.routes = (self.routes - _FUSED_ROUTES) | on
