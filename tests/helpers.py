@@ -46,6 +46,17 @@ SMALL: dict[str, tuple[dict[str, Any], int]] = {
 }
 
 
+# Feature-map shapes every matricize and one-node NMF test covers: divisible, padded, clamped,
+# a stage smaller than the window, 2D and 3D, odd and 1-voxel dims.
+MATRICIZE_SHAPES = [
+    (2, 8, 16, 16, 16),  # 3D, divisible
+    (1, 8, 12, 5, 9),  # 3D, padded along two dims, clamped along one
+    (2, 16, 4, 4, 4),  # 3D, a stage smaller than the window: one clamped window
+    (2, 8, 16, 24),  # 2D, divisible
+    (1, 4, 50, 70),  # 2D, padded
+    (3, 4, 7, 1),  # 2D, odd and 1-voxel dims
+]
+
 # ``python -c KILL_RUNNER STEP ARGS...``: ``nmfseg ARGS`` killed with SIGKILL right after
 # optimizer step STEP (before any file of that step is written), through the trainer's public
 # ``on_step_end`` hook; to test that an interrupted run resumes exactly.

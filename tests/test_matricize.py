@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch.autograd import gradcheck
 
+from helpers import MATRICIZE_SHAPES
 from nmfseg.nmf import (
     GlobalMatricize,
     LocalMatricize,
@@ -19,14 +20,7 @@ from nmfseg.nmf import (
     nmf_reconstruct,
 )
 
-SHAPES = [
-    (2, 8, 16, 16, 16),  # 3D, divisible
-    (1, 8, 12, 5, 9),  # 3D, padded along two dims, clamped along one
-    (2, 16, 4, 4, 4),  # 3D, a stage smaller than the window: one clamped window
-    (2, 8, 16, 24),  # 2D, divisible
-    (1, 4, 50, 70),  # 2D, padded
-    (3, 4, 7, 1),  # 2D, odd and 1-voxel dims
-]
+SHAPES = MATRICIZE_SHAPES
 MODULES = [
     GlobalMatricize(head_dim=4),
     LocalMatricize(head_dim=4, window_size=8),

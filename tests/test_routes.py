@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from helpers import small_model
+from helpers import MATRICIZE_SHAPES, small_model
 from nmfseg.export.traceable import export_form
 from nmfseg.layers import LayerNorm, PointwiseConv, fused, fused_kernels
 from nmfseg.layers.fused import project_add_dropout
@@ -138,15 +138,6 @@ def _transbts_eval(route: Route) -> list[Tensor]:
 
 
 # --- recompute: the one-node Swin and Local rank-1 NMF -------------------------------------
-
-MATRICIZE_SHAPES = [
-    (2, 8, 16, 16, 16),  # 3D, divisible
-    (1, 8, 12, 5, 9),  # 3D, padded along two dims, clamped along one
-    (2, 16, 4, 4, 4),  # 3D, a stage smaller than the window: one clamped window
-    (2, 8, 16, 24),  # 2D, divisible
-    (1, 4, 50, 70),  # 2D, padded
-    (3, 4, 7, 1),  # 2D, odd and 1-voxel dims
-]
 
 
 def _matricized_rank1(kind, shape, iters, grad_iters, pieces) -> Callable[[Route], list[Tensor]]:
