@@ -13,12 +13,17 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from nmfseg.mixers.nmf import WrappedNMF, set_nmf
-from nmfseg.nmf import NMF, default_init, nmf, nmf_reconstruct, reconstruct
+from nmfseg.nmf import NMF, default_init, nmf, nmf_reconstruct
 
 TINY = np.finfo(np.float64).tiny
 
 
 # --- An independent float64 reference: the paper's pseudocode, column by column. ---------
+
+
+def _product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The low-rank approximation ``u @ v.mT`` of an NMF."""
+    return u @ v.mT
 
 
 def np_mu(x: np.ndarray, f: np.ndarray, g: np.ndarray, iters: int):
@@ -99,7 +104,7 @@ def test_reference_is_not_trivially_satisfied():
 def test_objective_non_increasing(solver, rank):
     x = torch.relu(torch.randn(4, 8, 60, generator=torch.Generator().manual_seed(5))).double()
     errors = [
-        torch.linalg.matrix_norm(x - reconstruct(*nmf(x, rank, iters=t, solver=solver)))
+        torch.linalg.matrix_norm(x - _product(*nmf(x, rank, iters=t, solver=solver)))
         for t in range(0, 12)
     ]
     for before, after in itertools.pairwise(errors):
@@ -156,7 +161,7 @@ def test_grad_iters_is_the_gradient_of_the_last_iterations(solver, rank, fast, g
     assert gradcheck(last_k, (x,))
     dy = _rand(2, 4, 9, seed=24)
     (expected,) = torch.autograd.grad((last_k(x) * dy).sum(), x)
-    for fn in (nmf_reconstruct, lambda *a, **k: reconstruct(*nmf(*a, **k))):
+    for fn in (nmf_reconstruct, lambda *a, **k: _product(*nmf(*a, **k))):
         y = fn(x, rank, iters, solver, grad_iters=grad_iters, fast=fast)
         (got,) = torch.autograd.grad((y * dy).sum(), x)
         torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
@@ -266,11 +271,11 @@ def test_module_settings_are_mutable_and_deterministic():
     assert list(layer.parameters()) == [] and list(layer.buffers()) == []
     y5 = layer(x)
     assert torch.equal(layer.train()(x), layer.eval()(x))
-    torch.testing.assert_close(y5, reconstruct(*layer.factorize(x)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y5, _product(*layer.factorize(x)), rtol=1e-12, atol=1e-12)
     layer.iters = 1
     assert not torch.allclose(layer(x), y5)
     layer.rank, layer.solver = 2, "mu"
-    torch.testing.assert_close(layer(x), reconstruct(*nmf(x, 2, 1, "mu")))
+    torch.testing.assert_close(layer(x), _product(*nmf(x, 2, 1, "mu")))
     assert "rank=2" in repr(layer) and "solver='mu'" in repr(layer)
 
 

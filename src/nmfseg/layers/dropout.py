@@ -11,15 +11,14 @@ a Factorizer step (32 dropout layers, most of them on full-resolution feature ma
   ``2**22`` elements, and backward replays them instead of keeping the mask: dropout stores
   nothing but a seed and never builds a full-size mask. Results are reproducible under
   ``torch.manual_seed``, and ``torch.utils.checkpoint`` (which restores the global
-  generator) recomputes the same masks;
-- the residual connection after a subblock's dropout is one pass (:func:`add_dropout`).
+  generator) recomputes the same masks (the fused kernels of :mod:`nmfseg.layers.fused`
+  draw theirs the same way, through ``_drop_bits``).
 
 On other devices (and under CPU autocast) ``torch.nn.functional.dropout`` is used.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterator
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "add_dropout", "dropout", "dropout_mask"]
+__all__ = ["Dropout", "dropout"]
 
 _CHUNK = 2**22  # elements per mask chunk: the masks never exist at full size
 _HIGH_LANE = 3 if sys.byteorder == "little" else 0
@@ -49,20 +48,6 @@ def _drop_bits(n: int, thresholds: Tensor, gen: torch.Generator | None) -> Tenso
     """``n`` bools, True where dropped: 16 random bits per element (15 for every fourth)."""
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=gen)
     return (words.view(torch.int16).view(-1, 4) < thresholds).view(-1)[:n]
-
-
-def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = None) -> Tensor:
-    """A bool CPU tensor, True where an element is dropped (probability ``p`` to 3e-5).
-
-    With a ``seed`` the mask comes from a private generator and can be drawn again (in the
-    same chunks of ``2**22`` elements, which is how the layers draw it); without one, from
-    the global generator.
-    """
-    gen = None if seed is None else torch.Generator().manual_seed(seed)
-    thresholds = _thresholds(p)
-    n = math.prod(shape)
-    parts = [_drop_bits(min(_CHUNK, n - i), thresholds, gen) for i in range(0, n, _CHUNK)]
-    return torch.cat(parts).view(shape) if parts else torch.zeros(shape, dtype=torch.bool)
 
 
 def _chunked_masks(n: int, p: float, seed: int) -> Iterator[tuple[int, int, Tensor]]:
@@ -98,23 +83,6 @@ class _Dropout(torch.autograd.Function):
         return _scale_and_drop(dy, dx, ctx.p, ctx.scale, ctx.seed), None, None
 
 
-class _AddDropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, out: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        ctx.seed, ctx.p, ctx.scale = _seed(), p, 1.0 / (1.0 - p)
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        xf, of, yf = x.reshape(-1), out.reshape(-1), y.view(-1)
-        for i, j, drop in _chunked_masks(yf.numel(), p, ctx.seed):
-            torch.add(xf[i:j], of[i:j], alpha=ctx.scale, out=yf[i:j])
-            torch.where(drop, xf[i:j], yf[i:j], out=yf[i:j])
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        dout = torch.empty_like(dy, memory_format=torch.contiguous_format)
-        return dy, _scale_and_drop(dy, dout, ctx.p, ctx.scale, ctx.seed), None
-
-
 def _fast_path(x: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
@@ -129,19 +97,6 @@ def dropout(x: Tensor, p: float, training: bool = True, inplace: bool = False) -
     if p == 1.0 or not _fast_path(x):
         return F.dropout(x, p, training=True, inplace=inplace)
     return _Dropout.apply(x, p, inplace)
-
-
-def add_dropout(x: Tensor, out: Tensor, p: float, training: bool = True) -> Tensor:
-    """``x + dropout(out)``: the residual connection after a subblock's output dropout.
-
-    On CPU this is one pass and one new tensor: the ``1/(1-p)`` scale is folded into the
-    addition and the mask selects ``x`` where ``out`` is dropped.
-    """
-    if not training or p == 0.0:
-        return x + out
-    if p == 1.0 or not _fast_path(out) or x.shape != out.shape:
-        return x + F.dropout(out, p, training=True)
-    return _AddDropout.apply(x, out, p)
 
 
 class Dropout(nn.Module):

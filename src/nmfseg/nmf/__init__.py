@@ -29,7 +29,7 @@ from nmfseg.nmf.matricize import (
     build_matricize,
 )
 from nmfseg.nmf.recompute import matricized_rank1
-from nmfseg.nmf.solvers import NMF, SOLVERS, nmf, nmf_flops, nmf_reconstruct, reconstruct
+from nmfseg.nmf.solvers import NMF, SOLVERS, nmf, nmf_flops, nmf_reconstruct
 from nmfseg.nmf.steps import default_init
 from nmfseg.nmf.windows import MatricizeGeometry
 
@@ -47,5 +47,4 @@ __all__ = [
     "nmf",
     "nmf_flops",
     "nmf_reconstruct",
-    "reconstruct",
 ]

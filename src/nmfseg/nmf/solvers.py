@@ -40,7 +40,6 @@ __all__ = [
     "nmf",
     "nmf_flops",
     "nmf_reconstruct",
-    "reconstruct",
 ]
 
 SOLVERS = ("hals", "mu")
@@ -240,7 +239,8 @@ def _reconstruct(
     """:func:`nmf_reconstruct` without the check of ``x``'s values (what :class:`NMF` runs)."""
     _check(x, rank, iters, solver, grad_iters)
     if not _use_fast(rank, iters, solver, init, fast):
-        return reconstruct(*_factorize(x, rank, iters, solver, init, grad_iters, fast))
+        u, v = _factorize(x, rank, iters, solver, init, grad_iters, fast)
+        return u @ v.mT
     out_dtype, shape = x.dtype, x.shape
     with autocast_off(x):
         x, _, v0 = _prepare(x, rank, init)
@@ -249,11 +249,6 @@ def _reconstruct(
                 x.reshape(-1, *shape[-2:]), _flat_g0(v0, init), iters, grad_iters or None
             )
     return y.view(shape).to(out_dtype)
-
-
-def reconstruct(u: Tensor, v: Tensor) -> Tensor:
-    """The low-rank approximation ``u @ v.mT``."""
-    return u @ v.mT
 
 
 def nmf_flops(batch: int, m: int, n: int, rank: int, iters: int) -> int:
