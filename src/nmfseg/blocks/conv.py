@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from monai.networks.layers import Conv
 from torch import Tensor, nn
 
 from nmfseg.blocks._registry import register_block
@@ -98,7 +99,7 @@ class ConvBlock(nn.Module):
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size should be a positive odd int, got {kernel_size!r}.")
         check_dropout(dropout=dropout)
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv = Conv[Conv.CONV, spatial_dims]
         pad = kernel_size // 2
         self.in_channels = in_channels
         self.channels = channels

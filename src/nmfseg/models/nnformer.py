@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from monai.networks.layers import Conv
 from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
@@ -68,14 +69,6 @@ from nmfseg.models.nnformer_blocks import SkipAttentionLayer
 __all__ = ["NNFormer", "conv_embedding"]
 
 
-def _conv(spatial_dims: int) -> type[nn.Module]:
-    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-
-
-def _transposed_conv(spatial_dims: int) -> type[nn.Module]:
-    return nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
-
-
 def conv_embedding(spatial_dims: int, in_channels: int, feature_size: int) -> nn.Sequential:
     """nnFormer's convolutional embedding: ``(B, in_channels, *S) -> (B, feature_size, *S/4)``.
 
@@ -85,7 +78,7 @@ def conv_embedding(spatial_dims: int, in_channels: int, feature_size: int) -> nn
         >>> conv_embedding(3, 4, 8)(torch.randn(1, 4, 8, 12, 16)).shape
         torch.Size([1, 8, 2, 3, 4])
     """
-    conv, half = _conv(spatial_dims), feature_size // 2
+    conv, half = Conv[Conv.CONV, spatial_dims], feature_size // 2
     return nn.Sequential(
         conv(in_channels, half, kernel_size=3, stride=2, padding=1), nn.GELU(), LayerNorm(half),
         conv(half, half, kernel_size=3, padding=1), nn.GELU(), LayerNorm(half),
@@ -199,7 +192,7 @@ class NNFormer(UShapedNetwork):
                 for j in range(first, depths[i])
             ))  # fmt: skip
 
-        conv, tconv = _conv(spatial_dims), _transposed_conv(spatial_dims)
+        conv, tconv = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
         last = len(depths) - 1
         self.embed = conv_embedding(spatial_dims, in_channels, feature_size)
         self.encoder = nn.ModuleList(layers(i, 0) for i in range(len(depths)))

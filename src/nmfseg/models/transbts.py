@@ -58,6 +58,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.layers import Conv, Dropout
 from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
@@ -72,7 +73,7 @@ __all__ = ["TransBTS"]
 
 def _conv3(spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
     """3×3×3 (3×3) convolution with bias, padded to keep the size (halve it for stride 2)."""
-    conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+    conv = Conv[Conv.CONV, spatial_dims]
     return conv(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
 
 
@@ -109,7 +110,7 @@ class _UpStage(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, spatial_dims: int, norm: NormSpec) -> None:
         super().__init__()
-        tconv = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        tconv = Conv[Conv.CONVTRANS, spatial_dims]
         self.reduce = PointwiseConv(in_channels, channels)
         self.up = tconv(channels, channels, kernel_size=2, stride=2)
         self.fuse = PointwiseConv(2 * channels, channels)
@@ -183,7 +184,7 @@ class TransBTS(SegmentationNetwork):
         self.feature_size = feature_size
         self.hidden_size = hidden_size
 
-        drop = nn.Dropout3d if spatial_dims == 3 else nn.Dropout2d
+        drop = Dropout[Dropout.DROPOUT, spatial_dims]
         self.stem = nn.Sequential(_conv3(spatial_dims, in_channels, widths[0]), drop(stem_dropout))
         self.encoder = nn.ModuleList(
             nn.Sequential(

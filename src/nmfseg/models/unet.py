@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.networks.layers import Conv
 from torch import Tensor, nn
 
 from nmfseg.blocks import create_block
@@ -144,8 +145,7 @@ class UNet(UShapedNetwork):
         self.deep_supervision = deep_supervision
         self.deep_supr_num = deep_supr_num
 
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        tconv = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        conv, tconv = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
 
         def make_block(c: int, **extra: Any) -> nn.Module:
             return create_block(block, c, spatial_dims, dropout, **extra, **(block_args or {}))
