@@ -61,7 +61,7 @@ from nmfseg.inference.checks import check_image, check_nmf_settings, usable_rank
 from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
 from nmfseg.inference.postprocess import PostProcessing, saved_postprocessing
 from nmfseg.inference.settings import NMF_SETTINGS, InferenceSettings, parse_layers
-from nmfseg.mixers.nmf import nmf_layers, set_nmf
+from nmfseg.mixers.nmf import nmf_layers, nmf_state, restore_nmf, set_nmf
 
 __all__ = ["InferenceSettings", "Predictor", "output_scheme", "parse_layers"]
 
@@ -109,10 +109,7 @@ class Predictor:
             raise TypeError("give the settings either as an InferenceSettings or as keywords")
         self.ensemble = ensemble
         self.progress = progress
-        self._trained = [
-            [(layer.nmf.iters, layer.nmf.rank, layer.nmf.solver) for layer in nmf_layers(m)]
-            for m in ensemble.models
-        ]
+        self._trained = [nmf_state(m) for m in ensemble.models]
         self._compiled: list[nn.Module] | None = None
         self.settings = InferenceSettings()
         self.configure(settings if settings is not None else InferenceSettings(**options))
@@ -168,8 +165,7 @@ class Predictor:
         for net, trained, enabled in zip(self.ensemble.models, self._trained, keep, strict=True):
             if enabled is None:  # no NMF layers
                 continue
-            for layer, (iters, rank, solver) in zip(nmf_layers(net), trained, strict=True):
-                layer.nmf.iters, layer.nmf.rank, layer.nmf.solver = iters, rank, solver
+            restore_nmf(net, trained)  # the switches start from the trained settings
             set_nmf(net, new.nmf_iters, new.nmf_rank, new.nmf_solver, enabled)
         if new.compile and self._compiled is None:
             self._compiled = [torch.compile(net) for net in self.ensemble.models]

@@ -41,7 +41,16 @@ from nmfseg.nmf import (
 from nmfseg.nmf.windows import is_view, ntuple
 from nmfseg.routes import FusedFlag, Route, takes
 
-__all__ = ["NMFRecord", "WrappedNMF", "factor_maps", "nmf_layers", "rank_problem", "set_nmf"]
+__all__ = [
+    "NMFRecord",
+    "WrappedNMF",
+    "factor_maps",
+    "nmf_layers",
+    "nmf_state",
+    "rank_problem",
+    "restore_nmf",
+    "set_nmf",
+]
 
 _NO_BETTER = "a rank above min(rows, columns) of a matrix cannot describe it better"
 
@@ -333,6 +342,36 @@ def rank_problem(layers: Sequence[WrappedNMF], rank: int) -> str | None:
         for (limit, shape), idx in sorted(groups.items(), key=lambda kv: kv[1][0])
     ]
     return f"at most {', '.join(parts)}; {_NO_BETTER}"
+
+
+def nmf_state(model: nn.Module) -> list[tuple[int, int, str]]:
+    """``(iters, rank, solver)`` of every NMF layer of ``model``, for :func:`restore_nmf`.
+
+    Examples::
+
+        >>> from nmfseg.models import create_model
+        >>> net = create_model("swin_factorizer_isles", channels=(8, 16, 32, 64, 128))
+        >>> state = nmf_state(net)
+        >>> set_nmf(net, iters=1, solver="mu")
+        >>> restore_nmf(net, state)
+        >>> nmf_state(net) == state
+        True
+    """
+    return [(layer.nmf.iters, layer.nmf.rank, layer.nmf.solver) for layer in nmf_layers(model)]
+
+
+def restore_nmf(model: nn.Module, state: Sequence[tuple[int, int, str]]) -> None:
+    """Put back the per-layer NMF settings :func:`nmf_state` read (layer by layer, so
+    layers trained with different settings get their own back).
+
+    Raises:
+        ValueError: ``state`` is not one entry per NMF layer of ``model``.
+    """
+    layers = nmf_layers(model)
+    if len(state) != len(layers):
+        raise ValueError(f"state has {len(state)} entries for {len(layers)} NMF layers.")
+    for layer, (iters, rank, solver) in zip(layers, state, strict=True):
+        layer.nmf.iters, layer.nmf.rank, layer.nmf.solver = iters, rank, solver
 
 
 def set_nmf(
