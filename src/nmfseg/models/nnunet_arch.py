@@ -38,6 +38,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from nmfseg.errors import ConfigError
 from nmfseg.models._registry import MODELS, create_model, model_info
 
@@ -48,6 +50,7 @@ __all__ = [
     "nnunet_model",
     "plans_architecture",
     "plans_network",
+    "probe_network",
     "round_patch",
 ]
 
@@ -173,6 +176,26 @@ def network_kwargs(
     if "img_size" in preset:
         kwargs["img_size"] = tuple(int(p) for p in patch)
     return {**kwargs, **overrides}
+
+
+def probe_network(
+    name: str, overrides: Mapping[str, Any], in_channels: int, out_channels: int, dims: int
+) -> Any:
+    """The network ``name`` built on the meta device (no memory, no weights), at the preset's
+    training patch: what its ``size_multiple`` and ``num_outputs`` are before nnU-Net's
+    patch is rounded (a patch that is not yet a multiple could be refused, e.g. by UNETR).
+
+    Examples::
+
+        >>> net = probe_network("swin_factorizer_brats", {}, 4, 3, 3)
+        >>> net.size_multiple, net.num_outputs
+        (16, 3)
+    """
+    probe = (model_info(name).patch_size or (128,) * 3)[:1] * dims
+    with torch.device("meta"):
+        return create_model(
+            name, **network_kwargs(name, overrides, in_channels, out_channels, probe)
+        )
 
 
 def build_nnunet_network(

@@ -31,8 +31,7 @@ from typing import Any
 
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json, write_json
-from nmfseg.models import create_model, model_info
-from nmfseg.models.nnunet_arch import network_kwargs, plans_architecture, round_patch
+from nmfseg.models.nnunet_arch import plans_architecture, probe_network, round_patch
 
 __all__ = ["find_preprocessed", "require_nnunet", "trainer_folder", "write_plans_variant"]
 
@@ -82,16 +81,6 @@ def find_preprocessed(dataset: str | Path) -> Path:
     raise DataError(root, f"no preprocessed dataset {text!r} (run nnUNetv2_plan_and_preprocess)")
 
 
-def _size_multiple(name: str, overrides: Mapping[str, Any], channels: tuple[int, int]) -> int:
-    import torch
-
-    dims = 3
-    probe = (model_info(name).patch_size or (128,) * dims)[:1] * dims
-    with torch.device("meta"):
-        net = create_model(name, **network_kwargs(name, overrides, *channels, probe))
-    return int(net.size_multiple)
-
-
 def write_plans_variant(
     dataset: str | Path,
     model: str,
@@ -135,7 +124,7 @@ def write_plans_variant(
     dataset_json = folder / "dataset.json"
     meta = read_json(dataset_json) if dataset_json.is_file() else {}
     n_in = len(meta.get("channel_names", meta.get("modality", {}))) or 1
-    multiple = _size_multiple(model, overrides, (n_in, 1))
+    multiple = probe_network(model, overrides, n_in, 1, 3).size_multiple
     variant = copy.deepcopy(plans)
     variant["plans_name"] = name
     for config in variant.get("configurations", {}).values():

@@ -56,12 +56,11 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nmfseg.models import create_model, model_info
 from nmfseg.models.nnunet_arch import (
     build_nnunet_network,
-    network_kwargs,
     nnunet_model,
     plans_architecture,
+    probe_network,
     round_patch,
 )
 from nmfseg.training.config import load_recipe
@@ -110,24 +109,18 @@ class nnUNetTrainerNmfseg(nnUNetTrainer):
         name, overrides = nnunet_model(config, self.model_name)
         saved = self.plans_manager.plans["configurations"][self.configuration_name]
         config["architecture"] = saved["architecture"] = plans_architecture(name, overrides)
-        dims = len(config["patch_size"])
-        probe = (model_info(name).patch_size or (128,) * 3)[:1] * dims
         n_in = determine_num_input_channels(
             self.plans_manager, self.configuration_manager, self.dataset_json
         )
         n_out = self.label_manager.num_segmentation_heads
-        with torch.device("meta"):
-            net = create_model(name, **network_kwargs(name, overrides, n_in, n_out, probe))
+        net = probe_network(name, overrides, n_in, n_out, len(config["patch_size"]))
         patch = list(round_patch(config["patch_size"], net.size_multiple))
         if patch != list(config["patch_size"]):
             self.print_to_log_file(
                 f"nmfseg: patch size {list(config['patch_size'])} rounded to {patch}, a "
                 f"multiple of {net.size_multiple} for {name}"
             )
-            config["patch_size"] = patch
-            self.plans_manager.plans["configurations"][self.configuration_name]["patch_size"] = (
-                patch
-            )
+            config["patch_size"] = saved["patch_size"] = patch
         return int(net.num_outputs)
 
     @classmethod
