@@ -49,10 +49,10 @@ from torch import nn
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.export.bundle_config import inference_config
 from nmfseg.export.bundle_meta import bundle_metadata, bundle_readme, logging_conf, run_metrics
-from nmfseg.export.onnx import CHECK_SHAPES, TOLERANCE
+from nmfseg.export.onnx import CHECK_SHAPES, TOLERANCE, one_checkpoint
 from nmfseg.export.traceable import export_form
 from nmfseg.fileio import check_writable
-from nmfseg.inference.ensemble import find_checkpoints, load_ensemble
+from nmfseg.inference.ensemble import load_ensemble
 from nmfseg.models.checkpoint import read_checkpoint
 from nmfseg.routes import Route, restrict_routes
 
@@ -208,17 +208,6 @@ def _write_folder(out: Path, files: Mapping[str, bytes]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _one_checkpoint(model: str | Path, fold: str | None, checkpoint: str) -> Path:
-    paths = find_checkpoints(model, [fold] if fold is not None else None, checkpoint)
-    if len(paths) > 1:
-        names = ", ".join(p.parent.name for p in paths)
-        raise ConfigError(
-            f"{model} holds {len(paths)} folds ({names}); a MONAI bundle holds one network: "
-            "choose one with --fold K"
-        )
-    return paths[0]
-
-
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
@@ -256,7 +245,9 @@ def export_bundle(
     """
     say = echo or (lambda line: None)
     out = check_bundle_path(out, overwrite)
-    source = _one_checkpoint(model, None if fold is None else str(fold), checkpoint)
+    source = one_checkpoint(
+        model, None if fold is None else str(fold), checkpoint, "a MONAI bundle"
+    )
     ckpt = read_checkpoint(source)
     ensemble = load_ensemble(source, None, checkpoint, "cpu")
     network = ensemble.models[0]

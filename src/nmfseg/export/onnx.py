@@ -331,12 +331,19 @@ def inference_metadata(predictor: Predictor, source: Path, checkpoint: str) -> d
     }
 
 
-def _one_checkpoint(model: str | Path, fold: str | None, checkpoint: str) -> Path:
+def one_checkpoint(
+    model: str | Path, fold: str | None, checkpoint: str, holder: str = "an ONNX file"
+) -> Path:
+    """The checkpoint of the one fold an export holds (``holder``: what it is written into).
+
+    Raises:
+        ConfigError: ``model`` holds several folds and ``fold`` names none of them.
+    """
     paths = find_checkpoints(model, [fold] if fold is not None else None, checkpoint)
     if len(paths) > 1:
         names = ", ".join(p.parent.name for p in paths)
         raise ConfigError(
-            f"{model} holds {len(paths)} folds ({names}); an ONNX file holds one network: "
+            f"{model} holds {len(paths)} folds ({names}); {holder} holds one network: "
             "choose one with --fold K"
         )
     return paths[0]
@@ -411,7 +418,7 @@ def export_onnx(
     if opset not in OPSETS:
         raise ConfigError(f"--opset {opset}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
     out = check_onnx_path(out, overwrite)
-    source = _one_checkpoint(model, None if fold is None else str(fold), checkpoint)
+    source = one_checkpoint(model, None if fold is None else str(fold), checkpoint)
     predictor = Predictor(load_ensemble(source, None, checkpoint, "cpu"), settings)
     network = predictor.ensemble.models[0]
     metadata = inference_metadata(predictor, source, checkpoint)
