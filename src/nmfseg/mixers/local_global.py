@@ -5,12 +5,13 @@ simultaneously exploit both local and global contexts." This mixer does exactly 
 every head (of every image and, for Swin, every view), with ``X_w`` the ReLU'd matrix of
 window ``w`` (``E`` rows, the window's voxels as columns), it solves
 
-    ``min ‖X_w - g h_wᵀ - a_w b_wᵀ‖²`` summed over the windows ``w``, all factors ``>= 0``,
+    ``min Σ_w ‖X_w - g h_wᵀ - A_w B_wᵀ‖²`` over the windows ``w``, all factors ``>= 0``:
 
 a *global* rank-one term whose channel profile ``g`` is shared by every window of the head
-(its spatial factor ``h`` spans the whole stage: the Global Factorizer's component) plus a
-*local* rank-one term ``a_w b_wᵀ`` per window (the Local Factorizer's component). The layer
-outputs ``g h_wᵀ + a_w b_wᵀ`` and is registered as mixer ``"local_global_nmf"``.
+(its spatial factor ``h`` spans the whole stage: the Global Factorizer's component) plus
+*local* terms ``A_w B_wᵀ`` of rank ``rank - 1`` (default 1) per window (the Local
+Factorizer's component). The layer outputs ``g h_wᵀ + A_w B_wᵀ`` and is registered as mixer
+``"local_global_nmf"``.
 
 Why this formulation, rather than two Wrapped NMFs (a window view and the global view, on
 split heads or on the same input) combined by a learned gate or sum:
@@ -23,18 +24,20 @@ split heads or on the same input) combined by a learned gate or sum:
 - it adds no parameters (the projections are a Wrapped NMF's), so a preset differs from the
   Local Factorizer only in what its NMF computes;
 - it is solved by block-coordinate descent with closed-form HALS updates (paper eq. 13, one
-  column at a time: ``g``, ``h``, then every ``a_w``, ``b_w``), each the exact minimizer of
-  its block, so the objective never increases; the first update of ``g, h`` (with the local
-  terms at zero) is the rank-one NMF of the whole head;
+  column at a time: ``g``, ``h``, then the columns of every ``A_w``, ``B_w``), each the
+  exact minimizer of its block, so the objective never increases; the first update of
+  ``g, h`` (with the local terms at zero) is a HALS step of the rank-one NMF of the head;
 - everything stays in the window layout: ``X`` is matricized once and the result folded
-  back once, as in a Local Wrapped NMF, and ``X_w [h_w, b_w]`` is one pass over the windows
+  back once, as in a Local Wrapped NMF, and ``X_w [h_w, B_w]`` is one pass over the windows
   (three passes per iteration in all). Backward keeps the matrices once and a few vectors.
 
 Like the paper's NMF it is unrolled for ``iters`` iterations (with ``grad_iters``, only the
 last ones are differentiated). As an NMF layer of its network (a
-:class:`~nmfseg.mixers.nmf.WrappedNMF`), it records its factors as a rank-2 factorization
-of every window: component 0 is the global term (the same ``g`` in every window, so its
-maps are seamless), component 1 the local one; ``nmfseg explain`` shows both.
+:class:`~nmfseg.mixers.nmf.WrappedNMF`), it records its factors as a rank-``rank``
+factorization of every window: component 0 is the global term (the same ``g`` in every
+window, so its maps are seamless), the others the local ones; ``nmfseg explain`` shows
+them all. :func:`~nmfseg.mixers.nmf.set_nmf` may change ``rank`` after training: ``rank=1``
+keeps the global term alone.
 
 Examples::
 
@@ -58,6 +61,7 @@ from torch import Tensor, nn
 from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.nmf import NMFRecord, WrappedNMF
 from nmfseg.nmf import nmf_flops
+from nmfseg.nmf.steps import _hals_sweep as hals_sweep
 from nmfseg.nmf.steps import guard, weyl
 from nmfseg.routes import autocast_off, work_dtype
 
@@ -67,13 +71,13 @@ _VIEWS = ("local", "swin")
 
 
 class JointFactors(NamedTuple):
-    """The factors of :func:`joint_factorize` for ``x (P, W, E, N)``.
+    """The factors of :func:`joint_factorize` for ``x (P, W, E, N)``, ``r`` local components.
 
     Attributes:
         g: Global channel factor ``(P, E)``, shared by the ``W`` windows of a group.
         h: Global spatial factor ``(P, W, N)`` (in the windows' layout).
-        a: Local channel factors ``(P, W, E)``.
-        b: Local spatial factors ``(P, W, N)``.
+        a: Local channel factors ``(P, W, E, r)``.
+        b: Local spatial factors ``(P, W, N, r)``.
     """
 
     g: Tensor
@@ -81,14 +85,14 @@ class JointFactors(NamedTuple):
     a: Tensor
     b: Tensor
 
-    def as_rank2(self) -> tuple[Tensor, Tensor]:
-        """Every window's ``(u (P, W, E, 2), v (P, W, N, 2))``: global term, then local."""
-        u = torch.stack([self.g.unsqueeze(1).expand_as(self.a), self.a], -1)
-        return u, torch.stack([self.h, self.b], -1)
+    def as_factors(self) -> tuple[Tensor, Tensor]:
+        """Every window's ``(u (P, W, E, 1 + r), v (P, W, N, 1 + r))``: global, then local."""
+        g = self.g[:, None, :, None].expand(*self.a.shape[:-1], 1)
+        return torch.cat([g, self.a], -1), torch.cat([self.h.unsqueeze(-1), self.b], -1)
 
     def reconstruct(self) -> Tensor:
-        """``g h_wᵀ + a_w b_wᵀ`` for every window, ``(P, W, E, N)``."""
-        u, v = self.as_rank2()
+        """``g h_wᵀ + A_w B_wᵀ`` for every window, ``(P, W, E, N)``."""
+        u, v = self.as_factors()
         return u @ v.mT
 
 
@@ -97,32 +101,42 @@ def _sq(f: Tensor) -> Tensor:
 
 
 def _iteration(x: Tensor, f: JointFactors) -> JointFactors:
-    """One block-coordinate sweep: ``g``, ``h`` on ``X - L``, then ``a``, ``b`` on ``X - G``."""
+    """One block-coordinate sweep: ``g``, ``h`` on ``X - L``, then the columns of ``A``, ``B``
+    on ``X - G`` (HALS's column sweep, :func:`~nmfseg.nmf.steps.hals_step`'s)."""
     g, h, a, b = f
-    xhb = x @ torch.stack([h, b], -1)  # (P, W, E, 2): X_w h_w and X_w b_w, one pass
-    own = a * (b * h).sum(-1, keepdim=True)  # L_w h_w
-    g = torch.relu((xhb[..., 0] - own).sum(1)) / guard((h * h).sum((1, 2)).unsqueeze(-1))
-    xg = (x.mT @ g[:, None, :, None]).squeeze(-1)  # X_wᵀ g, (P, W, N)
-    h = torch.relu(xg - b * (a * g.unsqueeze(1)).sum(-1, keepdim=True)) / guard(_sq(g)[:, None])
-    a = torch.relu(xhb[..., 1] - g.unsqueeze(1) * (h * b).sum(-1, keepdim=True)) / guard(_sq(b))
-    xa = (x.mT @ a.unsqueeze(-1)).squeeze(-1)  # X_wᵀ a_w
-    b = torch.relu(xa - h * (g.unsqueeze(1) * a).sum(-1, keepdim=True)) / guard(_sq(a))
+    xhb = x @ torch.cat([h.unsqueeze(-1), b], -1)  # X_w [h_w, B_w], one pass
+    bh = (b * h.unsqueeze(-1)).sum(-2, keepdim=True)  # h_wᵀ B_w, (P, W, 1, r)
+    g = torch.relu((xhb[..., 0] - (a * bh).sum(-1)).sum(1)) / guard((h * h).sum((1, 2))[:, None])
+    gw = g[:, None, :, None]  # (P, 1, E, 1)
+    ag = (a * gw).sum(-2, keepdim=True)  # gᵀ A_w, (P, W, 1, r)
+    h = torch.relu((x.mT @ gw).squeeze(-1) - (b * ag).sum(-1)) / guard(_sq(g)[:, None])
+    if a.shape[-1]:
+        bh = (b * h.unsqueeze(-1)).sum(-2, keepdim=True)
+        a = hals_sweep(xhb[..., 1:] - gw * bh, b.mT @ b, a)  # (X - G) B, BᵀB
+        ag = (a * gw).sum(-2, keepdim=True)
+        b = hals_sweep(x.mT @ a - h.unsqueeze(-1) * ag, a.mT @ a, b)  # (X - G)ᵀ A, AᵀA
     return JointFactors(g, h, a, b)
 
 
-def _init(x: Tensor) -> JointFactors:
-    """Deterministic, size-agnostic start: the local terms at zero (``a = 0``), both spatial
+def _init(x: Tensor, local_rank: int) -> JointFactors:
+    """Deterministic, size-agnostic start: the local terms at zero (``A = 0``), the spatial
     factors the Weyl values of a window's positions (as :func:`~nmfseg.nmf.default_init`)."""
     p, w, e, n = x.shape
-    v0 = weyl(n, 1, x.device, x.dtype)[:, 0].expand(p, w, n)
-    return JointFactors(x.new_zeros(p, e), v0, x.new_zeros(p, w, e), v0)
+    v0 = weyl(n, 1 + local_rank, x.device, x.dtype).expand(p, w, n, 1 + local_rank)
+    return JointFactors(
+        x.new_zeros(p, e), v0[..., 0], x.new_zeros(p, w, e, local_rank), v0[..., 1:]
+    )
 
 
-def joint_factorize(x: Tensor, iters: int = 5, grad_iters: int | None = None) -> JointFactors:
+def joint_factorize(
+    x: Tensor, rank: int = 2, iters: int = 5, grad_iters: int | None = None
+) -> JointFactors:
     """Factorize groups of window matrices ``x (P, W, E, N) >= 0`` as global + local terms.
 
     Args:
         x: ``P`` groups (one head of one image) of ``W`` windows, ``E x N`` each.
+        rank: Components per window: the global one and ``rank - 1`` local ones (``1``: the
+            global term alone).
         iters: Block-coordinate sweeps (``>= 1``).
         grad_iters: Backpropagate through the last ``grad_iters`` sweeps only (``None``: all).
 
@@ -133,11 +147,13 @@ def joint_factorize(x: Tensor, iters: int = 5, grad_iters: int | None = None) ->
 
         >>> x = torch.rand(2, 3, 4, 16)
         >>> f = joint_factorize(x, iters=10)
-        >>> f.g.shape, f.h.shape, f.reconstruct().shape
-        (torch.Size([2, 4]), torch.Size([2, 3, 16]), torch.Size([2, 3, 4, 16]))
+        >>> f.g.shape, f.h.shape, f.a.shape
+        (torch.Size([2, 4]), torch.Size([2, 3, 16]), torch.Size([2, 3, 4, 1]))
         >>> bool((joint_objective(x, f) < joint_objective(x, joint_factorize(x, iters=1))).all())
         True
     """
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank should be a positive int, got {rank!r}.")
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters should be a positive int, got {iters!r}.")
     if grad_iters is not None and (not isinstance(grad_iters, int) or grad_iters < 0):
@@ -148,7 +164,7 @@ def joint_factorize(x: Tensor, iters: int = 5, grad_iters: int | None = None) ->
     steps = iters if grad_iters is None else min(grad_iters, iters)
     with autocast_off(x):
         x = x.to(work_dtype(x.dtype))
-        f = _init(x)
+        f = _init(x, rank - 1)
         with torch.no_grad():
             for _ in range(iters - steps):
                 f = _iteration(x, f)
@@ -159,55 +175,45 @@ def joint_factorize(x: Tensor, iters: int = 5, grad_iters: int | None = None) ->
 
 
 def joint_objective(x: Tensor, f: JointFactors) -> Tensor:
-    """``Σ_w ‖X_w - g h_wᵀ - a_w b_wᵀ‖²`` per group, ``(P,)``."""
+    """``Σ_w ‖X_w - g h_wᵀ - A_w B_wᵀ‖²`` per group, ``(P,)``."""
     return ((x - f.reconstruct()) ** 2).sum((1, 2, 3))
 
 
 class JointNMF(nn.Module):
     """The NMF layer of :class:`LocalGlobalNMF`: ``forward(x (P, W, E, N))`` returns the
-    reconstruction. ``iters`` and ``grad_iters`` may change after training; ``rank`` is 2
-    (one global and one local component per window) and ``solver`` is ``"hals"`` (the
-    block updates are HALS's), both kept for :func:`~nmfseg.mixers.nmf.set_nmf`."""
+    reconstruction. ``rank`` (components per window: 1 global + ``rank - 1`` local),
+    ``iters`` and ``grad_iters`` may change after training (paper §4.5); ``solver`` is
+    ``"hals"`` (the block updates are HALS's) and kept for
+    :func:`~nmfseg.mixers.nmf.set_nmf`, which may set ``"mu"`` (the same updates run)."""
 
     flops_category = "nmf"
 
-    def __init__(self, iters: int = 5, grad_iters: int | None = None) -> None:
+    def __init__(self, rank: int = 2, iters: int = 5, grad_iters: int | None = None) -> None:
         super().__init__()
+        self.rank = rank
         self.iters = iters
         self.grad_iters = grad_iters
         self.solver = "hals"
 
-    @property
-    def rank(self) -> int:
-        return 2
-
-    @rank.setter
-    def rank(self, value: int) -> None:
-        if value != 2:
-            raise ValueError(
-                f"rank={value}: a local + global NMF layer has rank 2 (one global and one "
-                "local component per window)."
-            )
-
     def factorize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Every window's factors ``(u (P, W, E, 2), v (P, W, N, 2))``."""
-        return joint_factorize(x, self.iters, self.grad_iters).as_rank2()
+        """Every window's factors ``(u (P, W, E, rank), v (P, W, N, rank))``, global first."""
+        return joint_factorize(x, self.rank, self.iters, self.grad_iters).as_factors()
 
     def forward(self, x: Tensor) -> Tensor:
-        return joint_factorize(x, self.iters, self.grad_iters).reconstruct()
+        return joint_factorize(x, self.rank, self.iters, self.grad_iters).reconstruct()
 
     def flops(self, x: Tensor) -> int:
-        """Counted as a rank-2 HALS of every window (:func:`~nmfseg.nmf.nmf_flops`): the
-        sweep's matrix products are the same, the global column being shared."""
+        """Counted as a rank-``rank`` HALS of every window (:func:`~nmfseg.nmf.nmf_flops`):
+        a sweep's matrix products are the same, the global column being shared."""
         *batch, e, n = x.shape
-        return nmf_flops(math.prod(batch), e, n, 2, self.iters)
+        return nmf_flops(math.prod(batch), e, n, self.rank, self.iters)
 
     def extra_repr(self) -> str:
-        return f"iters={self.iters}, grad_iters={self.grad_iters}"
+        return f"rank={self.rank}, iters={self.iters}, grad_iters={self.grad_iters}"
 
 
 class LocalGlobalNMF(WrappedNMF):
-    """Wrapped NMF with a global and a local rank-one term per window (see the module).
+    """Wrapped NMF with a global rank-one term and local terms per window (see the module).
 
     Args:
         channels: Number of input and output channels (a multiple of ``head_dim``).
@@ -216,6 +222,7 @@ class LocalGlobalNMF(WrappedNMF):
             its own global term; the two reconstructions are averaged as Swin's are).
         head_dim: Channels per matrix (rows ``E``).
         window_size: Window of the local view.
+        rank: Components per window: the global one and ``rank - 1`` local ones.
         iters: Block-coordinate sweeps.
         grad_iters: Backpropagate through the last ``grad_iters`` sweeps only.
         dropout: Dropout probability on the output.
@@ -239,6 +246,7 @@ class LocalGlobalNMF(WrappedNMF):
         matricize: str = "local",
         head_dim: int = 8,
         window_size: int | Sequence[int] = 8,
+        rank: int = 2,
         iters: int = 5,
         grad_iters: int | None = None,
         dropout: float = 0.0,
@@ -249,10 +257,10 @@ class LocalGlobalNMF(WrappedNMF):
                 "the global view is the layer's other term."
             )
         super().__init__(
-            channels, spatial_dims, matricize, head_dim, window_size, 2, iters, "hals",
+            channels, spatial_dims, matricize, head_dim, window_size, rank, iters, "hals",
             grad_iters, dropout,
         )  # fmt: skip
-        self.nmf = JointNMF(iters, grad_iters)
+        self.nmf = JointNMF(rank, iters, grad_iters)
         self.routes = self.ROUTES
 
     def mix(self, z: Tensor) -> Tensor:
