@@ -26,6 +26,7 @@ Examples::
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,12 +63,6 @@ def _eval_mode(model: object) -> Iterator[None]:
     finally:
         if was_training:
             model.train()  # type: ignore[union-attr]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def sliding_window_predict(
@@ -110,24 +105,50 @@ def sliding_window_predict(
         ValueError: ``image`` is not ``(C, *spatial)`` with one spatial axis per
             ``patch_size`` entry, or ``overlap`` is outside ``[0, 1)``.
     """
-    from monai.inferers import sliding_window_inference
-
     patch_size = tuple(int(p) for p in patch_size)
-    spatial_dims = len(patch_size)
+    x = _image_tensor(image, patch_size)
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    device = _run_device(model, device)
+    x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
+    blend = _window_blender(
+        model, patch_size, overlap, mode, sw_batch_size, device, out_device, progress
+    )
+    flips = flip_combinations(len(patch_size)) if tta else [()]
+    total: Tensor | None = None
+    with _eval_mode(model), torch.inference_mode():
+        for dims in flips:
+            out = _predict_flipped(blend, x, dims, activation)
+            total = out if total is None else total + out
+    assert total is not None
+    return (total / len(flips))[0].float().as_subclass(Tensor)
+
+
+def _image_tensor(image: Tensor | np.ndarray, patch_size: tuple[int, ...]) -> Tensor:
+    """``image`` as a tensor, checked to be ``(C, *spatial)`` with one axis per window axis."""
     if isinstance(image, np.ndarray) and not image.flags.writeable:
         image = np.array(image)  # read-only / memory-mapped: torch wants a writable buffer
     x = torch.as_tensor(image)
-    if x.ndim != spatial_dims + 1:
+    if x.ndim != len(patch_size) + 1:
         raise ValueError(
-            f"image must be (C, *spatial) with {spatial_dims} spatial axes to match "
+            f"image must be (C, *spatial) with {len(patch_size)} spatial axes to match "
             f"patch_size {patch_size}, got shape {tuple(x.shape)}."
         )
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    return x
+
+
+def _run_device(model: object, device: torch.device | str | None) -> torch.device:
+    """Where the model runs: ``device``, else where a module's parameters (or buffers) are,
+    else the CPU."""
     if isinstance(model, nn.Module) and device is None:
-        device = _model_device(model)
-    device = torch.device(device if device is not None else "cpu")
-    x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            return tensor.device
+    return torch.device(device if device is not None else "cpu")
+
+
+def _first_output(model: nn.Module | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The model as MONAI's predictor: float32 logits, the full-resolution deep-supervision
+    output when it returns a list."""
 
     def predictor(patch: Tensor) -> Tensor:
         out = model(patch)
@@ -135,28 +156,46 @@ def sliding_window_predict(
             out = out[0]
         return out.float()
 
-    flips = flip_combinations(spatial_dims) if tta else [()]
-    total: Tensor | None = None
-    with _eval_mode(model), torch.inference_mode():
-        for dims in flips:
-            inp = torch.flip(x, dims) if dims else x
-            logits = sliding_window_inference(
-                inp,
-                roi_size=patch_size,
-                sw_batch_size=sw_batch_size,
-                predictor=predictor,
-                overlap=overlap,
-                mode=mode,
-                padding_mode="constant",
-                cval=0.0,
-                sw_device=device,
-                device=out_device,
-                progress=progress,
-            )
-            logits = torch.as_tensor(logits)  # MetaTensor -> Tensor
-            out = activation(logits) if activation is not None else logits
-            if dims:
-                out = torch.flip(out, dims)
-            total = out if total is None else total + out
-    assert total is not None
-    return (total / len(flips))[0].float().as_subclass(Tensor)
+    return predictor
+
+
+def _window_blender(
+    model: nn.Module | Callable[[Tensor], Tensor],
+    patch_size: tuple[int, ...],
+    overlap: float,
+    mode: str,
+    sw_batch_size: int,
+    device: torch.device,
+    out_device: torch.device | str,
+    progress: bool,
+) -> Callable[[Tensor], Tensor]:
+    """``(1, C, *spatial) -> (1, R, *spatial)`` blended logits: MONAI's sliding window with
+    the volume zero-padded to the window where it is smaller."""
+    from monai.inferers import sliding_window_inference
+
+    return functools.partial(
+        sliding_window_inference,
+        roi_size=patch_size,
+        sw_batch_size=sw_batch_size,
+        predictor=_first_output(model),
+        overlap=overlap,
+        mode=mode,
+        padding_mode="constant",
+        cval=0.0,
+        sw_device=device,
+        device=out_device,
+        progress=progress,
+    )
+
+
+def _predict_flipped(
+    blend: Callable[[Tensor], Tensor],
+    x: Tensor,
+    dims: tuple[int, ...],
+    activation: Callable[[Tensor], Tensor] | None,
+) -> Tensor:
+    """The activated blended logits of ``x`` flipped along ``dims``, flipped back."""
+    inp = torch.flip(x, dims) if dims else x
+    logits = torch.as_tensor(blend(inp))  # MetaTensor -> Tensor
+    out = activation(logits) if activation is not None else logits
+    return torch.flip(out, dims) if dims else out
