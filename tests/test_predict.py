@@ -9,7 +9,8 @@ from torch import nn
 
 from helpers import pointwise_net
 from nmfseg.errors import DataError
-from nmfseg.inference.ensemble import predict_case
+from nmfseg.inference.ensemble import Ensemble, output_scheme
+from nmfseg.inference.predictor import Predictor
 
 # --------------------------------------------------------------------- whole pipeline
 
@@ -169,7 +170,10 @@ def test_cli_fold_ensemble_tta_probabilities_and_small_volume(tmp_path, pointwis
     assert probs.dtype == np.float16 and probs.shape == (3, 13, 10, 9)
     assert saved["regions"].tolist() == ["ET", "TC", "WT"]
     image = load_case(case).image
-    each = [predict_case([n], image, (16, 16, 16), tta=True) for n in nets]
+    each = [
+        Predictor(Ensemble([n], [], (16, 16, 16), 4, 3), tta=True).probabilities(image)
+        for n in nets
+    ]
     np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-3)
 
 
@@ -297,8 +301,6 @@ def test_cli_failed_write_leaves_no_partial_output(tmp_path, pointwise_registry,
 def test_output_scheme_follows_dataset_or_falls_back_to_model(tmp_path):
     from nmfseg.data.formats import open_dataset
     from nmfseg.data.schemes import SCHEMES
-    from nmfseg.inference.ensemble import Ensemble
-    from nmfseg.inference.predict import output_scheme
     from nmfseg.phantoms.toy import make_toy_dataset
 
     b21 = open_dataset(make_toy_dataset(tmp_path / "b21", "brats2021", 1, (8, 8, 8)))

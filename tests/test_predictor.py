@@ -16,7 +16,6 @@ import nmfseg
 from helpers import cli, train_tiny
 from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.errors import ConfigError
-from nmfseg.inference.ensemble import predict_case
 
 pytestmark = pytest.mark.slow
 
@@ -121,12 +120,11 @@ def test_window_options_take_effect_and_are_recorded(trained, tmp_path):
     p = nmfseg.Predictor.from_run(run, device="cpu")
     case = open_dataset(data).cases[0]
     image = load_case(case).image
-    direct = predict_case(
-        p.networks, image, (16, 16, 16), overlap=0.25, mode="constant", sw_batch_size=3
-    )
+    default = p.predict_array(image, output="probabilities")
+    p.configure(overlap=0.25, blend="constant", sw_batch_size=3)
+    direct = p.predict_array(image, output="probabilities")
     saved = np.load(tmp_path / "out" / f"{case.case_id}_probabilities.npz")["probabilities"]
     np.testing.assert_allclose(saved.astype(np.float32), direct, atol=1e-3)
-    default = p.predict_array(image, output="probabilities")
     assert np.abs(default - direct).max() > 1e-4  # not what the run's defaults give
 
 
@@ -277,10 +275,8 @@ PREDICTING = "; try --sw-batch-size 1 or a lower --nmf-rank (the trained one, 1,
 
 @pytest.mark.parametrize(("error", "asked"), MEMORY_CASES)
 def test_an_allocation_failure_is_one_line(trained, tmp_path, monkeypatch, error, asked):
-    import nmfseg.inference.ensemble as ensemble
-
     data, run = trained
-    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(error))
+    monkeypatch.setattr(nmfseg.Predictor, "predict_preprocessed", _raising(error))
     res = _predict(run, data, tmp_path / "pred")
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert res.output.strip().splitlines()[-1] == (
@@ -291,11 +287,9 @@ def test_an_allocation_failure_is_one_line(trained, tmp_path, monkeypatch, error
 def test_a_cuda_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
     import torch
 
-    import nmfseg.inference.ensemble as ensemble
-
     data, run = trained
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 95.37 GiB. GPU 0 has")
-    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(oom))
+    monkeypatch.setattr(nmfseg.Predictor, "predict_preprocessed", _raising(oom))
     res = _predict(run, data, tmp_path / "pred")
     assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
         f"nmfseg: error: predict ran out of memory (it asked for 95.37 GiB){PREDICTING}"
@@ -303,9 +297,9 @@ def test_a_cuda_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
 
 
 def test_other_runtime_errors_are_not_taken_for_memory(trained, tmp_path, monkeypatch):
-    import nmfseg.inference.ensemble as ensemble
-
     data, run = trained
-    monkeypatch.setattr(ensemble, "predict_preprocessed", _raising(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(
+        nmfseg.Predictor, "predict_preprocessed", _raising(RuntimeError("shape mismatch"))
+    )
     res = _predict(run, data, tmp_path / "pred")
     assert isinstance(res.exception, RuntimeError) and "out of memory" not in res.output

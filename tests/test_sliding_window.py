@@ -10,7 +10,8 @@ from torch import nn
 from helpers import pointwise_net
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference import ensemble as ensemble_mod
-from nmfseg.inference.ensemble import find_checkpoints, predict_case
+from nmfseg.inference.ensemble import Ensemble, find_checkpoints
+from nmfseg.inference.predictor import Predictor
 from nmfseg.inference.sliding_window import flip_combinations, sliding_window_predict
 
 
@@ -131,7 +132,13 @@ def test_sliding_window_rejects_bad_arguments():
         sliding_window_predict(model, torch.zeros(2, 8, 8, 8), (8, 8, 8), overlap=1.0)
 
 
-# --------------------------------------------------------------------- predict_case
+# --------------------------------------------------------------------- Predictor.probabilities
+
+
+def _probabilities(models, image, patch_size=(8, 8, 8), where="image"):
+    """What the Predictor of these networks (a fold ensemble) gives a raw image."""
+    ens = Ensemble(list(models), [], patch_size, models[0].in_channels, models[0].out_channels)
+    return Predictor(ens).probabilities(image, where=where)
 
 
 def _raw_case(shape=(3, 14, 11, 9), seed=0):
@@ -141,10 +148,10 @@ def _raw_case(shape=(3, 14, 11, 9), seed=0):
     return image
 
 
-def test_predict_case_is_pointwise_model_of_zscored_crop_and_zero_outside():
+def test_probabilities_are_pointwise_model_of_zscored_crop_and_zero_outside():
     image = _raw_case(shape=(2, 14, 11, 9))
     model = pointwise_net(2, 3)
-    probs = predict_case([model], image, patch_size=(8, 8, 8))
+    probs = _probabilities([model], image)
     assert probs.shape == (3, 14, 11, 9) and probs.dtype == np.float32
     # independent reference: z-score on nonzero voxels of the box, then the model directly
     box = image[:, 2:12, 1:10, 3:8].astype(np.float64)
@@ -160,15 +167,15 @@ def test_predict_case_is_pointwise_model_of_zscored_crop_and_zero_outside():
 def test_ensemble_is_mean_of_members():
     image = _raw_case()
     models = [pointwise_net(3, 2, seed=s) for s in range(3)]
-    each = [predict_case([m], image, (8, 8, 8)) for m in models]
-    both = predict_case(models, image, (8, 8, 8))
+    each = [_probabilities([m], image) for m in models]
+    both = _probabilities(models, image)
     np.testing.assert_allclose(both, np.mean(each, axis=0), atol=1e-6)
     assert np.abs(each[0] - each[1]).max() > 1e-3  # the members really differ
 
 
-def test_predict_case_wrong_channel_count_names_the_case():
+def test_wrong_channel_count_names_the_case():
     with pytest.raises(DataError, match=r"case_3: image has 3 channels but the model expects 2"):
-        predict_case([pointwise_net(2, 3)], _raw_case(), (8, 8, 8), where="case_3")
+        _probabilities([pointwise_net(2, 3)], _raw_case(), where="case_3")
 
 
 # --------------------------------------------------------------------- checkpoints

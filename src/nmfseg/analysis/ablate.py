@@ -70,7 +70,8 @@ from nmfseg.data.schemes import labels_to_regions
 from nmfseg.errors import ConfigError
 from nmfseg.evaluation.metrics import dice_score
 from nmfseg.fileio import read_json, write_json, write_text
-from nmfseg.inference.predictor import Predictor, output_scheme
+from nmfseg.inference.ensemble import output_scheme
+from nmfseg.inference.predictor import Predictor
 from nmfseg.inference.settings import OPTIONS, format_layers
 from nmfseg.nmf import SOLVERS
 

@@ -1,11 +1,11 @@
 """Prediction: sliding-window inference, flip TTA, fold ensembles, writing NIfTI outputs.
 
 - :func:`sliding_window_predict`: one preprocessed image → probabilities (model-agnostic).
-- :func:`predict_case`: one raw image → probabilities in its original grid (preprocessing,
-  fold ensemble, TTA, crop undone).
 - :func:`load_ensemble`: the folds of a run folder, a fold folder or a checkpoint file.
-- :class:`Predictor`: a trained run loaded once; predicts arrays, NIfTI images and cases with
-  every setting of ``nmfseg predict`` (:class:`InferenceSettings`, NMF switches included).
+- :class:`Predictor`: the one prediction path, a trained run loaded once (``from_run``);
+  predicts cases on disk (``predict_case``, writing their files if asked), NIfTI images,
+  arrays and preprocessed arrays with every setting of ``nmfseg predict``
+  (:class:`InferenceSettings`, NMF switches included).
 - :func:`predict_folder`: a dataset folder or one case → ``OUT/CASE.nii.gz`` (``nmfseg predict``).
 
 Examples::
@@ -16,7 +16,7 @@ Examples::
     torch.Size([2, 5, 6, 7])
 """
 
-from nmfseg.inference.ensemble import Ensemble, find_checkpoints, load_ensemble, predict_case
+from nmfseg.inference.ensemble import Ensemble, find_checkpoints, load_ensemble
 from nmfseg.inference.predict import PredictionResult, predict_folder
 from nmfseg.inference.predictor import Predictor
 from nmfseg.inference.settings import InferenceSettings
@@ -30,7 +30,6 @@ __all__ = [
     "find_checkpoints",
     "flip_combinations",
     "load_ensemble",
-    "predict_case",
     "predict_folder",
     "sliding_window_predict",
 ]

@@ -1,4 +1,4 @@
-"""Trained models for prediction: find the checkpoints, load the folds, predict one case.
+"""Trained models for prediction: find the checkpoints, load the folds, choose the output scheme.
 
 ``-m`` of ``nmfseg predict`` may name, like nnU-Net:
 
@@ -9,18 +9,19 @@
 - an nnU-Net v2 results folder of an nmfseg trainer (or one of its folds or checkpoints),
   read by :mod:`nmfseg.inference.nnunet_results`.
 
-The ensemble's probability is the mean of the folds' probabilities (each itself the mean
-over flips when TTA is on).
+:class:`~nmfseg.inference.predictor.Predictor` predicts with an :class:`Ensemble`: the
+ensemble's probability is the mean of the folds' probabilities (each itself the mean over
+flips when TTA is on).
 
 Examples::
 
-    >>> import numpy as np, torch
-    >>> from nmfseg.inference.ensemble import predict_case
-    >>> models = [torch.nn.Conv3d(2, 3, 1), torch.nn.Conv3d(2, 3, 1)]
-    >>> image = np.zeros((2, 12, 10, 9), np.float32)
-    >>> image[:, 2:9, 1:8, 3:7] = np.random.default_rng(0).random((2, 7, 7, 4)) + 1
-    >>> predict_case(models, image, patch_size=(8, 8, 8)).shape
-    (3, 12, 10, 9)
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp()) / "run"
+    >>> for k in (1, 0):
+    ...     (run / f"fold_{k}").mkdir(parents=True)
+    ...     (run / f"fold_{k}" / "checkpoint_final.pt").touch()
+    >>> [p.parent.name for p in find_checkpoints(run)]
+    ['fold_0', 'fold_1']
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from nmfseg.data.formats import Dataset
 from nmfseg.data.normalization import Preprocessing
-from nmfseg.data.preprocess import preprocess_case, restore, uncrop
 from nmfseg.data.schemes import SCHEMES, DatasetScheme
 from nmfseg.device import resolve_device
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.inference.nnunet_results import find_nnunet_results, load_nnunet_folds
-from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.models import load_model
 from nmfseg.models.checkpoint import (
     CHECKPOINTS,
@@ -55,8 +54,7 @@ __all__ = [
     "Ensemble",
     "find_checkpoints",
     "load_ensemble",
-    "predict_case",
-    "predict_preprocessed",
+    "output_scheme",
 ]
 
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
@@ -326,109 +324,41 @@ def load_ensemble(
     )
 
 
-def predict_preprocessed(
-    models: Sequence[nn.Module],
-    image: np.ndarray,
-    patch_size: Sequence[int],
-    overlap: float = 0.5,
-    tta: bool = False,
-    *,
-    mode: str = "gaussian",
-    sw_batch_size: int = 1,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> np.ndarray:
-    """Mean probabilities of the models on an image that is already preprocessed.
+def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, str]:
+    """The scheme predictions are written in, and a note when it is not the dataset's own.
 
-    The part of :func:`predict_case` between the preprocessing and the uncrop: one
-    :func:`sliding_window_predict` per model (with flips when ``tta``), averaged.
-
-    Args:
-        models: the networks to ensemble (e.g. the folds of a run).
-        image: preprocessed image ``(C, *spatial)``.
-        patch_size: sliding-window size.
-        overlap: window overlap fraction.
-        tta: average over all flip combinations.
-        mode: window blending, ``"gaussian"`` or ``"constant"``.
-        sw_batch_size: windows per forward pass.
-        device: where the models run (default: where their parameters are).
-        progress: per-window progress bar.
-
-    Returns:
-        Float32 array ``(R, *image.shape[1:])``.
-
-    Examples::
-
-        >>> nets = [torch.nn.Conv3d(2, 1, 1), torch.nn.Conv3d(2, 1, 1)]
-        >>> predict_preprocessed(nets, np.zeros((2, 5, 6, 7), np.float32), (8, 8, 8)).shape
-        (1, 5, 6, 7)
-    """
-    total = None
-    for model in models:
-        probs = sliding_window_predict(
-            model,
-            image,
-            patch_size,
-            overlap,
-            tta,
-            mode=mode,
-            sw_batch_size=sw_batch_size,
-            device=device,
-            progress=progress,
-        )
-        total = probs if total is None else total + probs
-    assert total is not None
-    return (total / len(models)).numpy().astype(np.float32, copy=False)
-
-
-def predict_case(
-    models: Sequence[nn.Module],
-    image: np.ndarray,
-    patch_size: Sequence[int],
-    *,
-    where: str = "image",
-    spacing: Sequence[float] | None = None,
-    preprocessing: Preprocessing | None = None,
-    **window: Any,
-) -> np.ndarray:
-    """Probabilities of one raw case, in its original grid.
-
-    Preprocesses ``image`` exactly as in training (:func:`~nmfseg.data.preprocess.preprocess_case`
-    with ``preprocessing``), predicts the preprocessed volume with :func:`predict_preprocessed`
-    (every model's sliding window, averaged) and puts the result back into the original grid
-    (:func:`~nmfseg.data.preprocess.restore`: probabilities resampled back trilinearly when
-    the case was resampled, probability 0 outside the nonzero box, axes transposed back).
-
-    Args:
-        models: the networks to ensemble (e.g. the folds of a run).
-        image: raw image ``(C, X, Y, Z)``.
-        patch_size: sliding-window size.
-        where: case name used in error messages.
-        spacing: the case's voxel size in mm (needed when ``preprocessing`` resamples).
-        preprocessing: what training did to its cases (``None``: the paper's rule).
-        **window: the other sliding-window arguments of :func:`predict_preprocessed`
-            (``overlap``, ``tta``, ``mode``, ``sw_batch_size``, ``device``, ``progress``).
-
-    Returns:
-        Float32 array ``(R, X, Y, Z)`` in ``[0, 1]``.
+    The dataset's scheme is used when its regions are the model's (by name, or by count when
+    the model does not record names); otherwise the model's training scheme, when known.
 
     Raises:
-        DataError: the image's channel count differs from a model's ``in_channels``, it
-            has NaN/Inf voxels, or it must be resampled and ``spacing`` is missing.
+        DataError: the dataset's images do not have the model's channel count, or its regions
+            cannot be written from the model's outputs.
     """
-    if not models:
-        raise ValueError("predict_case needs at least one model.")
-    image = np.asarray(image)
-    for model in models:
-        expected = getattr(model, "in_channels", None)
-        if expected is not None and image.shape[0] != expected:
-            raise DataError(
-                where,
-                f"image has {image.shape[0]} channels but the model expects {expected}",
-            )
-    if preprocessing is None:
-        x, _, crop = preprocess_case(image, where=where)
-        return uncrop(predict_preprocessed(models, x, patch_size, **window), crop, fill=0.0)
-    x, _, record = preprocess_case(image, where=where, spacing=spacing, preprocessing=preprocessing)
-    probs = predict_preprocessed(models, x, patch_size, **window)
-    return restore(probs, record, fill=0.0, mode="bilinear").astype(np.float32, copy=False)
+    ds = dataset.scheme
+    first = dataset.cases[0].case_id if dataset.cases else "?"
+    if ds.in_channels != ensemble.in_channels:
+        expected = f" ({', '.join(ensemble.channels)})" if ensemble.channels else ""
+        raise DataError(
+            dataset.root,
+            f"case {first} has {ds.in_channels} channels ({', '.join(ds.channels)}) but the "
+            f"model expects {ensemble.in_channels}{expected}",
+        )
+    same = (
+        ds.region_names == ensemble.regions
+        if ensemble.regions
+        else ds.out_channels == ensemble.out_channels
+    )
+    if same:
+        return ds, ""
+    model = ensemble.scheme
+    if model is not None and model.out_channels == ensemble.out_channels:
+        return model, (
+            f"note: the model's regions ({', '.join(ensemble.regions)}) are not the dataset's "
+            f"({', '.join(ds.region_names)}); writing labels in the model's {model.name} scheme"
+        )
+    raise DataError(
+        dataset.root,
+        f"the model predicts {ensemble.out_channels} region(s) "
+        f"({', '.join(ensemble.regions) or 'unnamed'}) but the {dataset.fmt} labels need "
+        f"{ds.out_channels} ({', '.join(ds.region_names)})",
+    )

@@ -1,6 +1,6 @@
 """Predict a dataset folder or a single case and write one NIfTI label map per case.
 
-For every case, through :class:`~nmfseg.inference.predictor.Predictor`: the same
+For every case, through :meth:`~nmfseg.inference.predictor.Predictor.predict_case`: the same
 preprocessing as training (crop to the nonzero box, channel-wise z-score on nonzero voxels),
 sliding-window inference with the training patch size and 50% overlap (Gaussian blending),
 sigmoid, mean of the probabilities over the folds (and over the 8 flips with TTA), threshold
@@ -12,8 +12,9 @@ sform codes kept), like nnU-Net. Every one of those settings can be changed
 and ``OUT/predict.json`` records them with the model's checkpoints, so a folder never mixes
 the outputs of two models or settings.
 
-With ``save_probabilities`` a ``OUT/CASE_probabilities.npz`` is written next to it (NumPy
-compressed, like nnU-Net's ``.npz``), holding ``probabilities`` (float16, ``(R, X, Y, Z)`` in
+With ``save_probabilities`` a ``OUT/CASE_probabilities.npz`` is written next to it
+(:func:`~nmfseg.inference.predictor.save_probabilities`: NumPy compressed, like nnU-Net's
+``.npz``), holding ``probabilities`` (float16, ``(R, X, Y, Z)`` in
 the original grid, region order of ``regions``), ``regions`` (names) and ``affine``.
 
 A case that cannot be predicted (unreadable or corrupt file, wrong geometry, NaN, wrong
@@ -41,33 +42,29 @@ Examples::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from nmfseg import __version__
-from nmfseg.data.formats import Case, Dataset, case_output_name, load_case, open_input
-from nmfseg.data.nifti import write_label
+from nmfseg.data.formats import Case, Dataset, case_output_name, open_input
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError, NmfsegError
-from nmfseg.fileio import atomic_open, check_writable, read_json, write_json
-from nmfseg.inference.predictor import Predictor, output_scheme
+from nmfseg.fileio import check_writable, read_json, write_json
+from nmfseg.inference.ensemble import output_scheme
+from nmfseg.inference.predictor import Predictor
 
 __all__ = [
     "SIDECAR",
     "PredictionResult",
-    "output_scheme",
     "predict_folder",
     "prediction_record",
     "probabilities_name",
-    "save_probabilities",
     "summary_line",
 ]
 
@@ -109,54 +106,8 @@ def probabilities_name(label_name: str) -> str:
     return f"{label_name}_probabilities.npz"
 
 
-def save_probabilities(
-    path: Path, probabilities: np.ndarray, regions: Sequence[str], affine: np.ndarray
-) -> None:
-    """Write ``probabilities (R, X, Y, Z)`` as float16 into a compressed ``.npz``, atomically.
-
-    Examples::
-
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "case_probabilities.npz"
-        >>> save_probabilities(path, np.full((1, 2, 2, 2), 0.25), ["lesion"], np.eye(4))
-        >>> saved = np.load(path)
-        >>> saved["probabilities"].dtype, saved["regions"].tolist()
-        (dtype('float16'), ['lesion'])
-    """
-    with atomic_open(path) as fh:
-        np.savez_compressed(
-            fh,
-            probabilities=np.asarray(probabilities, dtype=np.float16),
-            regions=np.asarray(list(regions), dtype=str),
-            affine=np.asarray(affine, dtype=np.float64),
-        )
-
-
 def _echo(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
-
-
-def _predict_one(
-    predictor: Predictor,
-    case: Case,
-    scheme: DatasetScheme,
-    out_path: Path,
-    prob_path: Path | None,
-) -> None:
-    # Labels are not needed to predict: a case with a broken label file is still predicted.
-    data = load_case(dataclasses.replace(case, label_path=None))
-    probs = predictor.probabilities(data.image, where=case.case_id, spacing=data.spacing)
-    labels = predictor.to_labels(probs, scheme)
-    # The label file is written last: it exists only when the whole case is done. If it
-    # cannot be written, the probabilities written just before are removed again.
-    if prob_path is not None:
-        save_probabilities(prob_path, probs, scheme.region_names, data.affine)
-    try:
-        write_label(out_path, labels, data.header, affine=data.affine)
-    except BaseException:
-        if prob_path is not None:
-            prob_path.unlink(missing_ok=True)
-        raise
 
 
 def prediction_record(
@@ -293,38 +244,72 @@ def predict_folder(
         NmfsegError: a problem that concerns every case (input, channel count, an output
             folder holding other predictions).
     """
-    dataset = open_input(input, scheme=predictor.ensemble.scheme)
-    if not dataset.cases:
-        raise DataError(input, f"no cases found in this {dataset.fmt} dataset")
+    dataset = _open_dataset(input, predictor)
     scheme, note = output_scheme(dataset, predictor.ensemble)
     output = Path(output)
     record = prediction_record(predictor, model, input, scheme)
     _check_output(output, record, overwrite, dataset, into_labels)
+    _prepare_output(output, dataset, save_probabilities, note)
+    result = PredictionResult(output_scheme=scheme)
+    for case in _progress(dataset.cases, progress):
+        _predict_into(predictor, case, output, record, result, save_probabilities, overwrite)
+    return result
+
+
+def _open_dataset(input: str | Path, predictor: Predictor) -> Dataset:
+    """The dataset (or the one case) at ``input``, refused when it holds no case."""
+    dataset = open_input(input, scheme=predictor.ensemble.scheme)
+    if not dataset.cases:
+        raise DataError(input, f"no cases found in this {dataset.fmt} dataset")
+    return dataset
+
+
+def _prepare_output(output: Path, dataset: Dataset, probabilities: bool, note: str) -> None:
+    """Say ``note`` (the output scheme is not the dataset's), check that the predictions
+    fit on the disk and create the output folder."""
     if note:
         _echo(note)
-    check_writable(output, _output_bytes(dataset, save_probabilities), "predictions")
+    check_writable(output, _output_bytes(dataset, probabilities), "predictions")
     output.mkdir(parents=True, exist_ok=True)
-    result = PredictionResult(output_scheme=scheme)
-    bar = tqdm(dataset.cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
+
+
+def _progress(cases: list[Case], progress: bool) -> Iterator[Case]:
+    """The cases, under a tqdm bar on stderr (each case's id shown while it is predicted)."""
+    bar = tqdm(cases, desc="predict", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
         bar.set_postfix_str(case.case_id)
-        out_path = output / case_output_name(case)
-        prob_path = output / probabilities_name(out_path.name) if save_probabilities else None
-        done = out_path.is_file() and (prob_path is None or prob_path.is_file())
-        if done and not overwrite:
-            result.skipped.append(case.case_id)
-            continue
-        try:
-            _predict_one(predictor, case, scheme, out_path, prob_path)
-        except _CASE_ERRORS as err:
-            problem = str(err).splitlines()[0] if str(err) else type(err).__name__
-            result.failed[case.case_id] = problem
-            _echo(f"nmfseg: skipped case {case.case_id}: {problem}")
-            continue
-        if not result.written:  # with the first prediction: what made the folder's files
-            write_json(output / SIDECAR, record)
-        result.written.append(out_path)
-    return result
+        yield case
+
+
+def _predict_into(
+    predictor: Predictor,
+    case: Case,
+    output: Path,
+    record: dict[str, Any],
+    result: PredictionResult,
+    probabilities: bool,
+    overwrite: bool,
+) -> None:
+    """Predict one case into ``output`` (:meth:`Predictor.predict_case`) and note it in
+    ``result``: written, skipped (its files exist) or failed (its problem in one line); the
+    first written case writes ``record`` as ``predict.json``."""
+    out_path = output / case_output_name(case)
+    prob_path = output / probabilities_name(out_path.name) if probabilities else None
+    done = out_path.is_file() and (prob_path is None or prob_path.is_file())
+    if done and not overwrite:
+        result.skipped.append(case.case_id)
+        return
+    scheme = result.output_scheme
+    try:
+        predictor.predict_case(case, scheme, output=out_path, probabilities=prob_path)
+    except _CASE_ERRORS as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        result.failed[case.case_id] = problem
+        _echo(f"nmfseg: skipped case {case.case_id}: {problem}")
+        return
+    if not result.written:  # with the first prediction: what made the folder's files
+        write_json(output / SIDECAR, record)
+    result.written.append(out_path)
 
 
 def summary_line(result: PredictionResult, output: str | Path) -> str:

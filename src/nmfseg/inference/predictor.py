@@ -1,21 +1,18 @@
 """The Python inference API: load a trained run once, then predict arrays, NIfTI images, cases.
 
-:class:`Predictor` is the one prediction path of nmfseg: ``nmfseg predict`` (through
-:func:`~nmfseg.inference.predict.predict_folder`), ``nmfseg explain`` and ``nmfseg ablate``
-all run it. It holds the folds of a run (:class:`~nmfseg.inference.ensemble.Ensemble`) and
-:class:`InferenceSettings`: the sliding window (overlap, windows per batch, blending), flip
-TTA, the threshold, bf16 autocast, ``torch.compile``, and the Factorizer's inference-time NMF
-switches of the paper's §4.5 (iterations ``T``, rank, solver, which NMF layers run), applied
-with :func:`~nmfseg.mixers.nmf.set_nmf` to every fold's network. A setting left at ``None``
-is the one the model was validated with (the run config's ``validation`` section, the
-trained NMF settings).
+:class:`Predictor` is the one prediction path of nmfseg (``nmfseg predict`` through
+:func:`~nmfseg.inference.predict.predict_folder`, ``explain``, ``ablate``), like nnU-Net's
+``nnUNetPredictor``: ``from_run`` loads a run's folds; ``predict_case`` (a case on disk,
+optionally writing its files), ``predict_nifti``, ``predict_array`` and
+``predict_preprocessed`` predict. :class:`InferenceSettings`: sliding window, flip TTA,
+threshold, bf16, ``torch.compile`` and the Factorizer's NMF switches of §4.5
+(:func:`~nmfseg.mixers.nmf.set_nmf`); one left at ``None`` is what the run validated with.
 
-Every prediction is the same pipeline as training's validation: the run's preprocessing
-(crop to the nonzero box, resampling to the run's target spacing if it has one, each
-channel's normalization: :class:`~nmfseg.data.normalization.Preprocessing`), sliding window,
-sigmoid, mean over flips and folds, resampling back to the input's grid, threshold, crop
-undone. The voxel size comes from the NIfTI header (``predict_nifti``, ``predict_case``) or
-the ``spacing=`` argument (``predict_array``; needed only by runs that resample).
+Every prediction is training's validation: the run's preprocessing (crop to the nonzero box,
+resampling to its target spacing if any, each channel's normalization:
+:class:`~nmfseg.data.normalization.Preprocessing`), sliding window, sigmoid, mean over flips
+and folds, back to the input's grid, threshold. The voxel size comes from the NIfTI header
+or ``spacing=`` (``predict_array``; needed only by runs that resample).
 
 Examples::
 
@@ -54,16 +51,19 @@ import torch
 from torch import nn
 
 from nmfseg.data.formats import Case, Dataset, load_case, open_case
-from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, squeeze_3d
+from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, save_nifti, squeeze_3d
+from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
+from nmfseg.fileio import atomic_open
 from nmfseg.inference.checks import check_image, check_nmf_settings, usable_ranks
-from nmfseg.inference.ensemble import Ensemble, load_ensemble, predict_case, predict_preprocessed
+from nmfseg.inference.ensemble import Ensemble, load_ensemble, output_scheme
 from nmfseg.inference.postprocess import PostProcessing, saved_postprocessing
 from nmfseg.inference.settings import NMF_SETTINGS, InferenceSettings, parse_layers
+from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.mixers.nmf import nmf_layers, nmf_state, restore_nmf, set_nmf
 
-__all__ = ["InferenceSettings", "Predictor", "output_scheme", "parse_layers"]
+__all__ = ["InferenceSettings", "Predictor", "parse_layers", "save_probabilities"]
 
 
 class Predictor:
@@ -283,18 +283,6 @@ class Predictor:
             "device": str(self.device),
         }
 
-    def _window(self) -> dict[str, Any]:
-        """The sliding-window arguments of :func:`predict_preprocessed` / :func:`predict_case`."""
-        return dict(
-            patch_size=self.patch_size,
-            overlap=self.overlap,
-            tta=self.settings.tta,
-            mode=self.blend,
-            sw_batch_size=self.sw_batch_size,
-            device=self.device,
-            progress=self.progress,
-        )
-
     def _autocast(self) -> Any:
         if self.settings.amp == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -302,17 +290,39 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def predict_preprocessed(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities ``(R, *spatial)`` of an image already cropped and z-scored.
+        """Float32 probabilities ``(R, *spatial)`` of an image already preprocessed.
 
-        The network part of every prediction (what ``nmfseg ablate`` times).
+        The network part of every prediction (what ``nmfseg ablate`` times): one sliding
+        window per fold (over every flip with ``tta``), the folds' probabilities averaged.
         """
+        networks, tta = self.networks, self.settings.tta
+        if not networks:
+            raise ValueError("a Predictor needs at least one network.")
+        total = None
         with self._autocast():
-            return predict_preprocessed(self.networks, image, **self._window())
+            for net in networks:
+                probs = sliding_window_predict(
+                    net,
+                    image,
+                    self.patch_size,
+                    self.overlap,
+                    tta,
+                    mode=self.blend,
+                    sw_batch_size=self.sw_batch_size,
+                    device=self.device,
+                    progress=self.progress,
+                )
+                total = probs if total is None else total + probs
+            return (total / len(networks)).numpy().astype(np.float32, copy=False)
 
     def probabilities(
         self, image: np.ndarray, where: str = "image", spacing: Sequence[float] | None = None
     ) -> np.ndarray:
-        """Probabilities ``(R, X, Y, Z)`` of a raw image ``(C, X, Y, Z)``, in its own grid.
+        """Float32 probabilities ``(R, X, Y, Z)`` of a raw image ``(C, X, Y, Z)``, in its grid.
+
+        The run's preprocessing (:func:`~nmfseg.data.preprocess.preprocess_case`),
+        :meth:`predict_preprocessed`, and back into the image's grid
+        (:func:`~nmfseg.data.preprocess.restore`: trilinear, 0 outside the nonzero box).
 
         Args:
             image: the raw image, channels first.
@@ -323,16 +333,18 @@ class Predictor:
             DataError: naming ``where``: wrong channel count, NaN/Inf voxels, no ``spacing``
                 for a run that resamples.
         """
+        image = np.asarray(image)
+        for net in self.networks:
+            expected = getattr(net, "in_channels", None)
+            if expected is not None and image.shape[0] != expected:
+                raise DataError(
+                    where, f"image has {image.shape[0]} channels but the model expects {expected}"
+                )
         pre = self.ensemble.preprocessing
         with self._autocast():
-            return predict_case(
-                self.networks,
-                image,
-                where=where,
-                spacing=spacing,
-                preprocessing=pre,
-                **self._window(),
-            )
+            x, _, record = preprocess_case(image, where=where, spacing=spacing, preprocessing=pre)
+            probs = self.predict_preprocessed(x)
+            return restore(probs, record, fill=0.0, mode="bilinear").astype(np.float32, copy=False)
 
     def to_labels(self, probabilities: np.ndarray, scheme: DatasetScheme | None = None) -> Any:
         """Threshold probabilities and write them as a label map of ``scheme``.
@@ -425,12 +437,24 @@ class Predictor:
         return new_nifti(labels.astype(label_dtype(labels)), ref.affine, ref.header)
 
     def predict_case(
-        self, case: Case | str | Path, scheme: DatasetScheme | None = None
+        self,
+        case: Case | str | Path,
+        scheme: DatasetScheme | None = None,
+        *,
+        output: str | Path | None = None,
+        probabilities: str | Path | None = None,
     ) -> nib.Nifti1Image:
-        """Label map of a case on disk (a case folder or file that ``nmfseg predict`` takes).
+        """Label map of a case on disk (a :class:`~nmfseg.data.formats.Case`, or a case folder
+        or file that ``nmfseg predict`` takes); its label file is not read.
 
-        The labels are in the case's own scheme when its regions are the model's, else in
-        the model's (see :func:`output_scheme`).
+        Args:
+            case: The case.
+            scheme: Label scheme of the output (default: the case's own when its regions are
+                the model's, else the model's: :func:`~nmfseg.inference.ensemble.output_scheme`).
+            output: Also write the label map there, atomically and last (what
+                :func:`~nmfseg.inference.predict.predict_folder` does for every case).
+            probabilities: Also write the probabilities there first
+                (:func:`save_probabilities`); removed if the label map cannot be written.
         """
         case = open_case(case, scheme=self.ensemble.scheme) if not isinstance(case, Case) else case
         data = load_case(dataclasses.replace(case, label_path=None))
@@ -439,44 +463,38 @@ class Predictor:
             scheme, _ = output_scheme(one, self.ensemble)
         probs = self.probabilities(data.image, case.case_id, data.spacing)
         labels = self.to_labels(probs, scheme)
-        return new_nifti(labels.astype(label_dtype(labels)), data.affine, data.header)
+        image = new_nifti(labels.astype(label_dtype(labels)), data.affine, data.header)
+        if probabilities is not None:  # to_labels found a scheme
+            regions = (scheme or self.ensemble.scheme).region_names  # type: ignore[union-attr]
+            save_probabilities(Path(probabilities), probs, regions, data.affine)
+        try:
+            if output is not None:
+                save_nifti(image, Path(output))
+        except BaseException:
+            if probabilities is not None:
+                Path(probabilities).unlink(missing_ok=True)
+            raise
+        return image
 
 
-def output_scheme(dataset: Dataset, ensemble: Ensemble) -> tuple[DatasetScheme, str]:
-    """The scheme predictions are written in, and a note when it is not the dataset's own.
+def save_probabilities(
+    path: Path, probabilities: np.ndarray, regions: Sequence[str], affine: np.ndarray
+) -> None:
+    """Write ``probabilities (R, X, Y, Z)`` as float16 into a compressed ``.npz``, atomically.
 
-    The dataset's scheme is used when its regions are the model's (by name, or by count when
-    the model does not record names); otherwise the model's training scheme, when known.
+    Examples::
 
-    Raises:
-        DataError: the dataset's images do not have the model's channel count, or its regions
-            cannot be written from the model's outputs.
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "case_probabilities.npz"
+        >>> save_probabilities(path, np.full((1, 2, 2, 2), 0.25), ["lesion"], np.eye(4))
+        >>> saved = np.load(path)
+        >>> saved["probabilities"].dtype, saved["regions"].tolist()
+        (dtype('float16'), ['lesion'])
     """
-    ds = dataset.scheme
-    first = dataset.cases[0].case_id if dataset.cases else "?"
-    if ds.in_channels != ensemble.in_channels:
-        expected = f" ({', '.join(ensemble.channels)})" if ensemble.channels else ""
-        raise DataError(
-            dataset.root,
-            f"case {first} has {ds.in_channels} channels ({', '.join(ds.channels)}) but the "
-            f"model expects {ensemble.in_channels}{expected}",
+    with atomic_open(path) as fh:
+        np.savez_compressed(
+            fh,
+            probabilities=np.asarray(probabilities, dtype=np.float16),
+            regions=np.asarray(list(regions), dtype=str),
+            affine=np.asarray(affine, dtype=np.float64),
         )
-    same = (
-        ds.region_names == ensemble.regions
-        if ensemble.regions
-        else ds.out_channels == ensemble.out_channels
-    )
-    if same:
-        return ds, ""
-    model = ensemble.scheme
-    if model is not None and model.out_channels == ensemble.out_channels:
-        return model, (
-            f"note: the model's regions ({', '.join(ensemble.regions)}) are not the dataset's "
-            f"({', '.join(ds.region_names)}); writing labels in the model's {model.name} scheme"
-        )
-    raise DataError(
-        dataset.root,
-        f"the model predicts {ensemble.out_channels} region(s) "
-        f"({', '.join(ensemble.regions) or 'unnamed'}) but the {dataset.fmt} labels need "
-        f"{ds.out_channels} ({', '.join(ds.region_names)})",
-    )
