@@ -1,15 +1,16 @@
-"""Text a user types: the one rule for comma lists.
+"""Text a user types: the one rule for comma lists, the one grammar for fold lists.
 
 Floor 0 (imports only :mod:`nmfseg.errors`): every comma list nmfseg reads, in an option
 (``--models a,b``, ``--folds 0,1``, ``largest:WT,TC``, ``--model-arg channels=8,16``) or a
-file, goes through :func:`split_list`, so a gap is refused the same way everywhere.
+file, goes through :func:`split_list`, so a gap is refused the same way everywhere; every
+list of folds (``--folds 0-4,6``, ``--folds all``) goes through :func:`parse_folds`.
 """
 
 from __future__ import annotations
 
 from nmfseg.errors import ConfigError
 
-__all__ = ["split_list"]
+__all__ = ["fold_words", "parse_folds", "split_list"]
 
 _GAP = "an empty item in the comma list"
 
@@ -43,3 +44,53 @@ def split_list(text: str, option: str, shown: str | None = None) -> list[str]:
     if not all(items):
         raise ConfigError(f"{option} {text if shown is None else shown!r}: {_GAP}")
     return items
+
+
+_FOLDS = "expected fold numbers like 0-4 or 0,2,3, or all"
+
+
+def fold_words(text: str, option: str = "--folds") -> list[str]:
+    """The words of a fold list, unparsed: separated by commas (a gap is refused, as by
+    :func:`split_list`) or by spaces (the older ``--folds 0 1 2``).
+
+    Examples::
+
+        >>> fold_words("0-2, 4"), fold_words("0 1 all")
+        (['0-2', '4'], ['0', '1', 'all'])
+    """
+    return [word for item in split_list(text, option) for word in item.split()]
+
+
+def parse_folds(text: str, option: str = "--folds") -> list[int | str]:
+    """The folds a fold list names, in the order given, each once: fold numbers, ranges
+    (``0-4``) and ``all``, the ``fold_all`` model trained on every case (nnU-Net's ``-f all``,
+    ``nmfseg train --fold all``), never "every fold" (that is no list at all).
+
+    The one grammar of ``--folds`` in every verb (and of ``--fold``, which takes one).
+
+    Raises:
+        ConfigError: Naming ``option`` and the text: a word that is not a fold, a range that
+            runs backwards, a gap in the comma list.
+
+    Examples::
+
+        >>> parse_folds("0-2,4"), parse_folds("all"), parse_folds("3 1,1")
+        ([0, 1, 2, 4], ['all'], [3, 1])
+        >>> parse_folds("0-x")
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: --folds '0-x': expected fold numbers like 0-4 or 0,2,3, or all
+    """
+    folds: list[int | str] = []
+    for word in fold_words(text, option):
+        first, dash, last = word.partition("-")
+        if word == "all":
+            ids: list[int | str] = ["all"]
+        elif word.isascii() and first.isdigit() and (not dash or last.isdigit()):
+            if dash and int(last) < int(first):
+                raise ConfigError(f"{option} {text!r}: the range {word} is empty")
+            ids = list(range(int(first), int(last if dash else first) + 1))
+        else:
+            raise ConfigError(f"{option} {text!r}: {_FOLDS}")
+        folds += [k for k in ids if k not in folds]
+    return folds
