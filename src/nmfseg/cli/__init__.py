@@ -22,10 +22,15 @@ from typer.core import TyperCommand
 
 
 class _Command(TyperCommand):
-    """Usage lines as manual pages write them: ``DATA_DIR``, not typer's ``{DATA_DIR}``."""
+    """Usage lines as manual pages write them: ``DATA_DIR``, not typer's ``{DATA_DIR}``; a
+    hidden argument (an old spelling, such as ``train``'s positional ``DATA_DIR``) left out."""
 
     def collect_usage_pieces(self, ctx):
-        return [re.sub(r"^\{(.+)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return [re.sub(r"^\{(.+)\}", r"\1", p) for p in pieces]
 
 
 app = typer.Typer(

@@ -1,9 +1,28 @@
 """Shared CLI plumbing: one-line user errors and exit codes, and the shared vocabulary.
 
-Every verb speaks the same words: ``-o/--out`` for what it writes, ``--format`` for a dataset
-format, ``--folds`` for fold ids and ``--n-folds`` for a number of folds, ``--workers`` for a
-number of worker processes. Older spellings (``--fmt``, ``--scheme``, ``--output``, ``split
---folds N``) are hidden aliases for one release (:func:`one_of`).
+Every verb speaks the same words, one per thing:
+
+- ``-m/--model NAME``: a registered network (``train``, ``complexity``, ``demo``,
+  ``nnunet-plans``; ``study -m/--models`` takes several);
+- ``-r/--run RUN``: a trained run, what ``train -o`` made: its run folder, a fold folder, a
+  checkpoint file, or the results root when it holds one run (``predict``, ``explain``,
+  ``ablate``, ``postprocess-search``, ``export``; ``predict --engine onnxruntime``: the
+  exported ``.onnx``);
+- ``-d/--data DATA_DIR``: a dataset folder (``check-data``, ``split``, ``train``, ``study``,
+  ``ablate``, ``postprocess-search``, ``evaluate``'s ground truth; ``nnunet-plans``: the
+  nnU-Net dataset, nnU-Net's ``-d``);
+- ``-i/--input``: the images ``predict`` and ``explain`` segment, a dataset folder or one
+  case (nnU-Net's ``-i``; not ``-d``, which is always a whole dataset);
+- ``-o/--out`` for what a verb writes, ``--format`` for a dataset format, ``--fold K`` for
+  one fold and ``--folds LIST`` for several (one grammar, :func:`nmfseg.text.parse_folds`:
+  ``0-4,6``, ``all`` is the ``fold_all`` model), ``--n-folds`` for a number of folds,
+  ``--workers`` for a number of worker processes.
+
+Older spellings are hidden aliases (:func:`one_of`): ``--fmt``, ``--scheme``, ``--output``,
+``split --folds N``, the positional ``DATA_DIR`` (``check-data``, ``split``, ``train``,
+``study``) and ``DATASET`` (``nnunet-plans``), ``evaluate --gt``, ``export``'s positional
+``RUN_DIR``, and ``-m/--model`` where it named a trained run (``predict``, ``explain``,
+``ablate``, ``postprocess-search``): there it still means the run, never a network name.
 """
 
 from __future__ import annotations
@@ -133,36 +152,46 @@ def check_format(fmt: str | None, option: str = "--format") -> str | None:
     return fmt
 
 
-def one_of(value: Any, old: Any, name: str, old_name: str) -> Any:
+def one_of(value: Any, old: Any, name: str, old_name: str, required: str | None = None) -> Any:
     """The value of option ``name``, or of its old spelling ``old_name`` (a hidden alias).
 
+    Args:
+        required: What the option names, when one of the two must be given (a required
+            option cannot be declared so to typer while its old spelling is another one).
+
     Raises:
-        ConfigError: Both are given with different values.
+        ConfigError: Both are given with different values, or neither is and it is required.
 
     Examples::
 
         >>> one_of(None, "isles22", "--format", "--fmt")
         'isles22'
+        >>> one_of(None, None, "-r/--run", "-m/--model", required="the trained run")
+        Traceback (most recent call last):
+        ...
+        nmfseg.errors.ConfigError: -r/--run is required: the trained run
     """
     from nmfseg.errors import ConfigError
 
     if old is None:
+        if value is None and required is not None:
+            raise ConfigError(f"{name} is required: {required}")
         return value
     if value is not None and value != old:
         raise ConfigError(f"{old_name} is the old spelling of {name}; give only {name}")
     return old
 
 
-def one_fold(model: Path, fold: int | str | None, checkpoint: str, verb: str) -> Path:
-    """The checkpoint of one fold of ``model`` (:func:`~nmfseg.analysis.runs.fold_checkpoint`);
+def one_fold(run: Path, fold: int | str | None, checkpoint: str, verb: str) -> Path:
+    """The checkpoint of one fold of ``run`` (:func:`~nmfseg.analysis.runs.fold_checkpoint`);
     when the run has more folds, a note on stderr says which one is ``verb`` (e.g.
     ``exporting``) and how to choose another."""
     from nmfseg.analysis.runs import fold_checkpoint
 
-    path, others = fold_checkpoint(model, fold, checkpoint)
+    path, others = fold_checkpoint(run, fold, checkpoint)
     if others:
         typer.echo(
-            f"note: {verb} {path.parent.name} of {model} ({len(others)} more fold(s); "
+            f"note: {verb} {path.parent.name} of {run} ({len(others)} more fold(s); "
             "choose one with --fold)",
             err=True,
         )

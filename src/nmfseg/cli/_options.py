@@ -7,7 +7,8 @@ bad value is one ``nmfseg: error: --overlap ...`` line before anything is loaded
 The training settings (``--steps`` ... ``--amp``) are declared once in
 :mod:`nmfseg.training.options`; :func:`with_training_options` gives a command the ones it
 takes, as one ``training`` argument.
-``--checkpoint``, ``--device``, ``--quiet`` and the fold options mean the same in every verb.
+``-r/--run``, ``-d/--data``, ``--checkpoint``, ``--device``, ``--quiet`` and the fold
+options mean the same in every verb (the vocabulary: :mod:`nmfseg.cli._common`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from nmfseg.cli._common import one_of
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 CHECKPOINT = typer.Option(
@@ -27,6 +30,43 @@ CHECKPOINT = typer.Option(
 )
 DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N [cuda if available].")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+RUN_HELP = (
+    "Trained run: the run folder RUN_DIR/<dataset>/<model>, a fold folder, a checkpoint "
+    "file, or the results root RUN_DIR when it holds one run."
+)
+DATA_HELP = "Labelled dataset folder in any supported format."
+
+
+def run_option(help: str = RUN_HELP) -> Any:
+    """``-r/--run RUN``, a trained run (required: checked by :func:`the_run`, as it has an
+    old spelling)."""
+    return typer.Option(None, "-r", "--run", metavar="RUN", help=f"{help}  [required]")
+
+
+def data_option(help: str = DATA_HELP, metavar: str = "DATA_DIR") -> Any:
+    """``-d/--data DATA_DIR``, a dataset folder (required: checked by :func:`the_data`)."""
+    return typer.Option(None, "-d", "--data", metavar=metavar, help=f"{help}  [required]")
+
+
+#: ``-m/--model``, hidden, where it named the trained run before ``-r/--run`` (predict,
+#: explain, ablate, postprocess-search): old command lines keep working, and there it means
+#: the run, as it did; a registered network's name is ``-m/--model`` only where a network is
+#: built (train, complexity, demo, nnunet-plans).
+OLD_RUN = typer.Option(None, "-m", "--model", metavar="RUN", hidden=True)
+#: The positional ``DATA_DIR`` of check-data, split, train and study, hidden.
+OLD_DATA_DIR = typer.Argument(None, metavar="DATA_DIR", hidden=True)
+
+
+def the_run(run: Any, old: Any) -> Any:
+    """The run of ``-r/--run`` or of its old spelling ``-m/--model``; one is required."""
+    return one_of(run, old, "-r/--run", "-m/--model", required="the trained run")
+
+
+def the_data(data: Any, old: Any, old_name: str = "DATA_DIR") -> Any:
+    """The dataset of ``-d/--data`` or of its old spelling; one is required."""
+    return one_of(data, old, "-d/--data", old_name, required="the dataset folder")
+
 
 #: InferenceSettings field -> its option (the field's name is the parameter's).
 SETTING_OPTIONS: dict[str, Any] = {
@@ -214,7 +254,8 @@ def with_training_options(*keys: str) -> Callable[[F], F]:
 
 
 def parse_fold(fold: str | None, allow_all: bool = False) -> int | str | None:
-    """The value of ``--fold K``: a fold number, ``"all"`` where allowed, or None.
+    """The value of ``--fold K``: one fold of :func:`nmfseg.text.parse_folds` (a number, or
+    ``"all"``, the ``fold_all`` model, where allowed), or None.
 
     Raises:
         ConfigError: Anything else.
@@ -225,39 +266,39 @@ def parse_fold(fold: str | None, allow_all: bool = False) -> int | str | None:
         (2, None, 'all')
     """
     from nmfseg.errors import ConfigError
+    from nmfseg.text import parse_folds
 
-    if fold is None or (allow_all and fold == "all"):
-        return fold
-    if not fold.isdigit():
+    if fold is None:
+        return None
+    try:
+        folds = parse_folds(fold, "--fold")
+    except ConfigError:
+        folds = []
+    if len(folds) != 1 or (folds[0] == "all" and not allow_all):
         also = " or all" if allow_all else ""
         raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...){also}")
-    return int(fold)
+    return folds[0]
 
 
-def parse_folds(given: list[str], extra: list[str]) -> list[str]:
-    """The values of ``--folds``: ``--folds 0 1 2`` arrives as ``["0"]`` plus the extra
-    arguments ``["1", "2"]``; commas separate too (a gap, ``0,,1``, is refused).
+def parse_folds(given: list[str], extra: list[str]) -> list[int | str]:
+    """The folds of ``--folds`` (:func:`nmfseg.text.parse_folds`: ``--folds 0-2,4``,
+    ``--folds all``); the older ``--folds 0 1 2`` arrives as ``["0"]`` plus the extra
+    arguments ``["1", "2"]`` and is read as ``0,1,2``.
 
     Raises:
-        ConfigError: A value is neither a fold number nor ``all``, or a comma list has a gap.
+        ConfigError: Extra arguments without ``--folds``, or not a fold list.
 
     Examples::
 
-        >>> parse_folds(["0"], ["1,2"])
-        ['0', '1', '2']
+        >>> parse_folds(["0-1"], ["3"]), parse_folds(["all"], []), parse_folds([], [])
+        ([0, 1, 3], ['all'], [])
     """
     from nmfseg.errors import ConfigError
-    from nmfseg.text import split_list
+    from nmfseg.text import parse_folds as parse
 
     if extra and not given:
         raise ConfigError(f"unexpected argument {extra[0]!r}")
-    out = []
-    for item in [*given, *extra]:
-        for part in (w for chunk in split_list(item, "--folds") for w in chunk.split()):
-            if not (part.isdigit() or part == "all"):
-                raise ConfigError(f"--folds {part!r}: a fold is a number (0, 1, ...) or 'all'")
-            out.append(part)
-    return out
+    return parse(" ".join([*given, *extra])) if given else []
 
 
 @contextlib.contextmanager

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
-from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, WINDOW, parse_fold, with_settings
+from nmfseg.cli._options import (
+    CHECKPOINT,
+    DEVICE,
+    OLD_RUN,
+    QUIET,
+    WINDOW,
+    data_option,
+    parse_fold,
+    run_option,
+    the_data,
+    the_run,
+    with_settings,
+)
 
 if TYPE_CHECKING:
     from nmfseg.inference.settings import InferenceSettings
@@ -34,15 +46,8 @@ HELP = (
 
 @with_settings(*WINDOW, "threshold", "amp")
 def ablate(
-    model: Path = typer.Option(
-        ...,
-        "-m",
-        "--model",
-        help="Run folder RUN_DIR/<dataset>/<model> (with --fold), fold folder or checkpoint.",
-    ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", metavar="DATA_DIR", help="The dataset the model was trained on."
-    ),
+    run: Path = run_option(),
+    data: Path = data_option("The dataset the run was trained on."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for the CSVs, table and figure."),
     fold: str = typer.Option(
         None, "--fold", "-f", metavar="K", help="Fold of a run folder [its only fold]."
@@ -70,6 +75,7 @@ def ablate(
     settings: InferenceSettings = None,  # the options named in @with_settings, checked
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     quiet: bool = QUIET,
+    old_run: Path = OLD_RUN,
 ) -> None:
     """Measure what a trained Factorizer keeps when its NMF layers change at inference."""
     from nmfseg.analysis.ablate import parse_int_list, parse_sweeps, run_ablation
@@ -80,6 +86,7 @@ def ablate(
     from nmfseg.inference.predictor import Predictor
     from nmfseg.nmf import SOLVERS
 
+    model, data = the_run(run, old_run), the_data(data, None)
     chosen = parse_sweeps(sweeps)
     n_repeats = parse_number(repeats, "--repeats", minimum=1)
     t_values = parse_int_list(iters, "--iters", 0)

@@ -38,7 +38,11 @@ def _delta(ours: float, paper: float | None) -> str:
 
 def complexity(
     model: list[str] = typer.Option(
-        None, "--model", "-m", help="Registered model name (repeatable). Default: all."
+        None,
+        "--model",
+        "-m",
+        metavar="NAME[,NAME...]",
+        help="Registered network names (repeatable, or a comma list) [every one].",
     ),
     input_size: str = typer.Option(
         None,
@@ -50,8 +54,10 @@ def complexity(
     """Print #params and FLOPs per model at the paper's input size, beside the paper's."""
     from nmfseg.models import list_models
     from nmfseg.models.complexity import FLOP_CONVENTION, model_complexity
+    from nmfseg.text import split_list
 
-    names = list(model) if model else list_models()
+    names = [name for item in model or [] for name in split_list(item, "--model")]
+    names = names or list_models()
     size = parse_size(input_size) if input_size else None
     rows = [model_complexity(name, size) for name in names]
 

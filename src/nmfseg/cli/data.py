@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, one_of
+from nmfseg.cli._options import OLD_DATA_DIR, data_option, the_data
 
-DATA_DIR = typer.Argument(..., metavar="DATA_DIR", help="Dataset folder in any supported format.")
+DATA_HELP = "Dataset folder in any supported format."
 
 
 def _open(data_dir: Path, fmt: str | None):
@@ -18,7 +19,8 @@ def _open(data_dir: Path, fmt: str | None):
 
 
 def check_data(
-    data_dir: Path = DATA_DIR,
+    data_dir: Path = OLD_DATA_DIR,  # the old spelling of -d/--data
+    data: Path = data_option(DATA_HELP),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     old_fmt: str = typer.Option(None, "--fmt", hidden=True),
 ) -> None:
@@ -32,7 +34,8 @@ def check_data(
     from nmfseg.data.checks import check_dataset
     from nmfseg.errors import DataError
 
-    dataset = _open(data_dir, check_format(one_of(fmt, old_fmt, "--format", "--fmt")))
+    fmt = check_format(one_of(fmt, old_fmt, "--format", "--fmt"))
+    dataset = _open(the_data(data, data_dir), fmt)
     scheme = dataset.scheme
     report = check_dataset(dataset)
     for problem in report.problems:
@@ -50,11 +53,12 @@ def check_data(
 
 
 def split(
-    data_dir: Path = DATA_DIR,
+    data_dir: Path = OLD_DATA_DIR,  # the old spelling of -d/--data
+    data: Path = data_option(DATA_HELP),
     n_folds: int = typer.Option(None, "--n-folds", help="Number of cross-validation folds [5]."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Path = typer.Option(
-        None, "-o", "--out", help="Where to write the splits (default: DATA_DIR/splits.json)."
+        None, "-o", "--out", help="Where to write the splits [DATA_DIR/splits.json]."
     ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite different existing splits."),
@@ -75,7 +79,8 @@ def split(
 
     folds = one_of(n_folds, old_folds, "--n-folds", "--folds") or 5
     output = one_of(out, old_out, "-o/--out", "--output")
-    dataset = _open(data_dir, check_format(one_of(fmt, old_fmt, "--format", "--fmt")))
+    fmt = check_format(one_of(fmt, old_fmt, "--format", "--fmt"))
+    dataset = _open(the_data(data, data_dir), fmt)
     path = output if output is not None else default_splits_path(dataset)
     check_writable(path.parent, what="splits file")
     splits = make_splits(dataset, folds, seed)

@@ -15,7 +15,11 @@ def demo(
         None, "--config", "-c", help="Demo YAML (default: the packaged configs/demo.yaml)."
     ),
     models: list[str] = typer.Option(
-        None, "--model", "-m", help="Only these models of the config (repeatable)."
+        None,
+        "--model",
+        "-m",
+        metavar="NAME[,NAME...]",
+        help="Only these models of the config (repeatable, or a comma list).",
     ),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps per model."),
     train_cases: int = typer.Option(None, "--train-cases", min=5, help="Training phantoms."),
@@ -26,9 +30,11 @@ def demo(
     Resumable: rerun the same command after an interruption and it continues.
     """
     from nmfseg.demo import run_demo
+    from nmfseg.text import split_list
 
+    names = [name for item in models or [] for name in split_list(item, "--model")] or None
     result = run_demo(
-        out, config, models=models, steps=steps, n_train=train_cases, n_test=test_cases
+        out, config, models=names, steps=steps, n_train=train_cases, n_test=test_cases
     )
     typer.echo(f"demo report: {result.report}")
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import check_format, handle_errors, one_of
+from nmfseg.cli._options import data_option, the_data
 
 EVALUATE_HELP = (
-    "Dice and HD95 (mm) per case and region of the predictions in --pred against --gt.\n\n"
+    "Dice and HD95 (mm) per case and region of the predictions in --pred against the "
+    "labels of -d/--data.\n\n"
     "BraTS conventions for empty masks: both empty gives Dice 1, HD95 0; only one empty gives "
     "Dice 0, HD95 373.13 mm (no case is dropped from the mean). Writes OUT/metrics.csv (one "
     "row per case), OUT/summary.json (mean, std, median per region and for the average over "
@@ -29,11 +31,9 @@ def evaluate(
     pred: Path = typer.Option(
         ..., "--pred", help="Folder of predicted label maps CASE.nii.gz (nmfseg predict output)."
     ),
-    gt: Path = typer.Option(
-        ...,
-        "--gt",
-        help="Ground truth: a dataset folder in any supported format, or a plain folder of "
-        "label files CASE.nii.gz (then --format names their labels).",
+    data: Path = data_option(
+        "Ground truth: the dataset folder in any supported format, or a plain folder of "
+        "label files CASE.nii.gz (then --format names their labels)."
     ),
     out: Path = typer.Option(..., "-o", "--out", help="Report folder to write."),
     fmt: str = typer.Option(
@@ -51,6 +51,7 @@ def evaluate(
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the box plots."),
     old_fmt: str = typer.Option(None, "--scheme", hidden=True),
+    old_data: Path = typer.Option(None, "--gt", hidden=True),
 ) -> None:
     """Dice and HD95 (mm) per case and region, with BraTS conventions for empty masks.
 
@@ -65,6 +66,7 @@ def evaluate(
 
     if missing not in ("empty", "skip"):
         raise ConfigError(f"--missing {missing!r}: choose 'empty' or 'skip'")
+    gt = the_data(data, old_data, "--gt")
     truth = find_ground_truth(gt, check_format(one_of(fmt, old_fmt, "--format", "--scheme")))
     check_writable(out, what="report")
     regions = ", ".join(truth.scheme.regions)

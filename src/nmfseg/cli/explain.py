@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 import typer
 
 from nmfseg.cli._common import handle_errors, one_fold, parse_number
-from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, WINDOW, parse_fold, with_settings
+from nmfseg.cli._options import (
+    CHECKPOINT,
+    DEVICE,
+    OLD_RUN,
+    QUIET,
+    WINDOW,
+    parse_fold,
+    run_option,
+    the_run,
+    with_settings,
+)
 
 if TYPE_CHECKING:
     from nmfseg.inference.settings import InferenceSettings
@@ -28,12 +38,8 @@ HELP = (
 
 @with_settings(*WINDOW)
 def explain(
-    model: Path = typer.Option(
-        ...,
-        "-m",
-        "--model",
-        help="Run folder RUN_DIR/<dataset>/<model>, fold folder or checkpoint file.",
-    ),
+    run: Path = run_option(),
+    # -i/--input as in predict: the images of one case, not a dataset (-d/--data)
     input: Path = typer.Option(
         ...,
         "-i",
@@ -62,6 +68,7 @@ def explain(
         "32", "--max-maps", metavar="INT", help="Maps held in memory at once (one pass each)."
     ),
     quiet: bool = QUIET,
+    old_run: Path = OLD_RUN,
 ) -> None:
     """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
     from nmfseg.analysis.explain import explain_case
@@ -69,6 +76,7 @@ def explain(
     from nmfseg.inference.predictor import Predictor
     from nmfseg.inference.settings import parse_layers
 
+    model = the_run(run, old_run)
     parse_layers(layers, None, option="--layers")
     n_maps = parse_number(max_maps, "--max-maps", minimum=1)
     check_writable(out, what="component maps")  # before loading the model

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nmfseg.cli._common import handle_errors, one_fold, parse_number
-from nmfseg.cli._options import CHECKPOINT, NMF, parse_fold, with_settings
+from nmfseg.cli._common import handle_errors, one_fold, one_of, parse_number
+from nmfseg.cli._options import CHECKPOINT, NMF, parse_fold, run_option, with_settings
 
 if TYPE_CHECKING:
     from nmfseg.inference.settings import InferenceSettings
@@ -30,7 +30,7 @@ HELP = (
     "settings, nmfseg version, source checkpoint) in its metadata, and OUT with .json "
     "instead of .onnx gets the same settings; both are written together, atomically, and "
     "an existing OUT is refused unless --overwrite. "
-    "Predict with it: nmfseg predict --engine onnxruntime -m OUT. Networks whose trace "
+    "Predict with it: nmfseg predict --engine onnxruntime -r OUT. Networks whose trace "
     "fixes the input size (a Python branch on a shape) are refused in one line naming the "
     "source line. Needs pip install 'nmfseg[export]'.\n\n"
     "--format monai-bundle writes the folder OUT following MONAI's bundle specification: "
@@ -49,11 +49,8 @@ FORMATS = ("onnx", "monai-bundle")
 
 @with_settings(*NMF)
 def export(
-    model: Path = typer.Argument(
-        ...,
-        metavar="RUN_DIR",
-        help="Run folder RUN_DIR/<dataset>/<model>, a fold folder or a checkpoint file.",
-    ),
+    old_run: Path = typer.Argument(None, metavar="RUN_DIR", hidden=True),  # before -r/--run
+    run: Path = run_option(),
     out: Path = typer.Option(
         ..., "-o", "--out", help="The .onnx file (onnx) or the bundle folder (monai-bundle)."
     ),
@@ -61,7 +58,11 @@ def export(
         "onnx", "--format", metavar="onnx|monai-bundle", help="What to write [onnx]."
     ),
     fold: str = typer.Option(
-        None, "--fold", "-f", metavar="K", help="Fold of a run folder, or all [its first fold]."
+        None,
+        "--fold",
+        "-f",
+        metavar="K",
+        help="Fold of a run folder: a number, or all (the fold_all model) [its first fold].",
     ),
     checkpoint: str = CHECKPOINT,
     settings: InferenceSettings = None,  # the options named in @with_settings, checked
@@ -83,6 +84,7 @@ def export(
     """Export one fold of a trained run as an ONNX model or a MONAI bundle."""
     from nmfseg.errors import ConfigError
 
+    model = one_of(run, old_run, "-r/--run", "RUN_DIR", required="the trained run")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose onnx or monai-bundle")
     tol = parse_number(tolerance, "--tolerance", float, exclusive=True)

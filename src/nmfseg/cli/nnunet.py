@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import handle_errors, key_value
-from nmfseg.cli._options import naming_model_args
+from nmfseg.cli._options import data_option, naming_model_args, the_data
 
 PATH_HELP = (
     "Print the folder that holds nmfseg's nnU-Net trainers, for nnU-Net's nnUNet_extTrainer:\n\n"
@@ -63,12 +63,15 @@ def nnunet_path(
 
 
 def nnunet_plans(
-    dataset: str = typer.Argument(
-        ...,
+    old_data: str = typer.Argument(None, metavar="DATASET", hidden=True),  # before -d/--data
+    data: str = data_option(
+        "Preprocessed dataset: id or name under $nnUNet_preprocessed (nnU-Net's -d), or its "
+        "folder.",
         metavar="DATASET",
-        help="Preprocessed dataset: id or name under $nnUNet_preprocessed, or its folder.",
     ),
-    model: str = typer.Option(..., "-m", "--model", help="Registered network (nmfseg models)."),
+    model: str = typer.Option(
+        ..., "-m", "--model", metavar="NAME", help="Registered network (nmfseg models)."
+    ),
     model_arg: list[str] = typer.Option(
         None,
         "--model-arg",
@@ -83,6 +86,7 @@ def nnunet_plans(
     from nmfseg.models import model_info
     from nmfseg.nnunet import require_nnunet, write_plans_variant
 
+    dataset = the_data(data, old_data, "DATASET")
     require_nnunet()
     model_info(model)  # an unknown name fails here, listing the registered ones
     overrides = dict(key_value(item, "--model-arg") for item in model_arg or [])

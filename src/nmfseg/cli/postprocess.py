@@ -7,19 +7,31 @@ from pathlib import Path
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, parse_number
-from nmfseg.cli._options import CHECKPOINT, DEVICE, QUIET, parse_folds
+from nmfseg.cli._options import (
+    CHECKPOINT,
+    DEVICE,
+    OLD_RUN,
+    QUIET,
+    data_option,
+    parse_folds,
+    run_option,
+    the_data,
+    the_run,
+)
 
 
 def postprocess_search(
     ctx: typer.Context,
-    model: Path = typer.Option(
-        ..., "-m", "--model", help="Run folder (its folds' validation cases are pooled) or fold."
+    run: Path = run_option(
+        "Trained run: the run folder (its folds' validation cases are pooled) or a fold folder."
     ),
-    data: Path = typer.Option(
-        ..., "-d", "--data", metavar="DATA_DIR", help="The dataset the model was trained on."
-    ),
+    data: Path = data_option("The dataset the run was trained on."),
     folds: list[str] = typer.Option(
-        None, "-f", "--folds", help="Folds of a run folder [every numbered fold]."
+        None,
+        "-f",
+        "--folds",
+        metavar="FOLDS",
+        help="Folds of a run folder: 0-4, 0,2,3 or all (the fold_all model) [every numbered fold].",
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
@@ -31,6 +43,7 @@ def postprocess_search(
     ),
     fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
     quiet: bool = QUIET,
+    old_run: Path = OLD_RUN,
 ) -> None:
     """Choose post-processing that raises the mean Dice on the run's validation cases.
 
@@ -45,6 +58,7 @@ def postprocess_search(
     from nmfseg.data.formats import open_dataset
     from nmfseg.inference.postprocess import PostProcessing, option_words
 
+    model, data = the_run(run, old_run), the_data(data, None)
     gain = parse_number(min_gain, "--min-gain", float)
     check_search(gain)
     fold_ids = parse_folds(folds or [], ctx.args) or None

@@ -17,9 +17,13 @@ from nmfseg.cli._common import handle_errors, one_of
 from nmfseg.cli._options import (
     CHECKPOINT,
     DEVICE,
+    OLD_RUN,
     QUIET,
+    RUN_HELP,
     SETTING_OPTIONS,
     parse_folds,
+    run_option,
+    the_run,
     with_settings,
 )
 
@@ -43,13 +47,12 @@ HELP = (
 @with_settings(*SETTING_OPTIONS)
 def predict(
     ctx: typer.Context,
-    model: Path = typer.Option(
-        ...,
-        "-m",
-        "--model",
-        help="Run folder RUN_DIR/<dataset>/<model> (ensembles its fold_K folders), a fold "
-        "folder, a checkpoint file, or the results root RUN_DIR when it holds one run.",
+    run: Path = run_option(
+        RUN_HELP + " A run folder ensembles its fold_K folders; with --engine onnxruntime, "
+        "the .onnx file of nmfseg export (or its folder)."
     ),
+    # -i/--input, not -d/--data: what to segment is a dataset folder or one case (a file, a
+    # case folder), nnU-Net's -i; -d/--data always names a whole dataset.
     input: Path = typer.Option(
         ...,
         "-i",
@@ -63,8 +66,9 @@ def predict(
         None,
         "-f",
         "--folds",
-        help="Folds to ensemble: '--folds 0 1 2' or '--folds all' (the fold_all model) "
-        "[every numbered fold].",
+        metavar="FOLDS",
+        help="Folds to ensemble: numbers and ranges, 0-4 or 0,2,3, or all (the fold_all "
+        "model trained on every case) [every numbered fold].",
     ),
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
@@ -90,18 +94,18 @@ def predict(
         "--engine",
         metavar="torch|onnxruntime",
         help="Run the networks with PyTorch, or run a model from nmfseg export with "
-        "onnxruntime: -m then names the .onnx file (or its folder); same preprocessing, "
+        "onnxruntime: -r then names the .onnx file (or its folder); same preprocessing, "
         "sliding window, TTA and writing.",
     ),
     old_out: Path = typer.Option(None, "--output", hidden=True),
+    old_run: Path = OLD_RUN,
 ) -> None:
     """Predict every case of IN and write OUT/CASE.nii.gz in the dataset's own labels."""
-    from nmfseg.errors import ConfigError, NmfsegError
+    from nmfseg.errors import NmfsegError
     from nmfseg.inference.predict import predict_folder, summary_line
 
-    output = one_of(out, old_out, "-o/--out", "--output")
-    if output is None:
-        raise ConfigError("-o/--out is required: the folder for the predictions")
+    model = the_run(run, old_run)
+    output = one_of(out, old_out, "-o/--out", "--output", required="the folder for the predictions")
     fold_ids = parse_folds(folds or [], ctx.args)
     predictor = model_for_engine(engine, model, settings, fold_ids, checkpoint, device)
     result = predict_folder(
@@ -123,9 +127,14 @@ def predict(
 
 
 def model_for_engine(
-    engine: str, model: Path, settings: Any, folds: list[str], checkpoint: str, device: str | None
+    engine: str,
+    model: Path,
+    settings: Any,
+    folds: list[int | str],
+    checkpoint: str,
+    device: str | None,
 ) -> Any:
-    """The :class:`~nmfseg.inference.predictor.Predictor` of what ``-m`` names for the engine:
+    """The :class:`~nmfseg.inference.predictor.Predictor` of what ``-r`` names for the engine:
     the folds of a run (torch) or one exported model (onnxruntime), after refusing what an
     ONNX model cannot change."""
     from nmfseg.errors import ConfigError

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors
-from nmfseg.cli._options import naming_model_args, with_training_options
+from nmfseg.cli._options import (
+    OLD_DATA_DIR,
+    data_option,
+    naming_model_args,
+    the_data,
+    with_training_options,
+)
+
+if TYPE_CHECKING:
+    from nmfseg.study.plan import StudyPlan
 
 HELP = (
     "The paper's comparison in one command: train every model on every fold of DATA_DIR, "
@@ -28,9 +38,8 @@ HELP = (
 
 @with_training_options()  # --steps ... --amp for every model, declared in nmfseg.training.options
 def study(
-    data_dir: Path = typer.Argument(
-        ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
-    ),
+    data_dir: Path = OLD_DATA_DIR,  # the old spelling of -d/--data
+    data: Path = data_option(),
     models: list[str] = typer.Option(
         ...,
         "--models",
@@ -42,7 +51,11 @@ def study(
         ..., "--out", "-o", metavar="DIR", help="Study folder (created if needed)."
     ),
     folds: str = typer.Option(
-        None, "--folds", "-f", metavar="FOLDS", help="Folds: 0-4, 0,2,3 or 1 [every fold]."
+        None,
+        "--folds",
+        "-f",
+        metavar="FOLDS",
+        help="Folds: numbers and ranges, 0-4 or 0,2,3 [every fold].",
     ),
     reference: str = typer.Option(
         None,
@@ -79,41 +92,75 @@ def study(
     ),
 ) -> None:
     """The paper's comparison: train, predict, evaluate every (model, fold); write Table 1."""
-    from nmfseg.errors import NmfsegError
     from nmfseg.study.plan import StudyOptions, plan_study
     from nmfseg.text import split_list
 
-    train = [(opt.option, text) for opt, text in training]
-    train += [("--set", text) for text in set_ or []]
     options = StudyOptions(
-        data_dir=data_dir,
+        data_dir=the_data(data, data_dir),
         out=out.expanduser(),
         models=[name for item in models for name in split_list(item, "--models")],
-        folds=folds,
+        folds=_fold_spec(folds),
         reference=reference,
         config_file=config,
-        train=train,
+        train=_training(training, set_ or []),
         model_args=list(model_arg or []),
         fmt=check_format(fmt),
     )
     with naming_model_args(options.model_args):
         plan = plan_study(options)
     if print_jobs:
-        from nmfseg.study.run import job_lines
+        _print_jobs(plan)
+    else:
+        _run(plan, quiet)
 
-        lines = job_lines(plan)
-        typer.echo(
-            f"# {len(lines)} job(s), one line per (model, fold): train, then predict with "
-            "checkpoint_final.pt. Run each line once, anywhere (a SLURM job array runs line "
-            "$SLURM_ARRAY_TASK_ID; on a GPU node, 'torchrun --nproc_per_node N -m nmfseg train "
-            "...' instead of 'nmfseg train ...'), then "
-            "rerun this nmfseg study command without --print-jobs to collect the table.",
-            err=True,
+
+def _fold_spec(folds: str | None) -> str | None:
+    """``--folds`` read by the one fold grammar (:func:`nmfseg.text.parse_folds`), its words
+    joined by commas for the study's plan, which checks them against the number of folds.
+
+    Raises:
+        ConfigError: Not a fold list, or ``all``: the ``fold_all`` model has no validation
+            cases of its own to compare on.
+    """
+    from nmfseg.errors import ConfigError
+    from nmfseg.text import fold_words, parse_folds
+
+    if folds is None:
+        return None
+    if "all" in parse_folds(folds):
+        raise ConfigError(
+            f"--folds {folds!r}: a study compares models on each fold's validation cases, which "
+            "the fold_all model trained on; give fold numbers (0-4), or no --folds for every fold"
         )
-        for line in lines:
-            typer.echo(line)
-        return
+    return ",".join(fold_words(folds))
 
+
+def _training(training: list, set_: list[str]) -> list[tuple[str, str]]:
+    """The training settings for every model, in order: ``(option, text)``."""
+    return [(opt.option, text) for opt, text in training] + [("--set", t) for t in set_]
+
+
+def _print_jobs(plan: StudyPlan) -> None:
+    """``--print-jobs``: one shell line per (model, fold) on stdout, what to do on stderr."""
+    from nmfseg.study.run import job_lines
+
+    lines = job_lines(plan)
+    typer.echo(
+        f"# {len(lines)} job(s), one line per (model, fold): train, then predict with "
+        "checkpoint_final.pt. Run each line once, anywhere (a SLURM job array runs line "
+        "$SLURM_ARRAY_TASK_ID; on a GPU node, 'torchrun --nproc_per_node N -m nmfseg train "
+        "...' instead of 'nmfseg train ...'), then "
+        "rerun this nmfseg study command without --print-jobs to collect the table.",
+        err=True,
+    )
+    for line in lines:
+        typer.echo(line)
+
+
+def _run(plan: StudyPlan, quiet: bool) -> None:
+    """Run every stage that is not done, print the table and its tests; exit 1 if a model
+    failed."""
+    from nmfseg.errors import NmfsegError
     from nmfseg.evaluation.compare import format_table, format_tests
     from nmfseg.study.run import run_plan
 

@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from nmfseg.cli._common import FORMAT_HELP, check_format, handle_errors, key_value, one_of
-from nmfseg.cli._options import QUIET, naming_model_args, with_training_options
+from nmfseg.cli._options import (
+    OLD_DATA_DIR,
+    QUIET,
+    data_option,
+    naming_model_args,
+    the_data,
+    with_training_options,
+)
+
+if TYPE_CHECKING:
+    from nmfseg.training.setup import TrainingRun
+
+#: The on/off switches of train: option, config key.
+SWITCHES = (
+    ("--compile", "compile"),
+    ("--deterministic", "deterministic"),
+    ("--grad-checkpointing", "grad_checkpointing"),
+)
 
 
 @with_training_options()  # --steps ... --amp, declared in nmfseg.training.options
 def train(
-    data_dir: Path = typer.Argument(
-        ..., metavar="DATA_DIR", help="Labelled dataset folder in any supported format."
-    ),
+    data_dir: Path = OLD_DATA_DIR,  # the old spelling of -d/--data
+    data: Path = data_option(),
     model: str = typer.Option(
         ...,
         "--model",
         "-m",
+        metavar="NAME",
         help="Network name, e.g. swin_factorizer_brats (see nmfseg models).",
     ),
-    fold: str = typer.Option("0", "--fold", "-f", help="Fold to train: 0..n_folds-1, or 'all'."),
+    fold: str = typer.Option(
+        "0",
+        "--fold",
+        "-f",
+        metavar="K",
+        help="Fold to train: 0..n_folds-1, or all (the fold_all model, on every case).",
+    ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Results root; the run goes to OUT/<dataset>/<model>/fold_K."
     ),
@@ -64,28 +88,66 @@ def train(
 
     Multi-GPU / multi-node: the same command under `torchrun --nproc_per_node N -m nmfseg train`.
     """
-    from nmfseg.errors import ConfigError
-    from nmfseg.training.options import training_overrides
-    from nmfseg.training.setup import prepare_run
     from nmfseg.training.trainer import run_training
 
+    data = the_data(data, data_dir)
+    switches = (compile_, deterministic, grad_checkpointing)
+    overrides, sources = _overrides(training, switches, set_ or [])
+    run = _prepare(
+        data,
+        model,
+        fold,
+        out,
+        config,
+        overrides,
+        sources,
+        model_arg or [],
+        resume=resume,
+        fmt=check_format(one_of(fmt, old_fmt, "--format", "--fmt")),
+    )
+    run_training(run, progress=not quiet)
+    _report(run)
+
+
+def _overrides(
+    training: list, switches: tuple[bool | None, ...], set_: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Config key -> value, and config key -> the option that set it: the training options,
+    the switches given (:data:`SWITCHES`), then every ``--set``."""
+    from nmfseg.training.options import training_overrides
+
     overrides, sources = training_overrides(training)
-    for flag, key, value in (
-        ("--compile", "compile", compile_),
-        ("--deterministic", "deterministic", deterministic),
-        ("--grad-checkpointing", "grad_checkpointing", grad_checkpointing),
-    ):
+    for (flag, key), value in zip(SWITCHES, switches, strict=True):
         if value is not None:
             overrides[key], sources[key] = value, flag
-    for item in set_ or []:
+    for item in set_:
         key, value = key_value(item, "--set")
         overrides[key], sources[key] = value, f"--set {key}"
-    model_args = dict(key_value(item, "--model-arg") for item in model_arg or [])
+    return overrides, sources
+
+
+def _prepare(
+    data: Path,
+    model: str,
+    fold: str,
+    out: Path,
+    config: Path | None,
+    overrides: dict[str, Any],
+    sources: dict[str, str],
+    model_arg: list[str],
+    **options: Any,
+) -> TrainingRun:
+    """Every check of the run before anything is written
+    (:func:`~nmfseg.training.setup.prepare_run`), a bad ``--model-arg`` named as such."""
+    from nmfseg.errors import ConfigError
+    from nmfseg.training.setup import prepare_run
+
+    model_args = dict(key_value(item, "--model-arg") for item in model_arg)
     if config is not None and not config.is_file():
         raise ConfigError(f"--config {config}: no such file")
-    with naming_model_args(model_arg or []):
-        run = prepare_run(
-            data_dir,
+    with naming_model_args(model_arg):
+        return prepare_run(
+            data,
             model,
             fold,
             out,
@@ -93,21 +155,24 @@ def train(
             overrides=overrides,
             model_args=model_args,
             sources=sources,
-            resume=resume,
-            fmt=check_format(one_of(fmt, old_fmt, "--format", "--fmt")),
+            **options,
         )
-    run_training(run, progress=not quiet)
+
+
+def _report(run: TrainingRun) -> None:
+    """The line that ends a run: its folder, steps and validation Dice (main process only)."""
+    import json
+
     from nmfseg.training.distributed import is_main_process
 
-    if is_main_process():
-        import json
-
-        summary = json.loads((run.fold_dir / "validation" / "summary.json").read_text())
-        dice = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
-        typer.echo(
-            f"{run.fold_dir}: {run.config['steps']} steps done; validation Dice "
-            f"{summary['foreground_mean']:.4f} ({dice}) on {summary['n_cases']} case(s)"
-        )
+    if not is_main_process():
+        return
+    summary = json.loads((run.fold_dir / "validation" / "summary.json").read_text())
+    dice = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
+    typer.echo(
+        f"{run.fold_dir}: {run.config['steps']} steps done; validation Dice "
+        f"{summary['foreground_mean']:.4f} ({dice}) on {summary['n_cases']} case(s)"
+    )
 
 
 def register(app: typer.Typer) -> None:
