@@ -109,7 +109,8 @@ CASES = [
     Case("train --format", (*TRAIN, "--format", "foo"),
          r"^nmfseg: error: --format 'foo': not a dataset format", absent=("{tmp}/runs",)),
     # data problems
-    Case("2D image", ("check-data", "{nn2d}"), r"toy_001_0000.nii.gz: .*2D.*3D volume"),
+    Case("2D and 3D files in a case", ("check-data", "{nn2d}"),
+         r"toy_001_0001.nii.gz: is a 3D volume .*toy_001_0000.nii.gz a 2D image"),
     Case("dataset.json case without files", ("check-data", "{msdmissing}"),
          r"BRATS_002.*listed in dataset.json.*(missing|not found)"),
     Case("nnU-Net numTraining above the cases found", ("check-data", "{nnmissing}"),

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from nmfseg.data.formats import Case, Dataset, Problem, get_format, read_case
 from nmfseg.data.formats.base import DATASET
-from nmfseg.data.nifti import load_nifti
+from nmfseg.data.nifti import image_spacing, load_nifti
 from nmfseg.data.normalization import norm_scheme_for
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import DataError
@@ -69,7 +69,7 @@ class SpacingSpread:
         2 distinct in 3 case(s), 1 anisotropic (max/min > 3)
     """
 
-    spacings: tuple[tuple[float, float, float], ...]
+    spacings: tuple[tuple[float, ...], ...]  # three per case, or two for 2D images
 
     @property
     def min(self) -> np.ndarray:
@@ -105,7 +105,9 @@ class SpacingSpread:
             return f"spacing (mm): {size} in all {n} case(s), 1 distinct, {tail}"
         axes = ", ".join(
             f"{a} {_mm(lo)}/{_mm(mid)}/{_mm(hi)}"
-            for a, lo, mid, hi in zip("xyz", self.min, self.median, self.max, strict=True)
+            for a, lo, mid, hi in zip(
+                "xyz"[: len(self.min)], self.min, self.median, self.max, strict=True
+            )
         )
         return (
             f"spacing (mm, min/median/max): {axes}; {self.distinct} distinct in {n} case(s), {tail}"
@@ -123,17 +125,15 @@ class SpacingSpread:
         }
 
 
-def case_spacing(case: Case) -> tuple[float, float, float] | None:
-    """The voxel size (mm) in the header of a case's first image; None if unreadable."""
+def case_spacing(case: Case) -> tuple[float, ...] | None:
+    """The voxel size (mm) in the header of a case's first image, one value per spatial axis
+    (two for a 2D image: :func:`~nmfseg.data.nifti.image_spacing`); None if unreadable."""
     if not case.image_paths:
         return None
     try:
-        zooms = load_nifti(case.image_paths[0]).header.get_zooms()[:3]
+        return image_spacing(load_nifti(case.image_paths[0]).header)
     except DataError:
         return None
-    if len(zooms) < 3:
-        return None
-    return tuple(round(float(z), 6) for z in zooms)  # type: ignore[return-value]
 
 
 @dataclass
@@ -142,7 +142,7 @@ class CheckReport:
 
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
-    spacings: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    spacings: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -162,8 +162,12 @@ class CheckReport:
 
     @property
     def spacing(self) -> SpacingSpread | None:
-        """The spread of the cases' voxel sizes (cases with a readable header); None if none."""
-        return SpacingSpread(tuple(self.spacings.values())) if self.spacings else None
+        """The spread of the cases' voxel sizes (cases with a readable header, of the first
+        one's dimensions); None if none."""
+        values = list(self.spacings.values())
+        return (
+            SpacingSpread(tuple(v for v in values if len(v) == len(values[0]))) if values else None
+        )
 
     @property
     def normalization(self) -> dict[str, str]:
@@ -238,4 +242,10 @@ def check_dataset(dataset: Dataset, progress: bool | None = None) -> CheckReport
         report.problems.extend(check_case(case, dataset.scheme))
         if (spacing := case_spacing(case)) is not None:
             report.spacings[case.case_id] = spacing
+    dims = {case_id: len(v) for case_id, v in report.spacings.items()}
+    if len(set(dims.values())) > 1:
+        first = next(iter(dims))
+        other = next(c for c, d in dims.items() if d != dims[first])
+        problem = f"mixes 2D and 3D images ({first}: {dims[first]}D, {other}: {dims[other]}D)"
+        report.problems.append(Problem(DATASET, None, problem))
     return report

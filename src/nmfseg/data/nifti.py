@@ -4,6 +4,12 @@ Every reader raises :class:`~nmfseg.errors.DataError` naming the file (missing, 
 corrupt data); every writer writes a temporary file in the target folder and renames it, so
 no half-written output is ever left under the final name. The dataset formats built on these
 are in :mod:`nmfseg.data.formats`.
+
+An image is 3D ``(X, Y, Z)`` or 2D ``(X, Y)``: a 2D NIfTI file, or a 3D one with a single
+slice ``(X, Y, 1)`` (nnU-Net's way of storing 2D data as NIfTI), is read as a 2D image
+(:func:`squeeze_image`, :func:`spatial_shape`, :func:`image_spacing`), and an array written
+with a reference header takes that header's own layout back (:func:`new_nifti`), so a
+prediction has its input's shape.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ __all__ = [
     "NIFTI_ENDINGS",
     "check_label_values",
     "compare_geometry",
+    "image_spacing",
     "label_dtype",
     "load_nifti",
     "new_nifti",
@@ -31,7 +38,9 @@ __all__ = [
     "nonfinite_count",
     "read_nifti",
     "save_nifti",
+    "spatial_shape",
     "squeeze_3d",
+    "squeeze_image",
     "strip_nifti_ending",
     "write_image",
     "write_label",
@@ -105,6 +114,61 @@ def read_nifti(path: Path, dtype: Any = np.float32) -> tuple[np.ndarray, Any]:
     return data, img
 
 
+def spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The spatial shape of an image whose file has array shape ``shape``, as it is read.
+
+    The first three axes (a fourth holds the channels of an MSD file), without trailing
+    singleton axes down to two: ``(X, Y, 1)`` and ``(X, Y, 1, C)`` are 2D images ``(X, Y)``.
+
+    Examples::
+
+        >>> spatial_shape((240, 240, 155, 4)), spatial_shape((512, 512, 1)), spatial_shape((64, 48))
+        ((240, 240, 155), (512, 512), (64, 48))
+    """
+    out = tuple(int(n) for n in shape[:3])
+    while len(out) > 2 and out[-1] == 1:
+        out = out[:-1]
+    return out
+
+
+def image_spacing(header: Any) -> tuple[float, ...]:
+    """Voxel size (mm, rounded to 1e-6: float32 in the header) along the axes of
+    :func:`spatial_shape`: three values for a 3D volume, two for a 2D image.
+
+    Examples::
+
+        >>> hdr = nib.Nifti1Header()
+        >>> hdr.set_data_shape((64, 48, 1))
+        >>> hdr.set_zooms((0.5, 0.5, 2.0))
+        >>> image_spacing(hdr)
+        (0.5, 0.5)
+    """
+    dims = len(spatial_shape(header.get_data_shape()))
+    return tuple(round(float(z), 6) for z in header.get_zooms()[:dims])
+
+
+def squeeze_image(data: np.ndarray, path: Path | str) -> np.ndarray:
+    """Drop trailing singleton axes down to 2D; DataError naming ``path`` unless a 2D image
+    or a 3D volume remains.
+
+    Examples::
+
+        >>> squeeze_image(np.zeros((64, 48, 1)), "x.nii.gz").shape
+        (64, 48)
+        >>> squeeze_image(np.zeros((4, 5, 6, 1)), "x.nii.gz").shape
+        (4, 5, 6)
+    """
+    while data.ndim > 2 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim < 2:
+        raise DataError(
+            path, f"is a {data.ndim}D array {data.shape}; a 2D image or a 3D volume is expected"
+        )
+    if data.ndim != 2 and data.ndim != 3:
+        raise DataError(path, f"has shape {data.shape}; expected one 2D image or 3D volume")
+    return data
+
+
 def squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
     """Drop trailing singleton axes; DataError naming ``path`` unless 3D remains."""
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -119,10 +183,17 @@ def squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
 def compare_geometry(img: Any, ref: Any, ref_path: Path, shape: tuple | None = None) -> str | None:
     """Why ``img`` does not share the reference image's grid, or None if it does.
 
-    Spatial shapes must be equal, affines equal to :data:`AFFINE_ATOL` mm.
+    Spatial shapes (:func:`spatial_shape`) must be equal, affines equal to
+    :data:`AFFINE_ATOL` mm.
     """
-    shape = tuple(shape if shape is not None else img.shape[:3])
-    ref_shape = tuple(ref.shape[:3])
+    shape = spatial_shape(tuple(shape) if shape is not None else img.shape)
+    ref_shape = spatial_shape(ref.shape)
+    if len(shape) != len(ref_shape):
+        what = {2: "a 2D image", 3: "a 3D volume"}
+        return (
+            f"is {what[len(shape)]} {shape}, {Path(ref_path).name} {what[len(ref_shape)]} "
+            f"{ref_shape}: the files of a case must all be 2D or all 3D"
+        )
     if shape != ref_shape:
         return f"shape {shape} differs from {Path(ref_path).name}'s {ref_shape}"
     diff = float(np.abs(np.asarray(img.affine) - np.asarray(ref.affine)).max())
@@ -164,10 +235,23 @@ def save_nifti(img: Any, path: Path) -> None:
 
 def new_nifti(data: np.ndarray, affine: np.ndarray, header: Any = None) -> Any:
     """A NIfTI-1 (or NIfTI-2, after such a header) image of ``data``; without a header
-    the qform and sform are set to ``affine`` and the units to mm."""
+    the qform and sform are set to ``affine`` and the units to mm.
+
+    With a header, spatial data of the header's :func:`spatial_shape` takes the header's own
+    layout back: a 2D ``(X, Y)`` array written after an ``(X, Y, 1)`` header is ``(X, Y, 1)``.
+
+    Examples::
+
+        >>> ref = nib.Nifti1Image(np.zeros((6, 5, 1), np.float32), np.eye(4))
+        >>> new_nifti(np.ones((6, 5), np.uint8), np.eye(4), ref.header).shape
+        (6, 5, 1)
+    """
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     header = header.copy() if header is not None else None
     if header is not None:
+        own = tuple(int(n) for n in header.get_data_shape()[:3])
+        if data.shape != own and data.shape == spatial_shape(own):
+            data = data.reshape(own)
         header.set_data_dtype(data.dtype)
         header.set_slope_inter(None, None)
     img = klass(data, np.asarray(affine, dtype=np.float64), header=header)
@@ -188,9 +272,10 @@ def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=Non
 
     Args:
         path: output file (``.nii.gz``).
-        label: ``(X, Y, Z)`` integer label map.
+        label: ``(X, Y, Z)`` or ``(X, Y)`` integer label map.
         reference_header: header of the image it belongs to (``CaseData.header``); a 4D MSD
-            header is fine, the written file is 3D.
+            header is fine, the written file is 3D (a 2D label takes the reference's layout,
+            ``(X, Y)`` or ``(X, Y, 1)``).
         affine: defaults to the reference header's affine.
 
     Examples::
@@ -202,8 +287,8 @@ def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=Non
         dtype('uint8')
     """
     label = np.asarray(label)
-    if label.ndim != 3:
-        raise ValueError(f"label must be 3D (X, Y, Z), got shape {label.shape}")
+    if label.ndim not in (2, 3):
+        raise ValueError(f"label must be 3D (X, Y, Z) or 2D (X, Y), got shape {label.shape}")
     label = label.astype(label_dtype(label))
     affine = reference_header.get_best_affine() if affine is None else affine
     save_nifti(new_nifti(label, affine, reference_header), Path(path))
@@ -211,13 +296,14 @@ def write_label(path: Path, label: np.ndarray, reference_header: Any, affine=Non
 
 
 def write_image(path: Path, data: np.ndarray, affine: np.ndarray, header: Any = None) -> None:
-    """Write ``(X, Y, Z)`` or channels-first ``(C, X, Y, Z)`` data (stored channels last).
+    """Write ``(X, Y, Z)``, ``(X, Y)`` or channels-first ``(C, X, Y, Z)`` data (stored
+    channels last; with a ``header``, in its layout: :func:`new_nifti`).
 
     The dtype is kept (use float32 for images and probabilities).
     """
     data = np.asarray(data)
     if data.ndim == 4:
         data = np.ascontiguousarray(np.moveaxis(data, 0, -1))
-    elif data.ndim != 3:
-        raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {data.shape}")
+    elif data.ndim not in (2, 3):
+        raise ValueError(f"expected (X, Y, Z), (X, Y) or (C, X, Y, Z) data, got shape {data.shape}")
     save_nifti(new_nifti(data, affine, header), Path(path))

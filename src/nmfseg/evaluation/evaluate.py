@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from nmfseg.data.nifti import check_label_values, compare_geometry, read_nifti, squeeze_3d
+from nmfseg.data.nifti import check_label_values, compare_geometry, read_nifti, squeeze_image
 from nmfseg.data.schemes import DatasetScheme, labels_to_regions
 from nmfseg.errors import ConfigError, DataError, NmfsegError
 from nmfseg.evaluation.matching import Matching, find_ground_truth, match_predictions
@@ -82,8 +82,8 @@ CONVENTIONS = {
     "dice": "2|P∩G|/(|P|+|G|); 1 when prediction and truth are both empty",
     "hd95": (
         "mm, voxel spacing from the truth's header; surface = mask minus its 6-connected "
-        "erosion; max of the two directed 95th percentiles of exact Euclidean surface "
-        "distances (MONAI compute_hausdorff_distance, percentile=95)"
+        "(2D images: 4-connected) erosion; max of the two directed 95th percentiles of exact "
+        "Euclidean surface distances (MONAI compute_hausdorff_distance, percentile=95)"
     ),
     "both_empty": {"dice": 1.0, "hd95": 0.0},
     "one_empty": {"dice": 0.0, "hd95": HD95_ONE_EMPTY},
@@ -96,9 +96,10 @@ CONVENTIONS = {
 
 
 def _read_label_file(path: Path) -> tuple[np.ndarray, Any]:
-    """Raw 3D array (file dtype) and image of a label file."""
+    """Raw 3D (or 2D: ``X x Y`` or ``X x Y x 1`` files) array (file dtype) and image of a
+    label file."""
     data, img = read_nifti(path, dtype=None)
-    return squeeze_3d(data, path), img
+    return squeeze_image(data, path), img
 
 
 def _checked_labels(data: np.ndarray, path: Path, scheme: DatasetScheme) -> np.ndarray:
@@ -143,8 +144,10 @@ def evaluate_case(
         pred_label = np.zeros_like(gt_label)
     else:
         pred_label = _checked_labels(pred_raw[box], pred_path, scheme)  # type: ignore[arg-type]
-    # zooms are float32 in the header: keep their shortest decimal form (1.2, not 1.2000000477)
-    spacing = tuple(float(str(np.float32(z))) for z in gt_img.header.get_zooms()[:3])
+    # zooms are float32 in the header: keep their shortest decimal form (1.2, not 1.2000000477);
+    # a 2D image is measured in its plane (HD95 in 2D, volumes as of a 1 mm thick slice)
+    zooms = gt_img.header.get_zooms()[: gt_raw.ndim]
+    spacing = tuple(float(str(np.float32(z))) for z in zooms)
     gt_regions = labels_to_regions(gt_label, scheme)
     pred_regions = labels_to_regions(pred_label, scheme)
     if getattr(scheme, "ignore_label", None) is not None:

@@ -4,10 +4,11 @@ Definitions used everywhere in nmfseg:
 
 - **Dice** ``2|P ∩ G| / (|P| + |G|)`` on binary masks (paper Eq. 18), from voxel counts.
 - **HD95** in millimetres, with voxel spacing: the surface of a mask is its voxels that a
-  6-connected (face) binary erosion removes, ``mask & ~binary_erosion(mask)``, voxels on the
-  border of the volume included; for every surface voxel of one mask the exact Euclidean
-  distance (in mm) to the nearest surface voxel of the other is taken; HD95 is the larger of
-  the two directed 95th percentiles (linear interpolation). This is exactly MONAI's
+  6-connected (face; 4-connected in 2D) binary erosion removes,
+  ``mask & ~binary_erosion(mask)``, voxels on the border of the volume included; for every
+  surface voxel of one mask the exact Euclidean distance (in mm) to the nearest surface
+  voxel of the other is taken; HD95 is the larger of the two directed 95th percentiles
+  (linear interpolation). This is exactly MONAI's
   ``compute_hausdorff_distance(..., percentile=95, spacing=...)``, which computes it here.
 - **Empty masks** (BraTS challenge conventions, MONAI returns NaN/inf instead and its
   reductions silently drop those cases from the mean):

@@ -67,13 +67,17 @@ class Case:
 class CaseData:
     """A loaded case.
 
+    A 2D case (files ``X x Y`` or ``X x Y x 1``) has two spatial axes throughout: image
+    ``(C, X, Y)``, label ``(X, Y)``, two spacings; :func:`write_label` with its header writes
+    a label map in the files' own layout.
+
     Attributes:
-        image: ``(C, X, Y, Z)`` float32 in the scheme's channel order.
-        label: ``(X, Y, Z)`` int16 label map, or None.
+        image: ``(C, X, Y, Z)`` (2D: ``(C, X, Y)``) float32 in the scheme's channel order.
+        label: ``(X, Y, Z)`` (2D: ``(X, Y)``) int16 label map, or None.
         affine: ``(4, 4)`` voxel -> world (mm) matrix of the reference (first) image.
         header: NIfTI header of the reference image (pass it to :func:`write_label`).
-        spacing: voxel size in mm along X, Y, Z.
-        shape: original spatial shape ``(X, Y, Z)``.
+        spacing: voxel size in mm along each spatial axis.
+        shape: original spatial shape ``(X, Y, Z)`` (2D: ``(X, Y)``).
     """
 
     case_id: str
@@ -81,8 +85,8 @@ class CaseData:
     label: np.ndarray | None
     affine: np.ndarray
     header: Any
-    spacing: tuple[float, float, float]
-    shape: tuple[int, int, int]
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
 
 
 @dataclass

@@ -21,10 +21,12 @@ from nmfseg.data.formats.base import Case, CaseData
 from nmfseg.data.nifti import (
     check_label_values,
     compare_geometry,
+    image_spacing,
     load_nifti,
     nonfinite_count,
     read_nifti,
-    squeeze_3d,
+    spatial_shape,
+    squeeze_image,
 )
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import DataError
@@ -62,7 +64,9 @@ class _Reader:
             channels = f"{n} channels ({', '.join(self.scheme.channels)})"
             if len(shape) < 3:
                 self.add(
-                    path, f"is a {len(shape)}D image {shape}; a 3D volume of {channels} is expected"
+                    path,
+                    f"is a {len(shape)}D image {shape}; a 3D volume (or a 2D image X x Y x 1) "
+                    f"of {channels} is expected",
                 )
             else:
                 found = shape[-1] if len(shape) == 4 else 1
@@ -77,10 +81,13 @@ class _Reader:
         for c in range(n):
             if bad := nonfinite_count(data[..., c]):
                 self.add(path, f"channel {c} contains {bad} NaN/Inf voxel(s)")
-        return np.ascontiguousarray(np.moveaxis(data, -1, 0)) if keep else None
+        if not keep:
+            return None
+        image = np.moveaxis(data, -1, 0).reshape(n, *spatial_shape(shape))  # (X, Y, 1, C): 2D
+        return np.ascontiguousarray(image)
 
     def channels(self, keep: bool) -> np.ndarray | None:
-        """One 3D file per channel."""
+        """One file per channel (a 3D volume or a 2D image)."""
         n, paths = self.scheme.in_channels, self.case.image_paths
         if len(paths) != n:
             where = paths[0].parent if paths else None
@@ -89,7 +96,7 @@ class _Reader:
         for c, (channel, path) in enumerate(zip(self.scheme.channels, paths, strict=False)):
             try:
                 data, img = read_nifti(path)
-                data = squeeze_3d(data, path)
+                data = squeeze_image(data, path)
             except DataError as err:
                 missing = err.problem == "file not found"
                 self.add(
@@ -115,7 +122,7 @@ class _Reader:
             return None
         try:
             raw, img = read_nifti(path, dtype=None)
-            raw = squeeze_3d(raw, path)
+            raw = squeeze_image(raw, path)
         except DataError as err:
             missing = err.problem == "file not found"
             self.add(err.where, "missing label (file not found)" if missing else err.problem)
@@ -164,7 +171,7 @@ def read_case(
     if not keep or reader.problems or image is None or reader.ref is None:
         return None
     header = reader.ref.header.copy()
-    spacing = tuple(round(float(z), 6) for z in header.get_zooms()[:3])  # float32 in the header
+    spacing = image_spacing(header)
     return CaseData(
         case.case_id,
         image,
