@@ -12,6 +12,11 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+import nmfseg.mixers.semi_nmf  # noqa: F401  (registers "semi_nmf" and "convex_nmf")
+from nmfseg.blocks import MixerBlock
+from nmfseg.mixers import create_mixer
+from nmfseg.models import create_model, list_models, model_info
+from nmfseg.models.complexity import count_params
 from nmfseg.nmf import default_init
 from nmfseg.nmf.semi import (
     ConvexNMF,
@@ -21,6 +26,7 @@ from nmfseg.nmf.semi import (
     semi_nmf,
     semi_nmf_reconstruct,
 )
+from nmfseg.routes import use_routes
 
 TINY = np.finfo(np.float64).tiny
 EPS = np.finfo(np.float64).eps
@@ -319,3 +325,115 @@ def test_invalid_arguments(fn):
         fn(x, rank=5)
     with pytest.raises(ValueError, match="iters"):
         SemiNMF(iters=-2)
+
+
+# --- The mixers. --------------------------------------------------------------------------
+
+MIXERS = {"semi_nmf": semi_nmf_reconstruct, "convex_nmf": convex_nmf_reconstruct}
+PRESETS = {"factorizer_brats_semi_nmf": "semi_nmf", "factorizer_brats_convex_nmf": "convex_nmf"}
+# (input shape, matricize): 3D and 2D, padded along every dim, a stage smaller than a window
+BLOCK_CASES = [
+    ((2, 16, 5, 7, 9), "swin"),
+    ((1, 16, 5, 7, 9), "local"),
+    ((2, 16, 9, 14), "swin"),
+    ((1, 16, 7, 5), "global"),
+    ((1, 16, 3, 1, 2), "swin"),
+]
+
+
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("kind", ["global", "local", "swin"])
+def test_mix_is_the_reconstruction_of_the_matricized_input_without_relu(name, kind):
+    mixer = create_mixer(name, 8, spatial_dims=3, matricize=kind, head_dim=4, window_size=4)
+    z = _randn(1, 8, 5, 7, 9, seed=30, dtype=torch.float32)  # padded along every dim
+    matrices = mixer.matricize(z)
+    expected = mixer.matricize.inverse(MIXERS[name](matrices, 1, 5), z.shape)
+    torch.testing.assert_close(mixer.mix(z), expected, rtol=0, atol=0)
+    # No ReLU in front: both reconstructions are odd functions of their input.
+    torch.testing.assert_close(mixer.mix(-z), -mixer.mix(z), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize(("shape", "kind"), BLOCK_CASES)
+def test_mixer_block_forward_backward_2d_3d_odd_sizes(name, shape, kind):
+    torch.manual_seed(0)
+    args = {"matricize": kind, "head_dim": 8, "window_size": 4, "rank": 2}
+    if kind == "swin" and shape[2:] == (3, 1, 2):
+        args["rank"] = 1  # a 3x1x2 stage is one window of 6 voxels
+    block = MixerBlock(16, spatial_dims=len(shape) - 2, mixer=name, mixer_args=args)
+    x = torch.randn(*shape, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    with use_routes(block, {"plain"}):  # the plain modules, not the fused CPU kernels
+        torch.testing.assert_close(block(x), y, rtol=1e-4, atol=1e-5)
+    y.square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for pname, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert block.mixer.in_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_mixer_is_deterministic_given_a_seed(name):
+    def build():
+        torch.manual_seed(3)
+        return create_mixer(name, 16, spatial_dims=3, head_dim=8, window_size=4, dropout=0.1)
+
+    x = _randn(1, 16, 6, 6, 6, seed=31, dtype=torch.float32)
+    a, b = build().eval(), build().eval()
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)) and torch.equal(a(x), a(x))
+    assert torch.equal(a.train().mix(x), a.eval().mix(x))  # no state, no randomness
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_mixer_settings_and_errors(name):
+    mixer = create_mixer(name, 16, head_dim=8, window_size=4, rank=2, iters=3, grad_iters=1)
+    assert (mixer.factorization.rank, mixer.factorization.iters) == (2, 3)
+    assert mixer.factorization.grad_iters == 1 and mixer.max_rank == 8
+    assert create_mixer(name, 16, head_dim=8, window_size=(2, 1, 2)).max_rank == 4
+    with pytest.raises(ValueError, match=r"rank=5 is above 4, min\(rows, columns\)"):
+        create_mixer(name, 16, head_dim=8, window_size=(2, 1, 2), rank=5)
+    with pytest.raises(ValueError, match="matricize should be one of"):
+        create_mixer(name, 16, matricize="diagonal")
+    with pytest.raises(ValueError, match=r"channels \(12\) should be a positive multiple"):
+        create_mixer(name, 12, head_dim=8)
+    with pytest.raises(ValueError, match="iters"):
+        create_mixer(name, 16, iters=-1)
+
+
+# --- The presets. -------------------------------------------------------------------------
+
+
+def test_presets_are_the_swin_factorizer_with_the_mixer_swapped():
+    assert set(PRESETS) <= set(list_models())
+    assert not set(PRESETS) & set(list_models("*_factorizer_*"))  # those are Factorizers
+    base = create_model("swin_factorizer_brats")
+    for name, mixer in PRESETS.items():
+        info = model_info(name)
+        assert (info.dataset, info.in_channels, info.out_channels) == ("BraTS", 4, 3)
+        net = create_model(name)
+        assert count_params(net) == count_params(base) == 5855241
+        mixers = [m for m in net.modules() if type(m).__name__.startswith("Wrapped")]
+        assert len(mixers) == 9 and {m.kind for m in mixers} == {"swin"}
+        assert all(type(m) is type(create_mixer(mixer, 8, head_dim=8)) for m in mixers)
+        assert [tuple(p.shape) for p in net.parameters()] == [
+            tuple(p.shape) for p in base.parameters()
+        ]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_run_at_reduced_width(name):
+    torch.manual_seed(0)
+    net = create_model(name, channels=(8, 16, 32, 64, 128))
+    x = torch.randn(1, 4, 19, 18, 17)
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert y.shape == (1, 3, 19, 18, 17) and torch.isfinite(y).all()
+    outs = net.train()(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(19, 18, 17), (10, 9, 9), (5, 5, 5)]
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    mixer_args = {"mixer_args": {"iters": 2}}
+    tuned = create_model(name, channels=(8, 16, 32), deep_supr_num=1, block_args=mixer_args)
+    assert tuned.encoder[0].block.mixer.factorization.iters == 2

@@ -23,7 +23,7 @@ module                    what it holds
 ========================= ==================================================================
 """
 
-from nmfseg.models import convnets, performer  # noqa: F401  (register their presets)
+from nmfseg.models import convnets, factorizer_variants, performer  # noqa: F401  (register presets)
 from nmfseg.models._registry import (
     ModelConfig,
     create_model,

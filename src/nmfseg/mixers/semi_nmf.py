@@ -1,0 +1,179 @@
+"""Semi-NMF and Convex-NMF token mixers: Wrapped NMF for mixed-sign features, no ReLU (#24).
+
+The paper's §5 proposes "other NMF variants, such as Semi-NMF and Convex-NMF, which work on
+mixed-signed data matrices and relax the need for the ReLU activation function before
+factorization". These mixers are :class:`~nmfseg.mixers.nmf.WrappedNMF` with the NMF
+replaced and the ReLU taken out:
+
+``Dropout(PointwiseConv(Dematricize(F(Matricize(PointwiseConv(x))))))``
+
+with the same projections (the input one without bias, the output one with), the same
+Global / Local / Swin matricize (:mod:`nmfseg.nmf.matricize`: heads of ``head_dim`` channels
+as rows, the voxels of a window as columns) and, for ``F``, the reconstruction of
+(:mod:`nmfseg.nmf.semi`, Ding, Li & Jordan, 2010):
+
+- mixer ``"semi_nmf"`` (:class:`WrappedSemiNMF`): Semi-NMF ``x ≈ f gᵀ`` with the voxels as
+  the data points; ``g ≥ 0`` is one nonnegative spatial map per component, as NMF's ``v``,
+  and ``f`` a mixed-sign channel factor;
+- mixer ``"convex_nmf"`` (:class:`WrappedConvexNMF`): Convex-NMF with the channels as the data
+  points, ``x ≈ (g wᵀ) x`` with ``w, g ≥ 0``: every voxel's channels are mapped by the same
+  rank-``R`` matrix, fitted to the window's ``head_dim × head_dim`` Gram matrix (linear in
+  the voxels, where Ding's orientation would need the voxels' Gram matrix).
+
+Zero padding (a size the window does not divide): Convex-NMF reconstructs padded voxels as 0,
+and they change nothing for the others (they add nothing to the Gram matrix). In Semi-NMF
+they shrink to the floor of their component within the first iterations, but their initial
+``g₀`` enters the first least squares, which amounts to a slightly different initialization
+of the windows at the border (as for Wrapped NMF at rank > 1).
+
+The settings ``rank``, ``iters`` and ``grad_iters`` live on :attr:`factorization`
+(:class:`~nmfseg.nmf.semi.SemiNMF` or :class:`~nmfseg.nmf.semi.ConvexNMF`) and can be
+changed after training.
+
+Examples::
+
+    >>> import torch
+    >>> from nmfseg.mixers import create_mixer
+    >>> mixer = create_mixer("semi_nmf", 16, spatial_dims=3, head_dim=8, window_size=4)
+    >>> mixer(torch.randn(1, 16, 5, 7, 9)).shape
+    torch.Size([1, 16, 5, 7, 9])
+    >>> create_mixer("convex_nmf", 16, spatial_dims=2, matricize="global").factorization
+    ConvexNMF(rank=1, iters=5, grad_iters=None)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from nmfseg.layers import PointwiseConv
+from nmfseg.layers.args import check_positive
+from nmfseg.mixers._registry import register_mixer
+from nmfseg.mixers.base import ProjectedMixer
+from nmfseg.nmf import MATRICIZE_KINDS, build_matricize
+from nmfseg.nmf.semi import ConvexNMF, SemiNMF
+from nmfseg.nmf.windows import ntuple
+
+__all__ = ["WrappedConvexNMF", "WrappedSemiNMF"]
+
+
+class _WrappedFactorization(ProjectedMixer):
+    """Pointwise conv → matricize → factorization → dematricize → pointwise conv → dropout."""
+
+    factorization_class: type[SemiNMF] | type[ConvexNMF] = SemiNMF
+    mixes_in_float32 = True  # the factorization runs in float32 with autocast off
+
+    def __init__(
+        self,
+        channels: int,
+        spatial_dims: int = 3,
+        matricize: str = "swin",
+        head_dim: int = 8,
+        window_size: int | Sequence[int] = 8,
+        rank: int = 1,
+        iters: int = 5,
+        grad_iters: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(dropout)
+        if matricize not in MATRICIZE_KINDS:
+            raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
+        check_positive(channels=channels, head_dim=head_dim, rank=rank)
+        if channels % head_dim:
+            raise ValueError(
+                f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
+            )
+        self.channels = channels
+        self.spatial_dims = spatial_dims
+        self.kind = matricize
+        self.head_dim = head_dim
+        self.in_proj = PointwiseConv(channels, channels, bias=False)
+        self.matricize = build_matricize(matricize, head_dim, window_size, spatial_dims)
+        if rank > self.max_rank:
+            raise ValueError(
+                f"rank={rank} is above {self.max_rank}, min(rows, columns) of this layer's "
+                f"matrices (head_dim={head_dim} rows, {self._columns()} columns)."
+            )
+        self.factorization = self.factorization_class(rank, iters, grad_iters)
+        self.out_proj = PointwiseConv(channels, channels, bias=True)
+
+    def _columns(self) -> str:
+        if self.kind == "global":
+            return "all voxels of a stage as"
+        window = ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
+        return f"a {'x'.join(map(str, window))} window of {math.prod(window)} voxels as"
+
+    @property
+    def max_rank(self) -> int:
+        """``min(rows, columns)`` of the layer's matrices: ``head_dim`` rows and, for Local
+        and Swin, the voxels of a window as columns (:attr:`WrappedNMF.max_rank
+        <nmfseg.mixers.nmf.WrappedNMF.max_rank>`)."""
+        if self.kind == "global":
+            return self.head_dim
+        window = ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
+        return min(self.head_dim, math.prod(window))
+
+    def mix(self, z: Tensor) -> Tensor:
+        """Matricize, reconstruct every matrix by the factorization, dematricize (no ReLU)."""
+        geometry = self.matricize.geometry(z.shape)
+        return self.matricize.inverse(self.factorization(self.matricize(z)), geometry)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, matricize={self.kind!r}"
+
+
+class WrappedSemiNMF(_WrappedFactorization):
+    """The Semi-NMF mixer ``"semi_nmf"``: Wrapped NMF with a Semi-NMF and no ReLU.
+
+    Args:
+        channels: Number of input and output channels (a multiple of ``head_dim``).
+        spatial_dims: 2 or 3.
+        matricize: ``"global"``, ``"local"`` or ``"swin"`` (shifted window).
+        head_dim: Channels per matrix (rows).
+        window_size: Window of Local/Swin matricize (ignored by Global).
+        rank: Number of components ``R``.
+        iters: Iterations ``T`` (each: least-squares ``f``, then the update of ``g``).
+        grad_iters: Backpropagate through the last ``grad_iters`` iterations only.
+        dropout: Dropout probability on the output.
+
+    Examples::
+
+        >>> import torch
+        >>> layer = WrappedSemiNMF(16, spatial_dims=2, matricize="local", window_size=4)
+        >>> layer(torch.randn(2, 16, 10, 12)).shape
+        torch.Size([2, 16, 10, 12])
+    """
+
+    factorization_class = SemiNMF
+
+
+class WrappedConvexNMF(_WrappedFactorization):
+    """The Convex-NMF mixer ``"convex_nmf"``: Wrapped NMF with a Convex-NMF (the channels as
+    the data points) and no ReLU.
+
+    Args:
+        channels: Number of input and output channels (a multiple of ``head_dim``).
+        spatial_dims: 2 or 3.
+        matricize: ``"global"``, ``"local"`` or ``"swin"`` (shifted window).
+        head_dim: Channels per matrix (rows).
+        window_size: Window of Local/Swin matricize (ignored by Global).
+        rank: Number of components ``R``.
+        iters: Iterations ``T`` (each: the update of ``g``, then of ``w``).
+        grad_iters: Backpropagate through the last ``grad_iters`` iterations only.
+        dropout: Dropout probability on the output.
+
+    Examples::
+
+        >>> import torch
+        >>> layer = WrappedConvexNMF(16, spatial_dims=3, head_dim=8, window_size=4, rank=2)
+        >>> layer(torch.randn(1, 16, 5, 7, 9)).shape
+        torch.Size([1, 16, 5, 7, 9])
+    """
+
+    factorization_class = ConvexNMF
+
+
+register_mixer("semi_nmf")(WrappedSemiNMF)
+register_mixer("convex_nmf")(WrappedConvexNMF)
