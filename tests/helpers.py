@@ -18,7 +18,7 @@ from torch import nn
 from typer.testing import CliRunner, Result
 
 from nmfseg.cli import app
-from nmfseg.models import create_model
+from nmfseg.models import create_model, model_info
 from nmfseg.phantoms.toy import make_toy_dataset
 
 # Reduced-width constructor overrides, by model name pattern (the first match wins), and the
@@ -78,6 +78,12 @@ def small_kwargs(name: str) -> tuple[dict[str, Any], int]:
         if fnmatch.fnmatch(name, pattern):
             return entry
     raise KeyError(f"no reduced-width entry in tests/helpers.py SMALL for model {name!r}")
+
+
+def preset_size(name: str, size: tuple[int, ...]) -> tuple[int, ...]:
+    """A 3D test ``size`` for the preset ``name``: as it is, or its first two sizes for a 2D
+    preset (``swin_factorizer_2d``)."""
+    return tuple(size[: model_info(name).spatial_dims])
 
 
 def small_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:

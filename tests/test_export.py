@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, small_model
+from helpers import cli, preset_size, small_model
 from nmfseg.export.onnx import EXTRA_HINT, METADATA_KEY
 from nmfseg.export.traceable import TracedMatricize
 from nmfseg.mixers.nmf import set_nmf
@@ -339,8 +339,9 @@ def test_which_registered_networks_export(name):
     pytest.importorskip("onnxruntime")
     net = small_model(name).eval()
     m, c = net.size_multiple, net.in_channels
-    onnx_bytes, fixed = network_to_onnx(net, torch.randn(2, c, 2 * m, 3 * m, 2 * m))
-    shapes = [(s[0], c, *s[1:]) for s in CHECK_SHAPES]
+    spatial = preset_size(name, (2 * m, 3 * m, 2 * m))
+    onnx_bytes, fixed = network_to_onnx(net, torch.randn(2, c, *spatial))
+    shapes = [(s[0], c, *s[1 : 1 + len(spatial)]) for s in CHECK_SHAPES]
     if any(fnmatch.fnmatch(name, p) for p in NOT_EXPORTABLE):
         with pytest.raises(NmfsegError, match="cannot be exported for any input size"):
             verify_onnx(onnx_bytes, net, shapes, fixed=fixed)

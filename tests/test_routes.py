@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from helpers import MATRICIZE_SHAPES, small_model
+from helpers import MATRICIZE_SHAPES, preset_size, small_model
 from nmfseg.export.traceable import export_form
 from nmfseg.layers import LayerNorm, PointwiseConv, fused, fused_kernels
 from nmfseg.layers.fused import project_add_dropout
@@ -175,7 +175,7 @@ def _factorizer_inference(name: str) -> Callable[[Route], list[Tensor]]:
     def run(route: Route) -> list[Tensor]:
         torch.manual_seed(0)
         model = small_model(name).eval()
-        x = torch.randn(1, model.in_channels, 19, 24, 21)
+        x = torch.randn(1, model.in_channels, *preset_size(name, (19, 24, 21)))
         for layer in nmf_layers(model):
             set_routes(layer, {route, Route.RANK1})
         with _patched(recompute, "_PIECE_BYTES", 2000):  # several pieces at every level

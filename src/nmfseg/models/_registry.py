@@ -84,6 +84,21 @@ class ModelConfig:
     paper_gflops: float | None = None
     description: str = ""
 
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3: the preset's ``spatial_dims`` argument, else the dims of its patch, else 3.
+
+        Examples::
+
+            >>> model_info("swin_factorizer_2d").spatial_dims
+            2
+            >>> model_info("unetr_brats").spatial_dims
+            3
+        """
+        if "spatial_dims" in self.kwargs:
+            return int(self.kwargs["spatial_dims"])
+        return len(self.patch_size) if self.patch_size else 3
+
     def build(self, **overrides: Any) -> nn.Module:
         """The network with ``overrides`` merged over :attr:`kwargs` (dicts merged deeply)."""
         return self.builder(**merge_kwargs(self.kwargs, overrides))

@@ -180,15 +180,17 @@ def model_complexity(name: str, input_size: Sequence[int] | None = None) -> Comp
 
     Args:
         name: A name from :func:`nmfseg.list_models`.
-        input_size: Spatial size; default the preset's training patch size (the paper's).
+        input_size: Spatial size, one per axis or one for every axis (a cube, or a square for
+            a 2D network); default the preset's training patch size (the paper's).
 
     Raises:
         ConfigError: Unknown model name or an input size of the wrong length.
     """
     info = model_info(name)
-    spatial_dims = info.kwargs.get("spatial_dims", 3)
+    spatial_dims = info.spatial_dims
     default = info.patch_size or (128,) * spatial_dims
     size = tuple(input_size) if input_size is not None else tuple(default)
+    size = size * spatial_dims if len(size) == 1 else size
     if len(size) != spatial_dims or min(size) < 1:
         raise ConfigError(
             f"input size {size} should be {spatial_dims} positive ints for model {name!r}."

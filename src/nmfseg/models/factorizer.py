@@ -8,9 +8,10 @@ stem) this follows the official code, which reproduces the paper's parameter cou
 (Table 1: 5.9M, Table 2: 7.4M).
 
 The presets of the paper (§4.2; Table 1 for BraTS at 1×4×128³, Table 2 for ISLES'22 at
-1×2×64³) and its BraTS ablations (Tables 3–4: ``{global,local,swin}_factorizer_brats_no_mlp``,
-``..._no_pos`` and the MLP-only ``factorizer_brats_no_nmf``) are registered as data at the end of
-this file.
+1×2×64³), its BraTS ablations (Tables 3–4: ``{global,local,swin}_factorizer_brats_no_mlp``,
+``..._no_pos`` and the MLP-only ``factorizer_brats_no_nmf``) and the 2D presets for
+high-resolution images (``{global,local,swin}_factorizer_2d``, 512×512 patches, not in the
+paper) are registered as data at the end of this file.
 
 Examples::
 
@@ -262,3 +263,25 @@ register_model(
         **PAPER_DATASETS["brats"],
     )
 )
+
+# 2D presets for high-resolution images (not in the paper): the BraTS preset's widths, heads
+# and MLP in 2D, five levels on 512×512 patches (a 32×32 bridge, where the position embedding
+# is stored), 16×16 windows (256 pixels a window, between the paper's 4³ and 8³ voxels), four
+# channels -> three regions (BraTS slices: `nmfseg synth brats2d`) unless the data say otherwise.
+_2D = dict(
+    spatial_dims=2, in_channels=4, out_channels=3, channels=[32, 64, 128, 256, 512],
+    head_dim=8, window_size=16, mlp_ratio=2, pos_embed_grid=32,
+)  # fmt: skip
+for _kind, (_, _, _text) in _VARIANTS.items():
+    register_model(
+        ModelConfig(
+            name=f"{_kind}_factorizer_2d",
+            builder=Factorizer,
+            kwargs={**_2D, "matricize": _kind},
+            description=f"{_text}, 2D (spatial_dims=2) for high-resolution slices",
+            dataset="BraTS-2D",
+            in_channels=4,
+            out_channels=3,
+            patch_size=(512, 512),
+        )
+    )
