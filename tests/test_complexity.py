@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from nmfseg.cli import app
-from nmfseg.models import create_model, list_models
+from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models.complexity import count_flops, count_params, model_complexity
 from nmfseg.nmf import nmf_flops
 
@@ -101,7 +101,12 @@ def test_cli_input_size_and_all_models():
     result = CliRunner().invoke(app, ["complexity", "--input-size", "96x128x64"])
     assert result.exit_code == 0, result.output
     first_words = {line.split()[0] for line in result.output.splitlines()[2:] if line.strip()}
-    assert first_words == set(list_models())  # one row each, the name apart from the input
+    in_3d = {n for n in list_models() if model_info(n).spatial_dims == 3}
+    assert first_words == in_3d  # one row each (the 3D networks), the name apart from the input
+    args = ["complexity", "-m", "swin_factorizer_2d", "--input-size", "64"]  # a square
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1x4x64x64 " in result.output
 
 
 @pytest.mark.parametrize(

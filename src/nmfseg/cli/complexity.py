@@ -10,9 +10,9 @@ from nmfseg.cli._common import handle_errors
 
 
 def parse_size(text: str) -> tuple[int, ...]:
-    """``"128"`` → ``(128, 128, 128)``; ``"96,128,64"`` or ``"96x128x64"`` → as given.
+    """``"128"`` → ``(128,)``; ``"96,128,64"`` or ``"96x128x64"`` → as given.
 
-    A single number is repeated for three spatial dims; 2D models need two numbers.
+    A single number is every axis: a cube for a 3D network, a square for a 2D one.
     """
     from nmfseg.errors import ConfigError
 
@@ -25,7 +25,7 @@ def parse_size(text: str) -> tuple[int, ...]:
         ) from None
     if not size or min(size) < 1:
         raise ConfigError(f"--input-size {text!r}: sizes should be positive ints")
-    return size * 3 if len(size) == 1 else size
+    return size
 
 
 def _fmt_count(value: float | None, unit: float, suffix: str, digits: int = 1) -> str:
@@ -52,13 +52,15 @@ def complexity(
     ),
 ) -> None:
     """Print #params and FLOPs per model at the paper's input size, beside the paper's."""
-    from nmfseg.models import list_models
+    from nmfseg.models import list_models, model_info
     from nmfseg.models.complexity import FLOP_CONVENTION, model_complexity
     from nmfseg.text import split_list
 
     names = [name for item in model or [] for name in split_list(item, "--model")]
-    names = names or list_models()
     size = parse_size(input_size) if input_size else None
+    names = names or [  # one size fits every network, several the networks of as many dims
+        n for n in list_models() if not size or len(size) in (1, model_info(n).spatial_dims)
+    ]
     rows = [model_complexity(name, size) for name in names]
 
     width = max([len("model"), *(len(c.name) for c in rows)]) + 2  # names never run together
