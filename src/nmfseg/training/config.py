@@ -4,7 +4,8 @@ A training config is a plain nested ``dict`` that round-trips through YAML. It i
 three layers, later ones winning:
 
 1. the packaged recipe for the dataset (``nmfseg/configs/brats.yaml``, ``isles.yaml`` or
-   ``default.yaml``, named by the dataset's scheme, ``DatasetScheme.recipe``);
+   ``default.yaml``, named by the dataset's scheme, ``DatasetScheme.recipe``), or for a 2D
+   network ``2d.yaml`` whatever the dataset (the dataset recipes hold 3D patches);
 2. a user YAML file (``nmfseg train --config my.yaml``), holding any subset of the keys;
 3. single values from the command line (``--steps 500``, ``--set augmentation.flip.prob=0``).
 
@@ -52,7 +53,7 @@ __all__ = [
     "validate_config",
 ]
 
-RECIPES = ("brats", "isles", "default")
+RECIPES = ("brats", "isles", "2d", "default")
 
 # Keys the trainer fills in; a user YAML may not set them (they come from the data and CLI).
 RESOLVED_KEYS = ("model", "dataset", "fold", "split")

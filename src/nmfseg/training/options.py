@@ -82,8 +82,9 @@ class TrainOption:
 #: Every training setting that is an option of its own, in ``--help`` order.
 TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("steps", "--steps", "INT", "Optimizer steps"),
-    TrainOption("patch_size", "--patch-size", "INT[,INT,INT]", "Patch size",
-                "the preset's: 128 BraTS, 64 ISLES"),
+    TrainOption("patch_size", "--patch-size", "INT[,INT,INT]",
+                "Patch size (one size: a cube, a square for a 2D network)",
+                "the preset's: 128 BraTS, 64 ISLES, 512x512 2D"),
     TrainOption("batch_size", "--batch-size", "INT",
                 "Global batch size, split over DDP processes; 1 needs about half the memory"),
     TrainOption("optimizer.lr", "--lr", "FLOAT", "AdamW learning rate"),

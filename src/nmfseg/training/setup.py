@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from nmfseg.data.formats import Case, Dataset, load_case, open_dataset
-from nmfseg.data.nifti import load_nifti
+from nmfseg.data.nifti import image_spacing, load_nifti, spatial_shape
 from nmfseg.data.normalization import (
     ChannelNorm,
     Preprocessing,
@@ -106,10 +106,7 @@ def _header_geometry(case: Case) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """Voxel size (as :func:`~nmfseg.data.formats.load_case` reads it) and spatial shape of a
     case, from its first image's header only."""
     header = load_nifti(case.image_paths[0]).header
-    return (
-        tuple(round(float(z), 6) for z in header.get_zooms()[:3]),
-        tuple(int(n) for n in header.get_data_shape()[:3]),
-    )
+    return image_spacing(header), spatial_shape(header.get_data_shape())
 
 
 def plan_preprocessing(dataset: Dataset, case_ids: list[str]) -> Preprocessing:
@@ -145,6 +142,12 @@ def plan_preprocessing(dataset: Dataset, case_ids: list[str]) -> Preprocessing:
             spacing, shape = _header_geometry(case)
             spacings.append(spacing)
             shapes.append(shape)
+    odd = [(c, s) for c, s in zip(case_ids, shapes, strict=True) if len(s) != len(shapes[0])]
+    if odd:
+        raise DataError(
+            dataset.root,
+            f"mixes 2D and 3D images ({case_ids[0]}: {shapes[0]}, {odd[0][0]}: {odd[0][1]})",
+        )
     norms = [ChannelNorm(n) if n != "ct" else None for n in names]
     for k, i in enumerate(ct):
         try:
@@ -168,14 +171,19 @@ def _resolve_config(
 ) -> tuple[dict[str, Any], list[str]]:
 
     notes: list[str] = []
-    cfg = load_recipe(dataset.scheme.recipe)
+    dims = model_args.get("spatial_dims", model_info(model_name).spatial_dims)
+    dims = dims if dims in (2, 3) else 3  # a bad --model-arg spatial_dims fails at the build
+    cfg = load_recipe("2d" if dims == 2 else dataset.scheme.recipe)  # dataset recipes are 3D
     if config_file is not None:
         cfg = merge_config(cfg, load_yaml(config_file), where=f"--config {config_file}")
     cfg = apply_overrides(cfg, overrides)
     cfg["model_args"] = {**cfg.get("model_args", {}), **model_args}
+    patch = cfg["patch_size"]
+    if isinstance(patch, int) and not isinstance(patch, bool):  # one size: a square or a cube
+        cfg["patch_size"] = [patch] * dims
     if cfg["patch_size"] is None:
         preset = model_info(model_name).patch_size
-        cfg["patch_size"] = list(preset) if preset else [128, 128, 128]
+        cfg["patch_size"] = list(preset) if preset and len(preset) == dims else [128] * dims
     cfg = validate_config(cfg, sources)
     steps, warmup = cfg["steps"], cfg["scheduler"]["warmup_steps"]
     if warmup >= steps:
@@ -252,6 +260,7 @@ def preset_note(model_name: str, data: dict[str, Any]) -> list[str]:
         for key, paper in PAPER_DATASETS.items()
         if (paper["in_channels"], paper["out_channels"]) == (len(channels), len(regions))
         and f"{family}_{key}" in list_models()
+        and model_info(f"{family}_{key}").spatial_dims == info.spatial_dims
     ]
     hint = f"; {other[0]} is the preset for such data" if other else ""
     return [
@@ -263,11 +272,25 @@ def preset_note(model_name: str, data: dict[str, Any]) -> list[str]:
     ]
 
 
-def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) -> list[str]:
-    """Refuse a patch the network or the data cannot use; notes for a wasteful one.
+def _check_dims(dataset: Dataset, case_id: str, model: nn.Module, model_name: str) -> None:
+    """Refuse a network whose spatial dims are not those of the images (from one header)."""
+    dims = getattr(model, "spatial_dims", 3)
+    case = dataset.get(case_id)
+    _, shape = _header_geometry(case)
+    if len(shape) != dims:
+        presets = {2: "swin_factorizer_2d", 3: "swin_factorizer_brats"}
+        raise ConfigError(
+            f"--model {model_name}: a {dims}D network, but {dataset.name} holds {len(shape)}D "
+            f"images ({case_id}: {'x'.join(map(str, shape))}); train a {len(shape)}D network, "
+            f"e.g. {presets.get(len(shape), '')} (or --model-arg spatial_dims={len(shape)})"
+        )
 
-    The data are 3D volumes; a size below the network's down-sampling factor would leave
-    less than one voxel in its deepest level.
+
+def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) -> list[str]:
+    """Refuse a patch the network cannot use; notes for a wasteful one.
+
+    A patch has one size per spatial axis of the network; a size below the network's
+    down-sampling factor would leave less than one voxel in its deepest level.
     """
     label = sources.get("patch_size", "patch_size")
     dims = getattr(model, "spatial_dims", 3)
@@ -405,6 +428,7 @@ def prepare_run(
             "recompute its stages in backward; leave it off"
         )
     splits_path, new_splits, split = _splits(dataset, fold_dir.parent.parent, cfg["n_folds"], fold)
+    _check_dims(dataset, split["train"][0], model, model_name)
     if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
         raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
     cfg["split"] = {"file": str(splits_path.resolve()), "val": list(split["val"])}
