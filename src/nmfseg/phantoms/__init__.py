@@ -4,6 +4,7 @@
 module                   what it holds
 ======================== ================================================================
 :mod:`~.synth`           :func:`synthesize_dataset`: BraTS- / ISLES'22- / head-CT-like phantoms
+:mod:`~.slices`          2D BraTS-like phantoms: axial slices at a fine in-plane resolution
 :mod:`~.anatomy`         the MNI152 template (inside the nilearn wheel), pose, scanner model
 :mod:`~.brats`           gliomas (NCR, edema, enhancing rim, mass effect)
 :mod:`~.isles`           infarcts in vascular territories, DWI/ADC

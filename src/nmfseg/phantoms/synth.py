@@ -20,6 +20,8 @@ coarsens it (4 mm: about 50 x 59 x 48, ~8x fewer voxels, for quick tests and dem
 ``shape`` crops/pads it about the brain (e.g. ``(64, 64, 64)`` at 3 mm). CT cases are
 generated on that grid (1 mm by default) and resampled to their own voxel size, the
 clinical one times ``spacing`` (so 3–4 mm gives the same spread of sizes, coarser).
+``brats2d`` cases are 2D: one axial slice of a BraTS phantom on that grid, resampled to
+``size × size`` pixels (512 by default; :mod:`nmfseg.phantoms.slices`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from nmfseg.phantoms.ct import (
 )
 from nmfseg.phantoms.isles import ISLES_CHANNELS, ISLES_REGIONS, LESION, synth_isles_case
 from nmfseg.phantoms.overview import save_overview
+from nmfseg.phantoms.slices import SLICE_SIZE, lesion_slice, synth_brats_slice
 
 __all__ = [
     "KINDS",
@@ -84,7 +87,8 @@ PHANTOM_REVISION = 2
 #: be written in every registered format whose fixed scheme has its regions, and in those
 #: without a fixed scheme. Optional: ``spacing`` (the default of ``synthesize_dataset``, else
 #: 2 mm), ``write`` (how a case is stored, else float32 through ``write_case``), ``window``
-#: (the overview's display range, else 0 to the 99.5th percentile).
+#: (the overview's display range, else 0 to the 99.5th percentile), ``size`` (2D kinds: the
+#: default pixels per side, passed to the generator).
 KINDS: dict[str, dict[str, Any]] = {
     "brats": {
         "generate": synth_brats_case,
@@ -134,6 +138,13 @@ KINDS: dict[str, dict[str, Any]] = {
         "write": write_ct_case,
         "window": (0.0, 80.0),  # the brain window (W80, L40)
     },
+}
+KINDS["brats2d"] = {
+    **KINDS["brats"],
+    "generate": synth_brats_slice,
+    "default_format": "nnunet",
+    "case_prefix": "BRATS2D",
+    "size": SLICE_SIZE,
 }
 _FORMAT_ALIASES = {"msd": "msd_brats"}
 
@@ -224,20 +235,12 @@ def to_scheme_labels(
     return lut[np.asarray(label)]
 
 
-def _axial_slice(label: np.ndarray, brain: np.ndarray) -> int:
-    """The axial slice with most lesion, else the one through the brain's centre."""
-    area = (label > 0).sum(axis=(0, 1))
-    if area.max() > 0:
-        return int(np.argmax(area))
-    zs = np.flatnonzero(brain.any(axis=(0, 1)))
-    return int(zs[len(zs) // 2]) if len(zs) else label.shape[2] // 2
-
-
 def _make_case(job: dict[str, Any]) -> dict[str, Any]:
     """Generate, convert and write one case (runs in a worker process)."""
     spec = KINDS[job["kind"]]
+    size = {"size": job["size"]} if "size" in spec else {}
     case: SynthCase = spec["generate"](
-        (job["seed"], job["index"]), spacing=job["spacing"], shape=job["shape"]
+        (job["seed"], job["index"]), spacing=job["spacing"], shape=job["shape"], **size
     )
     scheme = _scheme(job["kind"], job["fmt"])
     label = to_scheme_labels(case.label, spec["regions"], scheme)
@@ -257,7 +260,7 @@ def _make_case(job: dict[str, Any]) -> dict[str, Any]:
             round(float(v), 6) for v in np.linalg.norm(case.affine[:3, :3], axis=0)
         ]
     if job["keep_slice"]:
-        z = _axial_slice(case.label, case.image[0] > 0)
+        z = lesion_slice(case.label, case.image[0] > 0)
         result["slice"] = (z, case.image[:, :, :, z].copy(), case.label[:, :, z].copy())
     return result
 
@@ -295,19 +298,22 @@ def synthesize_dataset(
     progress: bool = True,
     overwrite: bool = False,
     overview: int = 4,
+    size: int | None = None,
 ) -> Path:
     """Write a synthetic BraTS-, ISLES'22- or head-CT-like dataset in a real on-disk format.
 
     Args:
-        kind: ``"brats"`` (FLAIR, T1, T1Gd, T2; NCR/ED/ET), ``"isles"`` (DWI, ADC; lesion) or
-            ``"ct"`` (CT in HU; haemorrhage, oedema; each case its own voxel size).
+        kind: ``"brats"`` (FLAIR, T1, T1Gd, T2; NCR/ED/ET), ``"brats2d"`` (the same, 2D: one
+            axial slice per case at ``size`` x ``size`` pixels, stored as ``X x Y x 1``),
+            ``"isles"`` (DWI, ADC; lesion) or ``"ct"`` (CT in HU; haemorrhage, oedema; each
+            case its own voxel size).
         out: Dataset folder to create; must be empty or absent (see ``overwrite``).
         n_cases: Number of cases.
         seed: Dataset seed; case ``i`` uses the seed ``(seed, i)``.
         fmt: ``"msd"``/``"msd_brats"`` (default for brats), ``"brats2021"``, ``"brats2023"``,
             ``"isles22"`` (default for isles), or ``"nnunet"`` (nnU-Net v2 raw, any kind, the
-            default for ct; name the folder ``DatasetNNN_Name`` if nnU-Net itself is to read
-            it).
+            default for ct and brats2d; name the folder ``DatasetNNN_Name`` if nnU-Net itself
+            is to read it).
         spacing: Isotropic voxel size in mm (>= 1; 3–4 for quick runs; default 2). For ct
             the generation grid and the scale of each case's clinical voxel size (default 1:
             0.70–1.0 mm in-plane, 1–5 mm slices).
@@ -318,6 +324,7 @@ def synthesize_dataset(
         overwrite: Empty ``out`` first if it holds an earlier ``nmfseg synth`` dataset (one
             with a ``synth.json``); other non-empty folders are never deleted.
         overview: Number of cases shown in ``overview.png`` (0: no figure).
+        size: 2D kinds: pixels per side of the slices (at least 16; default 512).
 
     Returns:
         The dataset folder, readable with :func:`nmfseg.data.formats.open_dataset`.
@@ -357,6 +364,12 @@ def synthesize_dataset(
             raise ConfigError(f"--shape must be three sizes of at least 8 voxels, got {shape}")
     if int(workers) < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if size is not None and "size" not in spec:
+        takes = ", ".join(k for k, v in KINDS.items() if "size" in v)
+        raise ConfigError(f"--size sets the pixels of 2D phantoms ({takes}), not of {kind}")
+    size = int(spec["size"] if size is None else size) if "size" in spec else None
+    if size is not None and size < 16:
+        raise ConfigError(f"--size must be at least 16 pixels, got {size}")
     out = Path(out).expanduser()
     _prepare_out(out, overwrite)
     manifest: dict[str, Any] = {
@@ -371,6 +384,7 @@ def synthesize_dataset(
         "spacing_mm": float(spacing),
         "shape": list(shape) if shape is not None else None,
         "channels": list(spec["channels"]),
+        **({"size": size} if size is not None else {}),
     }
     write_json(out / MANIFEST, manifest)
 
@@ -384,6 +398,7 @@ def synthesize_dataset(
             "case_id": case_id_for(fmt, i, kind),
             "spacing": float(spacing),
             "shape": shape,
+            "size": size,
             "keep_slice": i < overview,
         }
         for i in range(int(n_cases))
