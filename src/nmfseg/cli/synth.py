@@ -13,7 +13,8 @@ def synth(
     kind: str = typer.Argument(
         ...,
         metavar="KIND",
-        help="brats (FLAIR/T1/T1Gd/T2 gliomas), isles (DWI/ADC infarcts) or ct (head CT in "
+        help="brats (FLAIR/T1/T1Gd/T2 gliomas), brats2d (the same, 2D: one axial slice per "
+        "case at --size pixels), isles (DWI/ADC infarcts) or ct (head CT in "
         "HU with haemorrhages, a clinical voxel size per case).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (empty/new)."),
@@ -33,6 +34,9 @@ def synth(
     ),
     shape: str | None = typer.Option(
         None, "--shape", help="Crop/pad the grid about the brain to X,Y,Z voxels, e.g. 64,64,64."
+    ),
+    size: int | None = typer.Option(
+        None, "--size", help="brats2d: pixels per side of the slices [512]."
     ),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes generating cases."),
     overwrite: bool = typer.Option(
@@ -66,6 +70,7 @@ def synth(
         workers=workers,
         progress=progress,
         overwrite=overwrite,
+        size=size,
     )
     typer.echo(
         f"wrote {cases} {kind} phantom case(s) to {root} (overview: {root / 'overview.png'})"
