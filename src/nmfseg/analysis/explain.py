@@ -10,7 +10,7 @@ crop undone). It writes into the output folder:
   the input's affine and header, so it opens over the scan in any viewer;
 - ``components.png``: the modalities and the ground truth in the first row, then the
   components of each chosen layer overlaid on the axial slice through the lesion (the
-  largest ground-truth area, else the largest predicted area);
+  largest ground-truth area, else the largest predicted area; a 2D image is its own slice);
 - ``components.json``: per map the layer, head, component, stage and level, the matricize
   window and views, the value range and the file, with the model and the settings.
 
@@ -50,7 +50,7 @@ from tqdm import tqdm
 from nmfseg.analysis.figures import axial_slice, component_panel
 from nmfseg.analysis.maps import LayerInfo, component_maps, group_layers, layer_infos
 from nmfseg.data.formats import Case, CaseData, load_case, open_input
-from nmfseg.data.nifti import check_label_values, read_nifti, squeeze_3d, write_image
+from nmfseg.data.nifti import check_label_values, read_nifti, squeeze_image, write_image
 from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
@@ -118,7 +118,7 @@ def _ground_truth(
     if path is None or (gt is None and not Path(path).is_file()):
         return None, None
     label, _ = read_nifti(path, dtype=None)
-    label = squeeze_3d(label, path)
+    label = squeeze_image(label, path)
     if label.shape != data.image.shape[1:]:
         raise DataError(path, f"has shape {label.shape} but the image has {data.image.shape[1:]}")
     assert case.scheme is not None
@@ -213,6 +213,12 @@ def explain_case(
             f"case {case.case_id} has {data.image.shape[0]} channels but the model expects "
             f"{predictor.ensemble.in_channels}",
         )
+    if data.image.ndim - 1 != len(predictor.patch_size):
+        raise DataError(
+            case.image_paths[0],
+            f"case {case.case_id} is a {data.image.ndim - 1}D image but {predictor.model_name} "
+            f"is a {len(predictor.patch_size)}D network",
+        )
     truth, gt_path = _ground_truth(data, case, gt)
     pre = predictor.ensemble.preprocessing
     x, _, crop = preprocess_case(
@@ -222,14 +228,11 @@ def explain_case(
     key = _key(predictor, case, gt_path)
     done, z = _previous(out, key) if write_maps else ({}, None)
     if truth is not None and z is None:
-        z = axial_slice(truth > 0, truth.shape[-1])
+        z = _lesion_slice(truth > 0)
     result = Explanation(out, reused=[i for i in chosen if i in done])
     slices: dict[int, list[tuple[str, np.ndarray]]] = {}
     for layer in result.reused:
-        slices[layer] = [
-            (_short(e), np.asarray(nib.load(out / e["file"]).dataobj[..., z], np.float32))
-            for e in done[layer]
-        ]
+        slices[layer] = [(_short(e), _plane(_read_map(out / e["file"]), z)) for e in done[layer]]
     todo = [infos[i] for i in chosen if i not in done]
     groups = group_layers(todo, max_maps)
     for g, group in enumerate(groups, start=1):
@@ -242,7 +245,7 @@ def explain_case(
         if z is None:  # no ground truth: the slice with the largest predicted area
             assert probs is not None
             predicted = (restore(probs, crop) >= predictor.threshold).any(0)
-            z = axial_slice(predicted, data.image.shape[-1])
+            z = _lesion_slice(predicted)
         k = 0
         for info in group:
             slices[info.index] = []
@@ -252,7 +255,7 @@ def explain_case(
                     entry = _entry(info, head, comp, full, geometry.get(info.index))
                     if write_maps:
                         write_image(out / entry["file"], full, data.affine, data.header)
-                    slices[info.index].append((_short(entry), full[..., z]))
+                    slices[info.index].append((_short(entry), _plane(full, z)))
                     done.setdefault(info.index, []).append(entry)
                     k += 1
         if write_maps:
@@ -262,6 +265,21 @@ def explain_case(
         assert z is not None
         result.panel = _panel(out / panel, data, case, truth, infos, chosen, slices, z, predictor)
     return result
+
+
+def _lesion_slice(mask: np.ndarray) -> int:
+    """The axial slice the panel shows: :func:`axial_slice` of a volume; 0 for a 2D image."""
+    return axial_slice(mask, mask.shape[-1]) if mask.ndim == 3 else 0
+
+
+def _plane(array: np.ndarray, z: int | None) -> np.ndarray:
+    """Slice ``z`` of a volume ``(X, Y, Z)``; a 2D image ``(X, Y)`` as it is."""
+    return array[..., z] if array.ndim == 3 else array
+
+
+def _read_map(path: Path) -> np.ndarray:
+    """A map written by an earlier run, on the image's grid (2D for a 2D image)."""
+    return squeeze_image(np.asarray(nib.load(path).dataobj, np.float32), path)
 
 
 def _short(entry: dict[str, Any]) -> str:
@@ -311,22 +329,22 @@ def _panel(
 ) -> Path:
     assert case.scheme is not None
     names = list(case.scheme.channels) or [f"channel {c}" for c in range(len(data.image))]
-    modalities = [(name, data.image[c][..., z]) for c, name in enumerate(names)]
+    modalities = [(name, _plane(data.image[c], z)) for c, name in enumerate(names)]
     rows = []
     for i in chosen:
         info = infos[i]
         rows.append((f"layer {i}, {info.stage}\n{resolution(info.level)}", slices[i]))
     shown = max(len(modalities) + (truth is not None), 8)
     every = "" if all(len(slices[i]) <= shown for i in chosen) else "; every map is in maps/"
+    where = f"axial slice {z}" if data.image.ndim == 4 else "2D image"
     return component_panel(
         path,
         modalities,
-        truth[..., z] if truth is not None else None,
+        _plane(truth, z) if truth is not None else None,
         rows,
-        data.image[0][..., z],
+        _plane(data.image[0], z),
         max_columns=shown,
-        title=f"{predictor.model_name}: NMF components, case {case.case_id}, axial slice "
-        f"{z}{every}",
+        title=f"{predictor.model_name}: NMF components, case {case.case_id}, {where}{every}",
     )
 
 
