@@ -44,10 +44,10 @@ def np_neg(a: np.ndarray) -> np.ndarray:
 
 
 def np_mu(g: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``g * sqrt(num / den)`` with nmfseg's documented guards: ``0 / 0 = 1``, the ratio
-    clipped to ``[eps², 1/eps²]``, the result floored at ``eps`` times its column's largest."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where((num == 0) & (den == 0), 1.0, num / np.maximum(den, TINY))
+    """``g * sqrt(num / den)`` with nmfseg's documented guards: ``tiny`` added to both
+    (``0 / 0 = 1``), the ratio clipped to ``[eps², 1/eps²]``, the result floored at ``eps``
+    times its column's largest."""
+    ratio = (num + TINY) / (den + TINY)
     out = g * np.sqrt(np.clip(ratio, EPS**2, EPS**-2))
     return np.maximum(out, EPS * out.max(axis=0, keepdims=True))
 

@@ -12,60 +12,57 @@ notation the data ``X`` (p × n) holds one point per column, ``A⁺ = (|A| + A) 
   combination of data points): with ``A = XᵀX``, ``G ← G ⊙ sqrt((A⁺W + G WᵀA⁻W) / (A⁻W +
   G WᵀA⁺W))``, then ``W ← W ⊙ sqrt((A⁺G + A⁻W GᵀG) / (A⁻G + A⁺W GᵀG))``.
 
-No update increases ``‖X − F Gᵀ‖`` (Ding et al., Theorems 1–2, 4–5).
+Ding et al. prove that no update increases ``‖X − F Gᵀ‖``.
 
-Orientation. nmfseg's matrices are ``x (..., M, N)`` with ``M = head_dim`` channels as rows
-and ``N`` voxels as columns (:mod:`~.matricize`).
+Orientation. nmfseg's matrices are ``x (..., M, N)``, ``M = head_dim`` channels as rows and
+``N`` voxels as columns (:mod:`~.matricize`).
 
 - :func:`semi_nmf` takes the voxels as the data points, Ding's orientation as it is:
   ``x ≈ f @ g.mT`` with ``f (..., M, R)`` a mixed-sign channel factor and ``g (..., N, R)``
   a nonnegative map over the voxels (NMF's ``u`` and ``v``). Every product is ``O(MNR)``.
-- :func:`convex_nmf` takes the *channels* as the data points (Ding's ``X`` is ``xᵀ``,
-  N × M). Ding's orientation would need ``xᵀx``, the N × N Gram matrix of the voxels (512²
-  per 8³ window: quadratic in the voxels); this one needs the M × M Gram matrix
-  ``A = x xᵀ`` of the channels, one ``O(M²N)`` product, after which every iteration works on
-  ``M × M`` and ``M × R`` matrices, whatever N. ``w, g (..., M, R) ≥ 0`` and
-  ``x ≈ g @ (w.mT @ x)``: every voxel's channels are mapped by the same rank-``R``
-  nonnegative ``M × M`` matrix ``g wᵀ``, fitted to the window's Gram matrix (as the rank-1
-  NMF of :mod:`~.rank1` maps them by ``f fᵀ / ‖f‖²``). The columns of ``xᵀ w`` (the spatial
-  factor, mixed-sign) are nonnegative combinations of the channels. Zero (padded) columns
-  add nothing to ``A`` and are reconstructed as exactly 0.
+- :func:`convex_nmf` takes the *channels* as the data points (Ding's ``X`` is ``xᵀ``).
+  Ding's orientation would need ``xᵀx``, the N × N Gram matrix of the voxels (512² per 8³
+  window: quadratic in the voxels); this one needs ``A = x xᵀ``, the M × M Gram matrix of
+  the channels, one ``O(M²N)`` product, after which the iterations work on ``M × M`` and
+  ``M × R`` matrices, whatever N. ``w, g (..., M, R) ≥ 0`` and ``x ≈ g @ (w.mT @ x)``:
+  every voxel's channels are mapped by the same nonnegative rank-``R`` matrix ``g wᵀ``
+  fitted to the window's Gram matrix (as the rank-1 NMF of :mod:`~.rank1` maps them by
+  ``f fᵀ / ‖f‖²``); the spatial factor ``xᵀ w`` is mixed-sign, a nonnegative combination of
+  the channels. Zero (padded) columns add nothing to ``A`` and are reconstructed as 0.
 
-Iterations. One Semi-NMF iteration is Ding's pair: least-squares ``F`` from the current
-``G``, then the update of ``G``; the returned ``F`` is the least-squares one of the final
-``G`` (one more ``X G``), so the pair is Ding's alternation stopped after an ``F`` step, and
-``iters = 0`` gives the least-squares ``F`` of the initial ``G``. One Convex-NMF iteration
-updates ``G``, then ``W``. The initial factors are deterministic and depend only on an index
-and the component (:func:`~.steps.weyl`, NMF's default init): Semi-NMF's ``G₀`` is NMF's
-``v₀``; Convex-NMF's ``G₀`` is the Weyl values of the ``M`` rows and ``W₀ = G₀ D⁻¹``, ``D``
-the column sums of ``G₀`` (Ding et al.'s ``W₀ = G₀ D⁻¹``, without their k-means).
+Iterations. One Semi-NMF iteration is Ding's pair: least-squares ``F`` from ``G``, then the
+update of ``G``; the returned ``F`` is the least-squares one of the final ``G`` (one more
+``X G``), so ``iters = 0`` gives that of ``G₀``. One Convex-NMF iteration updates ``G``,
+then ``W``. The init is deterministic, from an index and the component only (NMF's Weyl
+values, :func:`~.steps.weyl`): Semi-NMF's ``G₀`` is NMF's ``v₀``; Convex-NMF's ``G₀`` is
+the values of the ``M`` rows and ``W₀ = G₀ D⁻¹``, ``D`` its column sums (Ding et al.'s
+``W₀``, without their k-means).
 
-Gradients. The iterations are unrolled for autograd; ``grad_iters = k`` runs the first
-``T − k`` without autograd (the truncated gradient of :func:`~.solvers.nmf`): Semi-NMF's
-final least squares always carries the gradient (unless ``grad_iters = 0``, which runs
-everything without autograd), as do Convex-NMF's ``A`` and reconstruction.
+Gradients. The iterations are unrolled; ``grad_iters = k`` runs the first ``T − k``
+without autograd (as :func:`~.solvers.nmf`); Semi-NMF's final least squares and Convex-NMF's
+``A`` and reconstruction always carry the gradient, except with ``grad_iters = 0`` (no
+autograd at all).
 
-Numerical safety (float32 as float64; no fixed ``eps`` that would bias small inputs):
+Numerical safety (float32 as float64; no fixed ``eps``, which would bias small inputs):
 
-- a multiplicative factor is ``sqrt(clamp(num / den, ε², 1/ε²))`` with ``ε`` the machine
-  epsilon of the dtype and ``den`` clamped to the smallest normal number, and ``0 / 0`` (an
-  all-zero matrix) leaves the entry unchanged;
-- no entry of an updated factor falls below ``ε`` times the largest entry of its component
-  (column): an entry whose numerator is 0 shrinks to that floor, not to 0 (where Ding's
-  update would hold it for good), and may grow back. Without the floor an entry reaches 0
-  after a few updates, and the derivative of the next ones with respect to it is the
-  ceiling ``1/ε`` each: the gradient overflows (measured: non-finite in float32 from 20
-  iterations on). The floor changes the reconstruction by ``ε`` relative;
-- the update's backward is written out (:func:`mu_update`): in the clamped regions the
-  gradient is 0, elsewhere it is computed through ``G / den``, which is bounded because
-  every denominator holds ``G`` times a nonnegative diagonal term (plain autograd of
-  ``sqrt(num / den)`` gives NaN once a denominator's square underflows);
-- the least squares solve ``F (GᵀG + λI) = X G`` with ``λ = ε · mean(diag GᵀG)`` plus the
-  smallest normal number (``torch.linalg.solve``; a division at rank 1, which also keeps a
-  rank-1 layer exportable to ONNX).
+- a multiplicative factor is ``sqrt(clamp((num + τ) / (den + τ), ε², 1/ε²))``, ``ε`` the
+  machine epsilon and ``τ`` the smallest normal number: ``num / den`` wherever either is
+  normal, and ``0 / 0 = 1`` (an all-zero matrix leaves the factors as they are);
+- no entry of an updated factor falls below ``ε`` times the largest entry of its column:
+  an entry with a zero numerator shrinks to that floor (Ding's update would hold it at 0
+  for good) and may grow back. Without the floor an entry underflows to 0 within a few
+  updates, the derivative of each next one with respect to it is ``1/ε``, and the gradient
+  overflows (measured: in float32 from 20 iterations on). It changes the result by ``ε``
+  relative;
+- :func:`mu_update` writes its backward out: 0 where the factor is clamped, elsewhere
+  computed through ``G / den``, bounded since every denominator holds ``G`` times a
+  nonnegative diagonal term (plain autograd of ``sqrt(num / den)`` gives NaN as soon as a
+  denominator's square underflows);
+- Semi-NMF's least squares solve ``F (GᵀG + λI) = X G`` with ``λ = ε · mean(diag GᵀG) + τ``
+  (``torch.linalg.solve``; a division at rank 1, which keeps a rank-1 layer exportable).
 
-An all-zero matrix gives zero factors' reconstruction and zero, finite gradients; inputs whose
-squares underflow (``|x| < 1e-19`` in float32) are outside what these guards cover.
+An all-zero matrix gives a zero reconstruction and finite gradients; inputs whose squares
+underflow (``|x| < 1e-19`` in float32) are outside what the guards cover.
 
 Examples::
 
@@ -115,35 +112,39 @@ def _split(a: Tensor) -> tuple[Tensor, Tensor]:
     return torch.relu(a), torch.relu(-a)
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` with ``den`` clamped to the smallest normal number and ``0 / 0 = 1``."""
-    tiny = _limits(den.dtype)[0]
-    both_zero = (num == 0) & (den == 0)
-    return torch.where(both_zero, 1.0, num / den.clamp_min(tiny))
-
-
-def _factor(ratio: Tensor) -> Tensor:
-    _, low, high = _limits(ratio.dtype)
-    return ratio.clamp(low, high).sqrt()
+def _mu_forward(g: Tensor, num: Tensor, den: Tensor, rows: bool = True) -> tuple:
+    """The guarded update (see :func:`mu_update`), and what its backward needs: the factor,
+    where the result is not floored, and (``rows``) the row of each column's largest entry.
+    ``(num + τ) / (den + τ)`` is ``num / den`` wherever either is a normal number (``τ`` is
+    below their last bit), ``0 / 0 = 1``, and never a division by 0."""
+    tiny, low, high = _limits(g.dtype)
+    factor = ((num + tiny) / (den + tiny)).clamp(low, high).sqrt()
+    raw = g * factor
+    peak, row = raw.max(dim=-2, keepdim=True) if rows else (raw.amax(-2, keepdim=True), None)
+    kept = raw >= peak * low**0.5
+    return torch.where(kept, raw, peak * low**0.5), factor, kept, row
 
 
 class _MUUpdate(torch.autograd.Function):
-    """``g ⊙ sqrt(clamp(num / den, ε², 1/ε²))`` with the bounded backward of
-    :func:`mu_update`."""
+    """:func:`mu_update` with its backward written out (one node instead of about twenty)."""
 
     @staticmethod
     def forward(ctx, g: Tensor, num: Tensor, den: Tensor) -> Tensor:  # type: ignore[override]
-        tiny, low, high = _limits(g.dtype)
-        ratio = _ratio(num, den)
-        factor = _factor(ratio)
-        free = (ratio > low) & (ratio < high) & (den >= tiny)  # where the factor has a slope
-        ctx.save_for_backward(g, den.clamp_min(tiny), factor, free)
-        return g * factor
+        out, factor, kept, row = _mu_forward(g, num, den)
+        ctx.save_for_backward(g, den + _limits(g.dtype)[0], factor, kept, row)
+        return out
 
     @staticmethod
     @backward_without_autocast
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        g, den, factor, free = ctx.saved_tensors
+        g, den, factor, kept, row = ctx.saved_tensors
+        tiny, low, _ = _limits(g.dtype)
+        eps = low**0.5  # the clamp bounds of the factor, ε and 1/ε, are powers of 2: exact
+        # A floored entry is ε times its column's largest: its gradient goes there.
+        floored = torch.where(kept, 0.0, grad).sum(-2, keepdim=True) * eps
+        grad = torch.where(kept, grad, 0.0).scatter_add(-2, row, floored)
+        # Where the factor has a slope: not clamped, and den (here den + tiny) a normal number.
+        free = (factor > eps) & (factor < 1 / eps) & (den >= 2 * tiny)
         # d/dnum = g / (2 factor den), d/dden = -g factor / (2 den): through g / den, which is
         # at most 1 / (the diagonal term of den), never through 1 / den alone.
         t = torch.where(free, grad * (g / den), 0.0)
@@ -156,13 +157,12 @@ class _MUUpdate(torch.autograd.Function):
 def mu_update(g: Tensor, num: Tensor, den: Tensor) -> Tensor:
     """One multiplicative update ``g ⊙ sqrt(num / den)`` of Ding et al., guarded.
 
-    The ratio is clamped to ``[ε², 1/ε²]`` (``ε`` the dtype's machine epsilon), ``den`` to
-    the smallest normal number, ``0 / 0`` is 1, and the result is floored at ``ε`` times the
-    largest entry of its column (see the module docstring). With autograd the backward is
-    written out: zero where the ratio is clamped, and computed through ``g / den``
-    elsewhere. Every caller's ``den`` holds ``g`` times a nonnegative diagonal term
-    (``G (FᵀF)⁺`` holds ``G (FᵀF)ₖₖ``), so ``g / den`` stays bounded where ``1 / den`` does
-    not.
+    The ratio is ``(num + τ) / (den + τ)`` (``τ`` the smallest normal number: ``0 / 0 = 1``)
+    clamped to ``[ε², 1/ε²]`` (``ε`` the machine epsilon), and the result is floored at ``ε``
+    times the largest entry of its column (see the module docstring). With autograd the
+    backward is written out: zero where the ratio is clamped, and computed through
+    ``g / den`` elsewhere. Every caller's ``den`` holds ``g`` times a nonnegative diagonal
+    term (``G (FᵀF)⁺`` holds ``G (FᵀF)ₖₖ``), so ``g / den`` stays bounded.
 
     Args:
         g: The nonnegative factor ``(..., K, R)``.
@@ -182,21 +182,17 @@ def mu_update(g: Tensor, num: Tensor, den: Tensor) -> Tensor:
                 [2.3842e-07]])
     """
     if torch.is_grad_enabled() and (g.requires_grad or num.requires_grad or den.requires_grad):
-        g = _MUUpdate.apply(g, num, den)
-    else:
-        g = g * _factor(_ratio(num, den))
-    floor = g.amax(dim=-2, keepdim=True) * _limits(g.dtype)[1] ** 0.5
-    return torch.maximum(g, floor)
+        return _MUUpdate.apply(g, num, den)
+    return _mu_forward(g, num, den, rows=False)[0]
 
 
 def _least_squares(x: Tensor, g: Tensor) -> Tensor:
     """Semi-NMF's ``F = X G (GᵀG + λI)⁻¹`` (the ridge ``λ`` of the module docstring)."""
     tiny, eps2, _ = _limits(x.dtype)
-    b, gram = x @ g, g.mT @ g
-    rank = g.shape[-1]
-    eps = eps2**0.5
+    rank, eps = g.shape[-1], eps2**0.5
     if rank == 1:
-        return b / (gram * (1 + eps) + tiny)
+        return (x @ g) / (g.square().sum(-2, keepdim=True) * (1 + eps) + tiny)
+    b, gram = x @ g, g.mT @ g
     ridge = eps * gram.diagonal(dim1=-2, dim2=-1).mean(-1) + tiny
     eye = torch.eye(rank, dtype=x.dtype, device=x.device)
     return torch.linalg.solve(gram + ridge[..., None, None] * eye, b, left=False)
@@ -205,7 +201,9 @@ def _least_squares(x: Tensor, g: Tensor) -> Tensor:
 def _semi_step(x: Tensor, g: Tensor) -> Tensor:
     """One Semi-NMF iteration: least-squares ``F`` from ``G``, then the update of ``G``."""
     f = _least_squares(x, g)
-    xtf_pos, xtf_neg = _split(x.mT @ f)
+    xtf_pos, xtf_neg = _split((f.mT @ x).mT)  # faster than x.mT @ f
+    if g.shape[-1] == 1:  # FᵀF = ‖f‖² >= 0: (FᵀF)⁻ = 0
+        return mu_update(g, xtf_pos, xtf_neg + g * f.square().sum(-2, keepdim=True))
     ftf_pos, ftf_neg = _split(f.mT @ f)
     return mu_update(g, xtf_pos + g @ ftf_neg, xtf_neg + g @ ftf_pos)
 
@@ -253,10 +251,14 @@ def _check_all(x: Tensor, rank: int, iters: int, grad_iters: int | None) -> None
 
 
 def _init(x: Tensor, rows: int, rank: int, given: Tensor | None) -> Tensor:
-    """A factor ``(..., rows, R)``: ``given``, or the Weyl values, broadcast to ``x``'s batch."""
-    if given is None:
-        given = weyl(rows, rank, x.device, x.dtype)
-    return given.to(x.dtype).expand(*x.shape[:-2], rows, rank)
+    """An initial factor ``(rows, R)``, or ``(..., rows, R)`` if ``given`` has a batch: the
+    matrix products broadcast a shared one (one GEMM for the whole batch)."""
+    return weyl(rows, rank, x.device, x.dtype) if given is None else given.to(x.dtype)
+
+
+def _batched(x: Tensor, factor: Tensor) -> Tensor:
+    """``factor`` broadcast to ``x``'s batch (after 0 iterations it is still the shared init)."""
+    return factor.expand(*x.shape[:-2], *factor.shape[-2:])
 
 
 def _no_grad_if(cond: bool):
@@ -268,12 +270,12 @@ def _semi(x: Tensor, rank: int, iters: int, init: Tensor | None, grad_iters: int
     g0 = _init(x, x.shape[-1], rank, init)
     with _no_grad_if(grad_iters == 0):
         (g,) = _run(lambda g: (_semi_step(x, g),), (g0,), iters, grad_iters)
-        return _least_squares(x, g), g
+        return _least_squares(x, g), _batched(x, g)
 
 
 def _semi_recon(x: Tensor, rank: int, iters: int, init, grad_iters: int | None) -> Tensor:
     f, g = _semi(x, rank, iters, init, grad_iters)
-    return f @ g.mT
+    return f * g.mT if rank == 1 else f @ g.mT  # the same numbers; a product is faster
 
 
 def _convex(x: Tensor, rank: int, iters: int, init, grad_iters: int | None):
@@ -285,7 +287,8 @@ def _convex(x: Tensor, rank: int, iters: int, init, grad_iters: int | None):
     w0, g0 = (_init(x, rows, rank, t) for t in init)
     with _no_grad_if(grad_iters == 0):
         a_pos, a_neg = _split(x @ x.mT)
-        return _run(lambda w, g: _convex_step(a_pos, a_neg, w, g), (w0, g0), iters, grad_iters)
+        w, g = _run(lambda w, g: _convex_step(a_pos, a_neg, w, g), (w0, g0), iters, grad_iters)
+        return _batched(x, w), _batched(x, g)
 
 
 def _convex_recon(x: Tensor, rank: int, iters: int, init, grad_iters: int | None) -> Tensor:
