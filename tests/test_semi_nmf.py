@@ -5,7 +5,9 @@ that use them."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -437,3 +439,13 @@ def test_presets_run_at_reduced_width(name):
     mixer_args = {"mixer_args": {"iters": 2}}
     tuned = create_model(name, channels=(8, 16, 32), deep_supr_num=1, block_args=mixer_args)
     assert tuned.encoder[0].block.mixer.factorization.iters == 2
+
+
+def test_the_mixer_benchmark_runs(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("bench_mixers")
+    tiny = ["--size", "4", "--channels", "16", "--window-size", "4", "--repeats", "1"]
+    bench.main([*tiny, "--mixers", "nmf,semi_nmf,convex_nmf,none", "--rank", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["nmf", "semi_nmf", "convex_nmf", "none"]
+    assert rows[0].count("1.00x") == 2
