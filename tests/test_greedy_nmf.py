@@ -4,6 +4,8 @@ the presets, and the ranks ``explain`` shows."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -271,3 +273,66 @@ def test_presets_build_run_and_take_the_nmf_controls(name):
         restore_nmf(model, state)
         torch.testing.assert_close(model(x), base)
     assert count_flops(model, (1, 4, 16, 16, 16))["nmf"] > 0  # on the meta device
+
+
+# --- explain shows the ranks. -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_greedy(tmp_path_factory):
+    """A toy ISLES'22 case and an untrained reduced local_greedy_factorizer_brats checkpoint."""
+    from nmfseg.data.formats import open_dataset
+    from nmfseg.phantoms.toy import make_toy_dataset
+    from nmfseg.training.checkpoint import atomic_save
+
+    root = tmp_path_factory.mktemp("greedy_explain")
+    data = make_toy_dataset(root / "Toy", "isles22", n_cases=1, shape=(14, 12, 10), seed=1)
+    name = "local_greedy_factorizer_brats"
+    kwargs = dict(
+        in_channels=2, out_channels=1, channels=[4, 8, 16], head_dim=4, window_size=4,
+        deep_supr_num=1, mixer_args={"max_rank": 3, "tol": 0.4},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = create_model(name, **kwargs)
+    scheme = open_dataset(data).scheme.to_dict()
+    config = {"patch_size": [8, 8, 8], "dataset": {"scheme": scheme}}
+    ckpt = {"model_name": name, "model_kwargs": kwargs, "config": config}
+    atomic_save({**ckpt, "model": net.state_dict()}, root / "run" / "checkpoint_final.pt")
+    return data, root / "run" / "checkpoint_final.pt", net
+
+
+def test_explain_writes_the_ranks_beside_the_maps(tiny_greedy, tmp_path):
+    from nmfseg.analysis.explain import explain_case
+    from nmfseg.analysis.ranks import RANKS_CSV, RANKS_JSON
+    from nmfseg.inference import Ensemble, Predictor
+
+    data, _, net = tiny_greedy
+    predictor = Predictor(Ensemble([net], [], (8, 8, 8), 2, 1))
+    result = explain_case(predictor, data, tmp_path, layers="0,2,4", max_maps=6)
+    assert len(result.components) == (1 + 4 + 1) * 3  # heads x max_rank, layers 0, 2, 4
+    entries = json.loads((tmp_path / RANKS_JSON).read_text())["layers"]
+    assert [e["layer"] for e in entries] == [0, 2, 4] == [e["layer"] for e in result.ranks]
+    assert [e["stage"] for e in entries] == ["encoder", "bridge", "decoder"]
+    for entry in entries:
+        assert entry["max_rank"] == 3 and len(entry["counts"]) == 4
+        assert entry["matrices"] == sum(entry["counts"]) > 0
+        assert 0 <= entry["mean"] <= 3
+    rows = (tmp_path / RANKS_CSV).read_text().splitlines()
+    assert (
+        rows[0] == "layer,stage,level,matricize,max_rank,tol,matrices,mean,rank0,rank1,rank2,rank3"
+    )
+    assert len(rows) == 4
+    # a rerun reuses every layer's maps (no pass): the ranks are read back
+    again = explain_case(predictor, data, tmp_path, layers="0,2,4")
+    assert again.reused == [0, 2, 4] and again.ranks == entries
+
+
+def test_explain_cli_prints_the_ranks(tiny_greedy, tmp_path):
+    from helpers import cli
+
+    data, checkpoint, _ = tiny_greedy
+    res = cli("explain", "-r", checkpoint, "-i", data, "-o", tmp_path, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("greedy NMF ranks (share of windows x heads): layer 0 (encoder, ")
+    assert "layer 4 (decoder, level 0) mean " in line and (tmp_path / "ranks.json").is_file()

@@ -12,7 +12,9 @@ crop undone). It writes into the output folder:
   components of each chosen layer overlaid on the axial slice through the lesion (the
   largest ground-truth area, else the largest predicted area; a 2D image is its own slice);
 - ``components.json``: per map the layer, head, component, stage and level, the matricize
-  window and views, the value range and the file, with the model and the settings.
+  window and views, the value range and the file, with the model and the settings;
+- ``ranks.json`` and ``ranks.csv`` for greedy-rank NMF layers: how many windows x heads
+  took each rank (:mod:`nmfseg.analysis.ranks`; ``nmfseg explain`` prints a line).
 
 Layers are done in groups (one sliding-window pass each, at most ``max_maps`` maps held in
 memory); ``components.json`` is rewritten after each group, so an interrupted run resumes
@@ -49,6 +51,7 @@ from tqdm import tqdm
 
 from nmfseg.analysis.figures import axial_slice, component_panel
 from nmfseg.analysis.maps import LayerInfo, component_maps, group_layers, layer_infos
+from nmfseg.analysis.ranks import RankCollector
 from nmfseg.data.formats import Case, CaseData, load_case, open_input
 from nmfseg.data.nifti import check_label_values, read_nifti, squeeze_image, write_image
 from nmfseg.data.preprocess import preprocess_case, restore
@@ -72,12 +75,14 @@ class Explanation:
         components: One entry per map, as in ``components.json``.
         panel: The PNG panel (``None`` when not asked for).
         reused: Layers whose maps were already on disk from an interrupted run.
+        ranks: The ranks greedy-rank NMF layers chose (``ranks.json``'s entries).
     """
 
     folder: Path
     components: list[dict[str, Any]] = field(default_factory=list)
     panel: Path | None = None
     reused: list[int] = field(default_factory=list)
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def map_name(layer: int, head: int, component: int) -> str:
@@ -235,13 +240,15 @@ def explain_case(
         slices[layer] = [(_short(e), _plane(_read_map(out / e["file"]), z)) for e in done[layer]]
     todo = [infos[i] for i in chosen if i not in done]
     groups = group_layers(todo, max_maps)
+    ranks = RankCollector(net, chosen)  # greedy-rank NMF layers: counted in the first pass
     for g, group in enumerate(groups, start=1):
         if progress:
             names = ", ".join(str(i.index) for i in group)
             count = sum(i.n_maps for i in group)
             tqdm.write(f"[explain] pass {g}/{len(groups)}: layer(s) {names}, {count} maps",
                        file=sys.stderr)  # fmt: skip
-        probs, maps, geometry = component_maps(predictor, x, group, probabilities=z is None)
+        with ranks.collecting():
+            probs, maps, geometry = component_maps(predictor, x, group, probabilities=z is None)
         if z is None:  # no ground truth: the slice with the largest predicted area
             assert probs is not None
             predicted = (restore(probs, crop) >= predictor.threshold).any(0)
@@ -261,6 +268,7 @@ def explain_case(
         if write_maps:
             _write_manifest(out, key, done, z)
     result.components = [e for i in chosen for e in done[i]]
+    result.ranks = ranks.write(out) if write_maps else [t.to_dict() for t in ranks.tables()]
     if panel is not None:
         assert z is not None
         result.panel = _panel(out / panel, data, case, truth, infos, chosen, slices, z, predictor)

@@ -32,7 +32,9 @@ HELP = (
     "the modalities and ground truth in the first row and the components of each layer on "
     "the axial slice through the lesion; components.json (layer, head, component, stage, "
     "level, window, value range). Swin layers combine their regular and shifted windows as "
-    "the layer does. Rerunning into OUT reuses the layers already written."
+    "the layer does. Greedy-rank NMF layers also write ranks.json and ranks.csv (how many "
+    "windows took each rank) and print a line of them. Rerunning into OUT reuses the layers "
+    "already written."
 )
 
 
@@ -72,6 +74,7 @@ def explain(
 ) -> None:
     """Show what the NMF layers of a trained Factorizer see in one case (paper Fig. 6)."""
     from nmfseg.analysis.explain import explain_case
+    from nmfseg.analysis.ranks import rank_summary
     from nmfseg.fileio import check_writable
     from nmfseg.inference.predictor import Predictor
     from nmfseg.inference.settings import parse_layers
@@ -89,6 +92,8 @@ def explain(
         f"{out / 'components.json'}{reused}",
         err=True,
     )
+    if result.ranks:  # greedy-rank NMF layers: the ranks they chose (ranks.json)
+        typer.echo(rank_summary(result.ranks), err=True)
 
 
 def register(app: typer.Typer) -> None:
