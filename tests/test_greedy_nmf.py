@@ -224,11 +224,14 @@ def test_mixers_in_a_block_forward_backward(name, args, shape):
         assert block.mixer.last_ranks is None
 
 
-def test_mixers_by_name_with_defaults():
+def test_mixers_by_name_with_defaults_and_the_common_nmf_arguments():
     x = torch.randn(1, 32, 10, 9, 8)
+    common = dict(matricize="swin", head_dim=8, window_size=8, rank=1, iters=5)
     for name in ("greedy_nmf", "local_global_nmf"):
-        mixer = create_mixer(name, 32)
-        assert isinstance(mixer, WrappedNMF) and mixer(x).shape == x.shape
+        for args in ({}, common):  # what benchmarks/bench_mixers.py gives every mixer
+            mixer = create_mixer(name, 32, **args)
+            assert isinstance(mixer, WrappedNMF) and mixer(x).shape == x.shape
+    assert create_mixer("greedy_nmf", 32, **common).nmf.rank == 4  # rank: chosen, at most 4
 
 
 @pytest.mark.parametrize("kind", ["local", "swin"])

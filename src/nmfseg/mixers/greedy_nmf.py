@@ -63,6 +63,9 @@ class GreedyWrappedNMF(WrappedNMF):
         grad_iters: Backpropagate through the last ``grad_iters`` iterations of each
             component only (``None``: all, as the paper's NMF).
         dropout: Dropout probability on the output.
+        rank: Not used: accepted so that the arguments every NMF mixer is given (those of
+            the Wrapped NMF, as ``benchmarks/bench_mixers.py`` passes them) build this one;
+            the rank is chosen per matrix, at most ``max_rank``.
 
     Examples::
 
@@ -87,7 +90,9 @@ class GreedyWrappedNMF(WrappedNMF):
         iters: int = 5,
         grad_iters: int | None = None,
         dropout: float = 0.0,
+        rank: int | None = None,
     ) -> None:
+        del rank  # chosen per matrix
         super().__init__(
             channels, spatial_dims, matricize, head_dim, window_size, max_rank, iters,
             "hals", grad_iters, dropout,
