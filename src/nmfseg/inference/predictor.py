@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from nmfseg.data.formats import Case, Dataset, load_case, open_case
-from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, save_nifti, squeeze_3d
+from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, save_nifti, squeeze_image
 from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
@@ -410,7 +410,7 @@ class Predictor:
 
         Args:
             image: A nibabel image (4D channels last, or 3D for a one-channel model), a path
-                to one, or a sequence of 3D images or paths (one per channel, model order).
+                to one, or a sequence of 3D/2D images or paths (one per channel, model order).
             scheme: Label scheme of the output (default: the model's).
 
         Raises:
@@ -423,16 +423,15 @@ class Predictor:
             where = images[i] if isinstance(images[i], str | Path) else f"image {i}"
             data = check_image(img.dataobj, len(np.shape(img.dataobj)) - 1, str(where))
             data = np.asarray(data, dtype=np.float32)
-            if len(loaded) > 1:
-                data = squeeze_3d(data, where)
-                arrays.append(data[None])
-            else:
-                arrays.append(np.moveaxis(data, -1, 0) if data.ndim == 4 else data[None])
+            if len(loaded) > 1 or data.ndim < 4:  # one channel: a 3D volume or a 2D image
+                arrays.append(squeeze_image(data, where)[None])
+            else:  # channels last: (X, Y, Z, C), or (X, Y, 1, C) for a 2D image
+                arrays.append(np.stack([squeeze_image(c, where) for c in np.moveaxis(data, -1, 0)]))
         shapes = {a.shape[1:] for a in arrays}
         if len(shapes) > 1:
             raise DataError("image", f"the channel images differ in shape: {sorted(shapes)}")
         ref = loaded[0]
-        spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[:3])
+        spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[: arrays[0].ndim - 1])
         labels = np.asarray(self.predict_array(np.concatenate(arrays), "labels", scheme, spacing))
         return new_nifti(labels.astype(label_dtype(labels)), ref.affine, ref.header)
 
