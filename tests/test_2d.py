@@ -21,6 +21,7 @@ from nmfseg.data.formats import load_case, open_dataset
 from nmfseg.data.nifti import write_label
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.errors import ConfigError
+from nmfseg.inference import Predictor
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.phantoms.anatomy import load_anatomy
 from nmfseg.phantoms.slices import synth_brats_slice
@@ -170,6 +171,12 @@ def test_cli_synth_train_predict_evaluate_explain(data, tmp_path):
     assert result.exit_code == 0, result.output
     out = nib.load(next((tmp_path / "pflat").glob("*.nii.gz")))
     assert out.shape == (SIZE, SIZE) and np.allclose(out.affine, img.affine, atol=1e-5)
+
+    predictor = Predictor.from_run(run, device="cpu")  # the Python API, one file per channel
+    for paths in (open_dataset(data).cases[0].image_paths, sorted(flat.iterdir())):
+        labels = predictor.predict_nifti(paths)
+        assert labels.shape == nib.load(paths[0]).shape
+        assert np.array_equal(np.asarray(labels.dataobj).ravel(), np.asarray(out.dataobj).ravel())
 
     result = cli("evaluate", "--pred", pred, "-d", data, "-o", tmp_path / "report")
     assert result.exit_code == 0, result.output

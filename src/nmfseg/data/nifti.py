@@ -39,7 +39,6 @@ __all__ = [
     "read_nifti",
     "save_nifti",
     "spatial_shape",
-    "squeeze_3d",
     "squeeze_image",
     "strip_nifti_ending",
     "write_image",
@@ -166,17 +165,6 @@ def squeeze_image(data: np.ndarray, path: Path | str) -> np.ndarray:
         )
     if data.ndim != 2 and data.ndim != 3:
         raise DataError(path, f"has shape {data.shape}; expected one 2D image or 3D volume")
-    return data
-
-
-def squeeze_3d(data: np.ndarray, path: Path) -> np.ndarray:
-    """Drop trailing singleton axes; DataError naming ``path`` unless 3D remains."""
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim < 3:
-        raise DataError(path, f"is a {data.ndim}D image {data.shape}; a 3D volume is expected")
-    if data.ndim != 3:
-        raise DataError(path, f"has shape {data.shape}; expected one 3D volume")
     return data
 
 
