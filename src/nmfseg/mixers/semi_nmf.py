@@ -22,9 +22,11 @@ as rows, the voxels of a window as columns) and, for ``F``, the reconstruction o
 
 Zero padding (a size the window does not divide): Convex-NMF reconstructs padded voxels as 0,
 and they change nothing for the others (they add nothing to the Gram matrix). In Semi-NMF
-they shrink to the floor of their component within the first iterations, but their initial
-``g₀`` enters the first least squares, which amounts to a slightly different initialization
-of the windows at the border (as for Wrapped NMF at rank > 1).
+a padded voxel's ``g`` is driven toward 0 (to the floor of its component at the first update
+at rank 1, gradually at rank > 1), but its initial value, and at rank > 1 what is left of
+it, enters ``GᵀG`` in the least squares of ``f``: a window at the border is factorized a
+little differently than it would be without its padding (as with Wrapped NMF at rank > 1,
+where only the initial values enter).
 
 The settings ``rank``, ``iters`` and ``grad_iters`` live on :attr:`factorization`
 (:class:`~nmfseg.nmf.semi.SemiNMF` or :class:`~nmfseg.nmf.semi.ConvexNMF`) and can be
