@@ -56,8 +56,8 @@ Numerical safety (float32 as float64; no fixed ``eps``, which would bias small i
   relative;
 - :func:`mu_update` writes its backward out: 0 where the factor is clamped, elsewhere
   computed through ``G / den``, bounded since every denominator holds ``G`` times a
-  nonnegative diagonal term (plain autograd of ``sqrt(num / den)`` gives NaN as soon as a
-  denominator's square underflows);
+  nonnegative diagonal term (plain autograd of the clamped ``sqrt(num / den)`` multiplies a
+  zero gradient by ``num / den²``, which overflows once an entry is small: NaN);
 - Semi-NMF's least squares solve ``F (GᵀG + λI) = X G`` with ``λ = ε · mean(diag GᵀG) + τ``
   (``torch.linalg.solve``; a division at rank 1, which keeps a rank-1 layer exportable).
 
