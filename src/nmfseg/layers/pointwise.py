@@ -32,9 +32,10 @@ def channel_mm(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
 
     Uses 2-D GEMMs (``addmm``), which take transposed operands without copying them. Without
     autograd (inside custom autograd Functions) the result is written into a fresh 3-D tensor,
-    so that it is not a view.
+    so that it is not a view. A trace (ONNX export) takes the batched product, whatever the
+    example's batch: ``out=`` writes are not recorded, and a batch of one is not fixed.
     """
-    if x.shape[0] == 1:
+    if x.shape[0] == 1 and not torch.jit.is_tracing():
         # ``out=`` is not allowed to change dtype, which autocast would need (bf16 inference).
         if not torch.is_grad_enabled() and not autocast_on(x):
             out = x.new_empty(1, weight.shape[0], x.shape[2])

@@ -1,0 +1,223 @@
+"""The export form of a Factorizer block: channels last, windows by two block swaps, no permutes.
+
+A Factorizer block on a channels-first map ``(B, C, *S)`` normalizes every voxel's channel
+vector (a LayerNorm needs the channels last), projects it (a pointwise convolution), and
+matricizes it into ``head_dim × window`` matrices. Traced as it runs in PyTorch, that is two
+full-map transposes per LayerNorm and a 9-dimensional permute per matricize and per inverse,
+with 8-element inner runs: in OpenVINO's per-node profile of the Swin Factorizer (bf16,
+``PERF_COUNT``) generic ``Transpose`` kernels took 55 % of the time and the GEMMs under 10 %.
+
+:class:`ChannelsLastBlock` computes the same block with the channels last throughout:
+
+- one transpose in and one out per block (``(B, C, N) ↔ (B, N, C)``, a batched 2-D
+  transpose), the LayerNorms as ``LayerNormalization`` over the last axis, the pointwise
+  convolutions as ``MatMul`` (fully-connected layers a runtime fuses with its neighbours);
+- the windows of Local and Swin matricize taken one spatial axis at a time, as a reshape and
+  a swap of two middle axes whose inner runs are a whole ``window × rest`` slab, then
+  ``window_W × C`` elements (two cheap 4-D transposes instead of one 9-D permute);
+- the rank-1 NMF (paper eq. 14, :mod:`nmfseg.nmf.rank1`) of all heads of a window at once:
+  ``f₁ = X g₀ / ‖g₀‖²`` as one product with the shared ``g₀``, the Gram matrices as one
+  ``C × C`` product per window masked to its ``head_dim × head_dim`` diagonal blocks, the
+  power iteration on them, and the reconstruction ``(f fᵀ / ‖f‖²) X`` as one product with
+  the block-diagonal projector. The full ``C × C`` products spend ``C / head_dim`` times the
+  multiply-adds of per-head ones, but run as dense GEMMs; the per-head layout would need
+  the transposes this form exists to remove.
+
+The function is the network's (same windows, same shifts, same ``g₀``, the same number of
+power-iteration steps), equal to rounding. Blocks it does not cover (another mixer, a rank
+above 1, a user init, an NMF layer switched off) keep their own forward.
+
+Examples::
+
+    >>> import torch
+    >>> from nmfseg.blocks import MixerBlock
+    >>> block = MixerBlock(16, mixer="nmf", mixer_args={"head_dim": 4, "window_size": 4,
+    ...                    "matricize": "swin"}).eval()
+    >>> x = torch.randn(1, 16, 6, 9, 8)
+    >>> with torch.no_grad():
+    ...     torch.allclose(ChannelsLastBlock(block)(x), block(x), atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmfseg.mixers.nmf import WrappedNMF
+from nmfseg.nmf.steps import guard, weyl
+from nmfseg.nmf.windows import ntuple
+
+__all__ = ["ChannelsLastBlock", "covers"]
+
+Size = Any  # an int in eager mode, a 0-d tensor while tracing
+
+
+def covers(block: nn.Module) -> bool:
+    """Whether :class:`ChannelsLastBlock` computes ``block`` (a
+    :class:`~nmfseg.blocks.MixerBlock` whose mixer, if any, is a rank-1 Wrapped NMF with the
+    default init, or is switched off)."""
+    mixer = getattr(block, "mixer", None)
+    if not hasattr(block, "norm2") or (mixer is not None and not isinstance(mixer, WrappedNMF)):
+        return False
+    return mixer is None or not mixer.enabled or mixer.nmf.uses_rank1_path()
+
+
+def _min(a: Size, b: int) -> Size:
+    return torch.clamp(a, max=b) if isinstance(a, Tensor) else min(a, b)
+
+
+def _slice(x: Tensor, dim: int, start: Size, stop: Size | None) -> Tensor:
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def roll(x: Tensor, shifts: list[Size], dims: list[int]) -> Tensor:
+    """``torch.roll(x, shifts, dims)`` as slices and a concatenation (sizes may be traced)."""
+    for shift, dim in zip(shifts, dims, strict=True):
+        n = x.shape[dim]
+        x = torch.cat([_slice(x, dim, n - shift, None), _slice(x, dim, 0, n - shift)], dim)
+    return x
+
+
+def to_windows(x: Tensor, window: tuple[Size, ...]) -> Tensor:
+    """``(B, *S, C)`` (``S`` a multiple of ``window``) to ``(windows, N, C)``, windows in
+    ``(b, *grid)`` order and voxels in window order, one spatial axis at a time."""
+    b, *spatial, c = x.shape
+    lead, done = b, 1  # lead: (b, grid so far); done: voxels of the window so far
+    for i, (s, w) in enumerate(zip(spatial, window, strict=True)):
+        rest = c
+        for t in spatial[i + 1 :]:
+            rest = rest * t
+        x = x.reshape(lead, done, s // w, w * rest).transpose(1, 2)
+        lead, done = lead * (s // w), done * w
+    return x.reshape(lead, done, c)
+
+
+def from_windows(z: Tensor, shape: tuple[Size, ...], window: tuple[Size, ...]) -> Tensor:
+    """The inverse of :func:`to_windows`: ``(windows, N, C)`` back to ``shape (B, *S, C)``."""
+    b, *spatial, c = shape
+    d = len(spatial)
+    grids = [s // w for s, w in zip(spatial, window, strict=True)]
+    for i in reversed(range(d)):
+        lead = b
+        for g in grids[:i]:
+            lead = lead * g
+        done = 1
+        for w in window[:i]:
+            done = done * w
+        rest = c
+        for t in spatial[i + 1 :]:
+            rest = rest * t
+        z = z.reshape(lead, grids[i], done, window[i] * rest).transpose(1, 2)
+    return z.reshape(shape)
+
+
+def _head_sums(v: Tensor, head_dim: int) -> Tensor:
+    """``(..., C)`` → ``(..., C)``: each entry replaced by the sum over its head."""
+    *lead, c = v.shape
+    return (
+        v.reshape(*lead, c // head_dim, head_dim)
+        .sum(-1, keepdim=True)
+        .expand(*lead, c // head_dim, head_dim)
+        .reshape(*lead, c)
+    )
+
+
+def rank1_windows(y: Tensor, head_dim: int, iters: int) -> Tensor:
+    """The rank-1 NMF reconstruction of every head of every window ``y (W, N, C)``.
+
+    Head ``h`` of window ``w`` is the matrix ``X = y[w, :, h·E:(h+1)·E]ᵀ`` (``E × N``); the
+    result holds ``(f fᵀ / ‖f‖²) X`` in its place (paper eq. 14, after ``iters`` outer
+    iterations from the default ``g₀``; see :mod:`nmfseg.nmf.rank1`).
+    """
+    n, c = y.shape[1], y.shape[2]
+    g0 = weyl(n, 1, y.device, y.dtype)[:, 0]  # the default init of every matrix
+    f = torch.matmul(g0, y) / guard((g0 * g0).sum())  # (W, C): X g₀ / ‖g₀‖², all heads
+    heads = torch.arange(c, device=y.device) // head_dim
+    mask = (heads[:, None] == heads[None, :]).to(y.dtype)  # the diagonal head blocks
+    k = torch.matmul(y.transpose(1, 2), y) * mask  # (W, C, C): each head's K = X Xᵀ
+    for _ in range(iters - 1):  # f ← K f ‖f‖² / (fᵀ K f), per head
+        kf = torch.matmul(k, f.unsqueeze(-1)).squeeze(-1)
+        f = kf * (_head_sums(f * f, head_dim) / guard(_head_sums(f * kf, head_dim)))
+    p = f.unsqueeze(-1) * (f / guard(_head_sums(f * f, head_dim))).unsqueeze(-2) * mask
+    return torch.matmul(y, p)  # rows of y times the symmetric projector: (P X)ᵀ
+
+
+class ChannelsLastBlock(nn.Module):
+    """A :class:`~nmfseg.blocks.MixerBlock` in eval mode, computed channels last (see the
+    module docstring); its parameters are the block's own.
+
+    Args:
+        block: The block (:func:`covers` must be true).
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        if not covers(block):
+            raise TypeError(f"ChannelsLastBlock does not cover this {type(block).__name__}")
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        block = self.block
+        b, c, *spatial = x.shape
+        y = x.reshape(b, c, -1)  # (B, C, N): the residual stream stays channels-first
+        if block.mixer is not None:
+            mixer = block.mixer
+            z = torch.matmul(_norm(block.norm1, y).transpose(1, 2), mixer.in_proj.weight.t())
+            z = self._mix(torch.relu(z).reshape(b, *spatial, c), mixer, len(spatial))
+            y = y + _project(mixer.out_proj, z.reshape(b, -1, c))
+        if block.mlp is not None:
+            mlp = block.mlp
+            h = torch.matmul(_norm(block.norm2, y).transpose(1, 2), mlp.fc1.weight.t())
+            y = y + _project(mlp.fc2, mlp.act(h + mlp.fc1.bias))
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def _mix(z: Tensor, mixer: WrappedNMF, spatial_dims: int) -> Tensor:
+        if not mixer.enabled:
+            return z
+        e, iters = mixer.head_dim, mixer.nmf.iters
+        b, *spatial, c = z.shape
+        if mixer.kind == "global":
+            return rank1_windows(z.reshape(b, -1, c), e, iters).reshape(z.shape)
+        window = ntuple(mixer.matricize.window_size, spatial_dims, "window_size")
+        window = tuple(_min(s, w) for s, w in zip(spatial, window, strict=True))
+        padded = [(s + w - 1) // w * w for s, w in zip(spatial, window, strict=True)]
+        pad: list[Size] = [0, 0]
+        for s, p in zip(reversed(spatial), reversed(padded), strict=True):
+            pad += [0, p - s]
+        crop = (slice(None), *(slice(0, s) for s in spatial))
+
+        def view(v: Tensor) -> Tensor:
+            windows = to_windows(F.pad(v, pad), window)
+            return from_windows(rank1_windows(windows, e, iters), (b, *padded, c), window)[crop]
+
+        out = view(z)
+        if mixer.kind == "swin":  # the shifted view, rolled back; Algorithm 3's average
+            dims = list(range(1, 1 + spatial_dims))
+            shifted = view(roll(z, [w // 2 for w in window], dims))
+            back = [s - w // 2 for s, w in zip(spatial, window, strict=True)]
+            out = (out + roll(shifted, back, dims)) * 0.5
+        return out
+
+
+def _norm(norm: nn.Module, y: Tensor) -> Tensor:
+    """The LayerNorm over the channels of a channels-first ``y (B, C, N)``, in place."""
+    mean = y.mean(1, keepdim=True)
+    centered = y - mean
+    var = (centered * centered).mean(1, keepdim=True)
+    out = centered / torch.sqrt(var + norm.eps)
+    return out * norm.weight[:, None] + norm.bias[:, None]
+
+
+def _project(conv: nn.Module, h: Tensor) -> Tensor:
+    """A pointwise convolution of channels-last ``h (B, N, C_in)``, channels-first out:
+    ``W hᵀ (+ b)``, the transpose taken by the product, not by a copy."""
+    out = torch.matmul(h, conv.weight.t())
+    out = out if conv.bias is None else out + conv.bias
+    return out.transpose(1, 2)
