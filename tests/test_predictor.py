@@ -49,7 +49,7 @@ def test_python_api_gives_the_cli_labels_bit_for_bit(trained, tmp_path):
     threshold = f"{float(np.median(probs[probs > 0])):.6f}"
     assert _predict(run, data, tmp_path / "cli", "--threshold", threshold).exit_code == 0
 
-    p = nmfseg.Predictor.from_run(run, folds="all", device="cpu", threshold=threshold)
+    p = nmfseg.Predictor.from_run(run, device="cpu", threshold=threshold)
     some = False
     for case in cases:
         expected = _labels(tmp_path / "cli" / f"{case.case_id}.nii.gz")

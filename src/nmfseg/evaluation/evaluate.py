@@ -1,10 +1,10 @@
 """Evaluate a folder of predicted label maps against a dataset's ground truth.
 
-``nmfseg evaluate --pred DIR --gt DIR -o REPORT_DIR`` in library form:
+``nmfseg evaluate --pred DIR -d DIR -o REPORT_DIR`` in library form:
 
-1. :func:`~nmfseg.evaluation.matching.find_ground_truth` reads ``--gt``: a dataset folder in
-   any registered format, or a plain folder of label files ``CASE.nii.gz`` (then their format
-   must be named).
+1. :func:`~nmfseg.evaluation.matching.find_ground_truth` reads ``-d/--data``: a dataset
+   folder in any registered format, or a plain folder of label files ``CASE.nii.gz`` (then
+   their format must be named).
 2. :func:`~nmfseg.evaluation.matching.match_predictions` pairs ``DIR/CASE.nii.gz`` (or
    ``.nii``) with the cases by name. Predictions are label maps in the dataset's own label
    scheme, as ``nmfseg predict`` writes them.

@@ -1,6 +1,6 @@
-"""Which prediction belongs to which ground-truth case (``nmfseg evaluate --pred --gt``).
+"""Which prediction belongs to which ground-truth case (``nmfseg evaluate --pred -d``).
 
-:func:`find_ground_truth` reads ``--gt``: a dataset folder in any registered format (its
+:func:`find_ground_truth` reads ``-d/--data``: a dataset folder in any registered format (its
 reader finds the label files and the label scheme), or a plain folder of label files
 ``CASE.nii.gz`` (then the format, whose fixed scheme the labels are in, must be named). A
 folder with NIfTI files directly in it is a plain folder; anything else is opened as a dataset.
@@ -36,7 +36,7 @@ class GroundTruth:
     """Where the truth comes from.
 
     Attributes:
-        root: the ``--gt`` folder.
+        root: the ``-d/--data`` folder.
         scheme: the label scheme.
         labels: ``{case_id: label file}`` in case order.
         source: how it was read, e.g. ``"brats2021 dataset"`` or ``"folder of label files"``.
@@ -49,7 +49,7 @@ class GroundTruth:
 
 
 def find_ground_truth(gt: str | Path, fmt: str | None = None) -> GroundTruth:
-    """Read the ``--gt`` folder: a dataset in any registered format, or a folder of labels.
+    """Read the ``-d/--data`` folder: a dataset in any registered format, or a folder of labels.
 
     Args:
         gt: Dataset folder, or a folder of ``CASE.nii.gz`` label files.
@@ -70,14 +70,14 @@ def find_ground_truth(gt: str | Path, fmt: str | None = None) -> GroundTruth:
     if files:
         if fmt is None:
             raise ConfigError(
-                f"--gt {root} is a folder of label files: name the format whose labels they "
+                f"-d/--data {root} is a folder of label files: name the format whose labels they "
                 "use with --format (e.g. msd_brats, brats2021, brats2023, isles22)"
             )
         scheme = get_format(fmt).scheme
         if scheme is None:
             raise ConfigError(
-                f"--format {fmt} has no fixed label scheme: point --gt at the {fmt} dataset "
-                "folder itself, whose metadata names the labels"
+                f"--format {fmt} has no fixed label scheme: point -d/--data at the {fmt} "
+                "dataset folder itself, whose metadata names the labels"
             )
         return GroundTruth(root, scheme, files, "folder of label files")
     dataset = open_dataset(root)

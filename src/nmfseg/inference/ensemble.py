@@ -1,6 +1,6 @@
 """Trained models for prediction: find the checkpoints, load the folds, choose the output scheme.
 
-``-m`` of ``nmfseg predict`` may name, like nnU-Net:
+``-r/--run`` of ``nmfseg predict`` may name, like nnU-Net:
 
 - a run folder ``RUN_DIR/<dataset>/<model>`` holding ``fold_K`` folders: the folds given
   by ``folds`` are ensembled (default: every ``fold_K`` that exists);
@@ -114,7 +114,7 @@ def find_checkpoints(
             return find_checkpoints(runs[0], folds, checkpoint)
         if runs:
             listed = ", ".join(str(r.relative_to(path)) for r in runs)
-            raise DataError(path, f"holds {len(runs)} runs ({listed}); name one with -m")
+            raise DataError(path, f"holds {len(runs)} runs ({listed}); name one with -r")
         if folds:
             raise ConfigError(f"--folds needs a run folder with fold_K folders, not {path}")
         return [find_checkpoint(path, checkpoint)]

@@ -51,17 +51,18 @@ import torch
 from torch import nn
 
 from nmfseg.data.formats import Case, Dataset, load_case, open_case
-from nmfseg.data.nifti import label_dtype, load_nifti, new_nifti, save_nifti, squeeze_image
+from nmfseg.data.nifti import label_dtype, new_nifti, save_nifti
 from nmfseg.data.preprocess import preprocess_case, restore
 from nmfseg.data.schemes import DatasetScheme, regions_to_labels
 from nmfseg.errors import ConfigError, DataError
-from nmfseg.fileio import atomic_open
 from nmfseg.inference.checks import check_image, check_nmf_settings, usable_ranks
 from nmfseg.inference.ensemble import Ensemble, load_ensemble, output_scheme
+from nmfseg.inference.images import nifti_channels, save_probabilities
 from nmfseg.inference.postprocess import PostProcessing, saved_postprocessing
 from nmfseg.inference.settings import NMF_SETTINGS, InferenceSettings, parse_layers
 from nmfseg.inference.sliding_window import sliding_window_predict
 from nmfseg.mixers.nmf import nmf_layers, nmf_state, restore_nmf, set_nmf
+from nmfseg.text import parse_folds
 
 __all__ = ["InferenceSettings", "Predictor", "parse_layers", "save_probabilities"]
 
@@ -118,7 +119,7 @@ class Predictor:
     def from_run(
         cls,
         model: str | Path,
-        folds: str | Sequence[int | str] | None = "all",
+        folds: str | int | Sequence[int | str] | None = None,
         checkpoint: str = "final",
         device: str | torch.device | None = None,
         *,
@@ -130,9 +131,11 @@ class Predictor:
 
         Args:
             model: Run folder ``RUN_DIR/<dataset>/<model>``, fold folder or checkpoint file.
-            folds: ``"all"`` (or ``None``): every numbered ``fold_K`` of a run folder, as
-                nnU-Net ensembles; a list such as ``[0, 1]`` picks folds (``["all"]`` is the
-                ``fold_all`` model trained on every case).
+            folds: The folds of a run folder, read as ``--folds`` reads them: ``None``
+                (default), every numbered ``fold_K``, as nnU-Net ensembles; a fold list as
+                typed (:func:`~nmfseg.text.parse_folds`: ``"0-2,4"``, and ``"all"``, the
+                ``fold_all`` model trained on every case, never "every fold"); one fold
+                number; or a sequence such as ``[0, 1]`` or ``["all"]``.
             checkpoint: ``final``, ``best`` or ``last``.
             device: ``cpu``, ``cuda`` or ``cuda:N`` (default: CUDA when available).
             settings: Inference settings (or give them as keyword arguments).
@@ -143,10 +146,7 @@ class Predictor:
             raise TypeError("give the settings either as an InferenceSettings or as keywords")
         if settings is None:
             settings = InferenceSettings(**options)  # bad values fail before loading anything
-        wanted = None if folds is None or (isinstance(folds, str) and folds == "all") else folds
-        if isinstance(wanted, str | int):
-            wanted = [wanted]
-        ensemble = load_ensemble(model, wanted, checkpoint, device)
+        ensemble = load_ensemble(model, _fold_list(folds), checkpoint, device)
         return cls(ensemble, settings, progress=progress)
 
     # ------------------------------------------------------------------ settings
@@ -416,23 +416,8 @@ class Predictor:
         Raises:
             DataError: Images of different shapes, or a channel count the model does not take.
         """
-        images = list(image) if isinstance(image, list | tuple) else [image]
-        loaded = [load_nifti(Path(i)) if isinstance(i, str | Path) else i for i in images]
-        arrays = []
-        for i, img in enumerate(loaded):
-            where = images[i] if isinstance(images[i], str | Path) else f"image {i}"
-            data = check_image(img.dataobj, len(np.shape(img.dataobj)) - 1, str(where))
-            data = np.asarray(data, dtype=np.float32)
-            if len(loaded) > 1 or data.ndim < 4:  # one channel: a 3D volume or a 2D image
-                arrays.append(squeeze_image(data, where)[None])
-            else:  # channels last: (X, Y, Z, C), or (X, Y, 1, C) for a 2D image
-                arrays.append(np.stack([squeeze_image(c, where) for c in np.moveaxis(data, -1, 0)]))
-        shapes = {a.shape[1:] for a in arrays}
-        if len(shapes) > 1:
-            raise DataError("image", f"the channel images differ in shape: {sorted(shapes)}")
-        ref = loaded[0]
-        spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[: arrays[0].ndim - 1])
-        labels = np.asarray(self.predict_array(np.concatenate(arrays), "labels", scheme, spacing))
+        array, ref, spacing = nifti_channels(image)
+        labels = np.asarray(self.predict_array(array, "labels", scheme, spacing))
         return new_nifti(labels.astype(label_dtype(labels)), ref.affine, ref.header)
 
     def predict_case(
@@ -476,24 +461,19 @@ class Predictor:
         return image
 
 
-def save_probabilities(
-    path: Path, probabilities: np.ndarray, regions: Sequence[str], affine: np.ndarray
-) -> None:
-    """Write ``probabilities (R, X, Y, Z)`` as float16 into a compressed ``.npz``, atomically.
+def _fold_list(folds: str | int | Sequence[int | str] | None) -> list[int | str] | None:
+    """``folds`` of :meth:`Predictor.from_run` as :func:`~nmfseg.inference.ensemble.
+    find_checkpoints` takes them (``None``: every numbered fold).
 
     Examples::
 
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "case_probabilities.npz"
-        >>> save_probabilities(path, np.full((1, 2, 2, 2), 0.25), ["lesion"], np.eye(4))
-        >>> saved = np.load(path)
-        >>> saved["probabilities"].dtype, saved["regions"].tolist()
-        (dtype('float16'), ['lesion'])
+        >>> _fold_list(None), _fold_list("0-1,all"), _fold_list(2), _fold_list((1, "all"))
+        (None, [0, 1, 'all'], [2], [1, 'all'])
     """
-    with atomic_open(path) as fh:
-        np.savez_compressed(
-            fh,
-            probabilities=np.asarray(probabilities, dtype=np.float16),
-            regions=np.asarray(list(regions), dtype=str),
-            affine=np.asarray(affine, dtype=np.float64),
-        )
+    if folds is None:
+        return None
+    if isinstance(folds, str):
+        return parse_folds(folds)
+    if isinstance(folds, int):
+        return [folds]
+    return list(folds)

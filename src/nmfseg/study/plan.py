@@ -41,7 +41,7 @@ from nmfseg.evaluation.matching import find_predictions
 from nmfseg.fileio import read_json
 from nmfseg.models import list_models, model_info
 from nmfseg.models._registry import PAPER_DATASETS
-from nmfseg.text import split_list
+from nmfseg.text import parse_folds as parse_fold_list
 from nmfseg.training.config import parse_value
 from nmfseg.training.options import BY_KEY, BY_OPTION
 from nmfseg.training.setup import prepare_run
@@ -112,29 +112,28 @@ def parse_setting(text: str, option: str, models: list[str]) -> StudySetting:
 
 
 def parse_folds(spec: str | None, n_folds: int) -> list[int]:
-    """Fold ids from ``0-4``, ``0,2,3`` or ``1``; None means every fold.
+    """Fold ids of a study from ``0-4``, ``0,2,3`` or ``1`` (:func:`nmfseg.text.parse_folds`,
+    the grammar of every ``--folds``), each in ``0 .. n_folds - 1``; None means every fold.
 
     Raises:
-        ConfigError: not a fold list, or a fold outside ``0 .. n_folds - 1``.
+        ConfigError: not a fold list, ``all`` (the ``fold_all`` model trained on the cases
+            a study validates on), or a fold outside ``0 .. n_folds - 1``.
     """
     if spec is None or not spec.strip():
         return list(range(n_folds))
-    folds: list[int] = []
-    for part in split_list(spec.replace(" ", ""), "--folds"):  # a gap is refused
-        first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            raise ConfigError(f"--folds {spec!r}: expected fold numbers like 0-4 or 0,2,3")
-        ids = range(int(first), int(last) + 1) if dash else [int(first)]
-        if dash and int(last) < int(first):
-            raise ConfigError(f"--folds {spec!r}: the range {part} is empty")
-        folds += [k for k in ids if k not in folds]
-    wrong = [k for k in folds if k >= n_folds]
+    folds = parse_fold_list(spec)
+    if "all" in folds:
+        raise ConfigError(
+            f"--folds {spec!r}: a study compares models on each fold's validation cases, which "
+            "the fold_all model trained on; give fold numbers (0-4), or no --folds for every fold"
+        )
+    wrong = [k for k in folds if int(k) >= n_folds]
     if wrong:
         raise ConfigError(
             f"--folds {spec!r}: fold {wrong[0]} is out of range: there are {n_folds} folds "
             f"(0-{n_folds - 1}); --n-folds sets how many"
         )
-    return folds
+    return [int(k) for k in folds]
 
 
 @dataclass
@@ -379,7 +378,7 @@ def plan_study(options: StudyOptions) -> StudyPlan:
 def train_command(plan: StudyPlan, job: Job) -> list[str]:
     """The self-contained ``nmfseg train`` command of a job (absolute paths, ``--resume``)."""
     o = plan.options
-    argv = ["nmfseg", "train", str(Path(o.data_dir).resolve()), "--model", job.model]
+    argv = ["nmfseg", "train", "-d", str(Path(o.data_dir).resolve()), "--model", job.model]
     argv += ["--fold", str(job.fold), "--out", str((Path(o.out) / "runs").resolve())]
     if o.fmt:
         argv += ["--format", o.fmt]
@@ -396,7 +395,7 @@ def train_command(plan: StudyPlan, job: Job) -> list[str]:
 def predict_command(plan: StudyPlan, job: Job) -> list[str]:
     """The ``nmfseg predict`` command of a job: the whole dataset with the fold's final
     checkpoint (the study scores the fold's validation cases among them)."""
-    argv = ["nmfseg", "predict", "-m", str(job.fold_dir.resolve())]
+    argv = ["nmfseg", "predict", "-r", str(job.fold_dir.resolve())]
     argv += ["-i", str(Path(plan.options.data_dir).resolve())]
     argv += ["-o", str(job.pred_dir.resolve()), "--checkpoint", CHECKPOINT, "--overwrite"]
     return argv + (["--device", job.device] if job.device else [])
