@@ -13,9 +13,9 @@ what the rest of the block costs.
 
 Every mixer gets the Factorizer's matricize arguments (``--matricize``, ``--head-dim``,
 ``--window-size``) and ``--rank`` and ``--iters``, plus its entry in :data:`MIXER_ARGS`;
-``none`` gets none. A mixer with other arguments (the #24 greedy NMU's ``max_rank`` and
-``tol``, say) gets them from ``--mixer-arg NAME.KEY=VALUE``; ``--import MODULE`` imports a
-module that registers mixers that ``nmfseg.mixers`` does not import yet.
+``none`` gets none. A mixer with other arguments (the greedy NMF's ``max_rank`` and ``tol``,
+say) gets them from ``--mixer-arg NAME.KEY=VALUE``; ``--import MODULE`` imports a module
+that registers mixers of your own.
 
 Usage::
 
@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-import nmfseg.mixers.semi_nmf  # noqa: F401  (registers semi_nmf, convex_nmf until mixers/ does)
 from _common import fmt, forward_jobs, machine, markdown_table, measure, save_table
 from nmfseg.blocks import MixerBlock
 from nmfseg.text import split_list

@@ -13,13 +13,11 @@ from torch.autograd import gradcheck
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.mixers import create_mixer
-from nmfseg.mixers import greedy_nmf as _greedy_mixer  # noqa: F401  (registers greedy_nmf)
 from nmfseg.mixers import local_global as lg
 from nmfseg.mixers.greedy_nmf import GreedyWrappedNMF
 from nmfseg.mixers.nmf import WrappedNMF, factor_maps, nmf_state, restore_nmf, set_nmf
-from nmfseg.models import create_model
+from nmfseg.models import Factorizer, create_model
 from nmfseg.models.complexity import count_flops
-from nmfseg.models.factorizer_variants_greedy import MixerFactorizer
 from nmfseg.nmf import NMF, default_init
 from nmfseg.nmf.greedy import GreedyNMF, greedy_nmf
 
@@ -255,7 +253,7 @@ def test_greedy_mixer_at_rank_one_is_the_wrapped_nmf(kind):
 def test_presets_build_run_and_take_the_nmf_controls(name):
     torch.manual_seed(0)
     model = create_model(name, **SMALL)
-    assert isinstance(model, MixerFactorizer)
+    assert isinstance(model, Factorizer)
     local = create_model("local_factorizer_brats", **SMALL)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(model) == count(local)  # another NMF, the same parameters

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import nmfseg.mixers.semi_nmf  # noqa: F401  (registers "semi_nmf" and "convex_nmf")
 from nmfseg.blocks import MixerBlock
 from nmfseg.mixers import create_mixer
 from nmfseg.models import create_model, list_models, model_info
@@ -436,8 +435,7 @@ def test_presets_run_at_reduced_width(name):
     assert [tuple(o.shape[2:]) for o in outs] == [(19, 18, 17), (10, 9, 9), (5, 5, 5)]
     sum(o.square().mean() for o in outs).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
-    mixer_args = {"mixer_args": {"iters": 2}}
-    tuned = create_model(name, channels=(8, 16, 32), deep_supr_num=1, block_args=mixer_args)
+    tuned = create_model(name, channels=(8, 16, 32), deep_supr_num=1, iters=2)
     assert tuned.encoder[0].block.mixer.factorization.iters == 2
 
 

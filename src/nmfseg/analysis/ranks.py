@@ -17,10 +17,9 @@ Examples::
 
     >>> import torch
     >>> from nmfseg.models import Factorizer
-    >>> from nmfseg.models.factorizer_variants_greedy import MixerFactorizer
-    >>> net = MixerFactorizer("greedy_nmf", {"max_rank": 3, "tol": 0.3}, channels=(8, 16),
-    ...                       head_dim=4, matricize="local", window_size=4,
-    ...                       deep_supervision=False).eval()
+    >>> net = Factorizer(channels=(8, 16), mixer="greedy_nmf",
+    ...                  mixer_args={"max_rank": 3, "tol": 0.3}, head_dim=4,
+    ...                  matricize="local", window_size=4, deep_supervision=False).eval()
     >>> ranks = RankCollector(net, [0, 2])
     >>> with ranks.collecting(), torch.no_grad():
     ...     _ = net(torch.randn(1, 1, 8, 8, 8))

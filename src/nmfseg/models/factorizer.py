@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -75,6 +75,12 @@ class Factorizer(UNet):
         mlp: Build the MLP subblocks (``False`` is the paper's "no MLP" ablation).
         grad_iters: Backpropagate through the last ``grad_iters`` NMF iterations only
             (``None``: all of them, as in the paper).
+        mixer: The registered token mixer of the NMF subblocks (:mod:`nmfseg.mixers`):
+            ``"nmf"``, the paper's Wrapped NMF, or another factorization that takes
+            ``matricize``, ``head_dim``, ``window_size``, ``rank``, ``iters`` and
+            ``grad_iters`` (the §5 variants: ``"semi_nmf"``, ``"convex_nmf"``,
+            ``"greedy_nmf"``, ``"local_global_nmf"``; ``solver`` is the ``"nmf"`` mixer's).
+        mixer_args: The mixer's other keyword arguments (e.g. ``{"max_rank": 4}``).
 
     Raises:
         ValueError: An argument is out of range (e.g. a width that is not a multiple of
@@ -102,8 +108,12 @@ class Factorizer(UNet):
         nmf: bool = True,
         mlp: bool = True,
         grad_iters: int | None = None,
+        mixer: str = "nmf",
+        mixer_args: dict[str, Any] | None = None,
     ) -> None:
         channels = tuple(channels)
+        if mixer != "nmf" and solver != "hals":
+            raise ValueError(f"solver={solver!r} is the 'nmf' mixer's; mixer={mixer!r} has none.")
         if nmf:
             check_positive(head_dim=head_dim)
             if any(isinstance(c, int) and c % head_dim for c in channels):
@@ -113,17 +123,18 @@ class Factorizer(UNet):
                 )
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio should be > 0, got {mlp_ratio!r}.")
-        mixer_args = dict(
-            matricize=matricize,
-            head_dim=head_dim,
-            window_size=window_size,
-            rank=rank,
-            iters=iters,
-            solver=solver,
-            grad_iters=grad_iters,
-        )  # fmt: skip
+        mixer_args = {
+            "matricize": matricize,
+            "head_dim": head_dim,
+            "window_size": window_size,
+            "rank": rank,
+            "iters": iters,
+            "grad_iters": grad_iters,
+            **({"solver": solver} if mixer == "nmf" else {}),
+            **(mixer_args or {}),
+        }
         block_args = dict(
-            mixer="nmf" if nmf else "none",
+            mixer=mixer if nmf else "none",
             mixer_args=mixer_args if nmf else {},
             mlp=mlp,
             mlp_ratio=mlp_ratio,
