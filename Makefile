@@ -13,7 +13,7 @@ TORCHVISION ?= 0.29.1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==$(TORCH) torchvision==$(TORCHVISION)
-	$(BIN)/pip install -q -e '.[dev,export,nnunet,bundle]'
+	$(BIN)/pip install -q -e '.[dev,export,openvino,nnunet,bundle]'
 	touch $(STAMP)
 
 venv: $(STAMP)

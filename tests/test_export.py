@@ -271,7 +271,7 @@ def test_missing_optional_dependencies_are_one_line(monkeypatch, tmp_path, args)
         (["export", "RUN", "-o", "OUT/m.onnx", "--opset", 9], "from 11 to 20"),
         (["export", "RUN", "-o", "OUT/m.onnx", "--fold", 3], "no fold_3"),
         (["predict", "--engine", "onnxruntime", "--nmf-iters", 2], "--nmf-iters: the NMF"),
-        (["predict", "--engine", "onnxruntime", "--amp", "bf16"], "--amp: only with"),
+        (["predict", "--engine", "onnxruntime", "--amp", "bf16"], "--amp bf16: not with"),
         (["predict", "--engine", "onnxruntime", "--folds", 1], "--folds: an ONNX model"),
         (["predict", "--engine", "cuda"], "--engine 'cuda'"),
         (["predict", "--engine", "onnxruntime", "--device", "cuda:0"], "--device cuda:0"),

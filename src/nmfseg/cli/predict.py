@@ -92,10 +92,10 @@ def predict(
     engine: str = typer.Option(
         "torch",
         "--engine",
-        metavar="torch|onnxruntime",
+        metavar="torch|onnxruntime|openvino",
         help="Run the networks with PyTorch, or run a model from nmfseg export with "
-        "onnxruntime: -r then names the .onnx file (or its folder); same preprocessing, "
-        "sliding window, TTA and writing.",
+        "onnxruntime or OpenVINO (CPU; --amp bf16 for bfloat16): -r then names the .onnx "
+        "file (or its folder); same preprocessing, sliding window, TTA and writing.",
     ),
     old_out: Path = typer.Option(None, "--output", hidden=True),
     old_run: Path = OLD_RUN,
@@ -135,27 +135,31 @@ def model_for_engine(
     device: str | None,
 ) -> Any:
     """The :class:`~nmfseg.inference.predictor.Predictor` of what ``-r`` names for the engine:
-    the folds of a run (torch) or one exported model (onnxruntime), after refusing what an
-    ONNX model cannot change."""
+    the folds of a run (torch) or one exported model (onnxruntime, openvino), after refusing
+    what an ONNX model cannot change."""
     from nmfseg.errors import ConfigError
     from nmfseg.inference.predictor import Predictor
 
-    if engine not in ("torch", "onnxruntime"):
-        raise ConfigError(f"--engine {engine!r}: must be torch or onnxruntime")
+    if engine not in ("torch", "onnxruntime", "openvino"):
+        raise ConfigError(f"--engine {engine!r}: must be torch, onnxruntime or openvino")
     if engine == "torch":
         from nmfseg.models.checkpoint import check_not_onnx
 
         check_not_onnx(model)  # the one message wherever a run is expected
         return Predictor.from_run(model, folds or None, checkpoint, device, settings=settings)
-    from nmfseg.export.onnx import require
-    from nmfseg.export.runtime import check_onnx_settings, load_onnx_ensemble
+    from nmfseg.export.runtime import check_onnx_settings
 
-    require("onnxruntime")
-    check_onnx_settings(settings)
+    check_onnx_settings(settings, engine)
     if folds:
         raise ConfigError("--folds: an ONNX model holds one fold; export each fold you want")
     if checkpoint != "final":
         raise ConfigError("--checkpoint: an ONNX model's checkpoint is chosen by nmfseg export")
+    if engine == "openvino":
+        from nmfseg.export.openvino import load_openvino_ensemble
+
+        return Predictor(load_openvino_ensemble(model, device, settings.amp), settings)
+    from nmfseg.export.runtime import load_onnx_ensemble
+
     return Predictor(load_onnx_ensemble(model, device), settings)
 
 

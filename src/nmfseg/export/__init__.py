@@ -1,5 +1,5 @@
-"""Deployment: trained networks as ONNX models or MONAI bundles, and onnxruntime as a
-prediction engine.
+"""Deployment: trained networks as ONNX models or MONAI bundles; onnxruntime and OpenVINO as
+prediction engines.
 
 ``nmfseg export`` (:func:`~nmfseg.export.onnx.export_onnx`) writes one fold of a run as an
 ONNX model with dynamic batch and spatial size, verified against PyTorch with onnxruntime,
@@ -16,14 +16,17 @@ module                       what it holds
 :mod:`~.onnx`                tracing, the verification, the metadata, writing the files
 :mod:`~.symbolics`           translations the trace-based ONNX exporter lacks (frac, mT, movedim)
 :mod:`~.runtime`             :class:`~nmfseg.export.runtime.OnnxNetwork` and the ensemble of one
+:mod:`~.openvino`            the OpenVINO engine: the exported model compiled at its window
+:mod:`~.channels_last`       the export form of a Factorizer block, channels last
 :mod:`~.bundle`              a MONAI bundle: the checks, TorchScript, writing the folder
 :mod:`~.bundle_config`       its ``configs/inference.json`` (the preprocessing translated)
 :mod:`~.bundle_meta`         its ``configs/metadata.json`` (the run's metrics), README
 :mod:`~.bundle_transforms`   what a bundle run imports: regions -> labels, the cases
 ============================ ====================================================================
 
-``onnx`` and ``onnxruntime`` are optional (``pip install 'nmfseg[export]'``) and imported
-only when used; without them both commands say so in one line.
+``onnx`` and ``onnxruntime`` are optional (``pip install 'nmfseg[export]'``), as is OpenVINO
+(``nmfseg[openvino]``, ``predict --engine openvino``); each is imported only when used, and
+without it the command says so in one line.
 """
 
 from nmfseg.export.bundle import BundleResult, export_bundle

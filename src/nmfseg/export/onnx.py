@@ -87,8 +87,8 @@ ROUNDING = 1e-4
 CHECK_SHAPES = ((1, 32, 32, 32), (2, 48, 32, 40))
 
 
-def require(*modules: str) -> None:
-    """Raise the one-line :data:`EXTRA_HINT` unless every module can be imported.
+def require(*modules: str, hint: str = EXTRA_HINT) -> None:
+    """Raise the one line ``hint`` (:data:`EXTRA_HINT`) unless every module can be imported.
 
     Examples::
 
@@ -98,7 +98,7 @@ def require(*modules: str) -> None:
         try:
             __import__(name)
         except ImportError:
-            raise NmfsegError(EXTRA_HINT) from None
+            raise NmfsegError(hint) from None
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:

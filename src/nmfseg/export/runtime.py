@@ -35,8 +35,10 @@ from nmfseg.inference.settings import NMF_SETTINGS, OPTIONS, InferenceSettings
 __all__ = [
     "OnnxNetwork",
     "check_onnx_settings",
+    "ensemble_from_metadata",
     "find_onnx",
     "load_onnx_ensemble",
+    "metadata_from_text",
     "read_metadata",
 ]
 
@@ -98,6 +100,15 @@ def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
         DataError: The model was not written by ``nmfseg export``.
     """
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    return metadata_from_text(text, path)
+
+
+def metadata_from_text(text: str | None, path: str | Path) -> dict[str, Any]:
+    """The inference metadata of :func:`read_metadata` from its stored JSON text.
+
+    Raises:
+        DataError: No text, or not the metadata of ``nmfseg export``.
+    """
     try:
         meta = json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -153,7 +164,12 @@ def load_onnx_ensemble(model: str | Path, device: str | None = None) -> Ensemble
     path = find_onnx(model)
     session = _session(path, device)
     meta = read_metadata(session, path)
-    net = OnnxNetwork(session, meta)
+    return ensemble_from_metadata(OnnxNetwork(session, meta), path, meta)
+
+
+def ensemble_from_metadata(net: nn.Module, path: Path, meta: dict[str, Any]) -> Ensemble:
+    """The ensemble of one exported network ``net`` (any engine) with the patch, channels,
+    regions, label scheme, window settings and preprocessing its metadata holds."""
     scheme = DatasetScheme.from_dict(meta["scheme"]) if meta.get("scheme") else None
     pre = meta.get("preprocessing")
     if pre is not None:
@@ -162,8 +178,8 @@ def load_onnx_ensemble(model: str | Path, device: str | None = None) -> Ensemble
         models=[net],
         sources=[path],
         patch_size=tuple(int(p) for p in meta["patch_size"]),
-        in_channels=net.in_channels,
-        out_channels=net.out_channels,
+        in_channels=int(meta["input"]["channels"]),
+        out_channels=int(meta["output"]["channels"]),
         channels=tuple(meta["input"].get("channel_names") or ()),
         regions=tuple(meta["output"].get("regions") or ()),
         scheme=scheme,
@@ -177,7 +193,7 @@ def load_onnx_ensemble(model: str | Path, device: str | None = None) -> Ensemble
     )
 
 
-def check_onnx_settings(settings: InferenceSettings) -> None:
+def check_onnx_settings(settings: InferenceSettings, engine: str = "onnxruntime") -> None:
     """Refuse the settings an exported model cannot change, naming the option.
 
     Examples::
@@ -196,5 +212,8 @@ def check_onnx_settings(settings: InferenceSettings) -> None:
             )
     if settings.compile:
         raise ConfigError("--compile: only with --engine torch")
-    if settings.amp != "none":
-        raise ConfigError("--amp: only with --engine torch (an ONNX model runs in float32)")
+    if settings.amp != "none" and not (engine == "openvino" and settings.amp == "bf16"):
+        raise ConfigError(
+            f"--amp {settings.amp}: not with --engine {engine} (an ONNX model runs in float32 "
+            "there; bf16 with --engine torch or openvino)"
+        )
