@@ -133,16 +133,16 @@ def test_amp_bf16_is_close_to_float32(trained):
     image = load_case(open_dataset(data).cases[0]).image
     fp32 = nmfseg.Predictor.from_run(run, device="cpu").predict_array(image, "probabilities")
     p = nmfseg.Predictor.from_run(run, device="cpu", amp="bf16")
-    assert p.describe()["amp"] == "bf16"
+    assert p.resolved_settings()["amp"] == "bf16"
     np.testing.assert_allclose(p.predict_array(image, "probabilities"), fp32, atol=0.05)
 
 
 def test_configure_starts_from_the_trained_settings(trained):
     _, run = trained
     p = nmfseg.Predictor.from_run(run, device="cpu", nmf_iters=1, nmf_layers="0,1")
-    assert (p.describe()["nmf_iters"], p.describe()["nmf_layers"]) == (1, [0, 1])
+    assert (p.resolved_settings()["nmf_iters"], p.resolved_settings()["nmf_layers"]) == (1, [0, 1])
     p.configure(nmf_iters=None, nmf_layers=None, nmf_rank=3)
-    described = p.describe()
+    described = p.resolved_settings()
     assert (described["nmf_iters"], described["nmf_rank"], described["nmf_layers"]) == (5, 3, "all")
     with pytest.raises(ConfigError, match=r"--nmf-layers '5': there is no NMF layer 5; the model "):
         p.configure(nmf_layers="5")
@@ -229,13 +229,13 @@ def test_a_rank_above_the_limit_changes_nothing(trained):
     import torch
 
     p = nmfseg.Predictor.from_run(trained[1], device="cpu", nmf_rank=4)  # the limit itself
-    assert p.describe()["nmf_rank"] == 4
+    assert p.resolved_settings()["nmf_rank"] == 4
     for rank in (5, 64, 5000):
         with pytest.raises(ConfigError, match=f"^--nmf-rank {rank}: {MODEL} allows at most 4: "):
             p.configure(nmf_rank=rank)
         with pytest.raises(ConfigError, match=f"^--nmf-rank {rank}: "):
             nmfseg.Predictor.from_run(trained[1], device="cpu", nmf_rank=rank)
-    assert p.describe()["nmf_rank"] == 4 and p.settings.nmf_rank == 4
+    assert p.resolved_settings()["nmf_rank"] == 4 and p.settings.nmf_rank == 4
     image = torch.ones(2, 6, 6, 6, dtype=torch.bfloat16)  # no NumPy dtype: predicted as float32
     assert p.predict_array(image, output="regions").shape == (1, 6, 6, 6)
 

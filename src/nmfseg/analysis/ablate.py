@@ -343,7 +343,7 @@ def _text(value: Any) -> Any:
 
 
 def _record(predictor: Predictor, data: Dataset, ids: list[str], repeats: int) -> dict[str, Any]:
-    settings = {k: v for k, v in predictor.describe().items() if k not in _NMF_KEYS}
+    settings = {k: v for k, v in predictor.resolved_settings().items() if k not in _NMF_KEYS}
     settings.pop("compile", None)
     return {
         "model": predictor.model_name,
@@ -439,7 +439,7 @@ def run_ablation(
         _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
     cases = _Cases(data, ids, cache_bytes, predictor.ensemble.preprocessing)
     predictor.configure(predictor.settings.replace(**AblationSetting("reference", "").changes()))
-    trained = {k: predictor.describe()[k] for k in _NMF_KEYS}
+    trained = {k: predictor.resolved_settings()[k] for k in _NMF_KEYS}
     result = AblationResult(out, {}, repeats=repeats)
     bar = tqdm(total=0, unit="case", disable=not (progress and todo), file=sys.stderr)
     if todo:
@@ -453,7 +453,7 @@ def run_ablation(
         bar.set_description(f"ablate (estimated {estimate.split(':')[0]})")
     for i, setting in enumerate(todo, start=1):
         predictor.configure(**setting.changes())
-        state = {k: predictor.describe()[k] for k in _NMF_KEYS}
+        state = {k: predictor.resolved_settings()[k] for k in _NMF_KEYS}
         row: dict[str, Any] = {"key": setting.key, "value": setting.value, **state}
         if setting.sweep != "reference" and state == trained and rows["reference"]:
             same = rows["reference"][0]

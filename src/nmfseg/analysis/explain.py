@@ -12,7 +12,8 @@ crop undone). It writes into the output folder:
   components of each chosen layer overlaid on the axial slice through the lesion (the
   largest ground-truth area, else the largest predicted area; a 2D image is its own slice);
 - ``components.json``: per map the layer, head, component, stage and level, the matricize
-  window and views, the value range and the file, with the model and the settings;
+  window and its partitions (key ``views``), the value range and the file, with the model
+  and the settings;
 - ``ranks.json`` and ``ranks.csv`` for greedy-rank NMF layers: how many windows x heads
   took each rank (:mod:`nmfseg.analysis.ranks`; ``nmfseg explain`` prints a line).
 
@@ -135,7 +136,7 @@ def _ground_truth(
 
 def _key(predictor: Predictor, case: Case, gt: Path | None) -> dict:
     """What must be equal for maps on disk to be reused."""
-    settings = predictor.describe()
+    settings = predictor.resolved_settings()
     return {
         "model": predictor.model_name,
         "checkpoints": [str(Path(p).resolve()) for p in predictor.ensemble.sources],
@@ -306,7 +307,7 @@ def _entry(
         "level": info.level,
         "matricize": info.matricize,
         "window": list(geometry.window) if geometry is not None else None,
-        "views": geometry.views if geometry is not None else None,
+        "views": geometry.partitions if geometry is not None else None,  # key of 0.1
         "min": float(data.min()),
         "max": float(data.max()),
         "file": f"maps/{map_name(info.index, head, comp)}",

@@ -7,7 +7,7 @@ prediction and, for every window:
 1. records the factors of the chosen NMF layers (``Factorizer.record_factors()``);
 2. dematricizes every head's spatial factor into maps at the layer's stage
    (:func:`~nmfseg.mixers.nmf.factor_maps`: one map per head and component, scaled by the
-   norm of the channel factor; for Swin the regular and the shifted-window views are
+   norm of the channel factor; for Swin the regular and the shifted-window partitions are
    combined as the layer combines them, by the average after rolling back);
 3. resamples the maps from the stage (``1 / 2**level`` of the window) back to the window:
    linear interpolation with voxel centres aligned, which undoes every 2× down-sampling and

@@ -39,7 +39,7 @@ def check_data(
     scheme = dataset.scheme
     report = check_dataset(dataset)
     for problem in report.problems:
-        typer.echo(problem.describe(dataset.root))
+        typer.echo(problem.message(dataset.root))
     labels = "labels " + ",".join(map(str, scheme.labels)) if dataset.has_labels else "no labels"
     typer.echo(
         f"{dataset.root}: {dataset.fmt}, channels {', '.join(scheme.channels)}, {labels}; "

@@ -21,6 +21,7 @@ as a whole are its format's (:meth:`~nmfseg.data.formats.DatasetFormat.dataset_p
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class SpacingSpread:
         >>> spread = SpacingSpread(((0.7, 0.7, 5.0), (0.9, 0.9, 1.0), (0.9, 0.9, 1.0)))
         >>> spread.distinct, spread.anisotropic, spread.median.tolist()
         (2, 1, [0.9, 0.9, 1.0])
-        >>> for part in spread.describe().split("; "):
+        >>> for part in spread.summary().split("; "):
         ...     print(part)
         spacing (mm, min/median/max): x 0.7/0.9/0.9, y 0.7/0.9/0.9, z 1/1/5
         2 distinct in 3 case(s), 1 anisotropic (max/min > 3)
@@ -96,7 +97,7 @@ class SpacingSpread:
         """Number of cases whose largest spacing exceeds :data:`ANISOTROPY` x the smallest."""
         return sum(max(s) > ANISOTROPY * min(s) for s in self.spacings)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """One line: the range per axis (or the one spacing), distinct and anisotropic counts."""
         n = len(self.spacings)
         tail = f"{self.anisotropic} anisotropic (max/min > {ANISOTROPY:g})"
@@ -112,6 +113,15 @@ class SpacingSpread:
         return (
             f"spacing (mm, min/median/max): {axes}; {self.distinct} distinct in {n} case(s), {tail}"
         )
+
+    def describe(self) -> str:
+        """Deprecated name of :meth:`summary`."""
+        warnings.warn(
+            "SpacingSpread.describe is deprecated; use SpacingSpread.summary",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.summary()
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly summary."""
@@ -188,7 +198,7 @@ class CheckReport:
             channels -> normalization: dwi -> zscore_nonzero, adc -> zscore_nonzero
         """
         spread = self.spacing
-        lines = [spread.describe() if spread is not None else "spacing: no readable image"]
+        lines = [spread.summary() if spread is not None else "spacing: no readable image"]
         pairs = ", ".join(f"{c} -> {n}" for c, n in self.normalization.items())
         return [*lines, f"channels -> normalization: {pairs}"]
 

@@ -103,7 +103,7 @@ def _make_dataset(folder: Path, n_cases: int, seed: int, data_cfg: dict[str, Any
 def _check(folder: Path) -> None:
     report = check_dataset(open_dataset(folder), progress=False)
     if not report.ok:
-        first = report.problems[0].describe(folder)
+        first = report.problems[0].message(folder)
         raise DataError(folder, f"failed its integrity checks: {first}")
     _log(f"check-data {folder.name}: {report.n_ok} cases OK")
 

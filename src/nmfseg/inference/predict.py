@@ -131,7 +131,7 @@ def prediction_record(
         "checkpoints": [str(Path(p).resolve()) for p in predictor.ensemble.sources],
         "input": str(Path(input).resolve()),
         "output_scheme": scheme.name,
-        "settings": predictor.describe(),
+        "settings": predictor.resolved_settings(),
     }
 
 

@@ -40,6 +40,7 @@ Examples::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -247,28 +248,28 @@ class Predictor:
         """Where the networks run."""
         return self.ensemble.device
 
-    def describe(self) -> dict[str, Any]:
+    def resolved_settings(self) -> dict[str, Any]:
         """The settings in use, resolved (what ``predict.json`` records).
 
         Examples::
 
             >>> p = Predictor(Ensemble([torch.nn.Conv3d(1, 1, 1)], [], (8, 8, 8), 1, 1))
-            >>> p.describe()["overlap"], p.describe()["nmf_iters"]
+            >>> p.resolved_settings()["overlap"], p.resolved_settings()["nmf_iters"]
             (0.5, None)
         """
         layers = nmf_layers(self.ensemble.models[0]) if self.ensemble.models else []
-        nmf: dict[str, Any] = dict.fromkeys(NMF_SETTINGS)
+        nmf_settings: dict[str, Any] = dict.fromkeys(NMF_SETTINGS)
         if layers:
             first = layers[0].nmf
             enabled = [i for i, layer in enumerate(layers) if layer.enabled]
-            nmf = {
+            nmf_settings = {
                 "nmf_iters": first.iters,
                 "nmf_rank": first.rank,
                 "nmf_solver": first.solver,
                 "nmf_layers": "all" if len(enabled) == len(layers) else enabled,
             }
         elif self.ensemble.models:  # an exported network's NMF settings are fixed in it
-            nmf.update(getattr(self.ensemble.models[0], "nmf_settings", None) or {})
+            nmf_settings.update(getattr(self.ensemble.models[0], "nmf_settings", None) or {})
         return {
             "patch_size": list(self.patch_size),
             "tta": self.settings.tta,
@@ -278,10 +279,19 @@ class Predictor:
             "threshold": self.threshold,
             "amp": self.settings.amp,
             "compile": self.settings.compile,
-            **nmf,
+            **nmf_settings,
             "postprocess": self.postprocessing.words() if self.postprocessing else ["none"],
             "device": str(self.device),
         }
+
+    def describe(self) -> dict[str, Any]:
+        """Deprecated name of :meth:`resolved_settings`."""
+        warnings.warn(
+            "Predictor.describe is deprecated; use Predictor.resolved_settings",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.resolved_settings()
 
     def _autocast(self) -> Any:
         if self.settings.amp == "bf16":

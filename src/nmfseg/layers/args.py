@@ -1,16 +1,36 @@
-"""Checks of constructor arguments shared by the networks (``ValueError`` naming the argument)."""
+"""Checks of constructor arguments shared by the networks (``ValueError`` naming the argument).
+
+:func:`ntuple` (one int, or one per spatial axis) is the NMF core's
+(:func:`nmfseg.nmf.windows.ntuple`), re-exported here with the other checks; ``int_tuple``
+is its old name (deprecated).
+"""
 
 from __future__ import annotations
 
-from nmfseg.nmf.windows import ntuple as int_tuple
+import warnings
+from typing import Any
+
+from nmfseg.nmf.windows import ntuple
 
 __all__ = [
     "check_deep_supervision",
     "check_dropout",
     "check_heads",
     "check_positive",
-    "int_tuple",
+    "ntuple",
 ]
+
+_RENAMED = {"int_tuple": "ntuple"}  # old name -> new name, kept one release
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(
+            f"nmfseg.layers.args.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_positive(**values: int) -> None:
@@ -22,7 +42,7 @@ def check_positive(**values: int) -> None:
         Traceback (most recent call last):
         ...
         ValueError: out_channels should be a positive int, got 0.
-        >>> int_tuple(8, 3, "window_size")
+        >>> ntuple(8, 3, "window_size")
         (8, 8, 8)
     """
     for name, value in values.items():

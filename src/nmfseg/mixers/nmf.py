@@ -38,7 +38,7 @@ from nmfseg.nmf import (
     build_matricize,
     matricized_rank1,
 )
-from nmfseg.nmf.windows import is_view, ntuple
+from nmfseg.nmf.windows import is_reshape, ntuple
 from nmfseg.routes import FusedFlag, Route, takes
 
 __all__ = [
@@ -236,7 +236,7 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
 
     def _one_node(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
-        heads of one view at a time and, in training, is one autograd node that keeps ``z``
+        heads of one partition at a time and, in training, is one autograd node that keeps ``z``
         for backward instead of the matrices: Swin or Local, rank 1 with the default
         init, no recorder, the route ``recompute`` allowed and its predicate true
         (:func:`~nmfseg.routes.recompute_applies`: float32/64 outside autocast, not under
@@ -245,7 +245,7 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
         return (
             takes(self, Route.RECOMPUTE, z)
             and self.recorder is None
-            and not is_view(geometry)  # Swin or Local (Global matricize is a reshape)
+            and not is_reshape(geometry)  # Swin or Local (Global matricize is a reshape)
             and isinstance(nmf, NMF)  # not a module put in its place
             and nmf.uses_rank1_path()
             and nmf.grad_iters != 0
@@ -260,7 +260,7 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
             return matricized_rank1(z, geometry, self.nmf.iters, self.nmf.grad_iters)
         if torch.is_grad_enabled():  # ReLU after the copy: its saved output is the NMF's input
             m = torch.relu(self.matricize(z))
-        else:  # inference: once per voxel, not once per view (matricize pads with zeros)
+        else:  # inference: once per voxel, not once per partition (matricize pads with zeros)
             m = self.matricize(torch.relu(z))
         if self.recorder is None:
             m = self.nmf(m)

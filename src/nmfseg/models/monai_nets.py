@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from nmfseg.layers.args import check_dropout, check_positive, int_tuple
+from nmfseg.layers.args import check_dropout, check_positive, ntuple
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
 
@@ -117,7 +117,7 @@ class UNETR(SegmentationNetwork):
         super().__init__(spatial_dims, in_channels, out_channels, UNETR_PATCH)
         from monai.networks.nets import UNETR as _MonaiUNETR  # heavy: only when built
 
-        size = int_tuple(img_size, spatial_dims, "img_size")
+        size = ntuple(img_size, spatial_dims, "img_size")
         if any(s % UNETR_PATCH for s in size):
             raise ValueError(f"img_size should be multiples of {UNETR_PATCH}, got {img_size!r}.")
         check_positive(
@@ -244,7 +244,7 @@ class SwinUNETR(SegmentationNetwork):
                     f"num_heads[{stage}]={heads} should divide the stage width "
                     f"{feature_size * 2**stage} (feature_size * 2**{stage})."
                 )
-        window = int_tuple(window_size, spatial_dims, "window_size")
+        window = ntuple(window_size, spatial_dims, "window_size")
         check_dropout(dropout=dropout, drop_path=drop_path)
         with _LinspaceOnCPU():
             self.net = _MonaiSwinUNETR(

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.layers import LayerNorm
-from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
+from nmfseg.layers.args import check_deep_supervision, check_dropout, ntuple
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import UShapedNetwork
 from nmfseg.models.nnformer_blocks import SkipAttentionLayer
@@ -164,7 +164,7 @@ class NNFormer(UShapedNetwork):
             raise ValueError(
                 f"local_stages should be an int in [0, {len(depths)}], got {local_stages!r}."
             )
-        window = int_tuple(window_size, spatial_dims, "window_size")
+        window = ntuple(window_size, spatial_dims, "window_size")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio should be > 0, got {mlp_ratio!r}.")
         check_dropout(dropout=dropout)

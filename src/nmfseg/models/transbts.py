@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.layers import LayerNorm, PointwiseConv, PositionEmbedding
-from nmfseg.layers.args import check_dropout, check_positive, int_tuple
+from nmfseg.layers.args import check_dropout, check_positive, ntuple
 from nmfseg.layers.factories import NormSpec, make_norm
 from nmfseg.models._registry import register_paper_presets
 from nmfseg.models.base import SegmentationNetwork
@@ -179,7 +179,7 @@ class TransBTS(SegmentationNetwork):
                 f"mlp_dim should be a positive multiple of hidden_size {hidden_size}, got "
                 f"{mlp_dim!r}."
             )
-        grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
+        grid = ntuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         widths = [feature_size * 2**i for i in range(len(blocks_down))]
         self.feature_size = feature_size
         self.hidden_size = hidden_size

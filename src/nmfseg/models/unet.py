@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import create_block
 from nmfseg.layers import Dropout, PointwiseConv, PositionEmbedding
-from nmfseg.layers.args import check_deep_supervision, check_dropout, int_tuple
+from nmfseg.layers.args import check_deep_supervision, check_dropout, ntuple
 from nmfseg.models.base import UShapedNetwork
 from nmfseg.routes import FusedFlag, Route, takes
 
@@ -137,7 +137,7 @@ class UNet(UShapedNetwork):
             raise ValueError(f"channels should be at least 2 positive ints, got {channels!r}.")
         super().__init__(spatial_dims, in_channels, out_channels, 2 ** (len(channels) - 1))
         check_dropout(dropout=dropout)
-        grid = int_tuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
+        grid = ntuple(pos_embed_grid, spatial_dims, "pos_embed_grid")
         heads = check_deep_supervision(deep_supervision, deep_supr_num, len(channels))
         if not isinstance(decoder_proj, bool):
             raise ValueError(f"decoder_proj should be True or False, got {decoder_proj!r}.")

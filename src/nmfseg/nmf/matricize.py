@@ -16,7 +16,7 @@ comes from (padded size, window grid, shifts). ``inverse(z, x.shape)`` (or
 ``inverse(z, geometry)``) folds matrices back, and ``dematricize_factor(v, x.shape)`` turns
 an NMF factor of the voxel side, ``v (…, N, R)``, into ``R`` spatial maps per head (the
 component maps of the paper's Fig. 6). The leading dim of the matrices is ordered
-``(view, b, head, g₁, …, g_d)`` (``MatricizeGeometry.batch_shape``), so a factor of the
+``(partition, b, head, g₁, …, g_d)`` (``MatricizeGeometry.batch_shape``), so a factor of the
 channel side, ``u (…, E, R)``, reads as ``u.reshape(*geometry.batch_shape, E, R)``.
 
 Sizes a window does not divide. The window is first clamped to the stage size along each
@@ -26,7 +26,7 @@ this is what the official code computes at its native sizes, where the last stag
 exactly one window. The input is then zero-padded at the far end of each dim up to a
 multiple of the window, and the inverse crops the padding. For SW, the roll by half a
 window is applied to the unpadded input (the paper's ``Roll`` of the image) and the
-padding comes after, in both views.
+padding comes after, in both partitions.
 
 Padding and NMF. Padded voxels are columns of zeros, and stay zero through the ReLU
 before NMF. A zero column gets a zero ``v`` row at the first update, contributes nothing
@@ -38,11 +38,12 @@ values (the default init depends on a voxel's position in its window). At rank >
 padded part of ``v₀`` also enters the first update's ``v₀ᵀv₀``, which amounts to a
 slightly different initialization.
 
-Cost. Global matricize is a view. Local and SW move every voxel once per view into the
-matrices' memory, with at most ``4^d`` strided block copies per view and no roll, pad or
-stack of the whole input; the inverse does the same in reverse and accumulates the second
-SW view in place. Both directions are autograd functions whose backward is the other
-direction (the adjoint), so a training step does no extra copies.
+Cost. Global matricize is a reshape (a view of the input's memory). Local and SW move every
+voxel once per partition into the matrices' memory, with at most ``4^d`` strided block
+copies per partition and no roll, pad or stack of the whole input; the inverse does the
+same in reverse and accumulates the second SW partition in place. Both directions are
+autograd functions whose backward is the other direction (the adjoint), so a training step
+does no extra copies.
 
 Examples::
 
@@ -50,7 +51,7 @@ Examples::
     >>> sw = SWMatricize(head_dim=8, window_size=8)
     >>> x = torch.randn(2, 16, 20, 24, 8)
     >>> z = sw(x)
-    >>> z.shape  # 2 views x 2 batch x 2 heads x (3*3*1) windows, 8 rows, 8*8*8 voxels
+    >>> z.shape  # 2 partitions x 2 batch x 2 heads x (3*3*1) windows, 8 rows, 8*8*8 voxels
     torch.Size([72, 8, 512])
     >>> geom = sw.geometry(x.shape)
     >>> geom.padded_size, geom.grid, geom.shifts
@@ -66,7 +67,7 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from nmfseg.nmf.windows import MatricizeGeometry, dematricize, is_view, matricize, ntuple
+from nmfseg.nmf.windows import MatricizeGeometry, dematricize, is_reshape, matricize, ntuple
 
 __all__ = [
     "MATRICIZE_KINDS",
@@ -81,7 +82,7 @@ MATRICIZE_KINDS = ("global", "local", "swin")
 
 
 class _Matricize(nn.Module):
-    """Shared machinery: windows of ``window`` voxels, ``views`` of the input."""
+    """Shared machinery: windows of ``window`` voxels, ``partitions`` of the input."""
 
     kind = ""
 
@@ -150,7 +151,7 @@ class _Matricize(nn.Module):
             window=window,
             padded_size=padded,
             shifts=shifts,
-            views=2 if any(shifts) else 1,
+            partitions=2 if any(shifts) else 1,
         )
 
     def _as_geometry(self, like: MatricizeGeometry | Sequence[int]) -> MatricizeGeometry:
@@ -161,7 +162,7 @@ class _Matricize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Matricize ``x (B, C, *S)`` into ``(num_matrices, head_dim, N)``."""
         geom = self.geometry(x.shape)
-        if is_view(geom):
+        if is_reshape(geom):
             return x.reshape(geom.matrix_shape)
         return matricize(x, geom)
 
@@ -177,7 +178,7 @@ class _Matricize(nn.Module):
             )
         if rows != geom.head_dim:
             geom = replace(geom, head_dim=rows, channels=geom.heads * rows)
-        if is_view(geom):
+        if is_reshape(geom):
             return z.reshape(geom.batch_size, geom.channels, *geom.spatial_size)
         return dematricize(z, geom)
 
@@ -196,7 +197,7 @@ class _Matricize(nn.Module):
 
         ``v`` is the NMF factor of the columns (``x ≈ u @ v.mT``), with leading dims that
         flatten to ``num_matrices``. Every window's values are placed at its voxels; for
-        SW the two views are averaged after rolling back, as in :meth:`inverse`. The scale
+        SW the two partitions are averaged after rolling back, as in :meth:`inverse`. The scale
         of ``v`` in each window is the solver's (``u`` carries the rest of the product).
         """
         geom = self._as_geometry(like)
@@ -287,7 +288,7 @@ class SWMatricize(_Matricize):
         >>> import torch
         >>> m = SWMatricize(head_dim=2, window_size=4)
         >>> x = torch.randn(1, 4, 8, 8)
-        >>> m(x).shape  # 2 views x 2 heads x 4 windows
+        >>> m(x).shape  # 2 partitions x 2 heads x 4 windows
         torch.Size([16, 2, 16])
         >>> torch.equal(m.inverse(m(x), x.shape), x)
         True

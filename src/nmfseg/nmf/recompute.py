@@ -2,16 +2,16 @@
 
 ``dematricize(Rank1Projection(relu(matricize(z))))``, the core of a Swin (or Local) Wrapped
 NMF layer (:class:`~nmfseg.mixers.nmf.WrappedNMF`), as one autograd node. Built from its
-parts, it materializes both views of every voxel (twice the size of ``z``) and their
+parts, it materializes both partitions of every voxel (twice the size of ``z``) and their
 projection, and autograd keeps the ReLU'd matrices for backward. This node works on one
-piece at a time: some heads of one view, or a slab of windows of one head where a head is
-larger than ``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the views'
-average). It keeps ``z`` for backward and matricizes each piece again there, writing the
-input gradient of a piece's matrices into the buffer of their output gradient. So besides
-``z``, the output and their gradients only two pieces are alive at once, and a piece stays
-in the CPU's cache between its copy, its projection and its fold. Inference takes the same
-route (without autograd nothing is kept). It computes the same function with the same
-derivatives (the ReLU's derivative is 0 at 0, as ``torch.relu``'s);
+piece at a time: some heads of one partition, or a slab of windows of one head where a head
+is larger than ``_PIECE_BYTES`` (every matrix is its own NMF problem; the output is the
+partitions' average). It keeps ``z`` for backward and matricizes each piece again there,
+writing the input gradient of a piece's matrices into the buffer of their output gradient.
+So besides ``z``, the output and their gradients only two pieces are alive at once, and a
+piece stays in the CPU's cache between its copy, its projection and its fold. Inference
+takes the same route (without autograd nothing is kept). It computes the same function with
+the same derivatives (the ReLU's derivative is 0 at 0, as ``torch.relu``'s);
 ``tests/test_matricize.py`` checks it against the composition for every way of cutting
 pieces.
 """
@@ -32,7 +32,12 @@ from nmfseg.nmf.rank1 import (
     projection_input_grad,
 )
 from nmfseg.nmf.steps import weyl
-from nmfseg.nmf.windows import MatricizeGeometry, fold_view, view_to_windows, windows_shape
+from nmfseg.nmf.windows import (
+    MatricizeGeometry,
+    fold_partition,
+    partition_to_windows,
+    windows_shape,
+)
 from nmfseg.routes.precision import backward_without_autocast
 
 __all__ = ["MatricizedRank1", "matricized_rank1"]
@@ -45,22 +50,23 @@ _Piece = tuple[int, slice, MatricizeGeometry, tuple[int, int] | None]
 
 
 def _pieces(geom: MatricizeGeometry, z: Tensor) -> Iterator[_Piece]:
-    """``(view, channels, geometry, slab)`` of the pieces the node works on: one view, a run
-    of whole heads (their channels of the input and the geometry of those channels alone)
-    or, where one head is larger than ``_PIECE_BYTES``, a slab of one head's windows along
-    the first spatial dim. Off the CPU a piece is a whole view (fewer kernel launches)."""
+    """``(partition, channels, geometry, slab)`` of the pieces the node works on: of one
+    partition, a run of whole heads (their channels of the input and the geometry of those
+    channels alone) or, where one head is larger than ``_PIECE_BYTES``, a slab of one head's
+    windows along the first spatial dim. Off the CPU a piece is a whole partition (fewer
+    kernel launches)."""
     e, grid0 = geom.head_dim, geom.grid[0]
     head_bytes = math.prod(windows_shape(replace(geom, channels=e))) * z.element_size()
     budget = _PIECE_BYTES if z.device.type == "cpu" else head_bytes * geom.heads
     heads = max(1, budget // head_bytes)
     rows = grid0 if heads > 1 else max(1, budget // (head_bytes // grid0))
-    for view in range(geom.views):
+    for partition in range(geom.partitions):
         for h0 in range(0, geom.heads, heads):
             h1 = min(h0 + heads, geom.heads)
             sub = replace(geom, channels=(h1 - h0) * e)
             for a in range(0, grid0, rows):
                 slab = None if rows == grid0 else (a, min(a + rows, grid0))
-                yield view, slice(h0 * e, h1 * e), sub, slab
+                yield partition, slice(h0 * e, h1 * e), sub, slab
 
 
 def _buffers(pieces: list[_Piece], z: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,13 +94,13 @@ class MatricizedRank1(torch.autograd.Function):
         saved: list[Tensor | None] = []
         pieces = list(_pieces(geom, z))
         buffers = _buffers(pieces, z)
-        for view, chans, sub, slab in pieces:
-            x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab, buffers[0]))
+        for partition, chans, sub, slab in pieces:
+            x = torch.relu_(partition_to_windows(z[:, chans], sub, partition, slab, buffers[0]))
             y = buffers[1][: x.numel()].view(x.shape)
             y, parts = projection_forward(x, g0, iters, grad_iters, out=y)
-            if geom.views == 2:
-                y.mul_(0.5)  # the views' average (exact: the sum of halves is half the sum)
-            fold_view(out[:, chans], y, sub, view, slab)
+            if geom.partitions == 2:
+                y.mul_(0.5)  # the partitions' average (exact: the sum of halves is half the sum)
+            fold_partition(out[:, chans], y, sub, partition, slab)
             saved.extend(parts)
         ctx.save_for_backward(z, g0, *saved)
         ctx.geom, ctx.pieces, ctx.steps = geom, pieces, _grad_steps(iters, grad_iters)
@@ -107,19 +113,20 @@ class MatricizedRank1(torch.autograd.Function):
         need_z, need_g0 = ctx.needs_input_grad[:2]
         dz = torch.empty(z.shape, dtype=dout.dtype, device=dout.device) if need_z else None
         dg0 = None
-        scale = 0.5 if ctx.geom.views == 2 else 1.0  # the adjoint of the views' average
+        scale = 0.5 if ctx.geom.partitions == 2 else 1.0  # the adjoint of the partitions' average
         buffers = _buffers(ctx.pieces, z)
-        for i, (view, chans, sub, slab) in enumerate(ctx.pieces):
+        for i, (partition, chans, sub, slab) in enumerate(ctx.pieces):
             parts = saved[4 * i : 4 * i + 4]
-            dy = view_to_windows(dout[:, chans], sub, view, slab, buffers[0]).mul_(scale)
-            x = torch.relu_(view_to_windows(z[:, chans], sub, view, slab, buffers[1]))
+            dy = partition_to_windows(dout[:, chans], sub, partition, slab, buffers[0]).mul_(scale)
+            x = torch.relu_(partition_to_windows(z[:, chans], sub, partition, slab, buffers[1]))
             f, s, da, dg = projection_grads(x, g0, parts, ctx.steps, dy, need_g0)
             if dg is not None:
                 dg0 = dg if dg0 is None else dg0 + dg
             if dz is not None:
                 dx = projection_input_grad(x, g0, parts, f, s, da, dy, out=dy)  # over dY
                 _relu_grad_(dx, x)
-                fold_view(dz[:, chans], dx, sub, view, slab)  # adjoint of matricize: views' sum
+                # the adjoint of matricize: the partitions' sum
+                fold_partition(dz[:, chans], dx, sub, partition, slab)
         return dz, dg0, None, None, None
 
 

@@ -1,24 +1,33 @@
 """Where the columns of matricized feature maps come from, and the data movement.
 
 :class:`MatricizeGeometry` describes one matricized input: its shape, the window actually
-used along each dim, the padded size and the shift of the second (Swin) view. The functions
-below move voxels between ``(B, C, *S)`` feature maps and ``(num_matrices, rows, N)``
-matrices for a geometry, as autograd functions whose backward is the other direction (the
-adjoint); :mod:`nmfseg.nmf.matricize` wraps them as modules.
+used along each dim, the padded size and the shift of the second (Swin) partition. The
+functions below move voxels between ``(B, C, *S)`` feature maps and ``(num_matrices, rows,
+N)`` matrices for a geometry, as autograd functions whose backward is the other direction
+(the adjoint); :mod:`nmfseg.nmf.matricize` wraps them as modules.
 
-Windows are stored as ``(views, B, heads, *grid, rows, *window)``, which is the matrices'
-memory layout. One view of the input is moved with a few strided block copies (no roll, pad
-or stack): along each dim, the voxels of the (rolled) input that land in the windows form at
-most four blocks that are rectangular in (window, offset) coordinates, so a whole view takes
-at most ``4^d`` copies, whatever the number of windows.
+A *partition* is one way of cutting the input into windows, as in Swin's "window
+partitioning": Global and Local matricize have one, Shifted-Window matricize two (the regular
+windows, then the windows of the input rolled by half a window). Older names called it a
+"view" (``views``, ``view_to_windows``, ``fold_view``), which in PyTorch is a tensor sharing
+another's memory; ``is_view`` (now :func:`is_reshape`) meant that sense. The old names work
+for one release, with a ``DeprecationWarning``.
+
+Windows are stored as ``(partitions, B, heads, *grid, rows, *window)``, which is the
+matrices' memory layout. One partition of the input is moved with a few strided block copies
+(no roll, pad or stack): along each dim, the voxels of the (rolled) input that land in the
+windows form at most four blocks that are rectangular in (window, offset) coordinates, so a
+whole partition takes at most ``4^d`` copies, whatever the number of windows.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,11 +35,11 @@ from torch import Tensor
 __all__ = [
     "MatricizeGeometry",
     "dematricize",
-    "fold_view",
-    "is_view",
+    "fold_partition",
+    "is_reshape",
     "matricize",
     "ntuple",
-    "view_to_windows",
+    "partition_to_windows",
     "windows_shape",
 ]
 
@@ -48,8 +57,8 @@ class MatricizeGeometry:
         window: The window actually used along each dim (``window_size`` clamped to ``S``;
             ``S`` itself for global).
         padded_size: ``S`` rounded up to a multiple of ``window``.
-        shifts: The roll of the second (shifted) view; zeros when there is none.
-        views: 1, or 2 for SW (regular windows first, then shifted windows).
+        shifts: The roll of the second (shifted) partition; zeros when there is none.
+        partitions: 1, or 2 for SW (regular windows first, then shifted windows).
     """
 
     kind: str
@@ -60,7 +69,7 @@ class MatricizeGeometry:
     window: tuple[int, ...]
     padded_size: tuple[int, ...]
     shifts: tuple[int, ...]
-    views: int
+    partitions: int
 
     @property
     def spatial_dims(self) -> int:
@@ -87,8 +96,8 @@ class MatricizeGeometry:
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        """The matrices' leading dim unflattened: ``(views, B, heads, *grid)``."""
-        return (self.views, self.batch_size, self.heads, *self.grid)
+        """The matrices' leading dim unflattened: ``(partitions, B, heads, *grid)``."""
+        return (self.partitions, self.batch_size, self.heads, *self.grid)
 
     @property
     def num_matrices(self) -> int:
@@ -102,6 +111,12 @@ class MatricizeGeometry:
     @property
     def padded(self) -> bool:
         return self.padded_size != self.spatial_size
+
+    @property
+    def views(self) -> int:
+        """Deprecated name of :attr:`partitions`."""
+        _deprecated("MatricizeGeometry.views", "MatricizeGeometry.partitions")
+        return self.partitions
 
 
 def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -118,9 +133,9 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return out
 
 
-def is_view(geom: MatricizeGeometry) -> bool:
+def is_reshape(geom: MatricizeGeometry) -> bool:
     """Global-like geometry: one window per head, no padding, no shift: a pure reshape."""
-    return geom.views == 1 and not geom.padded and all(g == 1 for g in geom.grid)
+    return geom.partitions == 1 and not geom.padded and all(g == 1 for g in geom.grid)
 
 
 def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, int, int]]:
@@ -145,10 +160,10 @@ def _segments(size: int, window: int, shift: int) -> list[tuple[int, int, int, i
     return out
 
 
-def _blocks(geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None):
-    """All blocks of one view: per dim, one segment, as a tuple over the spatial dims. With
-    ``slab = (a, b)``, only windows ``a ... b`` along the first dim, renumbered from 0."""
-    shifts = geom.shifts if view == 1 else (0,) * geom.spatial_dims
+def _blocks(geom: MatricizeGeometry, partition: int, slab: tuple[int, int] | None = None):
+    """All blocks of one partition: per dim, one segment, as a tuple over the spatial dims.
+    With ``slab = (a, b)``, only windows ``a ... b`` along the first dim, renumbered from 0."""
+    shifts = geom.shifts if partition == 1 else (0,) * geom.spatial_dims
     per_dim = [
         _segments(s, w, sh) for s, w, sh in zip(geom.spatial_size, geom.window, shifts, strict=True)
     ]
@@ -173,7 +188,7 @@ def _spatial_block(x: Tensor, geom: MatricizeGeometry, block) -> Tensor:
 
 
 def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
-    """View of one view's windows ``(B, heads, *grid, rows, *window)`` for one block."""
+    """View of one partition's windows ``(B, heads, *grid, rows, *window)`` for one block."""
     d = geom.spatial_dims
     for i, (_, g0, ng, o0, nw) in enumerate(block):
         w = w.narrow(2 + i, g0, ng).narrow(3 + d + i, o0, nw)
@@ -181,23 +196,23 @@ def _window_block(w: Tensor, geom: MatricizeGeometry, block) -> Tensor:
 
 
 def windows_shape(geom: MatricizeGeometry, slab: tuple[int, int] | None = None) -> tuple[int, ...]:
-    """Shape ``(B, heads, *grid, rows, *window)`` of one view's windows, or of the windows
+    """Shape ``(B, heads, *grid, rows, *window)`` of one partition's windows, or of the windows
     ``a ... b`` along the first spatial dim for ``slab = (a, b)``."""
     grid = geom.grid if slab is None else (slab[1] - slab[0], *geom.grid[1:])
     return (geom.batch_size, geom.heads, *grid, geom.head_dim, *geom.window)
 
 
-def view_to_windows(
+def partition_to_windows(
     x: Tensor,
     geom: MatricizeGeometry,
-    view: int,
+    partition: int,
     slab: tuple[int, int] | None = None,
     buffer: Tensor | None = None,
 ) -> Tensor:
-    """One view of ``x (B, C, *S)`` as matrices ``(num_matrices // views, rows, N)``, zeros
-    at padding: the part of :func:`matricize`'s output that belongs to ``view``. With
-    ``slab = (a, b)``, only the windows ``a ... b`` along the first spatial dim; with a 1-D
-    ``buffer``, the matrices are written into its first elements."""
+    """One partition of ``x (B, C, *S)`` as matrices ``(num_matrices // partitions, rows,
+    N)``, zeros at padding: the part of :func:`matricize`'s output that belongs to
+    ``partition``. With ``slab = (a, b)``, only the windows ``a ... b`` along the first
+    spatial dim; with a 1-D ``buffer``, the matrices are written into its first elements."""
     shape = windows_shape(geom, slab)
     if buffer is None:
         out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
@@ -205,31 +220,35 @@ def view_to_windows(
         out = buffer[: math.prod(shape)].view(shape)
         if geom.padded:
             out.zero_()
-    _fill_view(out, x, geom, view, slab)
+    _fill_partition(out, x, geom, partition, slab)
     return out.view(-1, geom.head_dim, geom.window_numel)
 
 
-def fold_view(
-    out: Tensor, z: Tensor, geom: MatricizeGeometry, view: int, slab: tuple[int, int] | None = None
+def fold_partition(
+    out: Tensor,
+    z: Tensor,
+    geom: MatricizeGeometry,
+    partition: int,
+    slab: tuple[int, int] | None = None,
 ) -> None:
-    """Fold one view's matrices ``z`` (from :func:`view_to_windows`) back into
-    ``out (B, C, *S)``: view 0 writes its voxels (all of them over its slabs, so ``out`` may
-    be uninitialized), the others add to them; padding is dropped."""
+    """Fold one partition's matrices ``z`` (from :func:`partition_to_windows`) back into
+    ``out (B, C, *S)``: partition 0 writes its voxels (all of them over its slabs, so ``out``
+    may be uninitialized), the others add to them; padding is dropped."""
     z = z.reshape(windows_shape(geom, slab))
-    for block in _blocks(geom, view, slab):
+    for block in _blocks(geom, partition, slab):
         dst, src = _spatial_block(out, geom, block), _window_block(z, geom, block)
-        dst.copy_(src) if view == 0 else dst.add_(src)
+        dst.copy_(src) if partition == 0 else dst.add_(src)
 
 
-def _fill_view(
+def _fill_partition(
     windows: Tensor,
     x: Tensor,
     geom: MatricizeGeometry,
-    view: int,
+    partition: int,
     slab: tuple[int, int] | None = None,
 ) -> None:
-    """Copy one view of ``x`` into ``windows (B, heads, *grid, rows, *window)``."""
-    for block in _blocks(geom, view, slab):
+    """Copy one partition of ``x`` into ``windows (B, heads, *grid, rows, *window)``."""
+    for block in _blocks(geom, partition, slab):
         _window_block(windows, geom, block).copy_(_spatial_block(x, geom, block))
 
 
@@ -237,25 +256,26 @@ def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
     """``x (B, C, *S)`` -> matrices ``(num_matrices, rows, N)``, zeros at padding."""
     shape = (*geom.batch_shape, geom.head_dim, *geom.window)
     out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
-    for view in range(geom.views):
-        _fill_view(out[view], x, geom, view)
+    for partition in range(geom.partitions):
+        _fill_partition(out[partition], x, geom, partition)
     return out.view(geom.matrix_shape)
 
 
 def _from_windows(z: Tensor, geom: MatricizeGeometry, average: bool) -> Tensor:
-    """Matrices -> ``(B, C, *S)``: the sum (or the average) of the views, padding dropped."""
-    z = z.reshape(geom.views, -1, *z.shape[1:])
+    """Matrices -> ``(B, C, *S)``: the sum (or the average) of the partitions, padding
+    dropped."""
+    z = z.reshape(geom.partitions, -1, *z.shape[1:])
     shape = (geom.batch_size, geom.channels, *geom.spatial_size)
     out = torch.empty(shape, dtype=z.dtype, device=z.device)
-    for view in range(geom.views):
-        fold_view(out, z[view], geom, view)
-    if geom.views == 2 and average:
+    for partition in range(geom.partitions):
+        fold_partition(out, z[partition], geom, partition)
+    if geom.partitions == 2 and average:
         out.mul_(0.5)  # (a + b) * 0.5 is exact for a == b: the round trip is exact
     return out
 
 
 class _MatricizeFn(torch.autograd.Function):
-    """Matricize; its adjoint is the sum of the views folded back."""
+    """Matricize; its adjoint is the sum of the partitions folded back."""
 
     @staticmethod
     def forward(ctx, x: Tensor, geom: MatricizeGeometry) -> Tensor:  # type: ignore[override]
@@ -268,7 +288,7 @@ class _MatricizeFn(torch.autograd.Function):
 
 
 class _FoldFn(torch.autograd.Function):
-    """The views folded back: their average (dematricize, Algorithm 3) or, with
+    """The partitions folded back: their average (dematricize, Algorithm 3) or, with
     ``average=False``, their sum (the adjoint of matricize)."""
 
     @staticmethod
@@ -279,7 +299,7 @@ class _FoldFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dx: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         dz = _MatricizeFn.apply(dx, ctx.geom)
-        return (dz * 0.5 if ctx.average and ctx.geom.views == 2 else dz), None, None
+        return (dz * 0.5 if ctx.average and ctx.geom.partitions == 2 else dz), None, None
 
 
 def matricize(x: Tensor, geom: MatricizeGeometry) -> Tensor:
@@ -288,5 +308,24 @@ def matricize(x: Tensor, geom: MatricizeGeometry) -> Tensor:
 
 
 def dematricize(z: Tensor, geom: MatricizeGeometry) -> Tensor:
-    """Matrices back to ``(B, C, *S)``: the views folded back and averaged (Algorithm 3)."""
+    """Matrices back to ``(B, C, *S)``: the partitions folded back and averaged (Algorithm 3)."""
     return _FoldFn.apply(z, geom, True)
+
+
+#: Old name -> new name, kept one release (the Swin "view" is a partition).
+_RENAMED = {
+    "view_to_windows": "partition_to_windows",
+    "fold_view": "fold_partition",
+    "is_view": "is_reshape",
+}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        _deprecated(f"nmfseg.nmf.windows.{name}", _RENAMED[name])
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ the volumes is format-independent (:mod:`nmfseg.data.formats.reading`).
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,15 @@ class Problem:
     path: Path | None
     problem: str
 
-    def describe(self, root: Path | None = None) -> str:
-        """``CASE: FILE: problem`` with FILE relative to ``root`` when inside it."""
+    def message(self, root: Path | None = None) -> str:
+        """The line that reports it: ``CASE: FILE: problem``, with FILE relative to ``root``
+        when inside it.
+
+        Examples::
+
+            >>> Problem("case1", Path("/data/case1/t1.nii.gz"), "is empty").message(Path("/data"))
+            'case1: case1/t1.nii.gz: is empty'
+        """
         where = self.path
         if where is not None and root is not None and Path(where).is_relative_to(root):
             where = Path(where).relative_to(root)
@@ -138,6 +146,13 @@ class Problem:
             if where
             else f"{self.case_id}: {self.problem}"
         )
+
+    def describe(self, root: Path | None = None) -> str:
+        """Deprecated name of :meth:`message`."""
+        warnings.warn(
+            "Problem.describe is deprecated; use Problem.message", DeprecationWarning, stacklevel=2
+        )
+        return self.message(root)
 
 
 def case_output_name(case: Case) -> str:
