@@ -89,3 +89,22 @@ def test_whole_volume_prediction_runs_every_configuration_with_onnxruntime(tmp_p
     predictions = tmp_path / "predictions"
     labels = {p.parent.name for p in predictions.glob("*/*.nii.gz")}
     assert len(labels) == 7, labels
+
+
+def test_engines_prints_the_three_comparisons(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    bench = importlib.import_module("bench_engines")
+    engines = "torch,onnxruntime" + (",openvino-bf16" if _has("openvino") else "")
+    bench.main(["--size", "16", "--train-size", "16", "--repeats", "1", "--channels",
+                "8,16,32,64,128", "--engines", engines, "--out", str(tmp_path)])  # fmt: skip
+    report = (tmp_path / "bench_engines.md").read_text()
+    assert report.count("### ") == 3 and report.count("**best**") == 2
+    assert "The NMF's cost" in report and "Machine: " in report
+    assert (
+        len((tmp_path / "bench_engines.csv").read_text().splitlines())
+        == 1 + len(engines.split(",")) + 2 + 2
+    )
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
