@@ -23,7 +23,8 @@ with their speed-up and the ``nmfseg predict`` options that deploy them. Before 
 timed pass of the unmodified model gives an estimate of the whole sweep (printed, and on the
 progress bar); afterwards, the spread of the unmodified model's own times over the settings
 is the timing noise, and a speed-up within it is reported as noise, not as a faster setting
-(:mod:`nmfseg.analysis.ablate_report`).
+(:mod:`nmfseg.analysis.ablate_report`). The settings and their sweeps are
+:mod:`nmfseg.analysis.ablate_plan`'s, re-exported here.
 
 Layers are 0-based in network order (encoder, bridge, decoder; the paper counts from 1).
 A setting that leaves the network as trained (``k = L``, the trained ``T``, rank and solver)
@@ -54,6 +55,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nmfseg.analysis.ablate_plan import (
+    SWEEPS,
+    AblationSetting,
+    parse_int_list,
+    parse_sweeps,
+    plan_settings,
+)
 from nmfseg.analysis.ablate_report import (
     estimate_seconds,
     fastest_rows,
@@ -72,7 +80,7 @@ from nmfseg.evaluation.metrics import dice_score
 from nmfseg.fileio import read_json, write_json, write_text
 from nmfseg.inference.ensemble import output_scheme
 from nmfseg.inference.predictor import Predictor
-from nmfseg.inference.settings import OPTIONS, format_layers
+from nmfseg.inference.settings import format_layers
 from nmfseg.nmf import SOLVERS
 
 __all__ = [
@@ -86,118 +94,8 @@ __all__ = [
     "run_ablation",
 ]
 
-SWEEPS = ("layers", "remove", "iters", "rank")
 RECORD = "ablate.json"
 _NMF_KEYS = ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")
-
-
-def parse_int_list(text: str | Sequence[int], option: str, low: int) -> list[int]:
-    """Integers from ``1-20``, ``1,2,5`` or ``3`` (all ``>= low``); ConfigError naming ``option``.
-
-    Examples::
-
-        >>> parse_int_list("1-3,8", "--iters", 0)
-        [1, 2, 3, 8]
-    """
-    if not isinstance(text, str):
-        values = list(text)
-    else:
-        values = []
-        for part in text.replace(" ", "").split(","):
-            lo, dash, hi = part.partition("-")
-            if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
-                raise ConfigError(f"{option} {text!r}: use a range 1-20 or a list 1,2,5")
-            values += range(int(lo), int(hi if dash else lo) + 1)
-    bad = [v for v in values if not isinstance(v, int) or v < low]
-    if bad:
-        raise ConfigError(f"{option} {text!r}: every value must be an integer >= {low}")
-    return sorted(set(values))
-
-
-def parse_sweeps(text: str | Sequence[str]) -> list[str]:
-    """Sweep names from ``layers,iters`` or ``all``, in the order of :data:`SWEEPS`.
-
-    Examples::
-
-        >>> parse_sweeps("rank,layers"), parse_sweeps("all") == list(SWEEPS)
-        (['layers', 'rank'], True)
-    """
-    names = text.replace(" ", "").lower().split(",") if isinstance(text, str) else list(text)
-    if names == ["all"]:
-        return list(SWEEPS)
-    unknown = [n for n in names if n not in SWEEPS]
-    if unknown or not names:
-        raise ConfigError(f"--sweeps {text!r}: choose from {', '.join(SWEEPS)} or all")
-    return [s for s in SWEEPS if s in names]
-
-
-@dataclass(frozen=True)
-class AblationSetting:
-    """One inference-time change of the NMF layers.
-
-    Attributes:
-        sweep: ``reference`` or one of :data:`SWEEPS`.
-        key: Unique name in its CSV (``keep=3``, ``remove=4``, ``iters=2``, ``rank=3,mu``).
-        value: The plotted value (layers kept, layer removed, ``T`` or ``R``).
-        layers: NMF layers that run (``None``: all).
-        iters: NMF iterations (``None``: as trained).
-        rank: NMF rank (``None``: as trained).
-        solver: NMF solver (``None``: as trained).
-    """
-
-    sweep: str
-    key: str
-    value: int = 0
-    layers: tuple[int, ...] | None = None
-    iters: int | None = None
-    rank: int | None = None
-    solver: str | None = None
-
-    def changes(self) -> dict[str, Any]:
-        """Keyword arguments of :meth:`Predictor.configure`."""
-        return {"nmf_layers": self.layers, "nmf_iters": self.iters,
-                "nmf_rank": self.rank, "nmf_solver": self.solver}  # fmt: skip
-
-    def options(self, n_layers: int) -> str:
-        """The ``nmfseg predict`` options that deploy this setting."""
-        parts = []
-        if self.layers is not None:
-            parts.append(f"{OPTIONS['nmf_layers']} {format_layers(self.layers, n_layers)}")
-        for name in ("nmf_iters", "nmf_rank", "nmf_solver"):
-            value = self.changes()[name]
-            if value is not None:
-                parts.append(f"{OPTIONS[name]} {value}")
-        return " ".join(parts)
-
-
-def plan_settings(
-    n_layers: int,
-    sweeps: Sequence[str] = SWEEPS,
-    iters: Sequence[int] = range(1, 21),
-    ranks: Sequence[int] = range(1, 9),
-    solvers: Sequence[str] = SOLVERS,
-) -> list[AblationSetting]:
-    """Every setting of the chosen sweeps for a network with ``n_layers`` NMF layers."""
-    plan = []
-    if "layers" in sweeps:
-        plan += [
-            AblationSetting("layers", f"keep={k}", k, tuple(range(k))) for k in range(n_layers + 1)
-        ]
-    if "remove" in sweeps:
-        every = range(n_layers)
-        plan += [
-            AblationSetting("remove", f"remove={i}", i, tuple(j for j in every if j != i))
-            for i in every
-        ]
-    if "iters" in sweeps:
-        plan += [AblationSetting("iters", f"iters={t}", t, iters=t) for t in iters]
-    if "rank" in sweeps:
-        plan += [
-            AblationSetting("rank", f"rank={r},{s}", r, rank=r, solver=s)
-            for s in solvers
-            for r in ranks
-        ]
-    return plan
 
 
 @dataclass
@@ -408,20 +306,8 @@ def run_ablation(
         ConfigError: Not a Factorizer, another ablation in the folder, no allowed rank.
         DataError: ``data`` lacks the validation cases or their labels.
     """
-    if not predictor.has_nmf:
-        raise ConfigError(
-            f"the network {predictor.model_name} has no NMF layers; ablate changes the NMF "
-            "layers of Factorizers"
-        )
-    sources = predictor.ensemble.sources
-    ids = validation_ids(predictor.ensemble.config, data, sources[0] if sources else "model")
-    scheme, note = output_scheme(data, predictor.ensemble)
-    if note:
-        raise ConfigError(f"{data.root}: the dataset's regions are not the model's ({note})")
-    regions = list(scheme.region_names)
+    ids, regions = _check_ablation(predictor, data, repeats)
     out = Path(out)
-    if repeats < 1:
-        raise ConfigError(f"repeats {repeats}: must be at least 1")
     # after every check that can refuse the run, so that a note is never followed by an error
     ranks = predictor.usable_ranks(ranks, _echo) if "rank" in sweeps else ranks  # or refused
     record = _record(predictor, data, ids, repeats)
@@ -433,57 +319,25 @@ def run_ablation(
         *plan_settings(n_layers, sweeps, iters, ranks, solvers),
     ]
     rows = {s: _read_rows(out / f"{s}.csv") for s in ("reference", *sweeps)}
-    done = {s: {r["key"] for r in found} for s, found in rows.items()}
-    todo = [s for s in plan if s.key not in done[s.sweep]]
-    if len(plan) > len(todo):
-        _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
+    todo = _settings_to_do(plan, rows, out)
     cases = _Cases(data, ids, cache_bytes, predictor.ensemble.preprocessing)
     predictor.configure(predictor.settings.replace(**AblationSetting("reference", "").changes()))
     trained = {k: predictor.resolved_settings()[k] for k in _NMF_KEYS}
     result = AblationResult(out, {}, repeats=repeats)
     bar = tqdm(total=0, unit="case", disable=not (progress and todo), file=sys.stderr)
     if todo:
-        x = next(iter(cases))[0]
-        predictor.predict_preprocessed(x)  # warm-up, untimed
-        one = _timed(predictor, x)[1]  # one pass of the unmodified model: the estimate's unit
-        result.estimate = estimate_seconds(one, len(todo), len(ids), repeats)
-        estimate = format_estimate(result.estimate, len(todo), len(ids), repeats, one)
-        _echo(f"[ablate] {estimate}")
-        bar.reset(total=len(todo) * len(ids))
-        bar.set_description(f"ablate (estimated {estimate.split(':')[0]})")
+        result.estimate = _announce_estimate(predictor, cases, len(todo), repeats, bar)
+    sweep = _Sweep(predictor, cases, bar, regions, repeats, trained)
     for i, setting in enumerate(todo, start=1):
-        predictor.configure(**setting.changes())
-        state = {k: predictor.resolved_settings()[k] for k in _NMF_KEYS}
-        row: dict[str, Any] = {"key": setting.key, "value": setting.value, **state}
-        if setting.sweep != "reference" and state == trained and rows["reference"]:
-            same = rows["reference"][0]
-            keys = ("dice_", "seconds", "reference_seconds", "speedup", "n_")
-            row.update({k: same[k] for k in same if k.startswith(keys)})
-            row["note"] = "as trained (= reference)"
-            bar.update(len(ids))
-        else:
-            bar.set_postfix_str(setting.key)
-            changes = None if setting.sweep == "reference" else setting.changes()
-            row.update(_evaluate(predictor, _counted(cases, bar), len(ids), regions, repeats,
-                                 changes))  # fmt: skip
+        row = sweep.measure(setting, rows["reference"])
         row["options"] = setting.options(n_layers)
         rows[setting.sweep].append(row)
         _write_rows(out / f"{setting.sweep}.csv", rows[setting.sweep], regions)
         result.computed += 1
-        per_region = ", ".join(f"{r} {100 * float(row[f'dice_{r}']):.1f}" for r in regions)
-        _echo(
-            f"[ablate] {i}/{len(todo)} {setting.sweep} {setting.key}: Dice "
-            f"{100 * float(row['dice_mean']):.1f} ({per_region}), "
-            f"{float(row['seconds_per_case']):.3g} s/case, {float(row['speedup']):.2f}x"
-        )
+        _echo(_setting_line(f"{i}/{len(todo)}", setting, row, regions))
     bar.close()
     predictor.configure(**AblationSetting("reference", "").changes())
-    result.reference = rows["reference"][0]
-    result.rows = {s: rows[s] for s in sweeps}
-    timed = [r for s in sweeps for r in rows[s]]
-    result.fastest = fastest_rows(result.reference, timed)
-    result.noise = timing_noise(timed)
-    write_fastest(out, result.fastest, result.reference, regions, repeats, result.noise)
+    _summarize(result, rows, sweeps, regions)
     ablation_figure(
         out / "ablation.png",
         result.rows,
@@ -491,3 +345,114 @@ def run_ablation(
         title=f"{predictor.model_name}, fold {record['fold']}: {len(ids)} validation cases",
     )
     return result
+
+
+def _check_ablation(
+    predictor: Predictor, data: Dataset, repeats: int
+) -> tuple[list[str], list[str]]:
+    """The validation case ids and the region names of an ablation that can run, after
+    refusing one that cannot: no NMF layers, another dataset's regions, ``repeats < 1``."""
+    if not predictor.has_nmf:
+        raise ConfigError(
+            f"the network {predictor.model_name} has no NMF layers; ablate changes the NMF "
+            "layers of Factorizers"
+        )
+    sources = predictor.ensemble.sources
+    ids = validation_ids(predictor.ensemble.config, data, sources[0] if sources else "model")
+    scheme, note = output_scheme(data, predictor.ensemble)
+    if note:
+        raise ConfigError(f"{data.root}: the dataset's regions are not the model's ({note})")
+    if repeats < 1:
+        raise ConfigError(f"repeats {repeats}: must be at least 1")
+    return ids, list(scheme.region_names)
+
+
+def _settings_to_do(
+    plan: list[AblationSetting], rows: dict[str, list[dict[str, Any]]], out: Path
+) -> list[AblationSetting]:
+    """The settings of ``plan`` not yet in their CSV (an interrupted run resumes), said."""
+    done = {s: {r["key"] for r in found} for s, found in rows.items()}
+    todo = [s for s in plan if s.key not in done[s.sweep]]
+    if len(plan) > len(todo):
+        _echo(f"[ablate] {len(plan) - len(todo)} of {len(plan)} settings already in {out}")
+    return todo
+
+
+def _announce_estimate(
+    predictor: Predictor, cases: _Cases, settings: int, repeats: int, bar: Any
+) -> float:
+    """Time one pass of the unmodified model (after an untimed warm-up) and say what the
+    whole sweep will take, printed and on the progress bar; the estimate in seconds."""
+    n = len(cases.ids)
+    x = next(iter(cases))[0]
+    predictor.predict_preprocessed(x)  # warm-up, untimed
+    one = _timed(predictor, x)[1]  # one pass of the unmodified model: the estimate's unit
+    seconds = estimate_seconds(one, settings, n, repeats)
+    estimate = format_estimate(seconds, settings, n, repeats, one)
+    _echo(f"[ablate] {estimate}")
+    bar.reset(total=settings * n)
+    bar.set_description(f"ablate (estimated {estimate.split(':')[0]})")
+    return seconds
+
+
+@dataclass
+class _Sweep:
+    """What every setting of one run shares: the model, its cases, the progress bar, the
+    regions scored, the passes per case and the NMF settings as trained."""
+
+    predictor: Predictor
+    cases: _Cases
+    bar: Any
+    regions: list[str]
+    repeats: int
+    trained: dict[str, Any]
+
+    def measure(self, setting: AblationSetting, reference: list[dict[str, Any]]) -> dict[str, Any]:
+        """The row of one setting: scored and timed beside the unmodified model, or the
+        reference's numbers for a setting that leaves the network as trained."""
+        n = len(self.cases.ids)
+        self.predictor.configure(**setting.changes())
+        state = {k: self.predictor.resolved_settings()[k] for k in _NMF_KEYS}
+        row: dict[str, Any] = {"key": setting.key, "value": setting.value, **state}
+        if setting.sweep != "reference" and state == self.trained and reference:
+            same = reference[0]
+            keys = ("dice_", "seconds", "reference_seconds", "speedup", "n_")
+            row.update({k: same[k] for k in same if k.startswith(keys)})
+            row["note"] = "as trained (= reference)"
+            self.bar.update(n)
+        else:
+            self.bar.set_postfix_str(setting.key)
+            changes = None if setting.sweep == "reference" else setting.changes()
+            cases = _counted(self.cases, self.bar)
+            row.update(_evaluate(self.predictor, cases, n, self.regions, self.repeats, changes))
+        return row
+
+
+def _setting_line(
+    count: str, setting: AblationSetting, row: dict[str, Any], regions: list[str]
+) -> str:
+    """The line printed after a setting: its Dice (mean and per region), time and speed-up."""
+    per_region = ", ".join(f"{r} {100 * float(row[f'dice_{r}']):.1f}" for r in regions)
+    return (
+        f"[ablate] {count} {setting.sweep} {setting.key}: Dice "
+        f"{100 * float(row['dice_mean']):.1f} ({per_region}), "
+        f"{float(row['seconds_per_case']):.3g} s/case, {float(row['speedup']):.2f}x"
+    )
+
+
+def _summarize(
+    result: AblationResult,
+    rows: dict[str, list[dict[str, Any]]],
+    sweeps: Sequence[str],
+    regions: list[str],
+) -> None:
+    """Fill ``result`` from every row (the reference, the sweeps, the fastest settings and
+    the timing noise) and write ``fastest.csv`` / ``fastest.md``."""
+    result.reference = rows["reference"][0]
+    result.rows = {s: rows[s] for s in sweeps}
+    timed = [r for s in sweeps for r in rows[s]]
+    result.fastest = fastest_rows(result.reference, timed)
+    result.noise = timing_noise(timed)
+    write_fastest(
+        result.out, result.fastest, result.reference, regions, result.repeats, result.noise
+    )

@@ -212,6 +212,49 @@ def explain_case(
         raise ConfigError(f"--layers {layers!r}: choose at least one NMF layer")
     check_writable(out, what="component maps")  # before any work
     case = open_one_case(case, predictor.ensemble.scheme)
+    data = _load_fitting_case(predictor, case)
+    truth, gt_path = _ground_truth(data, case, gt)
+    pre = predictor.ensemble.preprocessing
+    x, _, crop = preprocess_case(
+        data.image, where=case.case_id, spacing=data.spacing, preprocessing=pre
+    )
+    out = Path(out)
+    key = _key(predictor, case, gt_path)
+    done, z = _previous(out, key) if write_maps else ({}, None)
+    if truth is not None and z is None:
+        z = _lesion_slice(truth > 0)
+    result = Explanation(out, reused=[i for i in chosen if i in done])
+    slices = {  # the panel's slices of the layers an earlier run wrote
+        i: [(_short(e), _plane(_read_map(out / e["file"]), z)) for e in done[i]]
+        for i in result.reused
+    }
+    maps = _MapWriter(out, data, crop, done, write_maps)
+    groups = group_layers([infos[i] for i in chosen if i not in done], max_maps)
+    ranks = RankCollector(net, chosen)  # greedy-rank NMF layers: counted in the first pass
+    for g, group in enumerate(groups, start=1):
+        if progress:
+            _say_pass(g, len(groups), group)
+        with ranks.collecting():
+            probs, group_maps, geometry = component_maps(
+                predictor, x, group, probabilities=z is None
+            )
+        if z is None:  # no ground truth: the slice with the largest predicted area
+            assert probs is not None
+            z = _lesion_slice((restore(probs, crop) >= predictor.threshold).any(0))
+        slices.update(maps.add(group, group_maps, geometry, z))
+        if write_maps:
+            _write_manifest(out, key, done, z)
+    result.components = [e for i in chosen for e in done[i]]
+    result.ranks = ranks.write(out) if write_maps else [t.to_dict() for t in ranks.tables()]
+    if panel is not None:
+        assert z is not None
+        result.panel = _panel(out / panel, data, case, truth, infos, chosen, slices, z, predictor)
+    return result
+
+
+def _load_fitting_case(predictor: Predictor, case: Case) -> CaseData:
+    """The case's images (its label unread), refused in one line when the model cannot take
+    them: another number of channels, or another number of dims."""
     data = load_case(dataclasses.replace(case, label_path=None))
     if data.image.shape[0] != predictor.ensemble.in_channels:
         raise DataError(
@@ -225,55 +268,47 @@ def explain_case(
             f"case {case.case_id} is a {data.image.ndim - 1}D image but {predictor.model_name} "
             f"is a {len(predictor.patch_size)}D network",
         )
-    truth, gt_path = _ground_truth(data, case, gt)
-    pre = predictor.ensemble.preprocessing
-    x, _, crop = preprocess_case(
-        data.image, where=case.case_id, spacing=data.spacing, preprocessing=pre
-    )
-    out = Path(out)
-    key = _key(predictor, case, gt_path)
-    done, z = _previous(out, key) if write_maps else ({}, None)
-    if truth is not None and z is None:
-        z = _lesion_slice(truth > 0)
-    result = Explanation(out, reused=[i for i in chosen if i in done])
-    slices: dict[int, list[tuple[str, np.ndarray]]] = {}
-    for layer in result.reused:
-        slices[layer] = [(_short(e), _plane(_read_map(out / e["file"]), z)) for e in done[layer]]
-    todo = [infos[i] for i in chosen if i not in done]
-    groups = group_layers(todo, max_maps)
-    ranks = RankCollector(net, chosen)  # greedy-rank NMF layers: counted in the first pass
-    for g, group in enumerate(groups, start=1):
-        if progress:
-            names = ", ".join(str(i.index) for i in group)
-            count = sum(i.n_maps for i in group)
-            tqdm.write(f"[explain] pass {g}/{len(groups)}: layer(s) {names}, {count} maps",
-                       file=sys.stderr)  # fmt: skip
-        with ranks.collecting():
-            probs, maps, geometry = component_maps(predictor, x, group, probabilities=z is None)
-        if z is None:  # no ground truth: the slice with the largest predicted area
-            assert probs is not None
-            predicted = (restore(probs, crop) >= predictor.threshold).any(0)
-            z = _lesion_slice(predicted)
+    return data
+
+
+def _say_pass(g: int, passes: int, group: list[LayerInfo]) -> None:
+    """The line of one sliding-window pass: its layers and how many maps they give."""
+    names = ", ".join(str(i.index) for i in group)
+    count = sum(i.n_maps for i in group)
+    tqdm.write(f"[explain] pass {g}/{passes}: layer(s) {names}, {count} maps", file=sys.stderr)
+
+
+@dataclass
+class _MapWriter:
+    """Where the maps of one case go: the output folder, the case's own grid (restored from
+    the preprocessing's ``crop``) and the entries of every layer done so far."""
+
+    out: Path
+    data: CaseData
+    crop: Any
+    done: dict[int, list[dict]]
+    write: bool
+
+    def add(
+        self, group: list[LayerInfo], maps: Any, geometry: dict[int, Any], z: int | None
+    ) -> dict[int, list[tuple[str, np.ndarray]]]:
+        """Restore one pass's maps to the case's grid, write them (with ``write``), record
+        their entries in ``done``; the panel's slice ``z`` of each, per layer."""
+        slices: dict[int, list[tuple[str, np.ndarray]]] = {}
         k = 0
         for info in group:
             slices[info.index] = []
             for head in range(info.heads):
                 for comp in range(info.rank):
-                    full = restore(maps[k], crop, fill=0.0)
+                    full = restore(maps[k], self.crop, fill=0.0)
                     entry = _entry(info, head, comp, full, geometry.get(info.index))
-                    if write_maps:
-                        write_image(out / entry["file"], full, data.affine, data.header)
+                    if self.write:
+                        image = self.out / entry["file"]
+                        write_image(image, full, self.data.affine, self.data.header)
                     slices[info.index].append((_short(entry), _plane(full, z)))
-                    done.setdefault(info.index, []).append(entry)
+                    self.done.setdefault(info.index, []).append(entry)
                     k += 1
-        if write_maps:
-            _write_manifest(out, key, done, z)
-    result.components = [e for i in chosen for e in done[i]]
-    result.ranks = ranks.write(out) if write_maps else [t.to_dict() for t in ranks.tables()]
-    if panel is not None:
-        assert z is not None
-        result.panel = _panel(out / panel, data, case, truth, infos, chosen, slices, z, predictor)
-    return result
+        return slices
 
 
 def _lesion_slice(mask: np.ndarray) -> int:
