@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "units": set(),
     "text": {"errors"},
     "fileio": {"errors", "units"},
+    "plotting": {"errors", "units", "fileio"},  # the one style of every figure
     "registry": {"errors"},
     "routes": set(),  # execution routes and precision: torch and the stdlib only
     "nmf": {"routes"},  # the NMF core imports only torch (and the precision helpers)
@@ -29,8 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "blocks": {"mixers", "layers", "nmf", "routes", "errors", "registry"},
     "models": {"blocks", "mixers", "layers", "nmf", "routes", "errors", "fileio", "registry"},
     "data": {"errors", "fileio", "registry"},
-    "phantoms": {"data", "errors", "fileio", "registry"},
-    "evaluation": {"data", "errors", "fileio", "registry"},
+    "phantoms": {"data", "errors", "fileio", "registry", "plotting"},
+    "evaluation": {"data", "errors", "fileio", "registry", "plotting"},
     "device": {"errors"},
     "inference": {
         "data",
@@ -50,6 +51,7 @@ _LOW = {
     "units",
     "text",
     "fileio",
+    "plotting",
     "registry",
     "device",
     "routes",
@@ -71,6 +73,7 @@ ALLOWED["analysis"] = {
     "inference",
     "evaluation",
     "fileio",
+    "plotting",
     "errors",
     "units",
     "text",
@@ -84,7 +87,17 @@ ALLOWED["nnunet"] = _LOW | {"training", "inference", "evaluation"}
 ALLOWED["cli"] = set(ALLOWED) | {"study", "demo", "cli"}
 
 # Imports worth deferring into a function: they cost seconds, or only some paths need them.
-HEAVY = ("torch", "monai", "matplotlib", "scipy", "nilearn", "onnx", "onnxruntime", "nnunetv2")
+HEAVY = (
+    "torch",
+    "monai",
+    "matplotlib",
+    "scipy",
+    "nilearn",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "nnunetv2",
+)
 
 
 def _modules() -> dict[str, Path]:

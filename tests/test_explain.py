@@ -195,12 +195,20 @@ PANELS = [
 def test_the_panel_says_what_it_leaves_out_and_has_a_colour_bar(
     maps, columns, titles, note, tmp_path, monkeypatch
 ):
+    from contextlib import contextmanager
+
     from nmfseg.analysis import figures
     from nmfseg.analysis.explain import resolution
 
-    drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path, title, fontsize: drawn.append(
-        (fig, title)))  # fmt: skip
+    drawn, real = [], figures.figure
+
+    @contextmanager
+    def recorded(path, size, **options):
+        with real(path, size, **options) as fig:
+            yield fig
+        drawn.append((fig, fig.texts[0].get_text() if fig.texts else None))  # the suptitle
+
+    monkeypatch.setattr(figures, "figure", recorded)
     image = np.random.default_rng(0).random((6, 5))
     stages = ("encoder", "bridge", "decoder")
     rows = [

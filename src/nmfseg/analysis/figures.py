@@ -7,7 +7,8 @@
   rank for HALS and MU, each with the unmodified model as a dashed reference line and the
   inference time per case on a second axis.
 
-matplotlib is imported inside the functions: nothing else in nmfseg needs it.
+Both are drawn in the one style of nmfseg's figures (:func:`nmfseg.plotting.figure`) and
+written atomically; matplotlib is imported only when a figure is drawn.
 
 Examples::
 
@@ -27,7 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from nmfseg.fileio import atomic_path
+from nmfseg.plotting import (
+    IMAGE_CMAP,
+    LABEL,
+    LABEL_CMAP,
+    MAP_CMAP,
+    MUTED,
+    REFERENCE,
+    SMALL,
+    TINY,
+    figure,
+)
 
 __all__ = ["ablation_figure", "axial_slice", "component_panel"]
 
@@ -50,11 +61,11 @@ def axial_slice(mask: np.ndarray | None, depth: int) -> int:
 def _gray(ax: Any, image: np.ndarray) -> None:
     nonzero = image[image != 0]
     lo, hi = np.percentile(nonzero, (1, 99)) if nonzero.size else (0.0, 1.0)
-    ax.imshow(np.rot90(image), cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+    ax.imshow(np.rot90(image), cmap=IMAGE_CMAP, vmin=lo, vmax=hi if hi > lo else lo + 1)
 
 
 def _off(ax: Any, title: str) -> None:
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title, fontsize=SMALL)
     ax.axis("off")
 
 
@@ -84,58 +95,66 @@ def component_panel(
     Every map is drawn relative to its own maximum in the slice (one colour bar, 0 to 1), so
     a weak component stays visible; the values themselves are in the NIfTI maps.
     """
-    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
-
     first = len(modalities) + (truth is not None)
     cols = max(first, min(max_columns, max((len(c) for _, c in layers), default=1)))
     rows = 1 + len(layers)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False, layout="constrained"
-    )
-    for ax in axes.flat:
-        ax.axis("off")
-    for col, (name, image) in enumerate(modalities):
-        _gray(axes[0, col], image)
-        _off(axes[0, col], name)
-    if truth is not None:
-        ax = axes[0, len(modalities)]
-        _gray(ax, background)
-        shown = np.ma.masked_equal(np.rot90(truth).astype(float), 0)
-        ax.imshow(shown, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-        _off(ax, "ground truth")
-    mappable = None
-    for row, (name, components) in enumerate(layers, start=1):
-        components = list(components)
-        if len(components) > cols:
-            head, _, rest = name.partition("\n")
-            name = f"{head} ({cols} of {len(components)} maps)" + (f"\n{rest}" if rest else "")
-        for col, (label, image) in enumerate(components[:cols]):
-            ax = axes[row, col]
-            _gray(ax, background)
-            peak = float(np.max(image)) if np.size(image) else 0.0
-            shown = np.rot90(image) / (peak or 1.0)
-            mappable = ax.imshow(shown, cmap="magma", alpha=0.7, vmin=0, vmax=1)
-            _off(ax, f"{name}\n{label}" if col == 0 else label)
-    if mappable is not None:
-        bar = fig.colorbar(mappable, ax=axes[1:, :], shrink=0.6, aspect=30, pad=0.01)
-        bar.set_label("map / its maximum in the slice", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
     if any(len(c) > cols for _, c in layers):
         title = f"{title}\n" if title else ""
         title += f"a row shows at most {cols} maps of its layer"
-    _save(fig, path, title, fontsize=8)
+    with figure(path, (1.7 * cols, 1.9 * rows)) as fig:
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        _inputs(axes[0], modalities, truth, background)
+        mappable = None
+        for row, (name, components) in enumerate(layers, start=1):
+            drawn = _layer_row(axes[row], name, list(components), background)
+            mappable = drawn if drawn is not None else mappable
+        if mappable is not None:
+            bar = fig.colorbar(mappable, ax=axes[1:, :], shrink=0.6, aspect=30, pad=0.01)
+            bar.set_label("map / its maximum in the slice", fontsize=SMALL)
+            bar.ax.tick_params(labelsize=TINY)
+        if title:
+            fig.suptitle(title, fontsize=LABEL)  # a point smaller, as the panel's images are
     return Path(path)
 
 
-def _save(fig: Any, path: str | Path, title: str | None, fontsize: int) -> None:
-    """Title the figure, write it atomically, and free it."""
-    import matplotlib.pyplot as plt
+def _inputs(
+    row: Any,
+    modalities: Sequence[tuple[str, np.ndarray]],
+    truth: np.ndarray | None,
+    background: np.ndarray,
+) -> None:
+    """The first row: every input channel, then the ground truth over ``background``."""
+    for col, (name, image) in enumerate(modalities):
+        _gray(row[col], image)
+        _off(row[col], name)
+    if truth is not None:
+        ax = row[len(modalities)]
+        _gray(ax, background)
+        shown = np.ma.masked_equal(np.rot90(truth).astype(float), 0)
+        ax.imshow(shown, cmap=LABEL_CMAP, vmin=0, vmax=9, interpolation="nearest")
+        _off(ax, "ground truth")
 
-    if title:
-        fig.suptitle(title, fontsize=fontsize)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+
+def _layer_row(
+    row: Any, name: str, components: list[tuple[str, np.ndarray]], background: np.ndarray
+) -> Any:
+    """One NMF layer's maps over ``background``, each relative to its maximum (at most as
+    many as the row has columns, the title saying so); the last image drawn, or ``None``."""
+    cols = len(row)
+    if len(components) > cols:
+        head, _, rest = name.partition("\n")
+        name = f"{head} ({cols} of {len(components)} maps)" + (f"\n{rest}" if rest else "")
+    mappable = None
+    for col, (label, image) in enumerate(components[:cols]):
+        ax = row[col]
+        _gray(ax, background)
+        peak = float(np.max(image)) if np.size(image) else 0.0
+        shown = np.rot90(image) / (peak or 1.0)
+        mappable = ax.imshow(shown, cmap=MAP_CMAP, alpha=0.7, vmin=0, vmax=1)
+        _off(ax, f"{name}\n{label}" if col == 0 else label)
+    return mappable
 
 
 _PANELS = {
@@ -173,34 +192,40 @@ def ablation_figure(
         >>> ablation_figure(Path(tempfile.mkdtemp()) / "fig8.png", rows, ref).name
         'fig8.png'
     """
-    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
-
-    fig, axes = plt.subplots(2, 2, figsize=(9.5, 7), layout="constrained")
     ref_dice = 100 * float(reference["dice_mean"])
-    for ax, (sweep, (name, xlabel)) in zip(axes.flat, _PANELS.items(), strict=True):
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("mean Dice (%)", fontsize=8)
-        found = list(rows.get(sweep, ()))
-        if not found:
-            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
-            continue
-        timing = ax.twinx()
-        timing.set_ylabel("speed-up (×)", fontsize=8, color="0.5")
-        for solver, marker in (("hals", "o"), ("mu", "s")):
-            own = sorted(
-                (r for r in found if sweep != "rank" or r.get("nmf_solver") == solver),
-                key=lambda r: int(r["value"]),
-            )
-            if not own or (sweep != "rank" and solver == "mu"):
-                continue
-            x = [int(r["value"]) for r in own]
-            label = solver.upper() if sweep == "rank" else None
-            ax.plot(x, [100 * float(r["dice_mean"]) for r in own], marker=marker, label=label)
-            speedup = [float(r["speedup"]) for r in own]
-            timing.plot(x, speedup, color="0.6", linestyle=":", marker=marker, markersize=3)
-        ax.axhline(ref_dice, color="tab:green", linestyle="--", label="unmodified")
-        ax.set_xticks(sorted({int(r["value"]) for r in found}))
-        ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path, title, fontsize=9)
+    with figure(path, (9.5, 7)) as fig:
+        axes = fig.subplots(2, 2)
+        for ax, (sweep, (name, xlabel)) in zip(axes.flat, _PANELS.items(), strict=True):
+            ax.set_title(name)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("mean Dice (%)")
+            found = list(rows.get(sweep, ()))
+            if found:
+                _sweep_panel(ax, sweep, found, ref_dice)
+            else:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+        if title:
+            fig.suptitle(title)
     return Path(path)
+
+
+def _sweep_panel(ax: Any, sweep: str, found: list[Mapping[str, Any]], ref_dice: float) -> None:
+    """One sweep: mean Dice per value (one line per solver for the rank), the speed-up on a
+    second axis, and the unmodified model as a dashed line."""
+    timing = ax.twinx()
+    timing.set_ylabel("speed-up (×)", color=MUTED)
+    for solver, marker in (("hals", "o"), ("mu", "s")):
+        own = sorted(
+            (r for r in found if sweep != "rank" or r.get("nmf_solver") == solver),
+            key=lambda r: int(r["value"]),
+        )
+        if not own or (sweep != "rank" and solver == "mu"):
+            continue
+        x = [int(r["value"]) for r in own]
+        label = solver.upper() if sweep == "rank" else None
+        ax.plot(x, [100 * float(r["dice_mean"]) for r in own], marker=marker, label=label)
+        speedup = [float(r["speedup"]) for r in own]
+        timing.plot(x, speedup, color=MUTED, linestyle=":", marker=marker, markersize=3)
+    ax.axhline(ref_dice, color=REFERENCE, linestyle="--", label="unmodified")
+    ax.set_xticks(sorted({int(r["value"]) for r in found}))
+    ax.legend(loc="lower right")

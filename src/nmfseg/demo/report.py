@@ -22,13 +22,11 @@ from nmfseg.data.nifti import read_nifti
 from nmfseg.data.schemes import labels_to_regions
 from nmfseg.demo.config import model_train_config
 from nmfseg.evaluation.compare import format_table, format_tests
-from nmfseg.fileio import atomic_path, write_bytes, write_text
+from nmfseg.fileio import write_bytes, write_text
 from nmfseg.inference.predictor import Predictor
+from nmfseg.plotting import IMAGE_CMAP, LABEL, REGION_COLOURS, figure
 
 __all__ = ["nmf_component_figure", "overlay_figure", "write_demo_report"]
-
-# Overlay colours of the BraTS regions, drawn WT first so nested regions stay visible.
-_COLOURS = {"WT": "#3cc43c", "TC": "#e8412c", "ET": "#ffe119"}
 
 
 def _tumour_slice(regions: np.ndarray) -> int:
@@ -39,8 +37,8 @@ def _tumour_slice(regions: np.ndarray) -> int:
 
 def _show(ax: Any, image: np.ndarray, title: str) -> None:
     lo, hi = np.percentile(image[image != 0], (1, 99)) if (image != 0).any() else (0, 1)
-    ax.imshow(np.rot90(image), cmap="gray", vmin=lo, vmax=hi)
-    ax.set_title(title, fontsize=8)
+    ax.imshow(np.rot90(image), cmap=IMAGE_CMAP, vmin=lo, vmax=hi)
+    ax.set_title(title, fontsize=LABEL)
     ax.axis("off")
 
 
@@ -48,41 +46,40 @@ def _contours(ax: Any, regions: np.ndarray, names: list[str]) -> None:
     for k in range(len(names) - 1, -1, -1):  # WT (outermost) first
         mask = np.rot90(regions[k]).astype(float)
         if mask.any():
-            ax.contour(mask, levels=[0.5], colors=[_COLOURS.get(names[k], "w")], linewidths=0.8)
+            colour = REGION_COLOURS.get(names[k], "w")
+            ax.contour(mask, levels=[0.5], colors=[colour], linewidths=0.8)
 
 
 def overlay_figure(
     test_dir: Path, pred_dirs: dict[str, Path], path: Path, n_cases: int = 3
 ) -> Path:
     """FLAIR + truth + each model's prediction on a few held-out cases."""
-    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
+    from matplotlib.lines import Line2D  # heavy: only when a figure is drawn
 
     dataset = open_dataset(test_dir)
     scheme = dataset.scheme
     names = list(scheme.region_names)
     cases = dataset.cases[:n_cases]
     cols = 1 + len(pred_dirs)
-    fig, axes = plt.subplots(
-        len(cases), cols, figsize=(2.6 * cols, 2.7 * len(cases)), squeeze=False
-    )
-    for row, case in enumerate(cases):
-        data = load_case(case)
-        truth = labels_to_regions(data.label, scheme)
-        z = _tumour_slice(truth)
-        flair = data.image[0][..., z]
-        _show(axes[row, 0], flair, f"{case.case_id}: truth")
-        _contours(axes[row, 0], truth[..., z], names)
-        for col, (model, folder) in enumerate(pred_dirs.items(), start=1):
-            pred, _ = read_nifti(folder / f"{case.case_id}.nii.gz", dtype=np.int16)
-            regions = labels_to_regions(pred, scheme)
-            _show(axes[row, col], flair, model)
-            _contours(axes[row, col], regions[..., z], names)
-    handles = [plt.Line2D([], [], color=_COLOURS[n], label=n) for n in names if n in _COLOURS]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    with figure(path, (2.6 * cols, 2.7 * len(cases)), layout=None) as fig:
+        axes = fig.subplots(len(cases), cols, squeeze=False)
+        for row, case in enumerate(cases):
+            data = load_case(case)
+            truth = labels_to_regions(data.label, scheme)
+            z = _tumour_slice(truth)
+            flair = data.image[0][..., z]
+            _show(axes[row, 0], flair, f"{case.case_id}: truth")
+            _contours(axes[row, 0], truth[..., z], names)
+            for col, (model, folder) in enumerate(pred_dirs.items(), start=1):
+                pred, _ = read_nifti(folder / f"{case.case_id}.nii.gz", dtype=np.int16)
+                _show(axes[row, col], flair, model)
+                _contours(axes[row, col], labels_to_regions(pred, scheme)[..., z], names)
+        shown = [n for n in names if n in REGION_COLOURS]
+        handles = [Line2D([], [], color=REGION_COLOURS[n], label=n) for n in shown]
+        fig.legend(
+            handles=handles, loc="lower center", ncol=len(handles), fontsize=LABEL, frameon=False
+        )
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
     return path
 
 
@@ -142,6 +139,22 @@ def write_demo_report(
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     overlay_figure(test_dir, {n: out / "predictions" / n for n in names}, figures / "overlays.png")
+    nmf_figs = _model_figures(names, fold_dirs, test_dir, figures)
+    lines = [
+        *_results_lines(comparison, names, targets),
+        *_settings_lines(cfg, names, timings),
+        *_figure_lines(names, nmf_figs),
+    ]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def _model_figures(
+    names: list[str], fold_dirs: dict[str, Path], test_dir: Path, figures: Path
+) -> dict[str, Path]:
+    """Each model's ``progress.png`` copied into ``figures``, and its NMF component panel
+    (none for a network without NMF layers): ``{model: panel}``."""
     nmf_figs = {}
     for name in names:
         write_bytes(
@@ -150,7 +163,11 @@ def write_demo_report(
         fig = nmf_component_figure(fold_dirs[name], test_dir, figures / f"nmf_{name}.png")
         if fig is not None:
             nmf_figs[name] = fig
+    return nmf_figs
 
+
+def _results_lines(comparison: Any, names: list[str], targets: dict[str, float]) -> list[str]:
+    """The title, what the numbers are, the held-out table (and tests), the targets met."""
     ref = comparison.reference
     means = comparison.means[ref]["dice"]
     verdict = [
@@ -159,7 +176,7 @@ def write_demo_report(
         for region, goal in targets.items()
         if region in means
     ]
-    lines = [
+    return [
         "# nmfseg demo report",
         "",
         "Synthetic BraTS-like phantoms (MNI152 template from nilearn), trained and evaluated on "
@@ -181,6 +198,12 @@ def write_demo_report(
         "| --- | --- | --- | --- |",
         *verdict,
         "",
+    ]
+
+
+def _settings_lines(cfg: dict[str, Any], names: list[str], timings: dict[str, float]) -> list[str]:
+    """The settings of the data and of every model, and the time of every step."""
+    return [
         "## Settings",
         "",
         *_config_lines(cfg, names),
@@ -191,6 +214,12 @@ def write_demo_report(
         "| --- | --- |",
         *(f"| {k} | {v:.0f} |" for k, v in timings.items()),
         "",
+    ]
+
+
+def _figure_lines(names: list[str], nmf_figs: dict[str, Path]) -> list[str]:
+    """The figures: overlays, each model's training curves, the NMF component panels."""
+    lines = [
         "## Figures",
         "",
         "Prediction vs truth on held-out cases (contours: WT green, TC red, ET yellow):",
@@ -212,6 +241,4 @@ def write_demo_report(
             f"![nmf](figures/{fig.name})",
             "",
         ]
-    path = out / "report.md"
-    write_text(path, "\n".join(lines))
-    return path
+    return lines

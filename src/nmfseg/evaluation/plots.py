@@ -2,8 +2,9 @@
 
 One group of boxes per region (and the average over regions), one box per model inside a
 group, and optional significance marks (``*`` … ``****``, ``ns``) above a model's box from
-a paired test against the reference model. Drawn with matplotlib's object API on an Agg
-canvas, so no global backend is switched and no display is needed.
+a paired test against the reference model. Drawn in the one style of nmfseg's figures
+(:func:`nmfseg.plotting.figure`: matplotlib's object API on an Agg canvas, so no global
+backend is switched and no display is needed).
 
 Examples::
 
@@ -21,21 +22,11 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from nmfseg.plotting import COLOURS, LABEL, TITLE, figure
 
 __all__ = ["group_label", "metric_boxplot", "significance_stars", "wrap_title"]
-
-_COLORS = (
-    "#4C72B0",
-    "#DD8452",
-    "#55A868",
-    "#C44E52",
-    "#8172B3",
-    "#937860",
-    "#DA8BC3",
-    "#8C8C8C",
-    "#CCB974",
-    "#64B5CD",
-)
 
 
 def significance_stars(p: float | None) -> str:
@@ -54,9 +45,6 @@ def significance_stars(p: float | None) -> str:
         if p < limit:
             return mark
     return "ns"
-
-
-_TITLE_SIZE = 9
 
 
 def wrap_title(title: str, inches: float, fontsize: float) -> str:
@@ -94,7 +82,7 @@ def metric_boxplot(
 
     Args:
         samples: ``{model: {group: per-case values}}``; every model needs the same groups.
-        path: output image (``.png``), written as given (stage it for atomic writes).
+        path: output image (``.png``), written atomically.
         ylabel: y-axis label, e.g. ``"Dice"`` or ``"HD95 (mm)"``.
         stars: ``{(model, group): mark}`` drawn above that box.
         title: optional figure title, wrapped to the figure's width (never cut off).
@@ -104,10 +92,6 @@ def metric_boxplot(
     Returns:
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     models = list(samples)
     if not models:
         raise ValueError("samples is empty")
@@ -121,14 +105,34 @@ def metric_boxplot(
     if percent:
         samples = {m: {g: [100 * v for v in samples[m][g]] for g in groups} for m in models}
         ylabel = ylabel if "%" in ylabel else f"{ylabel} (%)"
+    fig_width = max(5.0, 1.2 + len(groups) * (0.6 + 0.45 * len(models)))
+    with figure(path, (fig_width, 4.4), layout="tight") as fig:
+        ax = fig.add_subplot(1, 1, 1)
+        _boxes(ax, samples, models, groups, stars)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([group_label(g) for g in groups])
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_ylabel(ylabel)
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
+        _legend(ax, models)
+        if title:
+            ax.set_title(wrap_title(title, fig_width, TITLE))
+    return Path(path)
+
+
+def _boxes(
+    ax: Any,
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    models: list[str],
+    groups: list[str],
+    stars: Mapping[tuple[str, str], str],
+) -> None:
+    """One box per model in every group, its significance mark above it."""
     n = len(models)
     width = 0.8 / n
-    fig_width = max(5.0, 1.2 + len(groups) * (0.6 + 0.45 * n))
-    fig = Figure(figsize=(fig_width, 4.4), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     for i, model in enumerate(models):
-        color = _COLORS[i % len(_COLORS)]
+        color = COLOURS[i % len(COLOURS)]
         positions = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         data = [list(samples[model][g]) for g in groups]
         ax.boxplot(
@@ -152,21 +156,16 @@ def metric_boxplot(
                     textcoords="offset points",
                     ha="center",
                     va="bottom",
-                    fontsize=8,
+                    fontsize=LABEL,
                 )
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([group_label(g) for g in groups])
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel(ylabel)
-    ax.margins(y=0.12)
-    ax.grid(axis="y", alpha=0.3)
-    if n > 1:  # below the axes: never over a box or a mark
-        handles = [Patch(facecolor=_COLORS[i % len(_COLORS)], alpha=0.75) for i in range(n)]
-        ax.legend(handles, models, fontsize=8, frameon=False, loc="upper center",
+
+
+def _legend(ax: Any, models: list[str]) -> None:
+    """The models' colours below the axes (never over a box or a mark); none for one model."""
+    from matplotlib.patches import Patch  # heavy: only when a figure is drawn
+
+    n = len(models)
+    if n > 1:
+        handles = [Patch(facecolor=COLOURS[i % len(COLOURS)], alpha=0.75) for i in range(n)]
+        ax.legend(handles, models, fontsize=LABEL, frameon=False, loc="upper center",
                   bbox_to_anchor=(0.5, -0.08), ncol=min(n, 4))  # fmt: skip
-    if title:
-        ax.set_title(wrap_title(title, fig_width, _TITLE_SIZE), fontsize=_TITLE_SIZE)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
