@@ -1,6 +1,6 @@
 """Which fold of a trained run ``explain`` and ``ablate`` use, and which cases it validated on.
 
-Both commands study one network: ``-m`` names a run folder (then ``--fold K`` picks
+Both commands study one network: ``-r`` names a run folder (then ``--fold K`` picks
 ``fold_K``), a fold folder or a checkpoint file. ``ablate`` evaluates on the fold's own
 validation cases, which the trainer records in the checkpoint's config (``split.val``).
 

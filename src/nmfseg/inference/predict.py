@@ -234,7 +234,7 @@ def predict_folder(
         progress: tqdm progress bar over the cases.
         into_labels: allow ``output`` to be the input's own label folder (otherwise refused:
             the predictions would replace the ground truth).
-        model: what ``-m`` named, recorded in ``predict.json`` (default: the network's name).
+        model: what ``-r`` named, recorded in ``predict.json`` (default: the network's name).
 
     Returns:
         A :class:`PredictionResult`; failed cases are listed there (and reported on
