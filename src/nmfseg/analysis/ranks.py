@@ -1,9 +1,10 @@
 """The ranks the greedy-rank NMF layers chose on an image (paper §5), for ``nmfseg explain``.
 
 A :class:`~nmfseg.mixers.greedy_nmf.GreedyWrappedNMF` layer gives every matrix (one head of
-one window, of one Swin view) the rank its content needs. :class:`RankCollector` counts the
-ranks its layers chose during a sliding-window pass of :func:`~nmfseg.analysis.explain.
-explain_case` (every window of the pass, every head and view), and writes beside the maps:
+one window, of one Swin partition) the rank its content needs. :class:`RankCollector` counts
+the ranks its layers chose during a sliding-window pass of :func:`~nmfseg.analysis.explain.
+explain_case` (every window of the pass, every head and partition), and writes beside the
+maps:
 
 - ``ranks.json``: per layer its index, stage, level, matricize, ``max_rank`` and ``tol``,
   the number of matrices, how many took each rank ``0 .. max_rank``, their share and the

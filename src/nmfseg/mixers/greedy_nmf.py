@@ -17,7 +17,7 @@ route (:func:`~nmfseg.nmf.matricized_rank1`); with ``max_rank=1`` it computes wh
 rank-one Wrapped NMF computes.
 
 The ranks chosen in the last forward pass are in :attr:`GreedyWrappedNMF.last_ranks`,
-shaped ``(views, B, heads, *grid)`` like the matrices (:attr:`MatricizeGeometry.batch_shape
+shaped ``(partitions, B, heads, *grid)`` like the matrices (:attr:`MatricizeGeometry.batch_shape
 <nmfseg.nmf.MatricizeGeometry.batch_shape>`); :mod:`nmfseg.analysis.ranks` collects them
 over a whole image for ``nmfseg explain``.
 
@@ -28,7 +28,7 @@ Examples::
     >>> mixer = create_mixer("greedy_nmf", 16, spatial_dims=3, head_dim=8, window_size=4)
     >>> mixer(torch.randn(1, 16, 8, 8, 6)).shape
     torch.Size([1, 16, 8, 8, 6])
-    >>> mixer.last_ranks.shape  # 1 view, batch 1, 2 heads, 2 x 2 x 2 windows
+    >>> mixer.last_ranks.shape  # 1 partition, batch 1, 2 heads, 2 x 2 x 2 windows
     torch.Size([1, 1, 2, 2, 2, 2])
 """
 

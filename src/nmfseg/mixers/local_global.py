@@ -2,7 +2,7 @@
 
 §5 of the paper: "One possible extension of this work is to customize the NMF objective to
 simultaneously exploit both local and global contexts." This mixer does exactly that. For
-every head (of every image and, for Swin, every view), with ``X_w`` the ReLU'd matrix of
+every head (of every image and, for Swin, every partition), with ``X_w`` the ReLU'd matrix of
 window ``w`` (``E`` rows, the window's voxels as columns), it solves
 
     ``min Σ_w ‖X_w - g h_wᵀ - A_w B_wᵀ‖²`` over the windows ``w``, all factors ``>= 0``:
@@ -13,8 +13,8 @@ a *global* rank-one term whose channel profile ``g`` is shared by every window o
 Factorizer's component). The layer outputs ``g h_wᵀ + A_w B_wᵀ`` and is registered as mixer
 ``"local_global_nmf"``.
 
-Why this formulation, rather than two Wrapped NMFs (a window view and the global view, on
-split heads or on the same input) combined by a learned gate or sum:
+Why this formulation, rather than two Wrapped NMFs (one over windows and one over the whole
+stage, on split heads or on the same input) combined by a learned gate or sum:
 
 - it is one model of each matrix, the paper's "customized objective": the two terms compete
   for the same data, so where the global component explains a window the local one is
@@ -67,7 +67,7 @@ from nmfseg.routes import autocast_off, work_dtype
 
 __all__ = ["JointFactors", "LocalGlobalNMF", "joint_factorize", "joint_objective"]
 
-_VIEWS = ("local", "swin")
+_WINDOWED = ("local", "swin")
 
 
 class JointFactors(NamedTuple):
@@ -218,10 +218,11 @@ class LocalGlobalNMF(WrappedNMF):
     Args:
         channels: Number of input and output channels (a multiple of ``head_dim``).
         spatial_dims: 2 or 3.
-        matricize: The window view, ``"local"`` (the default) or ``"swin"`` (each view has
-            its own global term; the two reconstructions are averaged as Swin's are).
+        matricize: The windows of the local terms, ``"local"`` (the default) or ``"swin"``
+            (each of Swin's two partitions has its own global term; the two reconstructions
+            are averaged as Swin's are).
         head_dim: Channels per matrix (rows ``E``).
-        window_size: Window of the local view.
+        window_size: Window of the local terms.
         rank: Components per window: the global one and ``rank - 1`` local ones.
         iters: Block-coordinate sweeps.
         grad_iters: Backpropagate through the last ``grad_iters`` sweeps only.
@@ -251,10 +252,10 @@ class LocalGlobalNMF(WrappedNMF):
         grad_iters: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        if matricize not in _VIEWS:
+        if matricize not in _WINDOWED:
             raise ValueError(
-                f"matricize should be one of {_VIEWS} (the window view), got {matricize!r}; "
-                "the global view is the layer's other term."
+                f"matricize should be one of {_WINDOWED} (the windows of the local terms), got "
+                f"{matricize!r}; the global term is the layer's own."
             )
         super().__init__(
             channels, spatial_dims, matricize, head_dim, window_size, rank, iters, "hals",

@@ -10,7 +10,7 @@ the operations one inference forward pass dispatches, with the paper's conventio
   centring 1, variance 2, scaling 1, affine 2);
 - ``elementwise``: additions, subtractions, multiplications and divisions of tensors
   (residual connections, biases, the position embedding, the average of the two Swin
-  views...), 1 per output element;
+  partitions...), 1 per output element;
 - a module that knows its own count by the paper's convention says so with a ``flops(x)``
   method and a ``flops_category`` (the NMF layers: Algorithm 2 as the paper counts it,
   :func:`nmfseg.nmf.nmf_flops`, not the kernels of the rank-1 fast path); the operations
