@@ -165,17 +165,17 @@ class ChannelsLastBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         block = self.block
         b, c, *spatial = x.shape
-        y = x.reshape(b, c, -1)  # (B, C, N): the residual stream stays channels-first
+        y = x.reshape(b, c, -1).transpose(1, 2)  # (B, N, C): one transpose in, one out
         if block.mixer is not None:
             mixer = block.mixer
-            z = torch.matmul(_norm(block.norm1, y).transpose(1, 2), mixer.in_proj.weight.t())
+            z = F.linear(_norm(block.norm1, y), mixer.in_proj.weight)
             z = self._mix(torch.relu(z).reshape(b, *spatial, c), mixer, len(spatial))
-            y = y + _project(mixer.out_proj, z.reshape(b, -1, c))
+            y = y + F.linear(z.reshape(b, -1, c), mixer.out_proj.weight, mixer.out_proj.bias)
         if block.mlp is not None:
             mlp = block.mlp
-            h = torch.matmul(_norm(block.norm2, y).transpose(1, 2), mlp.fc1.weight.t())
-            y = y + _project(mlp.fc2, mlp.act(h + mlp.fc1.bias))
-        return y.reshape(x.shape)
+            h = F.linear(_norm(block.norm2, y), mlp.fc1.weight, mlp.fc1.bias)
+            y = y + F.linear(mlp.act(h), mlp.fc2.weight, mlp.fc2.bias)
+        return y.transpose(1, 2).reshape(x.shape)
 
     @staticmethod
     def _mix(z: Tensor, mixer: WrappedNMF, spatial_dims: int) -> Tensor:
@@ -207,17 +207,5 @@ class ChannelsLastBlock(nn.Module):
 
 
 def _norm(norm: nn.Module, y: Tensor) -> Tensor:
-    """The LayerNorm over the channels of a channels-first ``y (B, C, N)``, in place."""
-    mean = y.mean(1, keepdim=True)
-    centered = y - mean
-    var = (centered * centered).mean(1, keepdim=True)
-    out = centered / torch.sqrt(var + norm.eps)
-    return out * norm.weight[:, None] + norm.bias[:, None]
-
-
-def _project(conv: nn.Module, h: Tensor) -> Tensor:
-    """A pointwise convolution of channels-last ``h (B, N, C_in)``, channels-first out:
-    ``W hᵀ (+ b)``, the transpose taken by the product, not by a copy."""
-    out = torch.matmul(h, conv.weight.t())
-    out = out if conv.bias is None else out + conv.bias
-    return out.transpose(1, 2)
+    """The block's LayerNorm over the last axis of a channels-last ``y (B, N, C)``."""
+    return F.layer_norm(y, (norm.num_channels,), norm.weight, norm.bias, norm.eps)

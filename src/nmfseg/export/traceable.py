@@ -12,6 +12,8 @@ operations on the input's shape, which a trace records as graph operations:
 - :class:`TracedMatricize`: Global, Local and Swin matricize and their inverses as
   pad / reshape / permute / gather (an index roll), replacing the block copies;
 - :class:`ResizedPositionEmbedding`: the embedding always resized (exact at its own grid);
+- :class:`PointwiseAsConv`: the pointwise convolutions outside the blocks (decoder
+  projections, heads) as the ``Conv`` a runtime runs in its own layout;
 - :class:`~nmfseg.export.channels_last.ChannelsLastBlock`: a Factorizer block with a
   rank-1 NMF (the presets') channels last, its windows taken without 9-D permutes and its
   LayerNorms and pointwise convolutions as the standard ops runtimes fuse.
@@ -45,12 +47,18 @@ from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
 from nmfseg.export.channels_last import ChannelsLastBlock, covers
-from nmfseg.layers import PositionEmbedding
+from nmfseg.layers import PointwiseConv, PositionEmbedding
 from nmfseg.nmf.matricize import GlobalMatricize, LocalMatricize, SWMatricize
 from nmfseg.nmf.windows import ntuple
 from nmfseg.routes import Route, restrict_routes
 
-__all__ = ["AnySizeNetwork", "ResizedPositionEmbedding", "TracedMatricize", "export_form"]
+__all__ = [
+    "AnySizeNetwork",
+    "PointwiseAsConv",
+    "ResizedPositionEmbedding",
+    "TracedMatricize",
+    "export_form",
+]
 
 Size = Any  # an int in eager mode, a 0-d tensor while tracing
 
@@ -192,6 +200,29 @@ class ResizedPositionEmbedding(nn.Module):
         return x + pos.to(x.dtype)
 
 
+class PointwiseAsConv(nn.Module):
+    """A :class:`~nmfseg.layers.PointwiseConv` traced as a kernel-size-1 ``Conv``.
+
+    In PyTorch a GEMM on the ``(C, voxels)`` view is the fast form; traced, that is a
+    ``MatMul`` with the weight on the left, which OpenVINO runs in float32 outside its
+    blocked layouts. A runtime's convolution of kernel 1 runs in its own layout and
+    precision. Same function (parameters shared).
+
+    Args:
+        like: The pointwise convolution to replace.
+    """
+
+    def __init__(self, like: PointwiseConv) -> None:
+        super().__init__()
+        self.weight = like.weight
+        self.bias = like.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel = self.weight.reshape(*self.weight.shape, *([1] * (x.dim() - 2)))
+        conv = F.conv3d if x.dim() == 5 else F.conv2d
+        return conv(x, kernel, self.bias)
+
+
 class AnySizeNetwork(nn.Module):
     """A registered network in eval mode: pad to ``size_multiple``, logits, crop.
 
@@ -240,6 +271,8 @@ def export_form(network: nn.Module) -> nn.Module:
                 setattr(module, name, TracedMatricize(child))
             elif isinstance(child, PositionEmbedding):
                 setattr(module, name, ResizedPositionEmbedding(child))
+            elif isinstance(child, PointwiseConv):
+                setattr(module, name, PointwiseAsConv(child))
     return AnySizeNetwork(form).eval()
 
 
