@@ -96,7 +96,7 @@ def test_synth_brats2d_is_a_valid_2d_dataset(data):
     ds = open_dataset(data)
     assert ds.fmt == "nnunet" and len(ds.cases) == 4 and ds.has_labels
     report = check_dataset(ds)
-    assert report.ok, [p.describe() for p in report.problems]
+    assert report.ok, [p.message(data) for p in report.problems]
     assert len(report.spacing.spacings[0]) == 2  # in-plane only
     manifest = json.loads((data / "synth.json").read_text())
     assert manifest["kind"] == "brats2d" and manifest["size"] == SIZE and manifest["complete"]

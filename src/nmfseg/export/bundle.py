@@ -225,7 +225,7 @@ def export_bundle(
     """Export one fold of a trained run as a MONAI bundle folder ``out``.
 
     Args:
-        model: Run folder, fold folder or checkpoint file (as ``nmfseg predict -m``).
+        model: Run folder, fold folder or checkpoint file (as ``nmfseg predict -r``).
         out: The bundle folder to write.
         fold: The fold of a run folder (needed when it has several).
         checkpoint: ``final``, ``best`` or ``last``.

@@ -193,14 +193,14 @@ class ChannelsLastBlock(nn.Module):
             pad += [0, p - s]
         crop = (slice(None), *(slice(0, s) for s in spatial))
 
-        def view(v: Tensor) -> Tensor:
+        def partition(v: Tensor) -> Tensor:
             windows = to_windows(F.pad(v, pad), window)
             return from_windows(rank1_windows(windows, e, iters), (b, *padded, c), window)[crop]
 
-        out = view(z)
-        if mixer.kind == "swin":  # the shifted view, rolled back; Algorithm 3's average
+        out = partition(z)
+        if mixer.kind == "swin":  # the shifted partition, rolled back; Algorithm 3's average
             dims = list(range(1, 1 + spatial_dims))
-            shifted = view(roll(z, [w // 2 for w in window], dims))
+            shifted = partition(roll(z, [w // 2 for w in window], dims))
             back = [s - w // 2 for s, w in zip(spatial, window, strict=True)]
             out = (out + roll(shifted, back, dims)) * 0.5
         return out

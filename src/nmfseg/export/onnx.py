@@ -302,7 +302,7 @@ def inference_metadata(predictor: Predictor, source: Path, checkpoint: str) -> d
         ([8, 8, 8], 0.5, None)
     """
     ens = predictor.ensemble
-    settings = predictor.describe()
+    settings = predictor.resolved_settings()
     nmf = {key[4:]: settings[key] for key in ("nmf_iters", "nmf_rank", "nmf_solver", "nmf_layers")}
     fold = source.parent.name if re.match(r"^fold_(\d+|all)$", source.parent.name) else None
     return {
@@ -392,7 +392,7 @@ def export_onnx(
     """Export one fold of a trained run to ``out`` (and ``out``'s sidecar JSON), verified.
 
     Args:
-        model: Run folder, fold folder or checkpoint file (as ``nmfseg predict -m``).
+        model: Run folder, fold folder or checkpoint file (as ``nmfseg predict -r``).
         out: The ``.onnx`` file to write.
         fold: The fold of a run folder (needed when it has several).
         checkpoint: ``final``, ``best`` or ``last``.

@@ -64,7 +64,7 @@ def find_onnx(path: str | Path) -> Path:
         raise DataError(path, "no such ONNX model (expected a .onnx file or a folder with one)")
     found = sorted(path.glob("*.onnx"))
     if len(found) != 1:
-        what = "no .onnx file" if not found else f"{len(found)} .onnx files; name one with -m"
+        what = "no .onnx file" if not found else f"{len(found)} .onnx files; name one with -r"
         raise DataError(path, f"holds {what}")
     return found[0]
 

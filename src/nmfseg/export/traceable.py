@@ -84,10 +84,10 @@ def _roll(x: Tensor, shifts: list[Size]) -> Tensor:
 class _Geometry:
     """What :meth:`TracedMatricize.inverse` needs: the input's shape and the windows."""
 
-    def __init__(self, shape: tuple[Size, ...], window: tuple[Size, ...], views: int) -> None:
+    def __init__(self, shape: tuple[Size, ...], window: tuple[Size, ...], partitions: int) -> None:
         self.shape = shape
         self.window = window
-        self.views = views
+        self.partitions = partitions
 
 
 class TracedMatricize(nn.Module):
@@ -95,10 +95,10 @@ class TracedMatricize(nn.Module):
 
     Same matrices, in the same order, as the module it replaces
     (:class:`~nmfseg.nmf.matricize.GlobalMatricize`, ``LocalMatricize``, ``SWMatricize``):
-    leading dim ``(view, b, head, *grid)``, columns in window order. A Swin matricize always
-    has two views, also along dims whose window is one voxel: the shifted view then equals
+    leading dim ``(partition, b, head, *grid)``, columns in window order. A Swin matricize always
+    has two partitions, also along dims whose window is one voxel: the shifted one then equals
     the regular one, and the inverse's average of two equal reconstructions is the one
-    the original computes from a single view.
+    the original computes from a single partition.
 
     Args:
         like: The matricize module to replace.
@@ -136,10 +136,10 @@ class TracedMatricize(nn.Module):
         geom = self.geometry(x.shape)
         if self.kind == "global":
             return x.reshape(-1, self.head_dim, _numel(geom.window))
-        views = [self._windows(x, geom.window)]
-        if geom.views == 2:
-            views.append(self._windows(_roll(x, [w // 2 for w in geom.window]), geom.window))
-        return torch.cat(views) if len(views) > 1 else views[0]
+        parts = [self._windows(x, geom.window)]
+        if geom.partitions == 2:
+            parts.append(self._windows(_roll(x, [w // 2 for w in geom.window]), geom.window))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _windows(self, x: Tensor, window: tuple[Size, ...]) -> Tensor:
         b, c, *spatial = x.shape
@@ -154,18 +154,18 @@ class TracedMatricize(nn.Module):
         return x.permute(*order).reshape(-1, e, _numel(window))
 
     def inverse(self, z: Tensor, geom: _Geometry) -> Tensor:
-        """Fold matrices back to ``(B, C, *S)``; Swin averages its two views (Algorithm 3)."""
+        """Fold matrices back to ``(B, C, *S)``; Swin averages its two partitions (Algorithm 3)."""
         b, c, *spatial = geom.shape
         if self.kind == "global":
             return z.reshape(b, c, *spatial)
         d, e, window = len(spatial), self.head_dim, geom.window
         grid = [_ceil_div(s, w) for s, w in zip(spatial, window, strict=True)]
-        z = z.reshape(geom.views, b, c // e, *grid, e, *window)
+        z = z.reshape(geom.partitions, b, c // e, *grid, e, *window)
         order = [0, 1, 2, 3 + d, *(p for i in range(d) for p in (3 + i, 4 + d + i))]
         padded = [g * w for g, w in zip(grid, window, strict=True)]
-        z = z.permute(*order).reshape(geom.views, b, c, *padded)
+        z = z.permute(*order).reshape(geom.partitions, b, c, *padded)
         z = z[(slice(None), slice(None), slice(None), *(slice(0, s) for s in spatial))]
-        if geom.views == 1:
+        if geom.partitions == 1:
             return z[0]
         return (z[0] + _roll(z[1], [-(w // 2) for w in window])) * 0.5
 

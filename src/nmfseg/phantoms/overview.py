@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nmfseg.fileio import atomic_path
+from nmfseg.plotting import figure
 
 __all__ = ["save_overview"]
 
@@ -33,15 +34,19 @@ def save_overview(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    path = Path(path)
+    size = (2.3 * (len(channels) + 1), 2.5 * len(slices) + 0.4)
+    with figure(path, size, layout=None) as fig:  # the one style
+        _draw_overview(fig, slices, channels, labels, window)
+    return path
+
+
+def _draw_overview(fig: Any, slices: Sequence[Any], channels: Sequence[str],
+                   labels: dict[int, tuple[str, str]], window: Any) -> None:  # fmt: skip
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    path = Path(path)
     ncols = len(channels) + 1
-    fig = Figure(figsize=(2.3 * ncols, 2.5 * len(slices) + 0.4))
-    FigureCanvasAgg(fig)
     codes = sorted(labels)
     cmap = ListedColormap([labels[c][1] for c in codes])
     lut = np.zeros(max(codes) + 1, dtype=float)
@@ -59,9 +64,9 @@ def save_overview(
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(channels):
-                ax.set_title(channels[c], fontsize=9)
+                ax.set_title(channels[c])
             else:
-                ax.set_title("labels on " + channels[0], fontsize=9)
+                ax.set_title("labels on " + channels[0])
                 shown = np.ma.masked_where(label.T == 0, lut[label.T])
                 ax.imshow(
                     shown,
@@ -73,15 +78,11 @@ def save_overview(
                     interpolation="nearest",
                 )
         empty = "" if label.any() else " (no lesion)"
-        row[0].set_ylabel(f"{case_id}\nz={z}{empty}", fontsize=8)
+        row[0].set_ylabel(f"{case_id}\nz={z}{empty}")
     fig.legend(
         handles=[Patch(color=labels[c][1], label=labels[c][0]) for c in codes],
         loc="lower center",
         ncol=len(codes),
         frameon=False,
-        fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.35 / (2.5 * len(slices) + 0.4), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    return path

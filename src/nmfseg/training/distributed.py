@@ -2,7 +2,7 @@
 
 ``nmfseg train`` runs as one process, or as one process per GPU under ``torchrun``::
 
-    torchrun --nproc_per_node 4 -m nmfseg train DATA --model swin_factorizer_brats -o runs
+    torchrun --nproc_per_node 4 -m nmfseg train -d DATA -m swin_factorizer_brats -o runs
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 -m nmfseg train ...
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and

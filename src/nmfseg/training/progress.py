@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nmfseg.fileio import write_bytes, write_text
+from nmfseg.plotting import figure
 
 __all__ = ["plot_progress", "training_seconds", "write_log_csv"]
 
@@ -55,10 +56,15 @@ def write_log_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
 
 def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
     """Draw loss, validation Dice and learning rate against the step into a PNG."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, thread-safe
+    buf = io.BytesIO()
+    with figure(buf, (8, 9)) as fig:  # the one style; no pyplot: thread-safe
+        _draw_progress(fig, rows, title)
+    write_bytes(path, buf.getvalue())
+
+
+def _draw_progress(fig: Any, rows: Sequence[Mapping[str, Any]], title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(8, 9), constrained_layout=True)
     ax_loss, ax_dice, ax_lr = fig.subplots(3, 1, sharex=True)
     losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") not in (None, "")]
     dots = "." if len(rows) <= 50 else None  # a line of one point is not drawn: a dot is
@@ -78,7 +84,7 @@ def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
         ax_dice.plot(
             [r["step"] for r in val], [r["val_dice"] for r in val], "k", marker="o", label="mean"
         )
-        ax_dice.legend(loc="lower right", fontsize="small")
+        ax_dice.legend(loc="lower right")
     ax_dice.set_ylabel("validation Dice")
     ax_dice.set_ylim(-0.02, 1.02)
     ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1, marker=dots)
@@ -92,9 +98,6 @@ def plot_progress(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    write_bytes(path, buf.getvalue())
 
 
 def training_seconds(fold_dir: str | Path) -> float | None:
