@@ -142,25 +142,19 @@ def _runs_below(root: Path) -> list[Path]:
 
 def _patch_size(config: dict[str, Any], where: Path) -> tuple[int, ...]:
     value = config.get("patch_size")
-    for section in ("data", "training"):
-        sub = config.get(section)
-        if value is None and isinstance(sub, dict):
-            value = sub.get("patch_size")
     if value is None:
         raise DataError(where, "the checkpoint's config has no patch_size")
     return tuple(int(p) for p in value)
 
 
 def _dataset_section(config: dict[str, Any]) -> dict[str, Any]:
-    for key in ("dataset", "data"):
-        if isinstance(config.get(key), dict):
-            return config[key]
-    return {}
+    dataset = config.get("dataset")
+    return dataset if isinstance(dataset, dict) else {}
 
 
 def _model_scheme(config: dict[str, Any]) -> DatasetScheme | None:
     """The label scheme the model was trained on, when the config pins it down."""
-    value = _dataset_section(config).get("scheme", config.get("scheme"))
+    value = _dataset_section(config).get("scheme")
     if isinstance(value, dict):
         try:
             return DatasetScheme.from_dict(value)

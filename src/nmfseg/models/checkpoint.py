@@ -208,13 +208,28 @@ def _upgrade_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _upgrade_sections(config: dict[str, Any]) -> None:
+    """0.1 config sections -> 2, in place: the dataset under ``data`` -> ``dataset``, the
+    label scheme at the top -> ``dataset.scheme``, the patch under ``data`` or ``training``
+    -> ``patch_size`` at the top."""
+    if not isinstance(config.get("dataset"), dict) and isinstance(config.get("data"), dict):
+        config["dataset"] = config.pop("data")
+    if "scheme" in config and isinstance(config.get("dataset", {}), dict):
+        config.setdefault("dataset", {}).setdefault("scheme", config.pop("scheme"))
+    for section in ("dataset", "training"):
+        sub = config.get(section)
+        if config.get("patch_size") is None and isinstance(sub, dict) and "patch_size" in sub:
+            config["patch_size"] = sub["patch_size"]
+
+
 def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     """A copy of a checkpoint dict in the current layout (:data:`CHECKPOINT_FORMAT`).
 
     Format 1 (nmfseg 0.1) to 2: the network arguments of :func:`_upgrade_kwargs` (in
     ``model_kwargs``, ``config.model.kwargs`` and ``config.model_args``), the weights of a
     block's token mixer moved from ``*.block.nmf.*`` to ``*.block.mixer.*``, and the network
-    ``segresnet`` is now ``segresnet_brats`` (a ``segresnet_isles`` preset was added).
+    ``segresnet`` is now ``segresnet_brats`` (a ``segresnet_isles`` preset was added), and
+    the config's sections of :func:`_upgrade_sections` (readers read only the current one).
 
     Examples::
 
@@ -234,6 +249,7 @@ def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
             config["model"]["kwargs"] = _upgrade_kwargs(config["model"]["kwargs"])
         if isinstance(config.get("model_args"), dict):
             config["model_args"] = _upgrade_kwargs(config["model_args"])
+        _upgrade_sections(config)
         ckpt["config"] = config
         ckpt["model"] = {
             k.replace(".block.nmf.", ".block.mixer."): v for k, v in ckpt.get("model", {}).items()
