@@ -31,6 +31,7 @@ import multiprocessing
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -343,19 +344,58 @@ def synthesize_dataset(
         >>> ds.fmt, ds.case_ids
         ('isles22', ['sub-strokecase0001', 'sub-strokecase0002'])
     """
+    req = _check_request(kind, fmt, n_cases, seed, spacing, shape, workers, size)
+    out = Path(out).expanduser()
+    _prepare_out(out, overwrite)
+    manifest = _manifest(req)
+    write_json(out / MANIFEST, manifest)
+    results = _run_jobs(_jobs(req, out, overview), kind, workers, progress)
+    write_dataset_metadata(
+        req.fmt,
+        out,
+        scheme=_scheme(kind, req.fmt),
+        name=f"nmfseg {kind} phantoms",
+        description="synthetic phantoms (nmfseg synth)",
+    )
+    if overview > 0:
+        _draw_overview(out, results, KINDS[kind])
+    manifest |= {"complete": True, "cases": results}
+    write_json(out / MANIFEST, json.loads(json.dumps(manifest)))
+    return out
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The checked options of a dataset, shared by its manifest and every case job."""
+
+    kind: str
+    fmt: str
+    seed: int
+    n_cases: int
+    spacing: float
+    shape: tuple[int, ...] | None
+    size: int | None
+
+
+def _check_request(
+    kind: str,
+    fmt: str | None,
+    n_cases: int,
+    seed: int,
+    spacing: float | None,
+    shape: Sequence[int] | None,
+    workers: int,
+    size: int | None,
+) -> _Request:
+    """Check the options (a bad one raises ConfigError) and fill in their defaults."""
     if kind not in KINDS:
         raise ConfigError(f"unknown phantom kind {kind!r}; choose from {', '.join(KINDS)}")
-    spec = KINDS[kind]
-    formats = phantom_formats(kind)
-    given, fmt = fmt, _FORMAT_ALIASES.get(fmt, fmt) if fmt is not None else formats[0]
-    if fmt not in formats:
-        names = ", ".join(("msd" if f == "msd_brats" else f) for f in formats)
-        raise ConfigError(f"--format {given!r} cannot hold {kind} phantoms; choose from {names}")
+    fmt = _resolve_format(kind, fmt)
     if int(n_cases) < 1:
         raise ConfigError(f"--cases must be at least 1, got {n_cases}")
     if int(seed) < 0:
         raise ConfigError(f"--seed must be a nonnegative integer, got {seed}")
-    spacing = float(spec.get("spacing", 2.0) if spacing is None else spacing)
+    spacing = float(KINDS[kind].get("spacing", 2.0) if spacing is None else spacing)
     if not np.isfinite(spacing) or spacing < 1.0:
         raise ConfigError(f"--spacing must be at least 1 mm, got {spacing}")
     if shape is not None:
@@ -364,45 +404,62 @@ def synthesize_dataset(
             raise ConfigError(f"--shape must be three sizes of at least 8 voxels, got {shape}")
     if int(workers) < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    return _Request(kind, fmt, int(seed), int(n_cases), spacing, shape, _resolve_size(kind, size))
+
+
+def _resolve_format(kind: str, fmt: str | None) -> str:
+    """The registered format to write (the kind's default when None); refuse one that can't."""
+    formats = phantom_formats(kind)
+    given, fmt = fmt, _FORMAT_ALIASES.get(fmt, fmt) if fmt is not None else formats[0]
+    if fmt not in formats:
+        names = ", ".join(("msd" if f == "msd_brats" else f) for f in formats)
+        raise ConfigError(f"--format {given!r} cannot hold {kind} phantoms; choose from {names}")
+    return fmt
+
+
+def _resolve_size(kind: str, size: int | None) -> int | None:
+    """The pixels per side of 2D kinds (the kind's default when None); None for 3D kinds."""
+    spec = KINDS[kind]
     if size is not None and "size" not in spec:
         takes = ", ".join(k for k, v in KINDS.items() if "size" in v)
         raise ConfigError(f"--size sets the pixels of 2D phantoms ({takes}), not of {kind}")
     size = int(spec["size"] if size is None else size) if "size" in spec else None
     if size is not None and size < 16:
         raise ConfigError(f"--size must be at least 16 pixels, got {size}")
-    out = Path(out).expanduser()
-    _prepare_out(out, overwrite)
-    manifest: dict[str, Any] = {
+    return size
+
+
+def _manifest(req: _Request) -> dict[str, Any]:
+    """The manifest of a dataset being written (``complete`` until every case is)."""
+    return {
         "generator": "nmfseg synth",
         "version": __version__,
         "revision": PHANTOM_REVISION,
         "complete": False,  # until every case is written (an interrupted run can be overwritten)
-        "kind": kind,
-        "format": fmt,
-        "seed": int(seed),
-        "n_cases": int(n_cases),
-        "spacing_mm": float(spacing),
-        "shape": list(shape) if shape is not None else None,
-        "channels": list(spec["channels"]),
-        **({"size": size} if size is not None else {}),
+        "kind": req.kind,
+        "format": req.fmt,
+        "seed": req.seed,
+        "n_cases": req.n_cases,
+        "spacing_mm": req.spacing,
+        "shape": list(req.shape) if req.shape is not None else None,
+        "channels": list(KINDS[req.kind]["channels"]),
+        **({"size": req.size} if req.size is not None else {}),
     }
-    write_json(out / MANIFEST, manifest)
 
-    jobs = [
-        {
-            "kind": kind,
-            "fmt": fmt,
-            "out": str(out),
-            "seed": int(seed),
-            "index": i,
-            "case_id": case_id_for(fmt, i, kind),
-            "spacing": float(spacing),
-            "shape": shape,
-            "size": size,
-            "keep_slice": i < overview,
-        }
-        for i in range(int(n_cases))
+
+def _jobs(req: _Request, out: Path, overview: int) -> list[dict[str, Any]]:
+    """One ``_make_case`` job per case; the first ``overview`` keep a slice for the figure."""
+    base = {**asdict(req), "out": str(out)}
+    return [
+        dict(base, index=i, case_id=case_id_for(req.fmt, i, req.kind), keep_slice=i < overview)
+        for i in range(req.n_cases)
     ]
+
+
+def _run_jobs(
+    jobs: list[dict[str, Any]], kind: str, workers: int, progress: bool
+) -> list[dict[str, Any]]:
+    """Generate and write every case, here or in ``workers`` processes; results in case order."""
     results: list[dict[str, Any]] = [{}] * len(jobs)
     bar = tqdm(total=len(jobs), desc=f"synth {kind}", unit="case", disable=not progress)
     try:
@@ -414,20 +471,13 @@ def synthesize_dataset(
             _run_parallel(jobs, results, int(workers), bar.update)
     finally:
         bar.close()
+    return results
 
-    write_dataset_metadata(
-        fmt,
-        out,
-        scheme=_scheme(kind, fmt),
-        name=f"nmfseg {kind} phantoms",
-        description="synthetic phantoms (nmfseg synth)",
-    )
-    if overview > 0:
-        slices = [(r["case_id"], *r.pop("slice")) for r in results if "slice" in r]
-        save_overview(out / OVERVIEW, slices, spec["channels"], spec["labels"], spec.get("window"))
-    manifest |= {"complete": True, "cases": results}
-    write_json(out / MANIFEST, json.loads(json.dumps(manifest)))
-    return out
+
+def _draw_overview(out: Path, results: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    """Draw ``overview.png`` from the slices the cases kept (and drop them from the results)."""
+    slices = [(r["case_id"], *r.pop("slice")) for r in results if "slice" in r]
+    save_overview(out / OVERVIEW, slices, spec["channels"], spec["labels"], spec.get("window"))
 
 
 def _run_parallel(
