@@ -90,6 +90,7 @@ class TrainingRun:
 
 
 def _check_labels(dataset: Dataset) -> None:
+    """Refuse a dataset with no cases, no labels or a missing label file."""
     if not dataset.cases:
         raise DataError(dataset.root, "no cases found")
     if not dataset.has_labels:
@@ -169,7 +170,7 @@ def _resolve_config(
     model_args: dict[str, Any],
     sources: dict[str, str],
 ) -> tuple[dict[str, Any], list[str]]:
-
+    """The recipe + YAML + overrides, checked; and notes on the values changed (warm-up)."""
     notes: list[str] = []
     dims = model_args.get("spatial_dims", model_info(model_name).spatial_dims)
     dims = dims if dims in (2, 3) else 3  # a bad --model-arg spatial_dims fails at the build
@@ -207,7 +208,7 @@ def _resolve_config(
 
 
 def _build_model(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-
+    """The network for the dataset's channels and regions (seeded), and its keyword arguments."""
     kwargs = dict(cfg["model_args"])
     channels = len(cfg["dataset"]["channels"])
     regions = len(cfg["dataset"]["regions"])
@@ -319,7 +320,7 @@ def _check_patch(patch: list[int], model: nn.Module, sources: dict[str, str]) ->
 def _splits(
     dataset: Dataset, dataset_dir: Path, n_folds: int, fold: str
 ) -> tuple[Path, list[dict[str, list[str]]] | None, dict[str, list[str]]]:
-
+    """The splits file, the splits if new (to be written), and the fold's train/val ids."""
     new = None
     path = default_splits_path(dataset)
     if not path.is_file():
@@ -375,70 +376,27 @@ def prepare_run(
         dict(model_args or {}),
         dict(sources or {}),
     )
-    if model_name not in list_models():
-        raise ConfigError(
-            f"--model {model_name!r}: unknown network; choose one of {', '.join(list_models())}"
-        )
-    fold = str(fold)
-    if fold != "all" and not (fold.isdigit()):
-        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or 'all'")
+    fold = _check_model_and_fold(model_name, fold)
     dataset = open_dataset(data_dir, fmt)
     _check_labels(dataset)
     fold_dir = Path(out).expanduser() / dataset.name / model_name / f"fold_{fold}"
-    notes: list[str] = []
-    resume_from = None
     cfg, more = _resolve_config(dataset, model_name, config_file, overrides, model_args, sources)
-    if resume and (fold_dir / "checkpoint_last.pt").is_file():
-        resume_from = fold_dir / "checkpoint_last.pt"
-        cfg = _config_for_resume(resume_from, cfg, config_file, overrides, model_args, sources)
-        if cfg["model"]["name"] != model_name:
-            raise ConfigError(f"--resume: {resume_from} was trained with {cfg['model']['name']}")
+    last = fold_dir / "checkpoint_last.pt"
+    resume_from = last if resume and last.is_file() else None
+    if resume_from is None:
+        notes = _start_new_run(cfg, dataset, fold_dir, fold, resume) + more
     else:
-        if not resume and any(fold_dir.glob("checkpoint_*.pt")):
-            raise ConfigError(
-                f"{fold_dir} already holds a training run; pass --resume to continue it, "
-                "or choose another --out (or delete the folder) to start again"
-            )
-        if resume:
-            notes.append(f"no checkpoint_last.pt in {fold_dir}; starting a new run")
-        notes += more
-        if fold != "all" and int(fold) >= cfg["n_folds"]:
-            raise ConfigError(
-                f"--fold {fold} is out of range: there are {cfg['n_folds']} folds "
-                f"(0-{cfg['n_folds'] - 1}) or 'all'"
-            )
-        scheme = dataset.scheme
-        cfg["dataset"] = {
-            "name": dataset.name,
-            "root": str(Path(dataset.root).resolve()),
-            "format": dataset.fmt,
-            "scheme": scheme.to_dict(),
-            "channels": list(scheme.channels),
-            "regions": list(scheme.regions),
-        }
-        cfg["fold"] = int(fold) if fold.isdigit() else fold
-    # the network before any case is read (a bad --model-arg fails at once)
-    model, kwargs = _build_model(model_name, cfg)
-    cfg["model"] = {"name": model_name, "kwargs": kwargs}
-    notes += _check_patch(cfg["patch_size"], model, sources)
-    notes += preset_note(model_name, cfg["dataset"])
-    if cfg["grad_checkpointing"] and not hasattr(model, "set_grad_checkpointing"):
-        raise ConfigError(
-            f"{sources.get('grad_checkpointing', 'grad_checkpointing')}: {model_name} cannot "
-            "recompute its stages in backward; leave it off"
+        cfg = _config_for_resume(
+            resume_from, cfg, model_name, config_file, overrides, model_args, sources
         )
+        notes = []
+    model, checks = _checked_model(model_name, cfg, sources)
+    notes += checks
     splits_path, new_splits, split = _splits(dataset, fold_dir.parent.parent, cfg["n_folds"], fold)
     _check_dims(dataset, split["train"][0], model, model_name)
-    if resume_from is not None and cfg.get("split", {}).get("val") not in (None, split["val"]):
-        raise DataError(splits_path, f"fold {fold} changed since the run began; cannot resume")
-    cfg["split"] = {"file": str(splits_path.resolve()), "val": list(split["val"])}
-    if resume_from is None:
-        cfg["dataset"]["preprocessing"] = plan_preprocessing(dataset, split["train"]).to_dict()
-    else:  # a run of an older nmfseg has none (the default); a broken one fails here
-        Preprocessing.from_config(cfg)
-    # three checkpoints of weights and AdamW's two moments, before any work is done
-    need = 3 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    check_writable(fold_dir, need_bytes=need, what="training run")
+    _record_split(cfg, splits_path, split, fold, resumed=resume_from is not None)
+    _set_preprocessing(cfg, dataset, split["train"], resumed=resume_from is not None)
+    _check_space(fold_dir, model)
     return TrainingRun(
         config=cfg,
         dataset=dataset,
@@ -453,16 +411,99 @@ def prepare_run(
     )
 
 
+def _check_model_and_fold(model_name: str, fold: str | int) -> str:
+    """Refuse an unknown network or a fold that is neither a number nor 'all'; the fold as text."""
+    if model_name not in list_models():
+        raise ConfigError(
+            f"--model {model_name!r}: unknown network; choose one of {', '.join(list_models())}"
+        )
+    fold = str(fold)
+    if fold != "all" and not (fold.isdigit()):
+        raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or 'all'")
+    return fold
+
+
+def _start_new_run(
+    cfg: dict[str, Any], dataset: Dataset, fold_dir: Path, fold: str, resume: bool
+) -> list[str]:
+    """Refuse a fold folder with a run or a fold out of range; record the dataset and fold."""
+    if not resume and any(fold_dir.glob("checkpoint_*.pt")):
+        raise ConfigError(
+            f"{fold_dir} already holds a training run; pass --resume to continue it, "
+            "or choose another --out (or delete the folder) to start again"
+        )
+    notes = [f"no checkpoint_last.pt in {fold_dir}; starting a new run"] if resume else []
+    if fold != "all" and int(fold) >= cfg["n_folds"]:
+        raise ConfigError(
+            f"--fold {fold} is out of range: there are {cfg['n_folds']} folds "
+            f"(0-{cfg['n_folds'] - 1}) or 'all'"
+        )
+    scheme = dataset.scheme
+    cfg["dataset"] = {
+        "name": dataset.name,
+        "root": str(Path(dataset.root).resolve()),
+        "format": dataset.fmt,
+        "scheme": scheme.to_dict(),
+        "channels": list(scheme.channels),
+        "regions": list(scheme.regions),
+    }
+    cfg["fold"] = int(fold) if fold.isdigit() else fold
+    return notes
+
+
+def _checked_model(
+    model_name: str, cfg: dict[str, Any], sources: dict[str, str]
+) -> tuple[nn.Module, list[str]]:
+    """Build the network; refuse a patch or grad checkpointing it cannot use; its notes."""
+    # built before any case is read, so a bad --model-arg fails at once
+    model, kwargs = _build_model(model_name, cfg)
+    cfg["model"] = {"name": model_name, "kwargs": kwargs}
+    notes = _check_patch(cfg["patch_size"], model, sources)
+    notes += preset_note(model_name, cfg["dataset"])
+    if cfg["grad_checkpointing"] and not hasattr(model, "set_grad_checkpointing"):
+        raise ConfigError(
+            f"{sources.get('grad_checkpointing', 'grad_checkpointing')}: {model_name} cannot "
+            "recompute its stages in backward; leave it off"
+        )
+    return model, notes
+
+
+def _record_split(
+    cfg: dict[str, Any], path: Path, split: dict[str, list[str]], fold: str, resumed: bool
+) -> None:
+    """Refuse a resumed fold whose validation cases changed; store the split in the config."""
+    if resumed and cfg.get("split", {}).get("val") not in (None, split["val"]):
+        raise DataError(path, f"fold {fold} changed since the run began; cannot resume")
+    cfg["split"] = {"file": str(path.resolve()), "val": list(split["val"])}
+
+
+def _set_preprocessing(
+    cfg: dict[str, Any], dataset: Dataset, train_ids: list[str], resumed: bool
+) -> None:
+    """Plan a new run's preprocessing into the config; check a resumed run's."""
+    if not resumed:
+        cfg["dataset"]["preprocessing"] = plan_preprocessing(dataset, train_ids).to_dict()
+    else:  # a run of an older nmfseg has none (the default); a broken one fails here
+        Preprocessing.from_config(cfg)
+
+
+def _check_space(fold_dir: Path, model: nn.Module) -> None:
+    """Refuse a fold folder without room for three checkpoints of weights and AdamW's moments."""
+    need = 3 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    check_writable(fold_dir, need_bytes=need, what="training run")
+
+
 def _config_for_resume(
     path: Path,
     new: dict[str, Any],
+    model_name: str,
     config_file: str | Path | None,
     overrides: dict[str, Any],
     model_args: dict[str, Any],
     sources: dict[str, str],
 ) -> dict[str, Any]:
     """The stored config, after checking that the given options (resolved into ``new``)
-    do not contradict it."""
+    and the network do not contradict it."""
     stored = read_checkpoint(path)["config"]
     given = dict.fromkeys(overrides)
     if config_file is not None:
@@ -486,4 +527,6 @@ def _config_for_resume(
     cfg = dict(stored)
     # runtime keys given now, or newer than the run (its nmfseg did not know them)
     cfg.update({k: new[k] for k in RUNTIME_KEYS if k in overrides or k not in cfg})
+    if cfg["model"]["name"] != model_name:
+        raise ConfigError(f"--resume: {path} was trained with {cfg['model']['name']}")
     return cfg
