@@ -334,7 +334,7 @@ def test_run_without_the_section_predicts_exactly_as_before(tmp_path):
 def test_cache_entries_are_keyed_by_the_preprocessing(tmp_path):
     from nmfseg.data.formats import open_dataset
     from nmfseg.training.data import prepare_case
-    from nmfseg.training.setup import plan_preprocessing
+    from nmfseg.training.planning import plan_preprocessing
 
     dataset = open_dataset(_ct_dataset(tmp_path / "Dataset043_CT"))
     case = dataset.get("ct_001")

@@ -15,10 +15,11 @@ which may change.
 Without ``--resume``, a fold folder that already holds checkpoints is refused.
 
 The preprocessing (:class:`~nmfseg.data.normalization.Preprocessing`) is planned here from
-the fold's training cases (:func:`plan_preprocessing`: the normalization of each channel
-from its name, the CT statistics of the training foreground, the target spacing when the
-cases' spacings differ) and stored as ``config["dataset"]["preprocessing"]``; training,
-validation and prediction all read it from there.
+the fold's training cases (:func:`~nmfseg.training.planning.plan_preprocessing`: the
+normalization of each channel from its name, the CT statistics of the training foreground,
+the target spacing when the cases' spacings differ) and stored as
+``config["dataset"]["preprocessing"]``; training, validation and prediction all read it from
+there.
 
 Folds come from ``splits.json``: the dataset folder's own file if it has one (e.g. written
 by ``nmfseg split``), else ``OUT/<dataset>/splits.json``, created on first use with the
@@ -35,16 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmfseg.data.formats import Case, Dataset, load_case, open_dataset
-from nmfseg.data.nifti import image_spacing, load_nifti, spatial_shape
+from nmfseg.data.formats import Dataset, open_dataset
 from nmfseg.data.normalization import (
-    ChannelNorm,
     Preprocessing,
-    ct_norm,
-    norm_scheme_for,
-    sample_foreground,
 )
-from nmfseg.data.resample import target_spacing_for
 from nmfseg.data.splits import default_splits_path, load_splits, make_splits, select_fold
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import check_writable
@@ -60,12 +55,12 @@ from nmfseg.training.config import (
     validate_config,
 )
 from nmfseg.training.data import TAG_INIT, derive_seed
+from nmfseg.training.planning import header_geometry, plan_preprocessing
 
 __all__ = ["RUNTIME_KEYS", "TrainingRun", "plan_preprocessing", "prepare_run"]
 
 RUNTIME_KEYS = ("device", "workers", "amp", "compile", "deterministic", "grad_checkpointing")
 SPLITS_SEED = 0
-FOREGROUND_SEED = 1234  # the seed of every case's foreground sample (nnU-Net's)
 
 
 @dataclass
@@ -101,65 +96,6 @@ def _check_labels(dataset: Dataset) -> None:
         more = f" (and {len(missing) - 1} more case(s))" if len(missing) > 1 else ""
         where = first.label_path or first.case_id
         raise DataError(where, f"label file of case {first.case_id} is missing{more}")
-
-
-def _header_geometry(case: Case) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """Voxel size (as :func:`~nmfseg.data.formats.load_case` reads it) and spatial shape of a
-    case, from its first image's header only."""
-    header = load_nifti(case.image_paths[0]).header
-    return image_spacing(header), spatial_shape(header.get_data_shape())
-
-
-def plan_preprocessing(dataset: Dataset, case_ids: list[str]) -> Preprocessing:
-    """The preprocessing of a run, planned from its training cases (nnU-Net v2's rules).
-
-    Each channel's normalization comes from its name
-    (:func:`~nmfseg.data.normalization.norm_scheme_for`); a ``CT`` channel's clip range,
-    mean and standard deviation from at most
-    :data:`~nmfseg.data.normalization.FOREGROUND_SAMPLES` foreground voxels (label > 0) drawn
-    from each training case with a fixed seed (so the cases are read once, here). The target
-    spacing is :func:`~nmfseg.data.resample.target_spacing_for` of the cases' voxel sizes and
-    stored shapes: ``None`` (no resampling) when they all share one. The axes are never
-    transposed.
-
-    Raises:
-        DataError: a CT channel and no foreground voxel in any training case.
-    """
-    scheme = dataset.scheme
-    names = [norm_scheme_for(c) for c in scheme.channels]
-    ct = [i for i, n in enumerate(names) if n == "ct"]
-    spacings, shapes = [], []
-    samples: list[list[Any]] = [[] for _ in ct]
-    for case_id in case_ids:
-        case = dataset.get(case_id)
-        if ct:
-            data = load_case(case, scheme)
-            spacings.append(data.spacing)
-            shapes.append(data.image.shape[1:])
-            fg = sample_foreground(data.image[ct], data.label, seed=FOREGROUND_SEED)
-            for k in range(len(ct)):
-                samples[k].append(fg[k])
-        else:
-            spacing, shape = _header_geometry(case)
-            spacings.append(spacing)
-            shapes.append(shape)
-    odd = [(c, s) for c, s in zip(case_ids, shapes, strict=True) if len(s) != len(shapes[0])]
-    if odd:
-        raise DataError(
-            dataset.root,
-            f"mixes 2D and 3D images ({case_ids[0]}: {shapes[0]}, {odd[0][0]}: {odd[0][1]})",
-        )
-    norms = [ChannelNorm(n) if n != "ct" else None for n in names]
-    for k, i in enumerate(ct):
-        try:
-            norms[i] = ct_norm(samples[k])
-        except ValueError:
-            raise DataError(
-                dataset.root,
-                f"channel {scheme.channels[i]}: the training cases have no foreground voxel "
-                "(label > 0) to compute the CT intensity statistics from",
-            ) from None
-    return Preprocessing(tuple(norms), target_spacing_for(spacings, shapes))  # type: ignore[arg-type]
 
 
 def _resolve_config(
@@ -277,7 +213,7 @@ def _check_dims(dataset: Dataset, case_id: str, model: nn.Module, model_name: st
     """Refuse a network whose spatial dims are not those of the images (from one header)."""
     dims = getattr(model, "spatial_dims", 3)
     case = dataset.get(case_id)
-    _, shape = _header_geometry(case)
+    _, shape = header_geometry(case)
     if len(shape) != dims:
         presets = {2: "swin_factorizer_2d", 3: "swin_factorizer_brats"}
         raise ConfigError(
