@@ -48,6 +48,8 @@ def test_blocks_it_does_not_cover_keep_their_forward():
     assert not covers(_block("swin", 3, rank=2))
     assert not covers(_block("swin", 3, iters=0))  # the loop, not the rank-1 path
     assert not covers(MixerBlock(16, mixer="favor"))
+    for mixer in ("greedy_nmf", "local_global_nmf", "semi_nmf"):  # Wrapped NMF subclasses too
+        assert not covers(MixerBlock(16, mixer=mixer, mixer_args={"head_dim": 4, "window_size": 4}))
     with pytest.raises(TypeError, match="does not cover"):
         ChannelsLastBlock(_block("local", 3, rank=2))
     net = small_model("swin_factorizer_isles").eval()

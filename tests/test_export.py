@@ -326,6 +326,9 @@ def test_a_network_whose_trace_fixes_the_size_is_refused_naming_the_line(tmp_pat
 
 #: The registered networks whose trace fixes the input size (a Python branch on a shape).
 NOT_EXPORTABLE = ("nnformer_*", "swin_unetr_*")
+#: The greedy NMF stops a window at a threshold of its residual: rounding can change a rank
+#: chosen near the threshold, and with it the output by more than rounding.
+TOLERANCE = {"local_greedy_factorizer_*": 1e-3}
 
 
 @pytest.mark.slow
@@ -346,4 +349,6 @@ def test_which_registered_networks_export(name):
         with pytest.raises(NmfsegError, match="cannot be exported for any input size"):
             verify_onnx(onnx_bytes, net, shapes, fixed=fixed)
     else:
-        assert max(d for _, d in verify_onnx(onnx_bytes, net, shapes, fixed=fixed)) <= 1e-4
+        tol = next((t for p, t in TOLERANCE.items() if fnmatch.fnmatch(name, p)), 1e-4)
+        checked = verify_onnx(onnx_bytes, net, shapes, tolerance=tol, fixed=fixed)
+        assert max(d for _, d in checked) <= tol

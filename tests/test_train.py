@@ -418,12 +418,13 @@ def test_a_preset_on_other_data_is_built_for_it_with_a_note(toy, tmp_path, fmt, 
 
 
 def test_a_bad_network_argument_fails_before_any_case_is_read(toy, tmp_path, monkeypatch):
-    import nmfseg.training.setup as setup
+    import nmfseg.training.planning as planning
 
     def unread(*args, **kwargs):
         raise AssertionError("a case was read")
 
-    monkeypatch.setattr(setup, "load_case", unread)
+    monkeypatch.setattr(planning, "load_case", unread)
+    monkeypatch.setattr(planning, "load_nifti", unread)
     with pytest.raises(ConfigError, match=r"rank=5000 is above 4: its matrices have head_dim=4"):
         prepare_run(toy["isles22"], "swin_factorizer_isles", 1, tmp_path,
                     model_args={"rank": 5000}, overrides={"n_folds": 2})  # fmt: skip

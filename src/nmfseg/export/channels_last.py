@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.mixers.nmf import WrappedNMF
+from nmfseg.nmf.solvers import NMF
 from nmfseg.nmf.steps import guard, weyl
 from nmfseg.nmf.windows import ntuple
 
@@ -58,12 +59,16 @@ Size = Any  # an int in eager mode, a 0-d tensor while tracing
 
 def covers(block: nn.Module) -> bool:
     """Whether :class:`ChannelsLastBlock` computes ``block`` (a
-    :class:`~nmfseg.blocks.MixerBlock` whose mixer, if any, is a rank-1 Wrapped NMF with the
-    default init, or is switched off)."""
+    :class:`~nmfseg.blocks.MixerBlock` whose mixer, if any, is the paper's Wrapped NMF, not a
+    subclass, with the rank-1 NMF and the default init, or switched off)."""
     mixer = getattr(block, "mixer", None)
-    if not hasattr(block, "norm2") or (mixer is not None and not isinstance(mixer, WrappedNMF)):
+    if not hasattr(block, "norm2"):
         return False
-    return mixer is None or not mixer.enabled or mixer.nmf.uses_rank1_path()
+    if mixer is None:
+        return True
+    if type(mixer) is not WrappedNMF or not isinstance(mixer.nmf, NMF):  # a §5 variant, ...
+        return False
+    return not mixer.enabled or mixer.nmf.uses_rank1_path()
 
 
 def _min(a: Size, b: int) -> Size:

@@ -82,12 +82,20 @@ def _roll(x: Tensor, shifts: list[Size]) -> Tensor:
 
 
 class _Geometry:
-    """What :meth:`TracedMatricize.inverse` needs: the input's shape and the windows."""
+    """What :meth:`TracedMatricize.inverse` (and a mixer that groups matrices by window)
+    needs: the input's shape, the windows and the number of partitions."""
 
     def __init__(self, shape: tuple[Size, ...], window: tuple[Size, ...], partitions: int) -> None:
         self.shape = shape
         self.window = window
         self.partitions = partitions
+
+    @property
+    def num_windows(self) -> Size:
+        """Windows per partition, batch element and head (1 for Global)."""
+        return _numel(
+            tuple(_ceil_div(s, w) for s, w in zip(self.shape[2:], self.window, strict=True))
+        )
 
 
 class TracedMatricize(nn.Module):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from nmfseg.mixers._registry import register_mixer
@@ -106,7 +107,7 @@ class GreedyWrappedNMF(WrappedNMF):
         self.last_ranks = None
         out = super().mix(z)
         ranks = self.nmf.last_ranks
-        if self.enabled and ranks is not None:
+        if self.enabled and ranks is not None and not torch.jit.is_tracing():  # explain's
             self.last_ranks = ranks.view(self.matricize.geometry(z.shape).batch_shape)
         return out
 
