@@ -42,6 +42,7 @@ bench-scaling: $(STAMP)
 	$(BIN)/python benchmarks/bench_scaling.py --out $(BENCH_OUT) --plot
 	$(BIN)/python benchmarks/bench_sizes.py --out $(BENCH_OUT) --plot
 	$(BIN)/python benchmarks/bench_predict.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_case.py --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
