@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -95,7 +94,7 @@ def test_whole_volume_prediction_runs_every_configuration_with_onnxruntime(tmp_p
 def test_engines_prints_the_three_comparisons(capsys, tmp_path):
     pytest.importorskip("onnxruntime")
     bench = importlib.import_module("bench_engines")
-    engines = "torch,onnxruntime" + (",openvino-bf16" if _has("openvino") else "")
+    engines = "torch,onnxruntime"  # OpenVINO: tests/test_openvino.py, in a process of its own
     bench.main(["--size", "16", "--train-size", "16", "--repeats", "1", "--channels",
                 "8,16,32,64,128", "--engines", engines, "--out", str(tmp_path)])  # fmt: skip
     report = (tmp_path / "bench_engines.md").read_text()
@@ -105,7 +104,3 @@ def test_engines_prints_the_three_comparisons(capsys, tmp_path):
         len((tmp_path / "bench_engines.csv").read_text().splitlines())
         == 1 + len(engines.split(",")) + 2 + 2
     )
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

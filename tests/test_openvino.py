@@ -1,9 +1,18 @@
 """The OpenVINO engine (issue #22): ``predict --engine openvino`` predicts what onnxruntime and
-PyTorch predict from the same exported model, bf16 stays close, refusals are one line."""
+PyTorch predict from the same exported model, bf16 stays close, refusals are one line.
+
+The tests run in a process of their own (:func:`test_in_a_process_of_its_own` runs this file
+again): OpenVINO's thread pool stays in the process that loaded it, and an xdist worker that
+goes on to later test files with it loaded was seen to hang.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,8 +25,23 @@ from nmfseg.models import create_model
 from nmfseg.phantoms.toy import make_toy_dataset
 from nmfseg.training.checkpoint import atomic_save
 
-pytest.importorskip("openvino")
-pytest.importorskip("onnxruntime")
+if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnxruntime") is None:
+    pytest.skip("needs openvino and onnxruntime", allow_module_level=True)  # not imported here
+
+CHILD = "NMFSEG_OPENVINO_TESTS"
+in_child = pytest.mark.skipif(os.environ.get(CHILD) != "1", reason="runs in its own process")
+
+
+@pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="the parent")
+def test_in_a_process_of_its_own():
+    tests = Path(__file__).parent
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+           "-p", "no:randomly", str(Path(__file__))]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tests.parent, env={**os.environ, CHILD: "1"},
+                         capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
 
 MODEL = "swin_factorizer_isles"
 KWARGS = dict(channels=(4, 8, 16), deep_supervision=False)
@@ -46,6 +70,7 @@ def _image() -> np.ndarray:
     return image
 
 
+@in_child
 def test_openvino_predicts_what_onnxruntime_and_torch_predict(exported, tmp_path):
     _, _, path = exported
     data = make_toy_dataset(tmp_path / "toy", "isles22", n_cases=2, shape=(20, 18, 16), seed=1)
@@ -60,6 +85,7 @@ def test_openvino_predicts_what_onnxruntime_and_torch_predict(exported, tmp_path
         assert np.array_equal(np.asarray(nib.load(tmp_path / "ov" / f.name).dataobj), expected)
 
 
+@in_child
 def test_float32_and_bf16_probabilities(exported):
     from nmfseg.export.openvino import OpenVinoNetwork, load_openvino_ensemble
     from nmfseg.inference.predictor import Predictor
@@ -80,6 +106,7 @@ def test_float32_and_bf16_probabilities(exported):
     assert len(net._compiled) == 1  # one window shape: compiled once
 
 
+@in_child
 def test_a_window_of_another_shape_is_compiled_for_it(exported):
     from nmfseg.export.openvino import load_openvino_ensemble
 
@@ -92,6 +119,7 @@ def test_a_window_of_another_shape_is_compiled_for_it(exported):
     assert sorted(ov_net._compiled) == [(1, 2, 16, 16, 16), (2, 2, 12, 9, 20)]
 
 
+@in_child
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -111,6 +139,7 @@ def test_bad_requests_are_one_line(exported, tmp_path, args, words):
     assert not (tmp_path / "pred").exists()
 
 
+@in_child
 def test_without_openvino_one_line_names_the_extra(exported, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino fails
     _, _, path = exported
