@@ -42,6 +42,7 @@ import torch
 
 import nmfseg
 from _common import fmt, machine, markdown_table, measure, save_table
+from bench_export import session
 from nmfseg.export.onnx import network_to_onnx
 
 FACTORIZER, SEGRESNET, NO_NMF = (
@@ -75,13 +76,8 @@ def engine_fn(engine: str, net: torch.nn.Module, x: torch.Tensor, threads: int) 
     model, _ = network_to_onnx(net, example)
     image = x.numpy()
     if engine == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return lambda: session.run(None, {"image": image})
+        ort_session = session(model, threads)
+        return lambda: ort_session.run(None, {"image": image})
     import openvino as ov
 
     core = ov.Core()

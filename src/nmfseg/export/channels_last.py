@@ -52,7 +52,7 @@ from nmfseg.nmf.solvers import NMF
 from nmfseg.nmf.steps import guard, weyl
 from nmfseg.nmf.windows import ntuple
 
-__all__ = ["ChannelsLastBlock", "covers"]
+__all__ = ["ChannelsLastBlock", "Size", "covers", "size_min"]
 
 Size = Any  # an int in eager mode, a 0-d tensor while tracing
 
@@ -71,7 +71,8 @@ def covers(block: nn.Module) -> bool:
     return not mixer.enabled or mixer.nmf.uses_rank1_path()
 
 
-def _min(a: Size, b: int) -> Size:
+def size_min(a: Size, b: int) -> Size:
+    """``min(a, b)`` of a size that may be traced (a 0-d tensor while tracing)."""
     return torch.clamp(a, max=b) if isinstance(a, Tensor) else min(a, b)
 
 
@@ -191,7 +192,7 @@ class ChannelsLastBlock(nn.Module):
         if mixer.kind == "global":
             return rank1_windows(z.reshape(b, -1, c), e, iters).reshape(z.shape)
         window = ntuple(mixer.matricize.window_size, spatial_dims, "window_size")
-        window = tuple(_min(s, w) for s, w in zip(spatial, window, strict=True))
+        window = tuple(size_min(s, w) for s, w in zip(spatial, window, strict=True))
         padded = [(s + w - 1) // w * w for s, w in zip(spatial, window, strict=True)]
         pad: list[Size] = [0, 0]
         for s, p in zip(reversed(spatial), reversed(padded), strict=True):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
-from nmfseg.export.channels_last import ChannelsLastBlock, covers
+from nmfseg.export.channels_last import ChannelsLastBlock, Size, covers, size_min
 from nmfseg.layers import PointwiseConv, PositionEmbedding
 from nmfseg.nmf.matricize import GlobalMatricize, LocalMatricize, SWMatricize
 from nmfseg.nmf.windows import ntuple
@@ -59,12 +59,6 @@ __all__ = [
     "TracedMatricize",
     "export_form",
 ]
-
-Size = Any  # an int in eager mode, a 0-d tensor while tracing
-
-
-def _min(a: Size, b: int) -> Size:
-    return torch.clamp(a, max=b) if isinstance(a, Tensor) else min(a, b)
 
 
 def _ceil_div(a: Size, b: Size) -> Size:
@@ -136,7 +130,7 @@ class TracedMatricize(nn.Module):
         if self.kind == "global":
             return _Geometry(tuple(shape), spatial, 1)
         window = ntuple(self.window_size, len(spatial), "window_size")
-        clamped = tuple(_min(s, w) for s, w in zip(spatial, window, strict=True))
+        clamped = tuple(size_min(s, w) for s, w in zip(spatial, window, strict=True))
         return _Geometry(tuple(shape), clamped, 2 if self.kind == "swin" else 1)
 
     def forward(self, x: Tensor) -> Tensor:
