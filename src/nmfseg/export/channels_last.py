@@ -52,7 +52,7 @@ from nmfseg.nmf.solvers import NMF
 from nmfseg.nmf.steps import guard, weyl
 from nmfseg.nmf.windows import ntuple
 
-__all__ = ["ChannelsLastBlock", "Size", "covers", "size_min"]
+__all__ = ["ChannelsLastBlock", "Size", "covers", "roll", "size_min"]
 
 Size = Any  # an int in eager mode, a 0-d tensor while tracing
 

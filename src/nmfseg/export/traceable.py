@@ -10,7 +10,7 @@ operations on the input's shape, which a trace records as graph operations:
 
 - :class:`AnySizeNetwork`: pad to ``size_multiple`` and crop, around ``forward_logits``;
 - :class:`TracedMatricize`: Global, Local and Swin matricize and their inverses as
-  pad / reshape / permute / gather (an index roll), replacing the block copies;
+  pad / reshape / permute / slices (the Swin roll), replacing the block copies;
 - :class:`ResizedPositionEmbedding`: the embedding always resized (exact at its own grid);
 - :class:`PointwiseAsConv`: the pointwise convolutions outside the blocks (decoder
   projections, heads) as the ``Conv`` a runtime runs in its own layout;
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmfseg.blocks import MixerBlock
-from nmfseg.export.channels_last import ChannelsLastBlock, Size, covers, size_min
+from nmfseg.export.channels_last import ChannelsLastBlock, Size, covers, roll, size_min
 from nmfseg.layers import PointwiseConv, PositionEmbedding
 from nmfseg.nmf.matricize import GlobalMatricize, LocalMatricize, SWMatricize
 from nmfseg.nmf.windows import ntuple
@@ -63,16 +63,6 @@ __all__ = [
 
 def _ceil_div(a: Size, b: Size) -> Size:
     return (a + b - 1) // b
-
-
-def _roll(x: Tensor, shifts: list[Size]) -> Tensor:
-    """``torch.roll`` of the spatial dims of ``x (B, C, *S)`` by sizes that may be traced."""
-    for i, shift in enumerate(shifts):
-        dim = 2 + i
-        n = x.shape[dim]
-        index = torch.remainder(torch.arange(n, device=x.device) - shift, n)
-        x = x.index_select(dim, index)
-    return x
 
 
 class _Geometry:
@@ -140,7 +130,8 @@ class TracedMatricize(nn.Module):
             return x.reshape(-1, self.head_dim, _numel(geom.window))
         parts = [self._windows(x, geom.window)]
         if geom.partitions == 2:
-            parts.append(self._windows(_roll(x, [w // 2 for w in geom.window]), geom.window))
+            shifted = roll(x, [w // 2 for w in geom.window], list(range(2, x.dim())))
+            parts.append(self._windows(shifted, geom.window))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _windows(self, x: Tensor, window: tuple[Size, ...]) -> Tensor:
@@ -169,7 +160,8 @@ class TracedMatricize(nn.Module):
         z = z[(slice(None), slice(None), slice(None), *(slice(0, s) for s in spatial))]
         if geom.partitions == 1:
             return z[0]
-        return (z[0] + _roll(z[1], [-(w // 2) for w in window])) * 0.5
+        back = [n - w // 2 for n, w in zip(spatial, window, strict=True)]  # -w//2, cyclic
+        return (z[0] + roll(z[1], back, list(range(2, 2 + d)))) * 0.5
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, head_dim={self.head_dim}, window_size={self.window_size}"
