@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.autograd import gradcheck
 
+from nmfseg.mixers import create_mixer
 from nmfseg.mixers.nmf import WrappedNMF, set_nmf
+from nmfseg.mixers.wrapped import WrappedMixer
 from nmfseg.nmf import NMF, default_init, nmf, nmf_reconstruct
 
 TINY = np.finfo(np.float64).tiny
@@ -372,3 +374,29 @@ def test_set_nmf_with_a_too_large_rank_changes_nothing():
     with pytest.raises(ValueError, match="at most 4"):
         net.set_nmf(rank=5, iters=7, enabled=[0])
     assert {(m.nmf.rank, m.nmf.iters, m.enabled) for m in net.nmf_layers()} == {(4, 2, True)}
+
+
+# --- The NMF-family mixers share one wrapping; their checkpoints keep their keys. ---------
+
+NMF_FAMILY = ["nmf", "semi_nmf", "convex_nmf", "greedy_nmf", "local_global_nmf"]
+
+
+@pytest.mark.parametrize("name", NMF_FAMILY)
+def test_nmf_family_mixers_share_the_wrapping_and_their_state_dicts_round_trip(name):
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        kwargs = dict(spatial_dims=2, matricize="local", head_dim=4, window_size=4)
+        return create_mixer(name, 8, **kwargs).eval()
+
+    mixer, other = build(0), build(1)
+    assert isinstance(mixer, WrappedMixer) and mixer.max_rank == 4
+    state = mixer.state_dict()
+    # The keys of every checkpoint written so far: the two projections, nothing else.
+    assert list(state) == ["in_proj.weight", "out_proj.weight", "out_proj.bias"]
+    other.load_state_dict(state)  # strict
+    x = torch.randn(2, 8, 9, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(other(x), mixer(x))
+    rank = {"max_rank": 17} if name == "greedy_nmf" else {"rank": 17}
+    with pytest.raises(ValueError, match=r"^rank=17 is above 4: its matrices have head_dim=4"):
+        create_mixer(name, 8, spatial_dims=2, matricize="local", head_dim=4, window_size=2, **rank)

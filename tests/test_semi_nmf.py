@@ -393,7 +393,7 @@ def test_mixer_settings_and_errors(name):
     assert (mixer.factorization.rank, mixer.factorization.iters) == (2, 3)
     assert mixer.factorization.grad_iters == 1 and mixer.max_rank == 8
     assert create_mixer(name, 16, head_dim=8, window_size=(2, 1, 2)).max_rank == 4
-    with pytest.raises(ValueError, match=r"rank=5 is above 4, min\(rows, columns\)"):
+    with pytest.raises(ValueError, match=r"rank=5 is above 4: its matrices have head_dim=8"):
         create_mixer(name, 16, head_dim=8, window_size=(2, 1, 2), rank=5)
     with pytest.raises(ValueError, match="matricize should be one of"):
         create_mixer(name, 16, matricize="diagonal")

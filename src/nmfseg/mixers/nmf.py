@@ -2,7 +2,8 @@
 
 ``WrappedNMF(x) = Dropout(PointwiseConv(Dematricize(NMF(ReLU(Matricize(PointwiseConv(x)))))))``:
 the input projection has no bias, the output projection has one (as in the official code).
-Registered as mixer ``"nmf"``.
+Registered as mixer ``"nmf"``. The projections, the matricize, their checks and the rank
+bound are those of every NMF-family mixer (:class:`~nmfseg.mixers.wrapped.WrappedMixer`).
 
 Two inference-time controls (paper §4.5) live here, with functions that apply them to every
 NMF layer of any network (:func:`nmf_layers`, :func:`set_nmf`):
@@ -18,7 +19,6 @@ NMF layer of any network (:func:`nmf_layers`, :func:`set_nmf`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -26,19 +26,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nmfseg.layers import PointwiseConv
 from nmfseg.layers.args import check_positive
 from nmfseg.mixers._registry import register_mixer
-from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf import (
-    MATRICIZE_KINDS,
-    NMF,
-    SOLVERS,
-    MatricizeGeometry,
-    build_matricize,
-    matricized_rank1,
-)
-from nmfseg.nmf.windows import is_reshape, ntuple
+from nmfseg.mixers.wrapped import _NO_BETTER, WrappedMixer
+from nmfseg.nmf import NMF, SOLVERS, MatricizeGeometry, matricized_rank1
+from nmfseg.nmf.windows import is_reshape
 from nmfseg.routes import FusedFlag, Route, takes
 
 __all__ = [
@@ -51,8 +43,6 @@ __all__ = [
     "restore_nmf",
     "set_nmf",
 ]
-
-_NO_BETTER = "a rank above min(rows, columns) of a matrix cannot describe it better"
 
 
 @dataclass
@@ -135,7 +125,7 @@ def factor_maps(record: NMFRecord, batch_index: int = 0) -> Tensor:
     return out
 
 
-class WrappedNMF(FusedFlag, ProjectedMixer):
+class WrappedNMF(FusedFlag, WrappedMixer):
     """Pointwise conv → matricize → ReLU → NMF → dematricize → pointwise conv → dropout.
 
     Args:
@@ -159,8 +149,6 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
 
     ROUTES = frozenset({Route.RECOMPUTE})
 
-    mixes_in_float32 = True
-
     def __init__(
         self,
         channels: int,
@@ -174,65 +162,18 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
         grad_iters: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(dropout)
-        if matricize not in MATRICIZE_KINDS:
-            raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
-        if not isinstance(head_dim, int) or head_dim < 1 or channels % head_dim:
-            raise ValueError(
-                f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
-            )
-        _check_settings(iters, rank, solver)
+        super().__init__(channels, spatial_dims, matricize, head_dim, window_size, rank, dropout)
+        _check_settings(iters, None, solver)
         if grad_iters is not None and (not isinstance(grad_iters, int) or grad_iters < 0):
             raise ValueError(
                 f"grad_iters should be None or a non-negative int, got {grad_iters!r}."
             )
-        self.channels = channels
-        self.spatial_dims = spatial_dims
-        self.kind = matricize
-        self.head_dim = head_dim
-        self.in_proj = PointwiseConv(channels, channels, bias=False)
-        self.matricize = build_matricize(matricize, head_dim, window_size, spatial_dims)
-        if rank > self.max_rank:
-            raise ValueError(f"rank={rank} is above {self.max_rank}: {self.rank_limit()}.")
         self.nmf = NMF(rank=rank, iters=iters, solver=solver, grad_iters=grad_iters)
-        self.out_proj = PointwiseConv(channels, channels, bias=True)
         self.enabled = True
         self.layer_index = -1
         self.level: int | None = None
         self.recorder: list[NMFRecord] | None = None
         self.routes = self.ROUTES  # Swin or Local rank 1: matricized_rank1 (see _one_node)
-
-    @property
-    def window(self) -> tuple[int, ...] | None:
-        """The matricize window (Local and Swin; ``None`` for Global)."""
-        if self.kind == "global":
-            return None
-        return ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
-
-    @property
-    def max_rank(self) -> int:
-        """The largest meaningful NMF rank: ``min(M, N)`` of the layer's matrices, with
-        ``M = head_dim`` rows and, for Local and Swin, ``N`` = the voxels of a window (a stage
-        smaller than the window has fewer; Global's ``N``, a whole stage, is not bounded).
-
-        Examples::
-
-            >>> WrappedNMF(16, head_dim=8, window_size=2).max_rank  # 2x2x2 = 8 voxels
-            8
-            >>> WrappedNMF(16, matricize="local", head_dim=8, window_size=(2, 1, 2)).max_rank
-            4
-        """
-        window = self.window
-        return self.head_dim if window is None else min(self.head_dim, math.prod(window))
-
-    def rank_limit(self) -> str:
-        """Why :attr:`max_rank` is what it is, for error messages."""
-        window = self.window
-        rows = f"head_dim={self.head_dim} rows"
-        if window is None:
-            return f"its matrices have {rows}, and {_NO_BETTER}"
-        voxels = f"{math.prod(window)} columns (a {'x'.join(map(str, window))} window)"
-        return f"its matrices have {rows} and {voxels}, and {_NO_BETTER}"
 
     def _one_node(self, z: Tensor, geometry: MatricizeGeometry) -> bool:
         """Whether the layer takes :func:`~nmfseg.nmf.matricized_rank1`, which works on a few
@@ -274,7 +215,7 @@ class WrappedNMF(FusedFlag, ProjectedMixer):
         return self.matricize.inverse(m, geometry)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, matricize={self.kind!r}, enabled={self.enabled}"
+        return f"{super().extra_repr()}, enabled={self.enabled}"
 
 
 register_mixer("nmf")(WrappedNMF)

@@ -9,7 +9,8 @@ replaced and the ReLU taken out:
 
 with the same projections (the input one without bias, the output one with), the same
 Global / Local / Swin matricize (:mod:`nmfseg.nmf.matricize`: heads of ``head_dim`` channels
-as rows, the voxels of a window as columns) and, for ``F``, the reconstruction of
+as rows, the voxels of a window as columns), both built and checked by their shared base
+:class:`~nmfseg.mixers.wrapped.WrappedMixer`, and, for ``F``, the reconstruction of
 (:mod:`nmfseg.nmf.semi`, Ding, Li & Jordan, 2010):
 
 - mixer ``"semi_nmf"`` (:class:`WrappedSemiNMF`): Semi-NMF ``x ≈ f gᵀ`` with the voxels as
@@ -45,27 +46,21 @@ Examples::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch import Tensor
 
-from nmfseg.layers import PointwiseConv
-from nmfseg.layers.args import check_positive
 from nmfseg.mixers._registry import register_mixer
-from nmfseg.mixers.base import ProjectedMixer
-from nmfseg.nmf import MATRICIZE_KINDS, build_matricize
+from nmfseg.mixers.wrapped import WrappedMixer
 from nmfseg.nmf.semi import ConvexNMF, SemiNMF
-from nmfseg.nmf.windows import ntuple
 
 __all__ = ["WrappedConvexNMF", "WrappedSemiNMF"]
 
 
-class _WrappedFactorization(ProjectedMixer):
+class _WrappedFactorization(WrappedMixer):
     """Pointwise conv → matricize → factorization → dematricize → pointwise conv → dropout."""
 
     factorization_class: type[SemiNMF] | type[ConvexNMF] = SemiNMF
-    mixes_in_float32 = True  # the factorization runs in float32 with autocast off
 
     def __init__(
         self,
@@ -79,51 +74,13 @@ class _WrappedFactorization(ProjectedMixer):
         grad_iters: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(dropout)
-        if matricize not in MATRICIZE_KINDS:
-            raise ValueError(f"matricize should be one of {MATRICIZE_KINDS}, got {matricize!r}.")
-        check_positive(channels=channels, head_dim=head_dim, rank=rank)
-        if channels % head_dim:
-            raise ValueError(
-                f"channels ({channels}) should be a positive multiple of head_dim ({head_dim})."
-            )
-        self.channels = channels
-        self.spatial_dims = spatial_dims
-        self.kind = matricize
-        self.head_dim = head_dim
-        self.in_proj = PointwiseConv(channels, channels, bias=False)
-        self.matricize = build_matricize(matricize, head_dim, window_size, spatial_dims)
-        if rank > self.max_rank:
-            raise ValueError(
-                f"rank={rank} is above {self.max_rank}, min(rows, columns) of this layer's "
-                f"matrices (head_dim={head_dim} rows, {self._columns()} columns)."
-            )
+        super().__init__(channels, spatial_dims, matricize, head_dim, window_size, rank, dropout)
         self.factorization = self.factorization_class(rank, iters, grad_iters)
-        self.out_proj = PointwiseConv(channels, channels, bias=True)
-
-    def _columns(self) -> str:
-        if self.kind == "global":
-            return "all voxels of a stage as"
-        window = ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
-        return f"a {'x'.join(map(str, window))} window of {math.prod(window)} voxels as"
-
-    @property
-    def max_rank(self) -> int:
-        """``min(rows, columns)`` of the layer's matrices: ``head_dim`` rows and, for Local
-        and Swin, the voxels of a window as columns (:attr:`WrappedNMF.max_rank
-        <nmfseg.mixers.nmf.WrappedNMF.max_rank>`)."""
-        if self.kind == "global":
-            return self.head_dim
-        window = ntuple(self.matricize.window_size, self.spatial_dims, "window_size")
-        return min(self.head_dim, math.prod(window))
 
     def mix(self, z: Tensor) -> Tensor:
         """Matricize, reconstruct every matrix by the factorization, dematricize (no ReLU)."""
         geometry = self.matricize.geometry(z.shape)
         return self.matricize.inverse(self.factorization(self.matricize(z)), geometry)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, matricize={self.kind!r}"
 
 
 class WrappedSemiNMF(_WrappedFactorization):
