@@ -38,10 +38,10 @@ values, :func:`~.steps.weyl`): Semi-NMF's ``G₀`` is NMF's ``v₀``; Convex-NMF
 the values of the ``M`` rows and ``W₀ = G₀ D⁻¹``, ``D`` its column sums (Ding et al.'s
 ``W₀``, without their k-means).
 
-Gradients. The iterations are unrolled; ``grad_iters = k`` runs the first ``T − k``
-without autograd (as :func:`~.solvers.nmf`); Semi-NMF's final least squares and Convex-NMF's
-``A`` and reconstruction always carry the gradient, except with ``grad_iters = 0`` (no
-autograd at all).
+Gradients. The iterations are unrolled by NMF's loop (:func:`~.steps.unroll`): ``grad_iters
+= k`` runs the first ``T − k`` without autograd (as :func:`~.solvers.nmf`); Semi-NMF's final
+least squares and Convex-NMF's ``A`` and reconstruction always carry the gradient, except
+with ``grad_iters = 0`` (no autograd at all).
 
 Numerical safety (float32 as float64; no fixed ``eps``, which would bias small inputs):
 
@@ -82,12 +82,11 @@ Examples::
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from nmfseg.nmf.steps import weyl
+from nmfseg.nmf.steps import no_grad_if, unroll, weyl
 from nmfseg.routes import autocast_off, backward_without_autocast, work_dtype
 
 __all__ = [
@@ -217,17 +216,6 @@ def _convex_step(a_pos: Tensor, a_neg: Tensor, w: Tensor, g: Tensor) -> tuple[Te
     return w, g
 
 
-def _run(step: Callable, state: tuple, iters: int, grad_iters: int | None) -> tuple:
-    """``iters`` steps of ``state``; the first ``iters - grad_iters`` without autograd."""
-    free = 0 if grad_iters is None else max(iters - grad_iters, 0)
-    with torch.no_grad():
-        for _ in range(free):
-            state = step(*state)
-    for _ in range(iters - free):
-        state = step(*state)
-    return state
-
-
 def _check(x: Tensor, rank: int, iters: int, grad_iters: int | None) -> None:
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank should be a positive int, got {rank!r}.")
@@ -261,15 +249,11 @@ def _batched(x: Tensor, factor: Tensor) -> Tensor:
     return factor.expand(*x.shape[:-2], *factor.shape[-2:])
 
 
-def _no_grad_if(cond: bool):
-    return torch.no_grad() if cond else nullcontext()
-
-
 def _semi(x: Tensor, rank: int, iters: int, init: Tensor | None, grad_iters: int | None):
     """``(f, g)`` of :func:`semi_nmf` for ``x`` in the working dtype."""
     g0 = _init(x, x.shape[-1], rank, init)
-    with _no_grad_if(grad_iters == 0):
-        (g,) = _run(lambda g: (_semi_step(x, g),), (g0,), iters, grad_iters)
+    with no_grad_if(grad_iters == 0):
+        (g,) = unroll(lambda g: (_semi_step(x, g),), (g0,), iters, grad_iters)
         return _least_squares(x, g), _batched(x, g)
 
 
@@ -285,15 +269,15 @@ def _convex(x: Tensor, rank: int, iters: int, init, grad_iters: int | None):
         g0 = weyl(rows, rank, x.device, x.dtype)
         init = (g0 / g0.sum(0), g0)
     w0, g0 = (_init(x, rows, rank, t) for t in init)
-    with _no_grad_if(grad_iters == 0):
+    with no_grad_if(grad_iters == 0):
         a_pos, a_neg = _split(x @ x.mT)
-        w, g = _run(lambda w, g: _convex_step(a_pos, a_neg, w, g), (w0, g0), iters, grad_iters)
+        w, g = unroll(lambda w, g: _convex_step(a_pos, a_neg, w, g), (w0, g0), iters, grad_iters)
         return _batched(x, w), _batched(x, g)
 
 
 def _convex_recon(x: Tensor, rank: int, iters: int, init, grad_iters: int | None) -> Tensor:
     w, g = _convex(x, rank, iters, init, grad_iters)
-    with _no_grad_if(grad_iters == 0):
+    with no_grad_if(grad_iters == 0):
         return g @ (w.mT @ x)
 
 

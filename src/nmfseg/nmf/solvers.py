@@ -25,13 +25,12 @@ Examples::
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
-import torch
+import torch  # noqa: F401  (the examples of the docstrings use it)
 from torch import Tensor, nn
 
 from nmfseg.nmf.rank1 import Rank1Projection, rank1_factors
-from nmfseg.nmf.steps import STEPS, default_init, run_steps, weyl
+from nmfseg.nmf.steps import STEPS, default_init, no_grad_if, run_steps, weyl
 from nmfseg.routes import Route, allows, autocast_off, work_dtype
 
 __all__ = [
@@ -75,11 +74,6 @@ def _check_input(x: Tensor, rank: int) -> None:
                 f"x should be nonnegative (NMF's precondition), but its minimum is "
                 f"{low:.4g}; apply torch.relu or shift it first."
             )
-
-
-def _no_grad_if(cond: bool):
-    # grad_iters=0: every iteration runs without autograd (same values as grad_iters=None).
-    return torch.no_grad() if cond else nullcontext()
 
 
 def _prepare(
@@ -186,7 +180,7 @@ def _factorize(
     with autocast_off(x):
         x, u0, v0 = _prepare(x, rank, init)
         if _use_fast(rank, iters, solver, init, fast):
-            with _no_grad_if(grad_iters == 0):
+            with no_grad_if(grad_iters == 0):
                 f, g = rank1_factors(
                     x.reshape(-1, *shape[-2:]), _flat_g0(v0, init), iters, grad_iters or None
                 )
@@ -244,7 +238,7 @@ def _reconstruct(
     out_dtype, shape = x.dtype, x.shape
     with autocast_off(x):
         x, _, v0 = _prepare(x, rank, init)
-        with _no_grad_if(grad_iters == 0):
+        with no_grad_if(grad_iters == 0):
             y = Rank1Projection.apply(
                 x.reshape(-1, *shape[-2:]), _flat_g0(v0, init), iters, grad_iters or None
             )

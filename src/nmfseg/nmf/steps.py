@@ -3,7 +3,8 @@
 One call of :func:`mu_step` or :func:`hals_step` is one outer iteration of Algorithm 1
 (multiplicative updates) or Algorithm 2 (HALS: a Gauss–Seidel sweep over the columns of
 ``u``, then of ``v``); :func:`run_steps` runs ``T`` of them, the first ``T - grad_iters``
-without autograd.
+without autograd, by :func:`unroll`, the loop every unrolled factorization of :mod:`nmfseg.nmf`
+runs (also Semi- and Convex-NMF's, :mod:`~nmfseg.nmf.semi`).
 
 Divisions are guarded by clamping the denominator to the smallest normal number of the
 dtype (:func:`guard`): this changes nothing unless a denominator is exactly zero, which only
@@ -17,11 +18,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
 
-__all__ = ["STEPS", "default_init", "guard", "hals_step", "mu_step", "run_steps", "weyl"]
+__all__ = [
+    "STEPS",
+    "default_init",
+    "guard",
+    "hals_step",
+    "mu_step",
+    "no_grad_if",
+    "run_steps",
+    "unroll",
+    "weyl",
+]
 # Irrational steps of a Kronecker (Weyl) sequence, one per rank component.
 _WEYL = (0.6180339887498949, 0.7548776662466927, 0.5698402909980532, 0.4655712318767680)
 
@@ -94,14 +106,32 @@ def hals_step(x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 STEPS: dict[str, Step] = {"hals": hals_step, "mu": mu_step}
 
 
+def unroll(step: Callable[..., tuple], state: tuple, iters: int, grad_iters: int | None) -> tuple:
+    """``iters`` times ``state = step(*state)``; the first ``iters - grad_iters`` without
+    autograd (``grad_iters=None``: all with autograd).
+
+    Examples::
+
+        >>> unroll(lambda a, b: (b, a + b), (0, 1), iters=5, grad_iters=None)
+        (5, 8)
+    """
+    free = 0 if grad_iters is None else max(iters - grad_iters, 0)
+    with torch.no_grad():
+        for _ in range(free):
+            state = step(*state)
+    for _ in range(iters - free):
+        state = step(*state)
+    return state
+
+
+def no_grad_if(cond: bool) -> AbstractContextManager:
+    """``torch.no_grad()`` if ``cond``, else a context that changes nothing (``grad_iters=0``:
+    no autograd at all, the same values as ``grad_iters=None``)."""
+    return torch.no_grad() if cond else nullcontext()
+
+
 def run_steps(
     x: Tensor, u: Tensor, v: Tensor, iters: int, grad_iters: int | None, step: Step
 ) -> tuple[Tensor, Tensor]:
     """``iters`` outer iterations; the first ``iters - grad_iters`` without autograd."""
-    free = 0 if grad_iters is None else max(iters - grad_iters, 0)
-    with torch.no_grad():
-        for _ in range(free):
-            u, v = step(x, u, v)
-    for _ in range(iters - free):
-        u, v = step(x, u, v)
-    return u, v
+    return unroll(lambda u, v: step(x, u, v), (u, v), iters, grad_iters)
