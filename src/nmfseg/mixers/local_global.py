@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -62,7 +61,7 @@ from nmfseg.mixers._registry import register_mixer
 from nmfseg.mixers.nmf import NMFRecord, WrappedNMF
 from nmfseg.nmf import nmf_flops
 from nmfseg.nmf.steps import _hals_sweep as hals_sweep
-from nmfseg.nmf.steps import guard, weyl
+from nmfseg.nmf.steps import guard, no_grad_if, unroll, weyl
 from nmfseg.routes import autocast_off, work_dtype
 
 __all__ = ["JointFactors", "LocalGlobalNMF", "joint_factorize", "joint_objective"]
@@ -161,16 +160,12 @@ def joint_factorize(
     if x.dim() != 4:
         raise ValueError(f"x should have shape (P, W, E, N), got {tuple(x.shape)}.")
     out_dtype = x.dtype
-    steps = iters if grad_iters is None else min(grad_iters, iters)
     with autocast_off(x):
         x = x.to(work_dtype(x.dtype))
-        f = _init(x, rank - 1)
-        with torch.no_grad():
-            for _ in range(iters - steps):
-                f = _iteration(x, f)
-        with torch.no_grad() if steps == 0 else nullcontext():
-            for _ in range(steps):
-                f = _iteration(x, f)
+        with no_grad_if(grad_iters == 0):
+            f = unroll(
+                lambda *f: _iteration(x, JointFactors(*f)), _init(x, rank - 1), iters, grad_iters
+            )
     return JointFactors(*(t.to(out_dtype) for t in f))
 
 
