@@ -67,15 +67,14 @@ Examples::
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from nmfseg.nmf.rank1 import _grad_steps, rank1_factors
+from nmfseg.nmf.rank1 import rank1_factors
 from nmfseg.nmf.solvers import SOLVERS, _check_input
-from nmfseg.nmf.steps import guard, weyl
+from nmfseg.nmf.steps import guard, no_grad_if, unroll, weyl
 from nmfseg.routes import autocast_off, work_dtype
 
 __all__ = ["GreedyFactors", "GreedyNMF", "greedy_flops", "greedy_nmf"]
@@ -127,16 +126,12 @@ def _residual_step(x: Tensor, us: Tensor, vs: Tensor, v: Tensor) -> tuple[Tensor
 
 
 def _component(
-    x: Tensor, us: Tensor, vs: Tensor, v0: Tensor, iters: int, steps: int
+    x: Tensor, us: Tensor, vs: Tensor, v0: Tensor, iters: int, grad_iters: int | None
 ) -> tuple[Tensor, Tensor]:
-    """The next rank-one term: ``iters >= 1`` iterations, the last ``steps`` with autograd."""
-    u, v = v0.new_zeros(v0.shape[0], x.shape[-2]), v0
-    with torch.no_grad():
-        for _ in range(iters - steps):
-            u, v = _residual_step(x, us, vs, v)
-    for _ in range(steps):
-        u, v = _residual_step(x, us, vs, v)
-    return u, v
+    """The next rank-one term: ``iters >= 1`` iterations, the last ``grad_iters`` with
+    autograd."""
+    u0 = v0.new_zeros(v0.shape[0], x.shape[-2])
+    return unroll(lambda u, v: _residual_step(x, us, vs, v), (u0, v0), iters, grad_iters)
 
 
 def _may_stop_early(x: Tensor) -> bool:
@@ -151,7 +146,6 @@ def _greedy(
 ) -> GreedyFactors:
     """:func:`greedy_nmf` on ``x (B, M, N)`` in the working dtype, autocast off."""
     b, m, n = x.shape
-    steps = _grad_steps(iters, grad_iters)
     g0 = weyl(n, 1, x.device, x.dtype)[:, 0]
     with torch.no_grad():
         r2 = (x * x).sum((-2, -1))  # ‖E_k‖², updated in closed form
@@ -172,7 +166,7 @@ def _greedy(
         if k == 0:  # X >= 0: the rank-one fast path, the paper's NMF
             u, v = rank1_factors(x, g0, iters, grad_iters)
         else:
-            u, v = _component(x, us, vs, g0.expand(b, n), iters, steps)
+            u, v = _component(x, us, vs, g0.expand(b, n), iters, grad_iters)
         with torch.no_grad():
             drop = (_sqnorm(u) * _sqnorm(v)).squeeze(-1)  # ‖E_{k-1}‖² - ‖E_k‖²
             keep = active & (drop > 0)
@@ -233,7 +227,7 @@ def _factorize(
     """:func:`greedy_nmf` without the check of ``x``'s values (what :class:`GreedyNMF` runs)."""
     _check(max_rank, tol, iters, grad_iters)
     out_dtype, shape = x.dtype, x.shape
-    with autocast_off(x), torch.no_grad() if grad_iters == 0 else nullcontext():
+    with autocast_off(x), no_grad_if(grad_iters == 0):
         flat = x.to(work_dtype(x.dtype)).reshape(-1, *shape[-2:])
         u, v, ranks, residuals = _greedy(flat, max_rank, tol, iters, grad_iters)
     batch = shape[:-2]
