@@ -13,11 +13,12 @@ Where a study keeps its files (``OUT`` is ``--out``)::
     OUT/reports/<model>/fold_K/          metrics.csv and summary.json of those predictions
 
 What is done is decided from these files alone, so a study killed anywhere continues where it
-stopped, and runs and predictions made by the printed commands (:func:`job_lines`) are found:
-a run is finished when it has ``checkpoint_final.pt`` and ``validation/summary.json``; a
-prediction is current when its file is newer than the fold's ``checkpoint_final.pt``; a
-report is current when its ``summary.json`` names that checkpoint (size and modification
-time) and the fold's validation cases. Every file is written atomically.
+stopped, and runs and predictions made by the printed commands (``--print-jobs``,
+:func:`~nmfseg.study.run.job_lines`) are found: a run is finished when it has
+``checkpoint_final.pt`` and ``validation/summary.json``; a prediction is current when its
+file is newer than the fold's ``checkpoint_final.pt``; a report is current when its
+``summary.json`` names that checkpoint (size and modification time) and the fold's
+validation cases. Every file is written atomically.
 
 Examples::
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,6 @@ __all__ = [
     "StudySetting",
     "checkpoint_stamp",
     "flops_input",
-    "job_lines",
     "parse_folds",
     "parse_setting",
     "plan_study",
@@ -399,14 +398,6 @@ def predict_command(plan: StudyPlan, job: Job) -> list[str]:
     argv += ["-i", str(Path(plan.options.data_dir).resolve())]
     argv += ["-o", str(job.pred_dir.resolve()), "--checkpoint", CHECKPOINT, "--overwrite"]
     return argv + (["--device", job.device] if job.device else [])
-
-
-def job_lines(plan: StudyPlan) -> list[str]:
-    """One shell line per (model, fold): ``nmfseg train ... && nmfseg predict ...``."""
-    return [
-        f"{shlex.join(train_command(plan, job))} && {shlex.join(predict_command(plan, job))}"
-        for job in plan.jobs
-    ]
 
 
 # --------------------------------------------------------------------------- state on disk
