@@ -70,7 +70,12 @@ def the_data(data: Any, old: Any, old_name: str = "DATA_DIR") -> Any:
 
 #: InferenceSettings field -> its option (the field's name is the parameter's).
 SETTING_OPTIONS: dict[str, Any] = {
-    "tta": typer.Option(False, "--tta", help="Average over all 8 flip combinations (8x slower)."),
+    "tta": typer.Option(
+        False,
+        "--tta",
+        help="Average over every combination of flipped spatial axes: 8 in 3D, 4 in 2D "
+        "(as many times slower).",
+    ),
     "compile": typer.Option(
         False, "--compile", help="torch.compile the networks (pays off on many cases, GPU)."
     ),

@@ -3,11 +3,11 @@
 For every case, through :meth:`~nmfseg.inference.predictor.Predictor.predict_case`: the same
 preprocessing as training (crop to the nonzero box, channel-wise z-score on nonzero voxels),
 sliding-window inference with the training patch size and 50% overlap (Gaussian blending),
-sigmoid, mean of the probabilities over the folds (and over the 8 flips with TTA), threshold
-``p >= 0.5`` (the config's ``validation.threshold``), undo the crop, regions → labels in the
-**input dataset's own label scheme** (BraTS: ET inside TC inside WT → 1/2/4 or 1/2/3), and
-``OUT/CASE.nii.gz`` written atomically with the original shape, affine and header (qform and
-sform codes kept), like nnU-Net. Every one of those settings can be changed
+sigmoid, mean of the probabilities over the folds (and over the flips with TTA: 8 in 3D, 4 in
+2D), threshold ``p >= 0.5`` (the config's ``validation.threshold``), undo the crop, regions →
+labels in the **input dataset's own label scheme** (BraTS: ET inside TC inside WT → 1/2/4 or
+1/2/3), and ``OUT/CASE.nii.gz`` written atomically with the original shape, affine and header
+(qform and sform codes kept), like nnU-Net. Every one of those settings can be changed
 (:class:`~nmfseg.inference.settings.InferenceSettings`, also the Factorizer's NMF switches),
 and ``OUT/predict.json`` records them with the model's checkpoints, so a folder never mixes
 the outputs of two models or settings.

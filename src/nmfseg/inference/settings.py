@@ -167,7 +167,7 @@ class InferenceSettings:
     on construction, and a bad one is a :class:`~nmfseg.errors.ConfigError` naming the option.
 
     Attributes:
-        tta: Average over the 8 flip combinations.
+        tta: Average over every combination of flipped spatial axes (8 in 3D, 4 in 2D).
         overlap: Sliding-window overlap in ``[0, 1)`` (config: ``validation.overlap``).
         sw_batch_size: Windows per forward pass, ``>= 1`` (``validation.sw_batch_size``).
         blend: ``"gaussian"`` or ``"constant"`` window blending (``validation.mode``).

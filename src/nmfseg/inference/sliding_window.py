@@ -88,7 +88,7 @@ def sliding_window_predict(
         image: one image ``(C, *spatial)`` (NumPy or torch), already preprocessed.
         patch_size: window size, one value per spatial axis (the training patch size).
         overlap: fraction of a window shared with its neighbour along each axis.
-        tta: average over all flip combinations of the spatial axes (8 in 3D).
+        tta: average over all flip combinations of the spatial axes (8 in 3D, 4 in 2D).
         mode: window blending, ``"gaussian"`` or ``"constant"``.
         sw_batch_size: windows per forward pass.
         activation: applied to the blended logits (``None`` returns blended logits; with
