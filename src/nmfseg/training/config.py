@@ -38,12 +38,11 @@ import yaml
 from nmfseg.errors import ConfigError
 from nmfseg.fileio import write_text
 from nmfseg.text import split_list
-from nmfseg.training.rules import RULES, BadValue, default_workers
+from nmfseg.training.rules import RULES, BadValue
 
 __all__ = [
     "RECIPES",
     "apply_overrides",
-    "default_workers",
     "flatten_config",
     "load_recipe",
     "load_yaml",

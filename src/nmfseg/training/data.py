@@ -286,9 +286,3 @@ class PatchDataset(TorchDataset):
         x, y = random_patch(image, regions, self.patch_size, rng)
         x_t, y_t = augment(self.pipeline, x, y, seed=int(rng.integers(0, 2**32)))
         return {"image": x_t, "label": y_t}
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker setup: one intra-op thread per worker (the workers run in parallel)."""
-    del worker_id
-    torch.set_num_threads(1)

@@ -23,8 +23,6 @@ Examples::
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +41,6 @@ __all__ = [
     "Precision",
     "Span",
     "Weights",
-    "default_workers",
 ]
 
 
@@ -61,14 +58,11 @@ def _is_num(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class Int:
-    """An integer ``>= low``; ``None`` becomes ``default()`` when one is given."""
+    """An integer ``>= low``."""
 
     low: int
-    default: Callable[[], int] | None = None
 
     def check(self, value: Any) -> int:
-        if value is None and self.default is not None:
-            return self.default()
         if not _is_int(value) or value < self.low:
             raise BadValue(f"must be an integer >= {self.low}")
         return int(value)
@@ -220,23 +214,10 @@ class Mapping:
         return value
 
 
-def default_workers() -> int:
-    """DataLoader workers when the config leaves them open: the cores this process may use
-    (``os.sched_getaffinity``), at most 4.
-
-    Examples::
-
-        >>> 1 <= default_workers() <= 4
-        True
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
-
-
 #: Every checked key of a training config and its rule, in the order they are checked.
 RULES: dict[str, Any] = {
     "patch_size": Patch(),
-    "workers": Int(0, default=default_workers),
+    "workers": Optional(Int(0)),  # None: the device's default (nmfseg.training.cores)
     "batch_size": Int(1),
     "steps": Int(1),
     "seed": Int(0),

@@ -60,20 +60,10 @@ from nmfseg.data.normalization import Preprocessing
 from nmfseg.data.splits import save_splits
 from nmfseg.errors import NmfsegError
 from nmfseg.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
-from nmfseg.training.checkpoint import (
-    atomic_save,
-    capture_rng_state,
-    restore_rng_state,
-)
+from nmfseg.training.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from nmfseg.training.config import save_config
-from nmfseg.training.data import (
-    TAG_STEP,
-    PatchDataset,
-    PreparedCase,
-    derive_seed,
-    prepare_case,
-    worker_init,
-)
+from nmfseg.training.cores import share_cores_here, worker_init
+from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_seed, prepare_case
 from nmfseg.training.distributed import DistContext, init_distributed
 from nmfseg.training.losses import DeepSupervisionLoss
 from nmfseg.training.progress import plot_progress, write_log_csv
@@ -151,6 +141,7 @@ class Trainer:
         self.val_step = -1
         self.bad_steps = 0  # consecutive optimizer steps skipped for NaN/Inf gradients
         self._created: list[Path] = []
+        self.cores = share_cores_here(self.device, self.cfg["workers"], ctx.world_size)
 
     # ------------------------------------------------------------------------ setup
     def _say(self, text: str) -> None:
@@ -288,7 +279,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             length=self.total * per_rank,
         )
-        workers = int(self.cfg["workers"])
+        workers = self.cores.workers
         return DataLoader(
             dataset,
             batch_size=per_rank,
@@ -374,6 +365,7 @@ class Trainer:
         except NmfsegError:
             self._cleanup()
             raise
+        self._say(str(self.cores))  # e.g. "cpu: 1 compute thread + 1 data worker (2 cores)"
         for note in self.run.notes:
             self._say(note)
         if ctx.is_main:
@@ -482,7 +474,9 @@ def run_training(
 ) -> nn.Module:
     """Train a prepared run (see :func:`nmfseg.training.setup.prepare_run`) to the end.
 
-    Under ``torchrun`` every process calls this; they join one process group (DDP).
+    Under ``torchrun`` every process calls this; they join one process group (DDP). On the
+    CPU it computes on the threads of :func:`~nmfseg.training.cores.share_cores` (the cores
+    less the data workers, or ``OMP_NUM_THREADS``) and sets the caller's count back at the end.
 
     Args:
         run: the checked run.
@@ -494,6 +488,8 @@ def run_training(
     """
     ctx = init_distributed(run.config["device"])
     try:
-        return trainer(run, ctx, progress).fit()
+        loop = trainer(run, ctx, progress)
+        with loop.cores.applied():
+            return loop.fit()
     finally:
         ctx.close()

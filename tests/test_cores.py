@@ -1,0 +1,139 @@
+"""How ``nmfseg train`` shares the CPU's cores: the policy's numbers, ``OMP_NUM_THREADS``,
+DDP, and a tiny CPU run that computes on the threads the policy gives and sets them back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmfseg.phantoms.toy import make_toy_dataset
+from nmfseg.training import cores
+from nmfseg.training.cores import CoreShare, omp_threads, share_cores, share_cores_here
+from nmfseg.training.setup import prepare_run
+
+# (cores, device, processes, workers given, threads given) -> (compute threads, workers)
+POLICY = [
+    # CPU: one worker per 4 cores of the process, the rest compute
+    ((1, "cpu", 1, None, None), (1, 0)),
+    ((2, "cpu", 1, None, None), (2, 0)),
+    ((3, "cpu", 1, None, None), (3, 0)),
+    ((4, "cpu", 1, None, None), (3, 1)),
+    ((8, "cpu", 1, None, None), (6, 2)),
+    ((16, "cpu", 1, None, None), (12, 4)),
+    ((64, "cpu", 1, None, None), (60, 4)),  # at most 4 workers
+    # workers given: the threads make room for them, at least one
+    ((2, "cpu", 1, 1, None), (1, 1)),
+    ((2, "cpu", 1, 2, None), (1, 2)),
+    ((8, "cpu", 1, 0, None), (8, 0)),
+    # OMP_NUM_THREADS: the threads as given, the workers by the rule
+    ((8, "cpu", 1, None, 2), (2, 2)),
+    ((2, "cpu", 1, 1, 2), (2, 1)),
+    # DDP on the CPU: the cores are divided among the processes first
+    ((16, "cpu", 2, None, None), (6, 2)),
+    ((8, "cpu", 2, None, None), (3, 1)),
+    ((2, "cpu", 2, None, None), (1, 0)),
+    ((2, "cpu", 4, None, None), (1, 0)),  # more processes than cores: one thread each
+    ((16, "cpu", 4, None, 1), (1, 1)),  # torchrun's OMP_NUM_THREADS=1
+    # CUDA: today's default (the cores, at most 4), torch's threads left alone
+    ((1, "cuda", 1, None, None), (None, 1)),
+    ((2, "cuda", 1, None, None), (None, 2)),
+    ((16, "cuda", 8, None, None), (None, 4)),
+    ((16, "cuda", 1, 0, 3), (None, 0)),
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), POLICY)
+def test_the_policy_shares_the_cores(given, expected):
+    share = share_cores(*given)
+    assert (share.threads, share.workers) == expected
+    if share.device == "cpu":
+        per_process = max(1, given[0] // given[2])
+        assert share.workers <= 4
+        if given[4] is None:  # the policy's threads never oversubscribe, but keep one
+            assert share.threads == max(1, per_process - share.workers)
+
+
+@pytest.mark.parametrize(
+    "bad", [(0, "cpu"), (2, "cpu", 0), (2, "cpu", 1, -1), (2, "cpu", 1, None, 0), (2, "mps")]
+)
+def test_the_policy_refuses_impossible_counts(bad):
+    with pytest.raises(ValueError):
+        share_cores(*bad)
+
+
+def test_the_split_is_said_in_one_line():
+    assert str(share_cores(2, "cpu", workers=1)) == (
+        "cpu: 1 compute thread + 1 data worker (2 cores)"
+    )
+    assert str(share_cores(8, "cpu", threads=1)) == (
+        "cpu: 1 compute thread (OMP_NUM_THREADS) + 2 data workers (8 cores)"
+    )
+    assert str(share_cores(8, "cpu", processes=2)) == (
+        "cpu: 3 compute threads + 1 data worker per process (2 processes on 8 cores)"
+    )
+    assert str(share_cores(8, "cuda")) == "cuda: 4 data workers (8 cores)"
+
+
+@pytest.mark.parametrize(
+    ("value", "threads"), [("1", 1), ("3", 3), (" 2 ", 2), ("4,2", 4), ("0", None), ("", None)]
+)
+def test_omp_num_threads_is_read_as_torch_reads_it(value, threads):
+    assert omp_threads({"OMP_NUM_THREADS": value}) == threads
+    assert omp_threads({}) is None
+
+
+def test_omp_num_threads_and_local_world_size_are_respected(monkeypatch):
+    monkeypatch.setattr(cores, "cores_available", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert share_cores_here("cpu") == CoreShare("cpu", 2, 3, 8, 1, fixed=True)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert share_cores_here("cpu") == CoreShare("cpu", 2, 6, 8)
+    assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 3, 8, 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's: the processes on this machine
+    assert share_cores_here("cpu", world_size=8) == CoreShare("cpu", 0, 2, 8, 4)
+    assert share_cores_here(torch.device("cpu"), workers=1) == CoreShare("cpu", 1, 1, 8, 4)
+
+
+def test_applied_sets_the_threads_and_then_the_callers_again():
+    before = torch.get_num_threads()
+    with share_cores(3, "cpu", threads=2).applied():
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), share_cores(3, "cpu", threads=2).applied():
+        raise RuntimeError("a failed run sets them back too")
+    assert torch.get_num_threads() == before
+    with share_cores(8, "cuda").applied():  # on CUDA torch's count is left alone
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_a_cpu_run_computes_on_the_policys_threads(tmp_path, monkeypatch, capsys):
+    """A tiny run on the CPU with the default workers: the policy's compute threads during
+    every step, the split said first, the caller's threads afterwards."""
+    from nmfseg.training.trainer import Trainer, run_training
+
+    monkeypatch.setattr(cores, "cores_available", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    seen: list[tuple[int, int]] = []
+
+    class Watching(Trainer):
+        def on_step_end(self, step, loss):
+            seen.append((torch.get_num_threads(), self.cores.workers))
+
+    data = make_toy_dataset(tmp_path / "Toy", "isles22", n_cases=4, shape=(20, 20, 20))
+    run = prepare_run(
+        data, "segresnet_brats", 0, tmp_path / "runs",
+        overrides={"steps": 2, "patch_size": [16, 16, 16], "n_folds": 2, "device": "cpu",
+                   "val_every": 2},
+        model_args={"init_filters": 8},
+    )  # fmt: skip
+    assert run.config["workers"] is None  # left to the trainer
+    before = torch.get_num_threads()  # 1 (conftest.py)
+    run_training(run, progress=False, trainer=Watching)
+    expected = share_cores(2, "cpu")
+    assert seen == [(expected.threads, expected.workers)] * 2 == [(2, 0)] * 2
+    assert torch.get_num_threads() == before
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == "nmfseg train: cpu: 2 compute threads + 0 data workers (2 cores)"
