@@ -95,17 +95,20 @@ class OpenVinoNetwork(nn.Module):
 
 
 def _read(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The OpenVINO model of an ``.onnx`` file and the metadata ``nmfseg export`` stored."""
-    import onnx
+    """The OpenVINO model of an ``.onnx`` file and the metadata ``nmfseg export`` stored, from
+    one read: OpenVINO's ONNX reader keeps the model's ``metadata_props`` in the model's
+    ``rt_info``, under ``framework``."""
     import openvino as ov
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
         model = ov.Core().read_model(str(path))
-    except Exception as err:  # onnx and OpenVINO raise their own exception types
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except Exception as err:  # OpenVINO raises its own exception types
+        # Its message starts with "Exception from <source file>" lines: the first other one.
+        lines = [t for t in str(err).splitlines() if t.strip() and "Exception from " not in t]
+        line = (lines or [type(err).__name__])[0].strip()
         raise DataError(path, f"OpenVINO cannot read this model ({line[:200]})") from None
-    text = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    key = ["framework", METADATA_KEY]
+    text = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
     return model, metadata_from_text(text, path)
 
 
@@ -120,10 +123,10 @@ def load_openvino_ensemble(
         amp: ``"none"`` (float32) or ``"bf16"``.
 
     Raises:
-        NmfsegError: OpenVINO or onnx is not installed (one line naming the extra), the
+        NmfsegError: OpenVINO is not installed (one line naming the extra), the
             device or precision is not one this engine runs, or the model cannot be used.
     """
-    require("openvino", "onnx", hint=HINT)
+    require("openvino", hint=HINT)
     if device not in (None, "cpu"):
         raise ConfigError(f"--device {device}: the openvino engine runs on the CPU (--device cpu)")
     if amp not in PRECISIONS:
