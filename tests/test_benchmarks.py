@@ -2,15 +2,21 @@
 
 They time nothing here (no wall-clock assertion); they check that ``make bench`` and ``make
 bench-scaling`` will not fail on a script that the rest of the suite never imports.
+``bench_cuda`` runs here on the CPU (``--device cpu``); without a GPU it and
+``cuda_check.sh`` refuse in a line.
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("bench_*.py"))
@@ -104,3 +110,39 @@ def test_engines_prints_the_three_comparisons(capsys, tmp_path):
         len((tmp_path / "bench_engines.csv").read_text().splitlines())
         == 1 + len(engines.split(",")) + 2 + 2
     )
+
+
+def test_cuda_prints_the_three_comparisons_on_the_cpu(capsys, tmp_path):
+    bench = importlib.import_module("bench_cuda")
+    bench.main(["--device", "cpu", "--size", "16", "--train-size", "16", "--repeats", "1",
+                "--warmup", "1", "--no-compile", "--channels", "8,16,32,64,128",
+                "--out", str(tmp_path)])  # fmt: skip
+    report = (tmp_path / "bench_cuda.md").read_text()
+    assert report.count("### ") == 3 and report.count("**best**") == 2
+    assert "The NMF's cost" in report and "Device: CPU" in report and "failed" not in report
+    assert "torch.compile" not in report  # --no-compile
+    rows = (tmp_path / "bench_cuda.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * (2 + 4 + 2)  # one per network and row: inference, nmf, training
+    assert "### Training step, 1×4×16³" in capsys.readouterr().out
+
+
+def test_cuda_without_a_gpu_says_so_in_one_line_and_exits_2(capsys, monkeypatch):
+    bench = importlib.import_module("bench_cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--size", "16"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("bench_cuda: no CUDA device visible")
+    assert captured.err.count("\n") == 1
+
+
+def test_cuda_check_script_stops_before_the_tests_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the script would run in full (about 8 minutes)")
+    script = BENCHMARKS / "cuda_check.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode == 3, done.stderr
+    assert "no CUDA device visible" in done.stderr and not (tmp_path / "out").exists()
