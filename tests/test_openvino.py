@@ -150,3 +150,21 @@ def test_without_openvino_one_line_names_the_extra(exported, tmp_path, monkeypat
         "nmfseg: error: --engine openvino needs the optional dependencies: "
         "pip install 'nmfseg[openvino]'\n"
     )
+
+
+@in_child
+def test_a_file_openvino_cannot_parse_is_one_line_on_stderr(tmp_path):
+    """Only OpenVINO's ONNX reader sees the file: the other front ends' parsers would log to
+    the process's own stderr, past any capture, before the error line."""
+    bad = tmp_path / "model.onnx"
+    bad.write_text("not a model\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "nmfseg", "predict", "--engine", "openvino", "-r", str(bad),
+         "-i", str(tmp_path), "-o", str(tmp_path / "pred")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"nmfseg: error: {bad}: OpenVINO cannot read this model (")
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert not (tmp_path / "pred").exists()

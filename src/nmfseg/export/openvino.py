@@ -17,6 +17,7 @@ which runs matrix products and convolutions in bfloat16 with float32 accumulatio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +98,19 @@ class OpenVinoNetwork(nn.Module):
 def _read(path: Path) -> tuple[Any, dict[str, Any]]:
     """The OpenVINO model of an ``.onnx`` file and the metadata ``nmfseg export`` stored, from
     one read: OpenVINO's ONNX reader keeps the model's ``metadata_props`` in the model's
-    ``rt_info``, under ``framework``."""
-    import openvino as ov
+    ``rt_info``, under ``framework``. The ONNX front end is asked by name: ``read_model``
+    would offer a file it cannot parse to every other front end, whose parsers log to the
+    process's stderr."""
+    from openvino.frontend import FrontEndManager
 
     try:
-        model = ov.Core().read_model(str(path))
+        frontend = FrontEndManager().load_by_framework("onnx")
+        model = frontend.convert(frontend.load(str(path)))
     except Exception as err:  # OpenVINO raises its own exception types
-        # Its message starts with "Exception from <source file>" lines: the first other one.
-        lines = [t for t in str(err).splitlines() if t.strip() and "Exception from " not in t]
-        line = (lines or [type(err).__name__])[0].strip()
+        # Its message has "Check ... failed at <source file>" and "FrontEnd API failed" lines.
+        lines = [t.strip() for t in str(err).splitlines() if t.strip()]
+        plain = [t for t in lines if not re.match(r"(Check |Exception from |FrontEnd API)", t)]
+        line = (plain or lines or [type(err).__name__])[-1]
         raise DataError(path, f"OpenVINO cannot read this model ({line[:200]})") from None
     key = ["framework", METADATA_KEY]
     text = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
