@@ -61,13 +61,15 @@ def build(name: str, channels: tuple[int, ...] | None) -> torch.nn.Module:
 
 
 def engine_fn(engine: str, net: torch.nn.Module, x: torch.Tensor, threads: int) -> Callable:
-    """A function that runs one inference pass of ``net`` on ``x`` with ``engine``."""
+    """A function that runs one inference pass of ``net`` on ``x`` with ``engine`` (in eval
+    mode each time: a network may also be in a :func:`train_fn` job of the same table)."""
     net = net.eval()
     if engine.startswith("torch"):
         bf16 = engine.endswith("bf16")
 
         def run_torch() -> None:
             amp = torch.autocast("cpu", torch.bfloat16) if bf16 else nullcontext()
+            net.eval()
             with torch.inference_mode(), amp:
                 net(x)
 
@@ -91,11 +93,12 @@ def engine_fn(engine: str, net: torch.nn.Module, x: torch.Tensor, threads: int) 
 
 
 def train_fn(net: torch.nn.Module, x: torch.Tensor, bf16: bool) -> Callable:
-    """One training step without the optimizer: forward, every output in the loss, backward."""
-    net = net.train()
+    """One training step without the optimizer: forward, every output in the loss, backward
+    (in train mode each time: a network may also be in an :func:`engine_fn` job)."""
 
     def step() -> None:
         amp = torch.autocast("cpu", torch.bfloat16) if bf16 else nullcontext()
+        net.train()
         with amp:
             outs = net(x)
             outs = outs if isinstance(outs, list | tuple) else [outs]

@@ -112,6 +112,20 @@ def test_engines_prints_the_three_comparisons(capsys, tmp_path):
     )
 
 
+def test_engines_jobs_of_one_network_run_in_their_own_mode():
+    """The NMF table times a forward and a training step of the same network: each job sets
+    its mode (the forward once ran in training mode, the last mode set)."""
+    bench = importlib.import_module("bench_engines")
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 1, 1))
+    seen = []
+    net.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    x = torch.randn(1, 1, 2, 2, 2)
+    forward = bench.engine_fn("torch", net, x, threads=1)
+    step = bench.train_fn(net, x, bf16=False)
+    forward(), step(), forward()
+    assert seen == [False, True, False]
+
+
 def test_cuda_prints_the_three_comparisons_on_the_cpu(capsys, tmp_path):
     bench = importlib.import_module("bench_cuda")
     bench.main(["--device", "cpu", "--size", "16", "--train-size", "16", "--repeats", "1",
