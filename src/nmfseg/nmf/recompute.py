@@ -94,13 +94,12 @@ class MatricizedRank1(torch.autograd.Function):
         saved: list[Tensor | None] = []
         pieces = list(_pieces(geom, z))
         buffers = _buffers(pieces, z)
+        scale = 0.5 if geom.partitions == 2 else 1.0  # the partitions' average, while folding
         for partition, chans, sub, slab in pieces:
-            x = torch.relu_(partition_to_windows(z[:, chans], sub, partition, slab, buffers[0]))
+            x = partition_to_windows(z[:, chans], sub, partition, slab, buffers[0], relu=True)
             y = buffers[1][: x.numel()].view(x.shape)
             y, parts = projection_forward(x, g0, iters, grad_iters, out=y)
-            if geom.partitions == 2:
-                y.mul_(0.5)  # the partitions' average (exact: the sum of halves is half the sum)
-            fold_partition(out[:, chans], y, sub, partition, slab)
+            fold_partition(out[:, chans], y, sub, partition, slab, scale)
             saved.extend(parts)
         ctx.save_for_backward(z, g0, *saved)
         ctx.geom, ctx.pieces, ctx.steps = geom, pieces, _grad_steps(iters, grad_iters)
@@ -113,12 +112,15 @@ class MatricizedRank1(torch.autograd.Function):
         need_z, need_g0 = ctx.needs_input_grad[:2]
         dz = torch.empty(z.shape, dtype=dout.dtype, device=dout.device) if need_z else None
         dg0 = None
-        scale = 0.5 if ctx.geom.partitions == 2 else 1.0  # the adjoint of the partitions' average
+        # The adjoint of the partitions' average: the gradients are linear in dY, so dY is
+        # taken unscaled and the scale applied to dg0 at the end and to dX while folding
+        # (exact: halving commutes with rounding).
+        scale = 0.5 if ctx.geom.partitions == 2 else 1.0
         buffers = _buffers(ctx.pieces, z)
         for i, (partition, chans, sub, slab) in enumerate(ctx.pieces):
             parts = saved[4 * i : 4 * i + 4]
-            dy = partition_to_windows(dout[:, chans], sub, partition, slab, buffers[0]).mul_(scale)
-            x = torch.relu_(partition_to_windows(z[:, chans], sub, partition, slab, buffers[1]))
+            dy = partition_to_windows(dout[:, chans], sub, partition, slab, buffers[0])
+            x = partition_to_windows(z[:, chans], sub, partition, slab, buffers[1], relu=True)
             f, s, da, dg = projection_grads(x, g0, parts, ctx.steps, dy, need_g0)
             if dg is not None:
                 dg0 = dg if dg0 is None else dg0 + dg
@@ -126,7 +128,9 @@ class MatricizedRank1(torch.autograd.Function):
                 dx = projection_input_grad(x, g0, parts, f, s, da, dy, out=dy)  # over dY
                 _relu_grad_(dx, x)
                 # the adjoint of matricize: the partitions' sum
-                fold_partition(dz[:, chans], dx, sub, partition, slab)
+                fold_partition(dz[:, chans], dx, sub, partition, slab, scale)
+        if dg0 is not None and scale != 1.0:
+            dg0 = dg0 * scale
         return dz, dg0, None, None, None
 
 

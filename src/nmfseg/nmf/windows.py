@@ -208,11 +208,14 @@ def partition_to_windows(
     partition: int,
     slab: tuple[int, int] | None = None,
     buffer: Tensor | None = None,
+    relu: bool = False,
 ) -> Tensor:
     """One partition of ``x (B, C, *S)`` as matrices ``(num_matrices // partitions, rows,
     N)``, zeros at padding: the part of :func:`matricize`'s output that belongs to
     ``partition``. With ``slab = (a, b)``, only the windows ``a ... b`` along the first
-    spatial dim; with a 1-D ``buffer``, the matrices are written into its first elements."""
+    spatial dim; with a 1-D ``buffer``, the matrices are written into its first elements;
+    with ``relu``, ``relu(x)``'s matrices, the ReLU applied as the voxels are copied (one
+    pass over the matrices instead of two)."""
     shape = windows_shape(geom, slab)
     if buffer is None:
         out = (torch.zeros if geom.padded else torch.empty)(shape, dtype=x.dtype, device=x.device)
@@ -220,7 +223,7 @@ def partition_to_windows(
         out = buffer[: math.prod(shape)].view(shape)
         if geom.padded:
             out.zero_()
-    _fill_partition(out, x, geom, partition, slab)
+    _fill_partition(out, x, geom, partition, slab, relu)
     return out.view(-1, geom.head_dim, geom.window_numel)
 
 
@@ -230,14 +233,20 @@ def fold_partition(
     geom: MatricizeGeometry,
     partition: int,
     slab: tuple[int, int] | None = None,
+    scale: float = 1.0,
 ) -> None:
     """Fold one partition's matrices ``z`` (from :func:`partition_to_windows`) back into
     ``out (B, C, *S)``: partition 0 writes its voxels (all of them over its slabs, so ``out``
-    may be uninitialized), the others add to them; padding is dropped."""
+    may be uninitialized), the others add to them; padding is dropped. With ``scale``,
+    ``scale * z`` is folded, in the same pass (0.5: the average of two partitions, exactly
+    ``0.5 * (a + b)``, since halving commutes with rounding)."""
     z = z.reshape(windows_shape(geom, slab))
     for block in _blocks(geom, partition, slab):
         dst, src = _spatial_block(out, geom, block), _window_block(z, geom, block)
-        dst.copy_(src) if partition == 0 else dst.add_(src)
+        if partition == 0:
+            dst.copy_(src) if scale == 1.0 else torch.mul(src, scale, out=dst)
+        else:
+            dst.add_(src, alpha=scale)
 
 
 def _fill_partition(
@@ -246,10 +255,13 @@ def _fill_partition(
     geom: MatricizeGeometry,
     partition: int,
     slab: tuple[int, int] | None = None,
+    relu: bool = False,
 ) -> None:
-    """Copy one partition of ``x`` into ``windows (B, heads, *grid, rows, *window)``."""
+    """Copy one partition of ``x`` (of ``relu(x)`` with ``relu``) into ``windows (B, heads,
+    *grid, rows, *window)``."""
     for block in _blocks(geom, partition, slab):
-        _window_block(windows, geom, block).copy_(_spatial_block(x, geom, block))
+        dst, src = _window_block(windows, geom, block), _spatial_block(x, geom, block)
+        torch.clamp_min(src, 0, out=dst) if relu else dst.copy_(src)
 
 
 def _to_windows(x: Tensor, geom: MatricizeGeometry) -> Tensor:
