@@ -316,7 +316,8 @@ def device_line(device: torch.device) -> str:
         what = (
             f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
             f"cuDNN {torch.backends.cudnn.version()}, TF32 matmul {'on' if tf32[0] else 'off'}, "
-            f"TF32 cuDNN {'on' if tf32[1] else 'off'}"
+            f"TF32 cuDNN {'on' if tf32[1] else 'off'}, cuDNN autotuner "
+            f"{'on' if torch.backends.cudnn.benchmark else 'off'}"
         )
     else:
         what = f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
@@ -335,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables", default=",".join(TABLES), help="inference,nmf,training")
     parser.add_argument("--channels", default=None, help="reduced Factorizer widths (smoke)")
     parser.add_argument("--out", type=Path, default=None, help="also write OUT/bench_cuda.*")
+    parser.add_argument(
+        "--no-cudnn-benchmark", action="store_true",
+        help="leave cuDNN's autotuner off (on by default: best against best, and the convolutions"
+        " of SegResNet and of the Factorizers' stems and samplers are timed as they deploy)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
@@ -349,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     if not args.no_compile:
         allow_recompiles()
+    if args.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     line = device_line(args.device)
     print(f"Device: {line}", flush=True)
     texts, records = [], []

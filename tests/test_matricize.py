@@ -19,6 +19,7 @@ from nmfseg.nmf import (
     nmf,
     nmf_reconstruct,
 )
+from nmfseg.nmf.windows import fold_partition, partition_to_windows
 
 SHAPES = MATRICIZE_SHAPES
 MODULES = [
@@ -250,3 +251,22 @@ def test_factory_and_geometry_type():
         g = m.geometry((1, 8, 6, 6))
         assert isinstance(g, MatricizeGeometry) and g.kind == kind
         assert list(m.parameters()) == [] and list(m.buffers()) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("module", MODULES[1:], ids=repr)
+def test_partition_copy_with_relu_and_fold_with_scale_are_exact(module, shape):
+    """``partition_to_windows(relu=True)`` is ``relu`` of the copy and ``fold_partition(scale=)``
+    the fold of ``scale * z``, bit for bit (the rank-1 node's two passes saved)."""
+    x = _randn(*shape, seed=3)
+    geom = module.geometry(x.shape)
+    folded = {s: torch.empty_like(x) for s in (1.0, 0.5)}
+    scaled = torch.empty_like(x)
+    for p in range(geom.partitions):
+        copy = partition_to_windows(x, geom, p)
+        assert torch.equal(partition_to_windows(x, geom, p, relu=True), torch.relu(copy))
+        for s, out in folded.items():
+            fold_partition(out, copy, geom, p, scale=s)
+        fold_partition(scaled, copy * 0.5, geom, p)
+    assert torch.equal(folded[0.5], scaled)
+    assert torch.equal(folded[0.5] * 2, folded[1.0])

@@ -12,7 +12,7 @@ So besides ``z``, the output and their gradients only two pieces are alive at on
 piece stays in the CPU's cache between its copy, its projection and its fold. Inference
 takes the same route (without autograd nothing is kept). It computes the same function with
 the same derivatives (the ReLU's derivative is 0 at 0, as ``torch.relu``'s);
-``tests/test_matricize.py`` checks it against the composition for every way of cutting
+``tests/test_routes.py`` checks it against the composition for every way of cutting
 pieces.
 """
 
