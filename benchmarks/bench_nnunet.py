@@ -9,8 +9,10 @@ one after the other, each as a user runs it:
   patch and batch forced), nnU-Net's own data loading and augmentation in its background
   workers (``nnUNet_n_proc_DA``, default: the cores), its loss, SGD and gradient clipping;
   the time of each ``train_step(next(dataloader))``.
-- **nmfseg**: ``nmfseg train`` on the raw dataset with ``--log-every 1`` (its DataLoader
-  workers default to the cores), AdamW; the time between consecutive log rows.
+- **nmfseg**: ``nmfseg train`` on the raw dataset with ``--log-every 1``, its compute
+  threads fixed to ``--threads`` (``OMP_NUM_THREADS``) and its DataLoader workers by its
+  default (:func:`nmfseg.training.cores.share_cores`: on the CPU one per 4 cores, none below
+  4), AdamW; the time between consecutive log rows.
 
 Both take the median over ``--steps`` iterations after ``--warmup`` ones. Also printed: the
 network step alone (forward, loss, backward, optimizer step on one fixed batch) in each
@@ -145,6 +147,7 @@ def main() -> None:
     root = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(args.threads)  # nmfseg train's compute threads
     for name in ("raw", "preprocessed", "results"):
         env[f"nnUNet_{name}"] = str(root / name)
         (root / name).mkdir(exist_ok=True)

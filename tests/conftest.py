@@ -2,7 +2,10 @@
 
 - Every test runs on one intra-op thread: the tests are many small operations, and with
   ``-n 2`` workers on a 2-core machine spinning OpenMP threads cost more than they
-  parallelize.
+  parallelize. ``OMP_NUM_THREADS=1`` is set too, so a training run in the test process
+  keeps one thread (``nmfseg.training.cores`` would otherwise compute on every core less the
+  data workers) and a subprocess computes on the same count as the test process, which
+  bitwise comparisons of the two need; a test of the thread policy itself removes it.
 - ``@pytest.mark.slow`` marks end-to-end tests (trainings, the demo, subprocesses):
   ``pytest -m "not slow"`` is the inner loop.
 """
@@ -14,7 +17,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -139,7 +139,8 @@ def test_resume_after_sigkill_gives_identical_weights(toy, tmp_path):
     assert result.exit_code == 0, result.output
     # Killed with SIGKILL right after step 3 (checkpoint of step 2 on disk), with 2 workers.
     b = tmp_path / "b"
-    # Bitwise equality needs the same intra-op threads as the in-process runs (conftest: 1).
+    # Bitwise equality needs the same intra-op threads in every session: conftest.py's
+    # OMP_NUM_THREADS=1 holds them at 1 in the in-process runs, whatever --workers, and here.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = train_args(data, b, fmt, *steps, "--workers", "2", steps=4)
     proc = subprocess.run(
@@ -225,6 +226,42 @@ def test_resume_of_a_finished_run_only_rewrites_its_results(toy, tmp_path):
     assert old.exit_code == 0, old.output
 
 
+@pytest.mark.slow
+def test_a_resume_on_other_threads_says_so_in_one_line(toy, tmp_path, monkeypatch):
+    """Bitwise resume needs the threads the run's steps computed on: every checkpoint records
+    them, and a run resumed on another count, or begun by an nmfseg that recorded none (it
+    computed on torch's count), says so in one line."""
+    data, fmt = toy["isles22"], "isles22"
+    out = tmp_path / "runs"
+    assert runner.invoke(app, train_args(data, out, fmt, steps=2)).exit_code == 0
+    last = out / data.name / TINY[fmt][0] / "fold_1" / "checkpoint_last.pt"
+    stopped = torch.load(last, weights_only=False)
+    assert stopped["threads"] == 1  # conftest.py's OMP_NUM_THREADS=1
+    stopped["config"]["steps"] = 3  # as if stopped at step 2 of 3
+    warned = "not bitwise an uninterrupted run"
+    cases = [  # (OMP_NUM_THREADS now, the checkpoint's threads, the line)
+        ("1", 1, None),
+        ("2", 1, "resumed on 2 compute threads, but the run's steps so far computed on 1: "),
+        ("2", None, "resumed on 2 compute threads, but the run's steps so far computed on 1 "
+                    "(torch's count; its checkpoint does not record them): "),  # torch's: 1
+    ]  # fmt: skip
+    for omp, recorded, line in cases:
+        ckpt = dict(stopped, threads=recorded)
+        if recorded is None:
+            del ckpt["threads"]
+        atomic_save(ckpt, last)
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+        result = runner.invoke(app, [*train_args(data, out, fmt, steps=3), "--resume"])
+        assert result.exit_code == 0, result.output
+        said = [s for s in result.output.splitlines() if warned in s]
+        expected = [] if line is None else [
+            f"nmfseg train: {line}{warned}; set OMP_NUM_THREADS=1 to continue on 1"
+        ]  # fmt: skip
+        assert said == expected, result.output
+        assert load_checkpoint(last)["step"] == 3
+        assert load_checkpoint(last)["threads"] == int(omp)  # step 3's
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -252,6 +289,7 @@ def _bad_label_dataset(root: Path) -> Path:
         ({"--device": "tpu"}, "--device: must be cpu, cuda"),
         ({"--fold": "7"}, "--fold 7 is out of range"),
         ({"--fold": "x"}, "--fold 'x'"),
+        ({"--fold": "²"}, "--fold '²'"),  # a digit to str.isdigit, not to int
         ({"--set": "augmentation.flip.p=0"}, "unknown config key 'augmentation.flip.p'"),
         ({"--set": "augmentation.noise.variance=0.1,0.0"}, "augmentation.noise.variance"),
         ({"--model-arg": "no_such_arg=1"}, "no_such_arg"),

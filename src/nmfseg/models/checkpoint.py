@@ -12,7 +12,8 @@ strings, lists and dicts, so it loads with ``torch.load(..., weights_only=True)`
 =====================  ==============================================================
 
 plus, from training, ``optimizer``, ``scheduler``, ``step``, ``rng``, ``scheme``,
-``nmfseg_version``, ``history`` and ``best_metric`` (:mod:`nmfseg.training.checkpoint`).
+``nmfseg_version``, ``history``, ``best_metric`` and ``threads``
+(:mod:`nmfseg.training.checkpoint`).
 
 Files written by earlier versions are upgraded in memory when read
 (:func:`upgrade_checkpoint`), so every trained model keeps loading.

@@ -6,6 +6,7 @@ module         what it holds
 ``config``     the YAML recipes (``nmfseg/configs/*.yaml``), overrides, validation
 ``rules``      what each config key may be, one declaration per key
 ``losses``     soft Dice (squared denominator) + BCE over deep-supervision outputs
+``schedule``   the learning rate: linear warm-up, then cosine to 0
 ``data``       preprocessed case cache, the deterministic patch stream
 ``setup``      :func:`prepare_run`: every check before anything is written
 ``trainer``    :class:`Trainer` (the loop and its hooks), :func:`run_training`: checkpoints,
@@ -13,6 +14,7 @@ module         what it holds
 ``validation`` the validation cases scored during training, ``validation/summary.json``
 ``checkpoint`` the training part of a checkpoint, RNG state (reading: :mod:`nmfseg.models`)
 ``distributed`` ``torchrun`` / DDP process group
+``cores``      a process's compute threads and data workers (:func:`share_cores`)
 ``progress``   ``log.csv`` and ``progress.png``
 ============== ==============================================================
 

@@ -3,8 +3,9 @@
 The layout of a checkpoint (``model_name``, ``model_kwargs``, ``model``, ``config``...) and
 reading it back are :mod:`nmfseg.models.checkpoint`'s; training adds ``optimizer`` (AdamW),
 ``scheduler`` (warm-up + cosine), ``step``, ``rng`` (python / numpy / torch (/ CUDA) and the
-data sampler's state), ``scheme``, ``nmfseg_version``, ``history`` (the logged rows) and
-``best_metric`` (best mean validation Dice so far).
+data sampler's state), ``scheme``, ``nmfseg_version``, ``history`` (the logged rows),
+``best_metric`` (best mean validation Dice so far) and ``threads`` (the compute threads its
+steps ran on: bitwise resume needs the same count).
 
 A fold folder holds ``checkpoint_last.pt`` (written every ``checkpoint_every`` steps, for
 ``--resume``), ``checkpoint_best.pt`` (best mean validation Dice) and

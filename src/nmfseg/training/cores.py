@@ -10,13 +10,14 @@ the cores, the device, the training processes on the machine and what the user f
 
 - **Data workers** (``workers: null``, the default). On the CPU: one per
   :data:`CORES_PER_WORKER` cores of the process, at most :data:`MAX_WORKERS`; below 4 cores
-  none, the patches are made in the training process between steps. On CUDA: the cores, at
-  most 4 (the GPU computes, the CPU only feeds it). ``--workers N`` sets the number.
+  none, the patches are made in the training process between steps. On CUDA: the process's
+  cores, at least 1 and at most 4 (the GPU computes, the CPU only feeds it). ``--workers N``
+  sets the number.
 - **Compute threads** on the CPU: the process's cores minus its workers, at least 1; or
   ``OMP_NUM_THREADS`` when it is set, as it is. On CUDA torch's own count is left alone.
-- **DDP on the CPU**: the cores are first divided among the training processes of the
-  machine (``LOCAL_WORLD_SIZE``). ``torchrun`` sets ``OMP_NUM_THREADS=1`` in each of its
-  processes unless it is set already; set it to choose another count.
+- **DDP**: the cores are first divided among the training processes of the machine
+  (``LOCAL_WORLD_SIZE``), on the CPU and on CUDA. ``torchrun`` sets ``OMP_NUM_THREADS=1`` in
+  each of its processes unless it is set already; set it to choose another count.
 
 Why one worker per 4 cores: a worker takes a whole core from the compute threads but is busy
 only while it makes the next batch (reading memory-mapped patches, and a resampling or a
@@ -29,11 +30,16 @@ a measurement: docs/nnunet.md only bounds the overhead around the network (3.11 
 against 2.63 s for the network step, 2 threads beside 2 workers on 2 cores); tune it when
 measured.
 
-What ``nmfseg train`` does to torch: :func:`nmfseg.training.trainer.run_training` sets
+What ``nmfseg train`` does to torch: :meth:`nmfseg.training.trainer.Trainer.fit` sets
 ``torch.set_num_threads`` to the share's compute threads for the run (CPU only) and sets the
 caller's count back when it returns; each DataLoader worker computes on one thread
 (:func:`worker_init`). Exact resume is bitwise at the same number of threads: on the CPU it
 follows the workers, so resume with the same ``--workers`` (or fix ``OMP_NUM_THREADS``).
+Every checkpoint records the threads its steps computed on (``threads``); a run resumed on
+another count says so in one line (:func:`thread_change`). A run begun before nmfseg shared
+the cores computed on torch's count (one thread per core, beside its workers) and recorded
+none: resume it with ``OMP_NUM_THREADS`` set to that count (the line says it), or with
+``--workers 0`` (every core computes).
 
 Examples::
 
@@ -62,6 +68,7 @@ __all__ = [
     "omp_threads",
     "share_cores",
     "share_cores_here",
+    "thread_change",
     "worker_init",
 ]
 
@@ -153,7 +160,8 @@ def share_cores(
     Args:
         cores: cores of the machine the training processes may use.
         device: ``"cpu"`` or ``"cuda"`` (a device type).
-        processes: training processes on the machine (DDP), sharing the cores evenly.
+        processes: training processes on the machine (DDP), sharing the cores evenly (on
+            the CPU and on CUDA).
         workers: the config's ``workers``; ``None`` is the default for the device.
         threads: intra-op threads the user fixed (``OMP_NUM_THREADS``); ``None``: the policy's.
 
@@ -171,6 +179,8 @@ def share_cores(
         (1, 2)
         >>> [share_cores(n, "cuda").workers for n in (1, 2, 8)]
         [1, 2, 4]
+        >>> [share_cores(16, "cuda", processes=p).workers for p in (1, 2, 8, 32)]
+        [4, 4, 2, 1]
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -179,10 +189,10 @@ def share_cores(
             f"need cores >= 1, processes >= 1, workers >= 0 and threads >= 1; got {cores}, "
             f"{processes}, {workers} and {threads}"
         )
+    mine = max(1, cores // processes)  # this process's cores, at least one
     if device == "cuda":
-        count = min(MAX_WORKERS, cores) if workers is None else workers
+        count = min(MAX_WORKERS, mine) if workers is None else workers
         return CoreShare(device, count, None, cores, processes)
-    mine = max(1, cores // processes)
     if workers is None:
         workers = min(MAX_WORKERS, mine // CORES_PER_WORKER)
     fixed = threads is not None
@@ -212,12 +222,20 @@ def omp_threads(environ: Mapping[str, str] | None = None) -> int | None:
 
         >>> omp_threads({"OMP_NUM_THREADS": "3"}), omp_threads({"OMP_NUM_THREADS": "4,2"})
         (3, 4)
-        >>> [omp_threads({"OMP_NUM_THREADS": t}) for t in ("", "0", "x")], omp_threads({})
-        ([None, None, None], None)
+        >>> [omp_threads({"OMP_NUM_THREADS": t}) for t in ("", "0", "x", "²")], omp_threads({})
+        ([None, None, None, None], None)
     """
     text = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "")
-    first = text.split(",")[0].strip()
-    return int(first) if first.isdigit() and int(first) > 0 else None
+    return _positive(text.split(",")[0])
+
+
+def _positive(text: str) -> int | None:
+    """``text`` as a positive integer written in ASCII digits (as OpenMP and torchrun read
+    them), else ``None``; ``"²"`` is a digit to :meth:`str.isdigit` but not to :func:`int`."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) or None
 
 
 def share_cores_here(
@@ -237,10 +255,39 @@ def share_cores_here(
         >>> share_cores_here("cpu", workers=0).workers
         0
     """
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    processes = int(local) if local.isdigit() and int(local) > 0 else max(1, world_size)
+    processes = _positive(os.environ.get("LOCAL_WORLD_SIZE", "")) or max(1, world_size)
     kind = torch.device(device).type
     return share_cores(cores_available(), kind, processes, workers, omp_threads())
+
+
+def thread_change(recorded: int | None, threads: int, before: int) -> str | None:
+    """The line a resumed CPU run says when it computes on another number of threads than
+    its checkpoint's steps did (bitwise resume needs the same count), else ``None``.
+
+    Args:
+        recorded: the checkpoint's ``threads``; ``None`` for a run of an nmfseg that did not
+            record them, which computed on torch's count (``before``).
+        threads: the threads this session computes on.
+        before: torch's count in this process before the run set its own.
+
+    Examples::
+
+        >>> thread_change(2, 2, 1) is None
+        True
+        >>> print(thread_change(None, 1, 2))  # doctest: +NORMALIZE_WHITESPACE
+        resumed on 1 compute thread, but the run's steps so far computed on 2 (torch's count;
+        its checkpoint does not record them): not bitwise an uninterrupted run; set
+        OMP_NUM_THREADS=2 to continue on 2
+    """
+    ran = before if recorded is None else recorded
+    if ran == threads:
+        return None
+    how = " (torch's count; its checkpoint does not record them)" if recorded is None else ""
+    return (
+        f"resumed on {_count(threads, 'compute thread')}, but the run's steps so far computed "
+        f"on {ran}{how}: not bitwise an uninterrupted run; set OMP_NUM_THREADS={ran} to "
+        f"continue on {ran}"
+    )
 
 
 def worker_init(worker_id: int) -> None:

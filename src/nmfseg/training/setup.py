@@ -354,7 +354,7 @@ def _check_model_and_fold(model_name: str, fold: str | int) -> str:
             f"--model {model_name!r}: unknown network; choose one of {', '.join(list_models())}"
         )
     fold = str(fold)
-    if fold != "all" and not (fold.isdigit()):
+    if fold != "all" and not (fold.isascii() and fold.isdigit()):
         raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or 'all'")
     return fold
 

@@ -62,11 +62,12 @@ from nmfseg.errors import NmfsegError
 from nmfseg.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from nmfseg.training.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from nmfseg.training.config import save_config
-from nmfseg.training.cores import share_cores_here, worker_init
+from nmfseg.training.cores import share_cores_here, thread_change, worker_init
 from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_seed, prepare_case
 from nmfseg.training.distributed import DistContext, init_distributed
 from nmfseg.training.losses import DeepSupervisionLoss
 from nmfseg.training.progress import plot_progress, write_log_csv
+from nmfseg.training.schedule import WarmupCosine  # also importable from here
 from nmfseg.training.setup import TrainingRun
 from nmfseg.training.validation import mean_dice, score_cases, write_summary
 
@@ -74,27 +75,6 @@ __all__ = ["Trainer", "WarmupCosine", "run_training"]
 
 # A run stops once this many optimizer steps in a row had NaN/Inf gradients.
 _MAX_BAD_STEPS = 20
-
-
-class WarmupCosine:
-    """LR factor: linear warm-up ``(s + 1) / warmup`` then cosine from 1 to 0 at ``total``.
-
-    Examples::
-
-        >>> f = WarmupCosine(warmup=2, total=6)
-        >>> [round(f(s), 3) for s in range(6)]
-        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
-    """
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup = int(warmup)
-        self.total = int(total)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(self.total - self.warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class Trainer:
@@ -141,7 +121,9 @@ class Trainer:
         self.val_step = -1
         self.bad_steps = 0  # consecutive optimizer steps skipped for NaN/Inf gradients
         self._created: list[Path] = []
-        self.cores = share_cores_here(self.device, self.cfg["workers"], ctx.world_size)
+        self.share = share_cores_here(self.device, self.cfg["workers"], ctx.world_size)
+        self._callers_threads = torch.get_num_threads()  # fit() sets it again when it starts
+        self.threads: int | None = None  # compute threads of the latest steps (checkpointed)
 
     # ------------------------------------------------------------------------ setup
     def _say(self, text: str) -> None:
@@ -251,6 +233,10 @@ class Trainer:
             self.best = ckpt.get("best_metric")
             restore_rng_state(ckpt["rng"])  # each step reseeds anyway; kept for completeness
             self._say(f"resuming {self.run.fold_dir} at step {self.step}")
+            self.threads = ckpt.get("threads")  # None: an nmfseg that did not record them
+            line = thread_change(self.threads, torch.get_num_threads(), self._callers_threads)
+            if self.device.type == "cpu" and self.step < self.total and line:
+                self._say(line)
         if cfg["deterministic"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -279,7 +265,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             length=self.total * per_rank,
         )
-        workers = self.cores.workers
+        workers = self.share.workers
         return DataLoader(
             dataset,
             batch_size=per_rank,
@@ -313,6 +299,7 @@ class Trainer:
             "nmfseg_version": __version__,
             "history": self.history,
             "best_metric": self.best,
+            "threads": self.threads,  # bitwise resume needs the same count
         }
 
     def _save(self, *names: str) -> None:
@@ -357,7 +344,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------ loop
     def fit(self) -> nn.Module:
+        """Train to the end on the compute threads of :attr:`share` (the caller's count
+        again afterwards); the network in ``eval()`` mode."""
+        self._callers_threads = torch.get_num_threads()
+        with self.share.applied():
+            return self._fit()
+
+    def _fit(self) -> nn.Module:
         ctx, cfg = self.ctx, self.cfg
+        # The first line says the split (e.g. "cpu: 1 compute thread + 1 data worker (2
+        # cores)"): before the preprocessing bar, or without bars after the data are ready,
+        # so that a bad dataset fails with its one error line.
+        if self.progress:
+            self._say(str(self.share))
         try:
             self._make_dirs()
             ctx.barrier()
@@ -365,7 +364,8 @@ class Trainer:
         except NmfsegError:
             self._cleanup()
             raise
-        self._say(str(self.cores))  # e.g. "cpu: 1 compute thread + 1 data worker (2 cores)"
+        if not self.progress:
+            self._say(str(self.share))
         for note in self.run.notes:
             self._say(note)
         if ctx.is_main:
@@ -396,6 +396,7 @@ class Trainer:
             disable=not self.progress, dynamic_ncols=True, file=sys.stderr,
         )  # fmt: skip
         self.model.train()
+        self.threads = torch.get_num_threads()
         batches = iter(self._loader())
         seed, rank = cfg["seed"], ctx.rank
         while self.step < self.total:
@@ -475,8 +476,9 @@ def run_training(
     """Train a prepared run (see :func:`nmfseg.training.setup.prepare_run`) to the end.
 
     Under ``torchrun`` every process calls this; they join one process group (DDP). On the
-    CPU it computes on the threads of :func:`~nmfseg.training.cores.share_cores` (the cores
-    less the data workers, or ``OMP_NUM_THREADS``) and sets the caller's count back at the end.
+    CPU :meth:`Trainer.fit` computes on the threads of
+    :func:`~nmfseg.training.cores.share_cores` (the cores less the data workers, or
+    ``OMP_NUM_THREADS``) and sets the caller's count back at the end.
 
     Args:
         run: the checked run.
@@ -488,8 +490,6 @@ def run_training(
     """
     ctx = init_distributed(run.config["device"])
     try:
-        loop = trainer(run, ctx, progress)
-        with loop.cores.applied():
-            return loop.fit()
+        return trainer(run, ctx, progress).fit()
     finally:
         ctx.close()
