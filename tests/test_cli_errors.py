@@ -482,3 +482,31 @@ def test_help_text(command):
     assert "<bool>" not in result.output, result.output
     if "--amp" in result.output:
         assert "bf16 or none" in " ".join(result.output.split()), result.output
+
+
+def _parsers():
+    from nmfseg.analysis.ablate_plan import parse_int_list
+    from nmfseg.cli._common import parse_number
+    from nmfseg.inference.settings import parse_layers
+    from nmfseg.text import parse_folds
+
+    return {
+        "--nmf-layers": lambda t: parse_layers(t, 9),
+        "ablate --iters": lambda t: parse_int_list(t, "--iters", 0),
+        "--steps": lambda t: parse_number(t, "--steps", int),
+        "--folds": parse_folds,
+    }
+
+
+@pytest.mark.parametrize("option", list(_parsers()))
+@pytest.mark.parametrize("text", ["²", "1-²", "٣"])
+def test_digits_int_cannot_read_are_refused_in_a_line(option, text):
+    """``str.isdigit`` takes ``²`` and ``٣``; ``int`` refuses the first and reads the second:
+    every number a user types is checked by ``nmfseg.text.is_number`` (ASCII digits)."""
+    from nmfseg.errors import ConfigError
+    from nmfseg.inference.postprocess import PostProcessing
+
+    with pytest.raises(ConfigError):
+        _parsers()[option](text)
+    with pytest.raises(ConfigError, match="needs a voxel count"):
+        PostProcessing.parse([f"min-size:ET={text}"], ("WT", "TC", "ET"))

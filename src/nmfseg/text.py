@@ -1,4 +1,5 @@
-"""Text a user types: the one rule for comma lists, the one grammar for fold lists.
+"""Text a user types: the one rule for comma lists and whole numbers, the one grammar for
+fold lists.
 
 Floor 0 (imports only :mod:`nmfseg.errors`): every comma list nmfseg reads, in an option
 (``--models a,b``, ``--folds 0,1``, ``largest:WT,TC``, ``--model-arg channels=8,16``) or a
@@ -10,9 +11,21 @@ from __future__ import annotations
 
 from nmfseg.errors import ConfigError
 
-__all__ = ["fold_words", "parse_folds", "split_list"]
+__all__ = ["fold_words", "is_number", "parse_folds", "split_list"]
 
 _GAP = "an empty item in the comma list"
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a whole number ``int`` reads: ASCII digits only (``str.isdigit``
+    also takes ``"²"`` and other digits that ``int`` refuses or reads differently).
+
+    Examples::
+
+        >>> is_number("12"), is_number("²"), is_number("٣"), is_number(""), is_number("-1")
+        (True, False, False, False, False)
+    """
+    return text.isascii() and text.isdigit()
 
 
 def split_list(text: str, option: str, shown: str | None = None) -> list[str]:
@@ -86,7 +99,7 @@ def parse_folds(text: str, option: str = "--folds") -> list[int | str]:
         first, dash, last = word.partition("-")
         if word == "all":
             ids: list[int | str] = ["all"]
-        elif word.isascii() and first.isdigit() and (not dash or last.isdigit()):
+        elif is_number(first) and (not dash or is_number(last)):
             if dash and int(last) < int(first):
                 raise ConfigError(f"{option} {text!r}: the range {word} is empty")
             ids = list(range(int(first), int(last if dash else first) + 1))

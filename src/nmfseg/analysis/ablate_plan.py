@@ -22,6 +22,7 @@ from typing import Any
 from nmfseg.errors import ConfigError
 from nmfseg.inference.settings import OPTIONS, format_layers
 from nmfseg.nmf import SOLVERS
+from nmfseg.text import is_number
 
 __all__ = ["SWEEPS", "AblationSetting", "parse_int_list", "parse_sweeps", "plan_settings"]
 
@@ -42,7 +43,7 @@ def parse_int_list(text: str | Sequence[int], option: str, low: int) -> list[int
         values = []
         for part in text.replace(" ", "").split(","):
             lo, dash, hi = part.partition("-")
-            if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
+            if not (is_number(lo) and (not dash or is_number(hi))) or (dash and int(hi) < int(lo)):
                 raise ConfigError(f"{option} {text!r}: use a range 1-20 or a list 1,2,5")
             values += range(int(lo), int(hi if dash else lo) + 1)
     bad = [v for v in values if not isinstance(v, int) or v < low]

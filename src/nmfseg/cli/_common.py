@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from nmfseg.text import is_number
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMAT_HELP = (
@@ -220,7 +222,7 @@ def parse_number(
 
     text = str(text).strip()
     try:
-        if kind is int and not text.isdigit():
+        if kind is int and not is_number(text):
             raise ValueError
         value = kind(text)
     except ValueError:

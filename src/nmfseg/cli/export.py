@@ -15,6 +15,7 @@ import typer
 
 from nmfseg.cli._common import handle_errors, one_fold, one_of, parse_number
 from nmfseg.cli._options import CHECKPOINT, NMF, parse_fold, run_option, with_settings
+from nmfseg.text import is_number
 
 if TYPE_CHECKING:
     from nmfseg.inference.settings import InferenceSettings
@@ -98,7 +99,7 @@ def export(
     from nmfseg.export.onnx import OPSETS, check_onnx_path, export_onnx, require
 
     require("onnx", "onnxruntime")
-    if not (opset.isdigit() and int(opset) in OPSETS):
+    if not (is_number(opset) and int(opset) in OPSETS):
         raise ConfigError(f"--opset {opset!r}: choose an opset from {OPSETS[0]} to {OPSETS[-1]}")
     check_onnx_path(out, overwrite)
     path = one_fold(model, parse_fold(fold, allow_all=True), checkpoint, "exporting")

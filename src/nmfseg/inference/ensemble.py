@@ -48,6 +48,7 @@ from nmfseg.models.checkpoint import (
     check_not_onnx,
     find_checkpoint,
 )
+from nmfseg.text import is_number
 
 __all__ = [
     "CHECKPOINTS",
@@ -62,7 +63,7 @@ _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 
 def _fold_sort_key(path: Path) -> tuple[int, int | str]:
     k = _FOLD_RE.match(path.name).group(1)  # type: ignore[union-attr]
-    return (0, int(k)) if k.isdigit() else (1, k)
+    return (0, int(k)) if is_number(k) else (1, k)
 
 
 def find_checkpoints(

@@ -54,6 +54,7 @@ from nmfseg.data.schemes import scheme_from_nnunet_json
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json
 from nmfseg.models.nnunet_arch import build_nnunet_network, plans_network
+from nmfseg.text import is_number
 
 __all__ = [
     "LabelProbabilities",
@@ -275,7 +276,7 @@ def _config(plans, meta, conf, name, trainer, scheme, file: Path) -> dict[str, A
         },
         "validation": {"overlap": 0.5, "mode": "gaussian", "sw_batch_size": 1, "threshold": 0.5},
         "split": {"val": _validation_ids(file.parent)},
-        "fold": int(fold) if fold.isdigit() else fold,
+        "fold": int(fold) if is_number(fold) else fold,
         "model": {"name": model_name},
         "nnunet": {"trainer": trainer, "plans": plans.get("plans_name"), "configuration": name},
     }

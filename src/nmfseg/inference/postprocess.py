@@ -42,7 +42,7 @@ from scipy import ndimage
 from nmfseg.data.schemes import DatasetScheme
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json
-from nmfseg.text import split_list
+from nmfseg.text import is_number, split_list
 
 __all__ = [
     "POSTPROCESSING",
@@ -118,7 +118,7 @@ class PostProcessing:
                     raise ConfigError(f"--postprocess {spec!r}: {problem}")
                 if kind == "largest":
                     largest.append(name)
-                elif value.isdigit() and int(value) > 0:
+                elif is_number(value) and int(value) > 0:
                     min_size[name] = int(value)
                 else:
                     raise ConfigError(f"--postprocess {spec!r}: {item!r} needs a voxel count >= 1")

@@ -25,6 +25,7 @@ from typing import Any
 
 from nmfseg.errors import ConfigError
 from nmfseg.nmf import SOLVERS
+from nmfseg.text import is_number
 
 __all__ = [
     "AMP_MODES",
@@ -117,7 +118,7 @@ def parse_layers(
                 continue
             elif word in ("first", "last"):
                 parts.append(0 if word == "first" else (n_layers or 1) - 1)
-            elif lo.isdigit() and (not dash or hi.isdigit()):
+            elif is_number(lo) and (not dash or is_number(hi)):
                 end = int(hi) if dash else int(lo)
                 if end < int(lo):
                     raise ConfigError(f"{option} {spec!r}: the range {word} is empty")

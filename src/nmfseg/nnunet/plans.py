@@ -32,6 +32,7 @@ from typing import Any
 from nmfseg.errors import ConfigError, DataError
 from nmfseg.fileio import read_json, write_json
 from nmfseg.models.nnunet_arch import plans_architecture, probe_network, round_patch
+from nmfseg.text import is_number
 
 __all__ = ["find_preprocessed", "require_nnunet", "trainer_folder", "write_plans_variant"]
 
@@ -76,7 +77,7 @@ def find_preprocessed(dataset: str | Path) -> Path:
     names = sorted(p.name for p in Path(root).glob("Dataset*_*") if p.is_dir())
     for name in names:
         match = _DATASET_ID.match(name)
-        if name == text or (match and text.isdigit() and int(match[1]) == int(text)):
+        if name == text or (match and is_number(text) and int(match[1]) == int(text)):
             return Path(root) / name
     raise DataError(root, f"no preprocessed dataset {text!r} (run nnUNetv2_plan_and_preprocess)")
 

@@ -60,6 +60,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nmfseg.text import is_number
+
 __all__ = [
     "CORES_PER_WORKER",
     "MAX_WORKERS",
@@ -233,7 +235,7 @@ def _positive(text: str) -> int | None:
     """``text`` as a positive integer written in ASCII digits (as OpenMP and torchrun read
     them), else ``None``; ``"²"`` is a digit to :meth:`str.isdigit` but not to :func:`int`."""
     text = text.strip()
-    if not (text.isascii() and text.isdigit()):
+    if not is_number(text):
         return None
     return int(text) or None
 

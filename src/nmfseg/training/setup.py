@@ -46,6 +46,7 @@ from nmfseg.fileio import check_writable
 from nmfseg.models import create_model, list_models, model_info
 from nmfseg.models._registry import PAPER_DATASETS
 from nmfseg.models.checkpoint import read_checkpoint
+from nmfseg.text import is_number
 from nmfseg.training.config import (
     apply_overrides,
     flatten_config,
@@ -354,7 +355,7 @@ def _check_model_and_fold(model_name: str, fold: str | int) -> str:
             f"--model {model_name!r}: unknown network; choose one of {', '.join(list_models())}"
         )
     fold = str(fold)
-    if fold != "all" and not (fold.isascii() and fold.isdigit()):
+    if fold != "all" and not is_number(fold):
         raise ConfigError(f"--fold {fold!r}: must be a fold number (0, 1, ...) or 'all'")
     return fold
 
@@ -383,7 +384,7 @@ def _start_new_run(
         "channels": list(scheme.channels),
         "regions": list(scheme.regions),
     }
-    cfg["fold"] = int(fold) if fold.isdigit() else fold
+    cfg["fold"] = int(fold) if is_number(fold) else fold
     return notes
 
 
