@@ -22,26 +22,28 @@ from nmfseg.training.setup import prepare_run
 
 # (cores, device, processes, workers given, threads given) -> (compute threads, workers)
 POLICY = [
-    # CPU: one worker per 4 cores of the process, the rest compute
-    ((1, "cpu", 1, None, None), (1, 0)),
-    ((2, "cpu", 1, None, None), (2, 0)),
-    ((3, "cpu", 1, None, None), (3, 0)),
-    ((4, "cpu", 1, None, None), (3, 1)),
-    ((8, "cpu", 1, None, None), (6, 2)),
-    ((16, "cpu", 1, None, None), (12, 4)),
-    ((64, "cpu", 1, None, None), (60, 4)),  # at most 4 workers
-    # workers given: the threads make room for them, at least one
-    ((2, "cpu", 1, 1, None), (1, 1)),
+    # CPU: one worker per 4 cores of the process, at least one; every worker after the
+    # first takes a core from the compute threads
+    ((1, "cpu", 1, None, None), (1, 1)),
+    ((2, "cpu", 1, None, None), (2, 1)),
+    ((3, "cpu", 1, None, None), (3, 1)),
+    ((4, "cpu", 1, None, None), (4, 1)),
+    ((8, "cpu", 1, None, None), (7, 2)),
+    ((16, "cpu", 1, None, None), (13, 4)),
+    ((64, "cpu", 1, None, None), (61, 4)),  # at most 4 workers
+    # workers given: the threads make room for all but the first, at least one thread
+    ((2, "cpu", 1, 1, None), (2, 1)),
     ((2, "cpu", 1, 2, None), (1, 2)),
     ((8, "cpu", 1, 0, None), (8, 0)),
+    ((8, "cpu", 1, 4, None), (5, 4)),
     # OMP_NUM_THREADS: the threads as given, the workers by the rule
     ((8, "cpu", 1, None, 2), (2, 2)),
     ((2, "cpu", 1, 1, 2), (2, 1)),
     # DDP on the CPU: the cores are divided among the processes first
-    ((16, "cpu", 2, None, None), (6, 2)),
-    ((8, "cpu", 2, None, None), (3, 1)),
-    ((2, "cpu", 2, None, None), (1, 0)),
-    ((2, "cpu", 4, None, None), (1, 0)),  # more processes than cores: one thread each
+    ((16, "cpu", 2, None, None), (7, 2)),
+    ((8, "cpu", 2, None, None), (4, 1)),
+    ((2, "cpu", 2, None, None), (1, 1)),
+    ((2, "cpu", 4, None, None), (1, 1)),  # more processes than cores: one thread each
     ((16, "cpu", 4, None, 1), (1, 1)),  # torchrun's OMP_NUM_THREADS=1
     # CUDA: the process's cores, at least 1 and at most 4; torch's threads left alone
     ((1, "cuda", 1, None, None), (None, 1)),
@@ -62,7 +64,7 @@ def test_the_policy_shares_the_cores(given, expected):
     if given[3] is None:  # the default workers never take more than the process's cores
         assert share.workers <= min(4, per_process)
     if share.device == "cpu" and given[4] is None:  # nor do the threads, but keep one
-        assert share.threads == max(1, per_process - share.workers)
+        assert share.threads == max(1, per_process - max(0, share.workers - 1))
 
 
 @pytest.mark.parametrize(
@@ -74,14 +76,14 @@ def test_the_policy_refuses_impossible_counts(bad):
 
 
 def test_the_split_is_said_in_one_line():
-    assert str(share_cores(2, "cpu", workers=1)) == (
-        "cpu: 1 compute thread + 1 data worker (2 cores)"
+    assert str(share_cores(2, "cpu", workers=2)) == (
+        "cpu: 1 compute thread + 2 data workers (2 cores)"
     )
     assert str(share_cores(8, "cpu", threads=1)) == (
         "cpu: 1 compute thread (OMP_NUM_THREADS) + 2 data workers (8 cores)"
     )
     assert str(share_cores(8, "cpu", processes=2)) == (
-        "cpu: 3 compute threads + 1 data worker per process (2 processes on 8 cores)"
+        "cpu: 4 compute threads + 1 data worker per process (2 processes on 8 cores)"
     )
     assert str(share_cores(8, "cuda")) == "cuda: 4 data workers (8 cores)"
 
@@ -102,17 +104,17 @@ def test_omp_num_threads_and_local_world_size_are_respected(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert share_cores_here("cpu") == CoreShare("cpu", 2, 3, 8, 1, fixed=True)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert share_cores_here("cpu") == CoreShare("cpu", 2, 6, 8)
-    assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 3, 8, 2)
+    assert share_cores_here("cpu") == CoreShare("cpu", 2, 7, 8)
+    assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 4, 8, 2)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's: the processes on this machine
-    assert share_cores_here("cpu", world_size=8) == CoreShare("cpu", 0, 2, 8, 4)
-    assert share_cores_here(torch.device("cpu"), workers=1) == CoreShare("cpu", 1, 1, 8, 4)
+    assert share_cores_here("cpu", world_size=8) == CoreShare("cpu", 1, 2, 8, 4)
+    assert share_cores_here(torch.device("cpu"), workers=2) == CoreShare("cpu", 2, 1, 8, 4)
     assert share_cores_here("cuda", world_size=8) == CoreShare("cuda", 2, None, 8, 4)
     for bad in ("²", "0", "x"):  # not a count: the run's world size
         monkeypatch.setenv("LOCAL_WORLD_SIZE", bad)
-        assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 3, 8, 2)
+        assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 4, 8, 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "²")  # not a count: the policy's threads
-    assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 3, 8, 2)
+    assert share_cores_here("cpu", world_size=2) == CoreShare("cpu", 1, 4, 8, 2)
 
 
 def test_a_resume_on_other_threads_is_said_with_the_count_to_set():
@@ -171,8 +173,8 @@ def test_a_cpu_run_computes_on_the_policys_threads(tmp_path, monkeypatch, capsys
     else:
         run_training(run, progress=False, trainer=Watching)
     expected = share_cores(2, "cpu")
-    assert seen == [(expected.threads, expected.workers)] * 2 == [(2, 0)] * 2
+    assert seen == [(expected.threads, expected.workers)] * 2 == [(2, 1)] * 2
     assert torch.get_num_threads() == before
     first = capsys.readouterr().err.splitlines()[0]
-    assert first == "nmfseg train: cpu: 2 compute threads + 0 data workers (2 cores)"
+    assert first == "nmfseg train: cpu: 2 compute threads + 1 data worker (2 cores)"
     assert read_checkpoint(run.fold_dir / "checkpoint_final.pt")["threads"] == 2

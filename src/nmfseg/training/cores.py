@@ -9,26 +9,27 @@ than the workers' share of the work. :func:`share_cores` is the policy, a pure f
 the cores, the device, the training processes on the machine and what the user fixed:
 
 - **Data workers** (``workers: null``, the default). On the CPU: one per
-  :data:`CORES_PER_WORKER` cores of the process, at most :data:`MAX_WORKERS`; below 4 cores
-  none, the patches are made in the training process between steps. On CUDA: the process's
-  cores, at least 1 and at most 4 (the GPU computes, the CPU only feeds it). ``--workers N``
-  sets the number.
-- **Compute threads** on the CPU: the process's cores minus its workers, at least 1; or
-  ``OMP_NUM_THREADS`` when it is set, as it is. On CUDA torch's own count is left alone.
+  :data:`CORES_PER_WORKER` cores of the process, at least 1 and at most :data:`MAX_WORKERS`.
+  On CUDA: the process's cores, at least 1 and at most 4 (the GPU computes, the CPU only
+  feeds it). ``--workers N`` sets the number.
+- **Compute threads** on the CPU: the process's cores, less one for every worker after the
+  first, at least 1; or ``OMP_NUM_THREADS`` when it is set, as it is. On CUDA torch's own
+  count is left alone.
 - **DDP**: the cores are first divided among the training processes of the machine
   (``LOCAL_WORLD_SIZE``), on the CPU and on CUDA. ``torchrun`` sets ``OMP_NUM_THREADS=1`` in
   each of its processes unless it is set already; set it to choose another count.
 
-Why one worker per 4 cores: a worker takes a whole core from the compute threads but is busy
-only while it makes the next batch (reading memory-mapped patches, and a resampling or a
-smoothing in 15% of the samples each), a fraction of a training step on the CPU, where a 3D
-network's forward and backward take seconds. Half of a 2-core machine's compute (a third of a
-3-core one's) is worth more than that fraction, so below 4 cores the patches are made between
-steps; from 4 cores on a step is shorter, one more compute thread adds less (threads scale
-sublinearly), and one worker per 4 cores keeps the queue full. The constant is an estimate, not
-a measurement: docs/nnunet.md only bounds the overhead around the network (3.11 s an iteration
-against 2.63 s for the network step, 2 threads beside 2 workers on 2 cores); tune it when
-measured.
+Why the first worker takes no core: a worker is busy only while it makes the next batch
+(reading memory-mapped patches, and a resampling or a smoothing in 15% of the samples each), a
+tenth of a training step on the CPU, where a 3D network's forward and backward take seconds;
+one worker beside a thread on every core overlaps that work with the step, while two workers
+on two cores (torch's default before) or none (the batch made between steps) cost the whole
+tenth. Measured on the 2-core Intel VM, the demo's Swin Factorizer (48³ patches, batch 2),
+seconds per step over steps 20–60: 2 threads + 1 worker 0.994, 2 threads + 0 workers 1.118,
+2 threads + 2 workers 1.127 (docs/benchmarks.md). From 4 cores on, one worker per 4 cores
+keeps the queue full as steps get shorter, and every worker after the first takes a core
+from the compute threads. Only the 2-core point is measured; tune :data:`CORES_PER_WORKER`
+when more are.
 
 What ``nmfseg train`` does to torch: :meth:`nmfseg.training.trainer.Trainer.fit` sets
 ``torch.set_num_threads`` to the share's compute threads for the run (CPU only) and sets the
@@ -44,9 +45,9 @@ none: resume it with ``OMP_NUM_THREADS`` set to that count (the line says it), o
 Examples::
 
     >>> str(share_cores(2, "cpu"))
-    'cpu: 2 compute threads + 0 data workers (2 cores)'
+    'cpu: 2 compute threads + 1 data worker (2 cores)'
     >>> str(share_cores(8, "cpu"))
-    'cpu: 6 compute threads + 2 data workers (8 cores)'
+    'cpu: 7 compute threads + 2 data workers (8 cores)'
     >>> str(share_cores(8, "cuda"))
     'cuda: 4 data workers (8 cores)'
 """
@@ -100,9 +101,9 @@ class CoreShare:
 
         >>> share = share_cores(16, "cpu", processes=2)
         >>> share.threads, share.workers
-        (6, 2)
+        (7, 2)
         >>> str(share)
-        'cpu: 6 compute threads + 2 data workers per process (2 processes on 16 cores)'
+        'cpu: 7 compute threads + 2 data workers per process (2 processes on 16 cores)'
         >>> str(share_cores(4, "cpu", threads=1))
         'cpu: 1 compute thread (OMP_NUM_THREADS) + 1 data worker (4 cores)'
     """
@@ -173,9 +174,9 @@ def share_cores(
     Examples::
 
         >>> [share_cores(n, "cpu").workers for n in (1, 2, 3, 4, 8, 16, 64)]
-        [0, 0, 0, 1, 2, 4, 4]
+        [1, 1, 1, 1, 2, 4, 4]
         >>> [share_cores(n, "cpu").threads for n in (1, 2, 3, 4, 8, 16, 64)]
-        [1, 2, 3, 3, 6, 12, 60]
+        [1, 2, 3, 4, 7, 13, 61]
         >>> s = share_cores(2, "cpu", workers=2)  # workers given: still at least one thread
         >>> s.threads, s.workers
         (1, 2)
@@ -196,9 +197,9 @@ def share_cores(
         count = min(MAX_WORKERS, mine) if workers is None else workers
         return CoreShare(device, count, None, cores, processes)
     if workers is None:
-        workers = min(MAX_WORKERS, mine // CORES_PER_WORKER)
+        workers = max(1, min(MAX_WORKERS, mine // CORES_PER_WORKER))
     fixed = threads is not None
-    threads = threads if threads is not None else max(1, mine - workers)
+    threads = threads if threads is not None else max(1, mine - max(0, workers - 1))
     return CoreShare(device, workers, threads, cores, processes, fixed)
 
 

@@ -97,7 +97,7 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("log_every", "--log-every", "INT", "Log every N steps"),
     TrainOption("seed", "--seed", "INT", "Random seed"),
     TrainOption("workers", "--workers", "INT", "DataLoader workers per process",
-                "on the CPU one per 4 cores, on CUDA one per core; at most 4"),
+                "on the CPU one per 4 cores, at least 1; on CUDA one per core; at most 4"),
     TrainOption("n_folds", "--n-folds", "INT", "Folds when splits.json is created"),
     TrainOption("device", "--device", "DEVICE", "cpu, cuda or cuda:N", "cuda if available"),
     TrainOption("amp", "--amp", "bf16|none", "Mixed precision: bf16 or none"),
