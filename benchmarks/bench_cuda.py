@@ -54,6 +54,7 @@ from _common import cpu_model, environment, fmt, markdown_table, measure, save_t
 from bench_engines import FACTORIZER, NO_NMF, SEGRESNET, build
 from nmfseg.training.config import load_recipe
 from nmfseg.training.losses import DeepSupervisionLoss
+from nmfseg.training.schedule import adamw
 
 #: Mode name: (bf16 autocast, torch.compile).
 MODES = {
@@ -127,16 +128,12 @@ def train_job(
 
 def recipe_loss() -> DeepSupervisionLoss:
     """The BraTS recipe's loss (the paper's: Dice + BCE, deep-supervision weights)."""
-    cfg = load_recipe("brats")["loss"]
-    return DeepSupervisionLoss(cfg["ds_weights"], cfg["dice_eps"], cfg["ds_target"])
+    return DeepSupervisionLoss.from_config(load_recipe("brats")["loss"])
 
 
 def recipe_adamw(net: torch.nn.Module) -> torch.optim.AdamW:
     """AdamW with the BraTS recipe's settings (the paper's), for ``net``."""
-    cfg = load_recipe("brats")["optimizer"]
-    return torch.optim.AdamW(
-        net.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
-    )
+    return adamw(net.parameters(), load_recipe("brats")["optimizer"])
 
 
 def _peak_mb(job: Job, device: torch.device) -> tuple[float | None, float | None]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from nmfseg.layers.args import check_positive
 from nmfseg.mixers._registry import register_mixer
-from nmfseg.mixers.wrapped import _NO_BETTER, WrappedMixer
+from nmfseg.mixers.wrapped import NO_BETTER_RANK, WrappedMixer
 from nmfseg.nmf import NMF, SOLVERS, MatricizeGeometry, matricized_rank1
 from nmfseg.nmf.windows import is_reshape
 from nmfseg.routes import FusedFlag, Route, takes
@@ -282,7 +282,7 @@ def rank_problem(layers: Sequence[WrappedNMF], rank: int) -> str | None:
         f"{limit} for NMF layer{'s' if len(idx) > 1 else ''} {_spans(idx)} ({shape})"
         for (limit, shape), idx in sorted(groups.items(), key=lambda kv: kv[1][0])
     ]
-    return f"at most {', '.join(parts)}; {_NO_BETTER}"
+    return f"at most {', '.join(parts)}; {NO_BETTER_RANK}"
 
 
 def nmf_state(model: nn.Module) -> list[tuple[int, int, str]]:

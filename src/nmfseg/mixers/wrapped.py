@@ -28,7 +28,7 @@ from nmfseg.nmf.windows import ntuple
 
 __all__ = ["WrappedMixer"]
 
-_NO_BETTER = "a rank above min(rows, columns) of a matrix cannot describe it better"
+NO_BETTER_RANK = "a rank above min(rows, columns) of a matrix cannot describe it better"
 
 
 class WrappedMixer(ProjectedMixer):
@@ -107,9 +107,9 @@ class WrappedMixer(ProjectedMixer):
         window = self.window
         rows = f"head_dim={self.head_dim} rows"
         if window is None:
-            return f"its matrices have {rows}, and {_NO_BETTER}"
+            return f"its matrices have {rows}, and {NO_BETTER_RANK}"
         voxels = f"{math.prod(window)} columns (a {'x'.join(map(str, window))} window)"
-        return f"its matrices have {rows} and {voxels}, and {_NO_BETTER}"
+        return f"its matrices have {rows} and {voxels}, and {NO_BETTER_RANK}"
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, matricize={self.kind!r}"

@@ -64,7 +64,7 @@ from nmfseg.models.nnunet_arch import (
     round_patch,
 )
 from nmfseg.training.config import load_recipe
-from nmfseg.training.trainer import WarmupCosine
+from nmfseg.training.schedule import WarmupCosine, adamw
 
 __all__ = [
     "WarmupCosineLRScheduler",
@@ -198,12 +198,7 @@ class _PaperRecipe:
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, _LRScheduler]:
         opt = load_recipe("default")["optimizer"]
         self.initial_lr = float(opt["lr"])
-        optimizer = torch.optim.AdamW(
-            self.network.parameters(),  # type: ignore[attr-defined]
-            lr=self.initial_lr,
-            betas=tuple(opt["betas"]),
-            weight_decay=opt["weight_decay"],
-        )
+        optimizer = adamw(self.network.parameters(), opt)  # type: ignore[attr-defined]
         epochs = self.num_epochs  # type: ignore[attr-defined]
         return optimizer, WarmupCosineLRScheduler(optimizer, self.initial_lr, epochs)
 

@@ -295,6 +295,7 @@ def thread_change(recorded: int | None, threads: int, before: int) -> str | None
 
 def worker_init(worker_id: int) -> None:
     """DataLoader worker setup: one intra-op thread per worker (the workers run in parallel
-    beside the compute threads; :func:`share_cores` counts each as one core)."""
+    beside the compute threads; :func:`share_cores` counts each worker after the first as one
+    core)."""
     del worker_id
     torch.set_num_threads(1)

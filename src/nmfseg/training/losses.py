@@ -35,7 +35,8 @@ Examples::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,12 @@ class DeepSupervisionLoss(nn.Module):
         self.weights = tuple(float(w) for w in weights)
         self.target_mode = target_mode
         self.loss = DiceBCELoss(eps=eps)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> DeepSupervisionLoss:
+        """The loss of a recipe's ``loss`` section (``ds_weights``, ``dice_eps``,
+        ``ds_target``), as ``nmfseg train`` and the benchmarks build it."""
+        return cls(cfg["ds_weights"], cfg["dice_eps"], cfg["ds_target"])
 
     def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor) -> Tensor:
         """Loss of one logits tensor or a list ``[full, 1/2, 1/4, ...]`` against ``target``."""

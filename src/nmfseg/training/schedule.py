@@ -1,9 +1,11 @@
-"""The learning-rate schedule of the paper's recipe: linear warm-up, then cosine to 0.
+"""The optimizer and learning-rate schedule of the paper's recipe: AdamW, linear warm-up,
+then cosine to 0.
 
 Examples::
 
     >>> import torch
-    >>> opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    >>> opt = adamw([torch.zeros(1, requires_grad=True)], {"lr": 1e-3, "betas": [0.9, 0.999],
+    ...             "weight_decay": 0.01})
     >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup=2, total=6))
     >>> sched.get_last_lr()
     [0.0005]
@@ -12,8 +14,20 @@ Examples::
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["WarmupCosine"]
+import torch
+
+__all__ = ["WarmupCosine", "adamw"]
+
+
+def adamw(parameters: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any]) -> torch.optim.AdamW:
+    """AdamW with a recipe's ``optimizer`` section (``lr``, ``betas``, ``weight_decay``), as
+    ``nmfseg train``, the nnU-Net trainers and the benchmarks build it."""
+    return torch.optim.AdamW(
+        parameters, lr=float(cfg["lr"]), betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
+    )
 
 
 class WarmupCosine:

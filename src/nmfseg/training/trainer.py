@@ -67,7 +67,7 @@ from nmfseg.training.data import TAG_STEP, PatchDataset, PreparedCase, derive_se
 from nmfseg.training.distributed import DistContext, init_distributed
 from nmfseg.training.losses import DeepSupervisionLoss
 from nmfseg.training.progress import plot_progress, write_log_csv
-from nmfseg.training.schedule import WarmupCosine  # also importable from here
+from nmfseg.training.schedule import WarmupCosine, adamw  # WarmupCosine also importable here
 from nmfseg.training.setup import TrainingRun
 from nmfseg.training.validation import mean_dice, score_cases, write_summary
 
@@ -185,19 +185,12 @@ class Trainer:
     def build_loss(self) -> nn.Module:
         """The loss, called as ``loss(outputs, target)`` with the network's ``train()`` output
         (a list of deep-supervision logits, full resolution first) and the region masks."""
-        loss = self.cfg["loss"]
-        return DeepSupervisionLoss(loss["ds_weights"], loss["dice_eps"], loss["ds_target"])
+        return DeepSupervisionLoss.from_config(self.cfg["loss"])
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         """``(optimizer, scheduler)`` for :attr:`model`; the scheduler steps once per
         optimizer step (skipped steps included). Both are saved in checkpoints."""
-        opt = self.cfg["optimizer"]
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=opt["lr"],
-            betas=tuple(opt["betas"]),
-            weight_decay=opt["weight_decay"],
-        )
+        optimizer = adamw(self.model.parameters(), self.cfg["optimizer"])
         warmup = WarmupCosine(self.cfg["scheduler"]["warmup_steps"], self.total)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
 
@@ -477,8 +470,8 @@ def run_training(
 
     Under ``torchrun`` every process calls this; they join one process group (DDP). On the
     CPU :meth:`Trainer.fit` computes on the threads of
-    :func:`~nmfseg.training.cores.share_cores` (the cores less the data workers, or
-    ``OMP_NUM_THREADS``) and sets the caller's count back at the end.
+    :func:`~nmfseg.training.cores.share_cores` (the cores less every data worker
+    after the first, or ``OMP_NUM_THREADS``) and sets the caller's count back at the end.
 
     Args:
         run: the checked run.
