@@ -22,14 +22,14 @@ the cores, the device, the training processes on the machine and what the user f
 Why the first worker takes no core: a worker is busy only while it makes the next batch
 (reading memory-mapped patches, and a resampling or a smoothing in 15% of the samples each), a
 tenth of a training step on the CPU, where a 3D network's forward and backward take seconds;
-one worker beside a thread on every core overlaps that work with the step, while two workers
-on two cores (torch's default before) or none (the batch made between steps) cost the whole
-tenth. Measured on the 2-core Intel VM, the demo's Swin Factorizer (48³ patches, batch 2),
-seconds per step over steps 20–60: 2 threads + 1 worker 0.994, 2 threads + 0 workers 1.118,
-2 threads + 2 workers 1.127 (docs/benchmarks.md). From 4 cores on, one worker per 4 cores
-keeps the queue full as steps get shorter, and every worker after the first takes a core
-from the compute threads. Only the 2-core point is measured; tune :data:`CORES_PER_WORKER`
-when more are.
+charging it a whole core would take a compute thread from a 2- or 3-core machine for that
+tenth. Measured on the 2-core Intel VM (``benchmarks/train_threads.sh``, the demo's Swin
+Factorizer, seconds per step over steps 20–60, two runs of one each): 2 threads + 1 worker
+0.994 / 1.279, + 0 workers 1.118 / 1.196, + 2 workers 1.127 / 1.208 — the splits are within
+the machine's noise of each other, so the default keeps one worker beside a thread on every
+core (the demo's documented setting). From 4 cores on, one worker per 4 cores keeps the queue
+full as steps get shorter, and every worker after the first takes a core from the compute
+threads. Only the 2-core point is measured; tune :data:`CORES_PER_WORKER` when more are.
 
 What ``nmfseg train`` does to torch: :meth:`nmfseg.training.trainer.Trainer.fit` sets
 ``torch.set_num_threads`` to the share's compute threads for the run (CPU only) and sets the
