@@ -8,12 +8,15 @@ Three questions, one table each, every ratio taken within the run:
    predict`` runs them), onnxruntime and OpenVINO float32 and bf16 (each network exported
    as ``nmfseg export`` does, :func:`~nmfseg.export.onnx.network_to_onnx`; OpenVINO
    compiled at the input's shape, as ``predict --engine openvino`` does). The result is
-   the Factorizer's fastest time over SegResNet-32's fastest.
+   the Factorizer's fastest time over SegResNet-32's fastest. The no-NMF ablation runs
+   beside them in every engine: the floor, what the Factorizer would cost if its NMF
+   subblocks were free.
 2. **The NMF nearly free.** The Swin Factorizer against its no-NMF ablation
    (``factorizer_brats_no_nmf``), PyTorch float32: a forward pass at ``S³`` and a training
    step (forward and backward, every deep-supervision output in the loss) at ``T³``.
 3. **Training, best against best.** A training step at ``T³`` in float32 and in bf16
-   autocast for both networks; the Factorizer's faster mode over SegResNet-32's.
+   autocast for the three networks; the Factorizer's faster mode over SegResNet-32's, and
+   the floor's.
 
 Every job of a table runs once per round, round after round (:func:`_common.measure`), so a
 machine that gets busier slows all alike. ``--busy N`` starts ``N`` processes that keep one
@@ -50,6 +53,9 @@ FACTORIZER, SEGRESNET, NO_NMF = (
     "segresnet_brats",
     "factorizer_brats_no_nmf",
 )
+#: the three networks of the inference and training tables (the no-NMF ablation is the floor:
+#: what the Swin Factorizer would cost if its NMF subblocks were free)
+NETWORKS = (FACTORIZER, NO_NMF, SEGRESNET)
 ENGINES = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16")
 
 
@@ -74,22 +80,33 @@ def engine_fn(engine: str, net: torch.nn.Module, x: torch.Tensor, threads: int) 
                 net(x)
 
         return run_torch
-    example = torch.randn(2, x.shape[1], *(2 * net.size_multiple,) * (x.dim() - 2))
-    model, _ = network_to_onnx(net, example)
-    image = x.numpy()
+    model, image = onnx_of(net, x), x.numpy()
     if engine == "onnxruntime":
         ort_session = session(model, threads)
         return lambda: ort_session.run(None, {"image": image})
+    compiled = compile_openvino(model, x, threads, engine.endswith("bf16"))
+    return lambda: compiled({0: image})
+
+
+def onnx_of(net: torch.nn.Module, x: torch.Tensor) -> bytes:
+    """``net`` exported as ``nmfseg export`` does (dynamic shapes, traced on a small example)."""
+    example = torch.randn(2, x.shape[1], *(2 * net.size_multiple,) * (x.dim() - 2))
+    return network_to_onnx(net.eval(), example)[0]
+
+
+def compile_openvino(model: bytes, x: torch.Tensor, threads: int, bf16: bool,
+                     profile: bool = False) -> Any:  # fmt: skip
+    """The ONNX ``model`` compiled by OpenVINO for ``x``'s shape on ``threads`` CPU threads, as
+    ``predict --engine openvino`` does (``profile``: with OpenVINO's per-node counters)."""
     import openvino as ov
 
     core = ov.Core()
     ov_model = core.read_model(model=model, weights=b"")
     ov_model.reshape({ov_model.inputs[0].any_name: list(x.shape)})
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if engine.endswith("bf16") else "f32",
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
               "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-              "NUM_STREAMS": 1}  # fmt: skip
-    compiled = core.compile_model(ov_model, "CPU", config)
-    return lambda: compiled({0: image})
+              "NUM_STREAMS": 1, "PERF_COUNT": profile}  # fmt: skip
+    return core.compile_model(ov_model, "CPU", config)
 
 
 def train_fn(net: torch.nn.Module, x: torch.Tensor, bf16: bool) -> Callable:
@@ -134,28 +151,43 @@ def _best(times: dict[str, float]) -> tuple[str, float]:
     return key, times[key]
 
 
+def _floor_rows(
+    res: dict[tuple[str, Any], float], modes: list[Any], label: Callable[[Any], str]
+) -> tuple[list[list[str]], tuple[float, float, float]]:
+    """One row per mode (Swin Factorizer, no-NMF ablation, SegResNet-32 and both ratios to
+    SegResNet-32), then the **best** row: each network at its own fastest mode."""
+    rows = []
+    for mode in modes:
+        f, n, s = (res[(name, mode)] for name in (FACTORIZER, NO_NMF, SEGRESNET))
+        rows.append([label(mode), fmt(f), fmt(n), fmt(s), f"{f / s:.2f}×", f"{n / s:.2f}×"])
+    best = {name: _best({m: res[(name, m)] for m in modes}) for name in NETWORKS}
+    (fm, f), (nm, n), (sm, s) = (best[name] for name in (FACTORIZER, NO_NMF, SEGRESNET))
+    rows.append(
+        [f"**best** (Factorizer {label(fm)}, no-NMF {label(nm)}, SegResNet {label(sm)})",
+         fmt(f), fmt(n), fmt(s), f"**{f / s:.2f}×**", f"{n / s:.2f}×"]
+    )  # fmt: skip
+    return rows, (f, n, s)
+
+
+HEADER = ["{}", "Swin Factorizer (s)", "no-NMF ablation (s)", "SegResNet-32 (s)",
+          "Factorizer / SegResNet", "no-NMF / SegResNet"]  # fmt: skip
+
+
 def inference_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     x = torch.randn(1, 4, args.size, args.size, args.size)
-    jobs, keys = {}, []
-    for name in (FACTORIZER, SEGRESNET):
+    jobs = {}
+    for name in NETWORKS:
         net = build(name, args.channels)
         for engine in args.engines:
             jobs[(name, engine)] = engine_fn(engine, net, x, args.threads)
-            keys.append((name, engine))
     res = {k: v[0] / 1e3 for k, v in measure(jobs, args.repeats).items()}
-    rows, records = [], []
-    for engine in args.engines:
-        f, s = res[(FACTORIZER, engine)], res[(SEGRESNET, engine)]
-        rows.append([engine, fmt(f), fmt(s), f"{f / s:.2f}×"])
-        records.append(
-            {"table": "inference", "engine": engine, "factorizer_s": f, "segresnet_s": s}
-        )
-    fe, fb = _best({e: res[(FACTORIZER, e)] for e in args.engines})
-    se, sb = _best({e: res[(SEGRESNET, e)] for e in args.engines})
-    rows.append(
-        [f"**best** (Factorizer {fe}, SegResNet {se})", fmt(fb), fmt(sb), f"**{fb / sb:.2f}×**"]
-    )
-    header = ["engine", "Swin Factorizer (s)", "SegResNet-32 (s)", "ratio"]
+    rows, _ = _floor_rows(res, args.engines, str)
+    records = [
+        {"table": "inference", "engine": engine, "factorizer_s": res[(FACTORIZER, engine)],
+         "no_nmf_s": res[(NO_NMF, engine)], "segresnet_s": res[(SEGRESNET, engine)]}
+        for engine in args.engines
+    ]  # fmt: skip
+    header = [HEADER[0].format("engine"), *HEADER[1:]]
     title = f"Inference, 1×4×{args.size}³, median of {args.repeats}"
     return f"### {title}\n\n{markdown_table(header, rows)}", records
 
@@ -185,19 +217,18 @@ def nmf_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
 def training_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     x = torch.randn(1, 4, args.train_size, args.train_size, args.train_size)
     jobs = {}
-    for name in (FACTORIZER, SEGRESNET):
+    for name in NETWORKS:
         net = build(name, args.channels)
         for bf16 in (False, True):
             jobs[(name, bf16)] = train_fn(net, x, bf16)
     res = {k: v[0] / 1e3 for k, v in measure(jobs, args.repeats).items()}
-    rows, records = [], []
-    for bf16 in (False, True):
-        f, s = res[(FACTORIZER, bf16)], res[(SEGRESNET, bf16)]
-        rows.append(["bf16 autocast" if bf16 else "float32", fmt(f), fmt(s), f"{f / s:.2f}×"])
-        records.append({"table": "training", "bf16": bf16, "factorizer_s": f, "segresnet_s": s})
-    fb, sb = min(res[(FACTORIZER, b)] for b in (0, 1)), min(res[(SEGRESNET, b)] for b in (0, 1))
-    rows.append(["**best**", fmt(fb), fmt(sb), f"**{fb / sb:.2f}×**"])
-    header = ["mode", "Swin Factorizer (s)", "SegResNet-32 (s)", "ratio"]
+    rows, _ = _floor_rows(res, [False, True], lambda b: "bf16 autocast" if b else "float32")
+    records = [
+        {"table": "training", "bf16": bf16, "factorizer_s": res[(FACTORIZER, bf16)],
+         "no_nmf_s": res[(NO_NMF, bf16)], "segresnet_s": res[(SEGRESNET, bf16)]}
+        for bf16 in (False, True)
+    ]  # fmt: skip
+    header = [HEADER[0].format("mode"), *HEADER[1:]]
     title = f"Training step, 1×4×{args.train_size}³, median of {args.repeats}"
     return f"### {title}\n\n{markdown_table(header, rows)}", records
 

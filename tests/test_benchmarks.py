@@ -8,6 +8,7 @@ bench-scaling`` will not fail on a script that the rest of the suite never impor
 
 from __future__ import annotations
 
+import csv
 import doctest
 import importlib
 import os
@@ -106,10 +107,28 @@ def test_engines_prints_the_three_comparisons(capsys, tmp_path):
     report = (tmp_path / "bench_engines.md").read_text()
     assert report.count("### ") == 3 and report.count("**best**") == 2
     assert "The NMF's cost" in report and "Machine: " in report
+    assert report.count("no-NMF / SegResNet") == 2  # the floor beside both comparisons
     assert (
         len((tmp_path / "bench_engines.csv").read_text().splitlines())
         == 1 + len(engines.split(",")) + 2 + 2
     )
+
+
+def test_profile_attributes_the_forward_to_the_nmf_nodes(tmp_path):
+    """The PyTorch profile: every NMF subblock's node is a range, the operators inside it are
+    counted there and nowhere else (their self times add up to the range, up to its own)."""
+    bench = importlib.import_module("profile_engines")
+    bench.main(["--tables", "torch", "--size", "16", "--channels", "8,16,32,64,128",
+                "--top", "3", "--out", str(tmp_path)])  # fmt: skip
+    report = (tmp_path / "profile_engines.md").read_text()
+    assert "of which the NMF nodes" in report and report.count("| other |") == 2
+    rows = list(csv.DictReader((tmp_path / "profile_engines.csv").open()))
+    part = {r["part"]: float(r["seconds"]) for r in rows if not r["op"]}
+    inside = sum(float(r["seconds"]) for r in rows if r["op"] and r["part"] == "nmf_node")
+    rest = sum(float(r["seconds"]) for r in rows if r["op"] and r["part"] == "rest")
+    assert 0 < inside <= part["nmf_node"] < part["forward"]
+    assert inside > 0.5 * part["nmf_node"]  # the range's own time is a small part of it
+    assert inside + rest <= part["forward"] * 1.001
 
 
 def test_engines_jobs_of_one_network_run_in_their_own_mode():

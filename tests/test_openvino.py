@@ -168,3 +168,20 @@ def test_a_file_openvino_cannot_parse_is_one_line_on_stderr(tmp_path):
     assert run.stderr.startswith(f"nmfseg: error: {bad}: OpenVINO cannot read this model (")
     assert run.stderr.count("\n") == 1, run.stderr
     assert not (tmp_path / "pred").exists()
+
+
+@in_child
+def test_the_openvino_profile_sums_node_times_per_type(tmp_path):
+    """``benchmarks/profile_engines.py``: OpenVINO's per-node counters summed per node type for
+    the three networks of ``bench_engines``; the shares of each network add up to 100 %."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("profile_engines")
+    bench.main(["--tables", "openvino", "--size", "16", "--repeats", "1", "--channels",
+                "8,16,32,64,128", "--out", str(tmp_path)])  # fmt: skip
+    report = (tmp_path / "profile_engines.md").read_text()
+    for name in ("swin_factorizer_brats", "factorizer_brats_no_nmf", "segresnet_brats"):
+        assert f"**{name}**: wall-clock" in report
+    rows = [line.split("|") for line in report.splitlines() if line.endswith(" % |")]
+    shares = [float(r[3].strip(" %")) for r in rows]
+    assert abs(sum(shares) - 300) < 1.7  # three networks, each row rounded to 0.1 %
+    assert "| Convolution |" in report and "| Transpose |" in report

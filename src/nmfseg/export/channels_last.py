@@ -171,7 +171,8 @@ class ChannelsLastBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         block = self.block
         b, c, *spatial = x.shape
-        y = x.reshape(b, c, -1).transpose(1, 2)  # (B, N, C): one transpose in, one out
+        d = len(spatial)
+        y = x.permute(0, *range(2, 2 + d), 1).reshape(b, -1, c)  # (B, N, C)
         if block.mixer is not None:
             mixer = block.mixer
             z = F.linear(_norm(block.norm1, y), mixer.in_proj.weight)
@@ -181,7 +182,7 @@ class ChannelsLastBlock(nn.Module):
             mlp = block.mlp
             h = F.linear(_norm(block.norm2, y), mlp.fc1.weight, mlp.fc1.bias)
             y = y + F.linear(mlp.act(h), mlp.fc2.weight, mlp.fc2.bias)
-        return y.transpose(1, 2).reshape(x.shape)
+        return y.reshape(b, *spatial, c).permute(0, 1 + d, *range(1, 1 + d))
 
     @staticmethod
     def _mix(z: Tensor, mixer: WrappedNMF, spatial_dims: int) -> Tensor:
