@@ -13,8 +13,8 @@ Factorizer, its no-NMF ablation and SegResNet-32; BraTS presets, untrained and s
    the NMF node of every NMF subblock (``WrappedNMF.mix``: ReLU, windows, rank-1 NMF,
    folding back; not the LayerNorm and projections around it), and the self time of the
    operators inside the NMF node and in the rest of the network. The profiler records every
-   operator, so its totals run above the unprofiled wall-clock printed beside them; the
-   shares are what it is for.
+   operator and runs the network once, so its totals differ from the unprofiled wall-clock
+   printed beside them; the shares are what it is for.
 
 Usage::
 
@@ -120,9 +120,11 @@ def torch_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         net(x)
         wall = time.perf_counter() - start
         activities = [torch.profiler.ProfilerActivity.CPU]
-        with torch.profiler.profile(activities=activities) as prof:
-            with torch.profiler.record_function("forward"):
-                net(x)
+        with (
+            torch.profiler.profile(activities=activities) as prof,
+            torch.profiler.record_function("forward"),
+        ):
+            net(x)
     events = prof.events()
     forward = sum(e.cpu_time_total for e in events if e.name == "forward") / 1e6
     node = sum(e.cpu_time_total for e in events if e.name == NMF_NODE) / 1e6
@@ -138,7 +140,8 @@ def torch_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         f"{fmt(forward - node)} s."
     ]
     for inside, what in ((True, "inside the NMF nodes"), (False, "in the rest of the network")):
-        rows = [[k, fmt(v), f"{100 * share:.1f} %"] for k, v, share in _shares(ops[inside], args.top)]
+        shares = _shares(ops[inside], args.top)
+        rows = [[k, fmt(v), f"{100 * share:.1f} %"] for k, v, share in shares]
         records += [{"table": "torch", "part": "nmf_node" if inside else "rest", "op": k,
                      "seconds": v} for k, v in ops[inside].items()]  # fmt: skip
         parts.append(f"Self time {what}:\n\n" + markdown_table(["operator", "s", "share"], rows))
@@ -167,13 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     torch.set_num_threads(args.threads)
     texts, records = [], []
-    for name in tables:
+    for name in tables:  # the report is printed once, at the end
         text, recs = TABLES[name](args)
-        print(text + "\n", flush=True)
         texts.append(text)
         records += recs
     line = machine(args.threads)
-    print(f"Machine: {line}")
     save_table(args.out, "profile_engines", "\n\n".join(texts) + f"\n\nMachine: {line}\n", records)
 
 

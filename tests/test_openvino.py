@@ -86,6 +86,21 @@ def test_openvino_predicts_what_onnxruntime_and_torch_predict(exported, tmp_path
 
 
 @in_child
+def test_the_openvino_extra_is_enough_without_onnx_or_onnxruntime(exported, monkeypatch):
+    """``nmfseg[openvino]`` installs OpenVINO alone: its engine reads the ``.onnx`` file and the
+    metadata with OpenVINO's own ONNX front end."""
+    from nmfseg.export.openvino import load_openvino_ensemble
+
+    for name in ("onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails
+    _, net, path = exported
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_openvino_ensemble(path).models[0](x), net(x),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@in_child
 def test_float32_and_bf16_probabilities(exported):
     from nmfseg.export.openvino import OpenVinoNetwork, load_openvino_ensemble
     from nmfseg.inference.predictor import Predictor
@@ -184,4 +199,4 @@ def test_the_openvino_profile_sums_node_times_per_type(tmp_path):
     rows = [line.split("|") for line in report.splitlines() if line.endswith(" % |")]
     shares = [float(r[3].strip(" %")) for r in rows]
     assert abs(sum(shares) - 300) < 1.7  # three networks, each row rounded to 0.1 %
-    assert "| Convolution |" in report and "| Transpose |" in report
+    assert "| Convolution |" in report and "| MVN |" in report  # convolutions, norms
