@@ -76,9 +76,19 @@ def test_windows_are_matricize_s_windows_and_fold_back(window):
     assert torch.equal(from_windows(w, tuple(x.shape), window), x)
 
 
-def test_roll_is_torch_roll():
-    x = torch.randn(2, 5, 7, 3)
-    assert torch.equal(roll(x, [2, 0, 1], [1, 2, 3]), torch.roll(x, (2, 0, 1), (1, 2, 3)))
+@pytest.mark.parametrize(
+    ("shape", "shifts", "dims"),
+    [((2, 5, 7, 3), (2, 0, 1), (1, 2, 3)), ((1, 3, 4, 6, 5, 2), (-1, 7, 3), (2, 3, 4)),
+     ((2, 3, 9, 4), (4, 2), (2, 3)), ((3, 8, 2), (5,), (1,))],
+)  # fmt: skip
+def test_roll_is_torch_roll(shape, shifts, dims):
+    x = torch.randn(*shape)
+    assert torch.equal(roll(x, list(shifts), list(dims)), torch.roll(x, shifts, dims))
+
+
+def test_roll_refuses_axes_that_are_not_consecutive():
+    with pytest.raises(ValueError, match="consecutive"):
+        roll(torch.randn(2, 3, 4, 5), [1, 1], [1, 3])
 
 
 def test_a_batch_of_one_traces_to_a_graph_of_its_input():

@@ -5,23 +5,28 @@ vector (a LayerNorm needs the channels last), projects it (a pointwise convoluti
 matricizes it into ``head_dim × window`` matrices. Traced as it runs in PyTorch, that is two
 full-map transposes per LayerNorm and a 9-dimensional permute per matricize and per inverse,
 with 8-element inner runs: in OpenVINO's per-node profile of the Swin Factorizer (bf16,
-``PERF_COUNT``) generic ``Transpose`` kernels took 55 % of the time and the GEMMs under 10 %.
+``PERF_COUNT``; ``benchmarks/profile_engines.py``) generic ``Transpose`` kernels took 55 % of
+the time and the GEMMs under 10 %.
 
 :class:`ChannelsLastBlock` computes the same block with the channels last throughout:
 
-- one transpose in and one out per block (``(B, C, N) ↔ (B, N, C)``, a batched 2-D
-  transpose), the LayerNorms as ``LayerNormalization`` over the last axis, the pointwise
-  convolutions as ``MatMul`` (fully-connected layers a runtime fuses with its neighbours);
+- one permute in and one out per block (``(B, C, *S) ↔ (B, *S, C)``), which OpenVINO
+  folds into the channels-last layouts of the convolutions around the block (as a
+  ``(B, C, N)`` transpose it ran them in its reference kernel beside two reorders), the
+  LayerNorms as ``LayerNormalization`` over the last axis, the pointwise convolutions as
+  ``MatMul`` (fully-connected layers a runtime fuses with its neighbours);
 - the windows of Local and Swin matricize taken one spatial axis at a time, as a reshape and
   a swap of two middle axes whose inner runs are a whole ``window × rest`` slab, then
   ``window_W × C`` elements (two cheap 4-D transposes instead of one 9-D permute);
 - the rank-1 NMF (paper eq. 14, :mod:`nmfseg.nmf.rank1`) of all heads of a window at once:
-  ``f₁ = X g₀ / ‖g₀‖²`` as one product with the shared ``g₀``, the Gram matrices as one
+  ``f₁ = X g₀ / ‖g₀‖²`` as a product and a sum with the shared ``g₀``, the Gram matrices as one
   ``C × C`` product per window masked to its ``head_dim × head_dim`` diagonal blocks, the
   power iteration on them, and the reconstruction ``(f fᵀ / ‖f‖²) X`` as one product with
-  the block-diagonal projector. The full ``C × C`` products spend ``C / head_dim`` times the
-  multiply-adds of per-head ones, but run as dense GEMMs; the per-head layout would need
-  the transposes this form exists to remove.
+  the block-diagonal projector. The full ``C × C`` products spend ``C / head_dim`` times
+  the multiply-adds of per-head ones, but run as dense GEMMs; the per-head layout would
+  need the transposes this form exists to remove;
+- the Swin shift (a cyclic roll of the map and back) as one gather of the flattened voxels
+  (:func:`roll`).
 
 The function is the network's (same windows, same shifts, same ``g₀``, the same number of
 power-iteration steps), equal to rounding. Blocks it does not cover (another mixer, a rank
@@ -76,18 +81,24 @@ def size_min(a: Size, b: int) -> Size:
     return torch.clamp(a, max=b) if isinstance(a, Tensor) else min(a, b)
 
 
-def _slice(x: Tensor, dim: int, start: Size, stop: Size | None) -> Tensor:
-    index = [slice(None)] * x.dim()
-    index[dim] = slice(start, stop)
-    return x[tuple(index)]
-
-
 def roll(x: Tensor, shifts: list[Size], dims: list[int]) -> Tensor:
-    """``torch.roll(x, shifts, dims)`` as slices and a concatenation (sizes may be traced)."""
+    """``torch.roll(x, shifts, dims)`` over consecutive axes ``dims`` as one gather of the
+    flattened axes (sizes may be traced).
+
+    The index is computed from the shape, so a runtime that compiles for a fixed shape folds
+    it into a constant: one copy of the map, where a roll per axis as two slices and a
+    concatenation (the form PyTorch exports) ran in OpenVINO's reference split and
+    concatenation, one pass over the map per axis.
+    """
+    if not dims or list(dims) != list(range(dims[0], dims[0] + len(dims))):
+        raise ValueError(f"roll: dims={dims} should be consecutive axes.")
+    index = torch.zeros((), dtype=torch.long, device=x.device)
     for shift, dim in zip(shifts, dims, strict=True):
         n = x.shape[dim]
-        x = torch.cat([_slice(x, dim, n - shift, None), _slice(x, dim, 0, n - shift)], dim)
-    return x
+        i = torch.remainder(torch.arange(n, device=x.device) - shift, n)
+        index = index[..., None] * n + i  # row-major over dims
+    flat = x.flatten(dims[0], dims[-1])
+    return flat.index_select(dims[0], index.reshape(-1)).reshape(x.shape)
 
 
 def to_windows(x: Tensor, window: tuple[Size, ...]) -> Tensor:
@@ -143,7 +154,10 @@ def rank1_windows(y: Tensor, head_dim: int, iters: int) -> Tensor:
     """
     n, c = y.shape[1], y.shape[2]
     g0 = weyl(n, 1, y.device, y.dtype)[:, 0]  # the default init of every matrix
-    f = torch.matmul(g0, y) / guard((g0 * g0).sum())  # (W, C): X g₀ / ‖g₀‖², all heads
+    # (W, C): X g₀ / ‖g₀‖², all heads; a product and a sum, which runtimes keep in the
+    # network's precision (as a vector-times-batch MatMul OpenVINO ran it in float32, after a
+    # float32 copy of every window)
+    f = (y * g0[:, None]).sum(1) / guard((g0 * g0).sum())
     heads = torch.arange(c, device=y.device) // head_dim
     mask = (heads[:, None] == heads[None, :]).to(y.dtype)  # the diagonal head blocks
     k = torch.matmul(y.transpose(1, 2), y) * mask  # (W, C, C): each head's K = X Xᵀ
