@@ -7,7 +7,8 @@ Factorizer, its no-NMF ablation and SegResNet-32; BraTS presets, untrained and s
    and compiled as ``bench_engines`` does, with OpenVINO's per-node counters
    (``PERF_COUNT``); after a warm-up, the node times of ``--repeats`` runs summed per node
    type (``Transpose``, ``FullyConnected``, ``MVN``, ...), as shares of the summed node time,
-   beside the run's wall-clock.
+   beside the run's wall-clock and the time OpenVINO took to read and compile the model for
+   the shape (what ``predict --engine openvino`` pays once per window shape).
 2. **PyTorch float32** forward of the Swin Factorizer (``eval()``, ``inference_mode``, as
    ``nmfseg predict`` runs it) under ``torch.profiler``: the share of the forward spent in
    the NMF node of every NMF subblock (``WrappedNMF.mix``: ReLU, windows, rank-1 NMF,
@@ -51,9 +52,12 @@ def _shares(times: dict[str, float], top: int) -> list[tuple[str, float, float]]
 
 
 def openvino_profile(net: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace):
-    """Node time per OpenVINO node type (seconds summed over ``repeats`` runs) and the median
-    wall-clock of a run."""
-    compiled = compile_openvino(onnx_of(net, x), x, args.threads, args.precision == "bf16", True)
+    """Node time per OpenVINO node type (seconds summed over ``repeats`` runs), the median
+    wall-clock of a run and the seconds OpenVINO took to read and compile the model."""
+    model = onnx_of(net, x)
+    start = time.perf_counter()
+    compiled = compile_openvino(model, x, args.threads, args.precision == "bf16", True)
+    compile_s = time.perf_counter() - start
     request, image = compiled.create_infer_request(), x.numpy()
     request.infer({0: image})  # warm-up
     times: dict[str, float] = defaultdict(float)
@@ -65,21 +69,24 @@ def openvino_profile(net: torch.nn.Module, x: torch.Tensor, args: argparse.Names
         for info in request.profiling_info:
             if str(info.status).endswith("EXECUTED") and "NOT_RUN" not in str(info.status):
                 times[info.node_type] += info.real_time.total_seconds()
-    return times, float(np.median(walls))
+    return times, float(np.median(walls)), compile_s
 
 
 def openvino_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     x = torch.randn(1, 4, args.size, args.size, args.size)
     parts, records = [], []
     for name in NETWORKS:
-        times, wall = openvino_profile(build(name, args.channels), x, args)
+        times, wall, compile_s = openvino_profile(build(name, args.channels), x, args)
         total = sum(times.values()) / args.repeats
         rows = [[k, fmt(v / args.repeats), f"{100 * share:.1f} %"]
                 for k, v, share in _shares(times, args.top)]  # fmt: skip
         records += [{"table": "openvino", "network": name, "node_type": k,
                      "seconds": v / args.repeats} for k, v in times.items()]  # fmt: skip
+        records.append({"table": "openvino", "network": name, "node_type": "(compile)",
+                        "seconds": compile_s})  # fmt: skip
         parts.append(
-            f"**{name}**: wall-clock {fmt(wall)} s a run, node time {fmt(total)} s\n\n"
+            f"**{name}**: wall-clock {fmt(wall)} s a run, node time {fmt(total)} s; "
+            f"read and compiled for this shape in {fmt(compile_s)} s\n\n"
             + markdown_table(["node type", "s", "share"], rows)
         )
     title = (

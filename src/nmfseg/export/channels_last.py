@@ -134,37 +134,32 @@ def from_windows(z: Tensor, shape: tuple[Size, ...], window: tuple[Size, ...]) -
     return z.reshape(shape)
 
 
-def _head_sums(v: Tensor, head_dim: int) -> Tensor:
-    """``(..., C)`` → ``(..., C)``: each entry replaced by the sum over its head."""
-    *lead, c = v.shape
-    return (
-        v.reshape(*lead, c // head_dim, head_dim)
-        .sum(-1, keepdim=True)
-        .expand(*lead, c // head_dim, head_dim)
-        .reshape(*lead, c)
-    )
-
-
-def rank1_windows(y: Tensor, head_dim: int, iters: int) -> Tensor:
+def rank1_windows(y: Tensor, head_dim: int, iters: int, channels: int) -> Tensor:
     """The rank-1 NMF reconstruction of every head of every window ``y (W, N, C)``.
+
+    ``channels`` is ``C`` as a Python int (the block's width): the head mask is then a
+    constant of the graph and every per-head sum one product with it, where sums over
+    reshaped heads of traced sizes made most of the exported graph's nodes (shape
+    arithmetic a runtime folds while compiling: OpenVINO took seconds per window shape).
 
     Head ``h`` of window ``w`` is the matrix ``X = y[w, :, h·E:(h+1)·E]ᵀ`` (``E × N``); the
     result holds ``(f fᵀ / ‖f‖²) X`` in its place (paper eq. 14, after ``iters`` outer
     iterations from the default ``g₀``; see :mod:`nmfseg.nmf.rank1`).
     """
-    n, c = y.shape[1], y.shape[2]
+    n = y.shape[1]
     g0 = weyl(n, 1, y.device, y.dtype)[:, 0]  # the default init of every matrix
     # (W, C): X g₀ / ‖g₀‖², all heads; a product and a sum, which runtimes keep in the
     # network's precision (as a vector-times-batch MatMul OpenVINO ran it in float32, after a
     # float32 copy of every window)
     f = (y * g0[:, None]).sum(1) / guard((g0 * g0).sum())
-    heads = torch.arange(c, device=y.device) // head_dim
+    heads = torch.arange(channels, device=y.device) // head_dim
     mask = (heads[:, None] == heads[None, :]).to(y.dtype)  # the diagonal head blocks
     k = torch.matmul(y.transpose(1, 2), y) * mask  # (W, C, C): each head's K = X Xᵀ
     for _ in range(iters - 1):  # f ← K f ‖f‖² / (fᵀ K f), per head
         kf = torch.matmul(k, f.unsqueeze(-1)).squeeze(-1)
-        f = kf * (_head_sums(f * f, head_dim) / guard(_head_sums(f * kf, head_dim)))
-    p = f.unsqueeze(-1) * (f / guard(_head_sums(f * f, head_dim))).unsqueeze(-2) * mask
+        # (v @ mask)[c] is the sum of v over the head of channel c
+        f = kf * (torch.matmul(f * f, mask) / guard(torch.matmul(f * kf, mask)))
+    p = f.unsqueeze(-1) * (f / guard(torch.matmul(f * f, mask))).unsqueeze(-2) * mask
     return torch.matmul(y, p)  # rows of y times the symmetric projector: (P X)ᵀ
 
 
@@ -184,13 +179,15 @@ class ChannelsLastBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         block = self.block
-        b, c, *spatial = x.shape
+        b, _, *spatial = x.shape
+        norms = [n for n in (block.norm1, block.norm2) if n is not None]
+        c = norms[0].num_channels if norms else x.shape[1]  # an int: a constant of the graph
         d = len(spatial)
         y = x.permute(0, *range(2, 2 + d), 1).reshape(b, -1, c)  # (B, N, C)
         if block.mixer is not None:
             mixer = block.mixer
             z = F.linear(_norm(block.norm1, y), mixer.in_proj.weight)
-            z = self._mix(torch.relu(z).reshape(b, *spatial, c), mixer, len(spatial))
+            z = self._mix(torch.relu(z).reshape(b, *spatial, c), mixer, c)
             y = y + F.linear(z.reshape(b, -1, c), mixer.out_proj.weight, mixer.out_proj.bias)
         if block.mlp is not None:
             mlp = block.mlp
@@ -199,13 +196,14 @@ class ChannelsLastBlock(nn.Module):
         return y.reshape(b, *spatial, c).permute(0, 1 + d, *range(1, 1 + d))
 
     @staticmethod
-    def _mix(z: Tensor, mixer: WrappedNMF, spatial_dims: int) -> Tensor:
+    def _mix(z: Tensor, mixer: WrappedNMF, c: int) -> Tensor:
         if not mixer.enabled:
             return z
         e, iters = mixer.head_dim, mixer.nmf.iters
-        b, *spatial, c = z.shape
+        b, *spatial, _ = z.shape
+        spatial_dims = len(spatial)
         if mixer.kind == "global":
-            return rank1_windows(z.reshape(b, -1, c), e, iters).reshape(z.shape)
+            return rank1_windows(z.reshape(b, -1, c), e, iters, c).reshape(z.shape)
         window = ntuple(mixer.matricize.window_size, spatial_dims, "window_size")
         window = tuple(size_min(s, w) for s, w in zip(spatial, window, strict=True))
         padded = [(s + w - 1) // w * w for s, w in zip(spatial, window, strict=True)]
@@ -216,7 +214,8 @@ class ChannelsLastBlock(nn.Module):
 
         def partition(v: Tensor) -> Tensor:
             windows = to_windows(F.pad(v, pad), window)
-            return from_windows(rank1_windows(windows, e, iters), (b, *padded, c), window)[crop]
+            y = rank1_windows(windows, e, iters, c)
+            return from_windows(y, (b, *padded, c), window)[crop]
 
         out = partition(z)
         if mixer.kind == "swin":  # the shifted partition, rolled back; Algorithm 3's average
