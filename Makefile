@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_cpu_paths.py
 	$(BIN)/python benchmarks/bench_engines.py
+	$(BIN)/python benchmarks/profile_engines.py
 
 # The long scaling studies (layer vs tokens, networks vs input size, whole-volume prediction):
 # tables, CSVs and figures in $(BENCH_OUT); an interrupted run resumes there.
