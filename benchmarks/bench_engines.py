@@ -151,26 +151,36 @@ def _best(times: dict[str, float]) -> tuple[str, float]:
     return key, times[key]
 
 
-def _floor_rows(
-    res: dict[tuple[str, Any], float], modes: list[Any], label: Callable[[Any], str]
-) -> tuple[list[list[str]], tuple[float, float, float]]:
-    """One row per mode (Swin Factorizer, no-NMF ablation, SegResNet-32 and both ratios to
-    SegResNet-32), then the **best** row: each network at its own fastest mode."""
-    rows = []
+def _floor_table(
+    res: dict[tuple[str, Any], float],
+    modes: list[Any],
+    label: Callable[[Any], str],
+    table: str,
+    key: str,
+) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """The rows of a floor table, one per mode (Swin Factorizer, no-NMF ablation,
+    SegResNet-32 and both ratios to SegResNet-32) and then the **best** row (each network at
+    its own fastest mode), and their CSV records (``key``: the mode's column)."""
+    rows, records = [], []
     for mode in modes:
         f, n, s = (res[(name, mode)] for name in (FACTORIZER, NO_NMF, SEGRESNET))
         rows.append([label(mode), fmt(f), fmt(n), fmt(s), f"{f / s:.2f}×", f"{n / s:.2f}×"])
-    best = {name: _best({m: res[(name, m)] for m in modes}) for name in NETWORKS}
-    (fm, f), (nm, n), (sm, s) = (best[name] for name in (FACTORIZER, NO_NMF, SEGRESNET))
+        records.append(
+            {"table": table, key: mode, "factorizer_s": f, "no_nmf_s": n, "segresnet_s": s}
+        )
+    (fm, f), (nm, n), (sm, s) = (
+        _best({m: res[(name, m)] for m in modes}) for name in (FACTORIZER, NO_NMF, SEGRESNET)
+    )
     rows.append(
         [f"**best** (Factorizer {label(fm)}, no-NMF {label(nm)}, SegResNet {label(sm)})",
          fmt(f), fmt(n), fmt(s), f"**{f / s:.2f}×**", f"{n / s:.2f}×"]
     )  # fmt: skip
-    return rows, (f, n, s)
+    return rows, records
 
 
-HEADER = ["{}", "Swin Factorizer (s)", "no-NMF ablation (s)", "SegResNet-32 (s)",
-          "Factorizer / SegResNet", "no-NMF / SegResNet"]  # fmt: skip
+#: the columns of a floor table after the first (the engine or the mode)
+COLUMNS = ["Swin Factorizer (s)", "no-NMF ablation (s)", "SegResNet-32 (s)",
+           "Factorizer / SegResNet", "no-NMF / SegResNet"]  # fmt: skip
 
 
 def inference_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
@@ -181,15 +191,9 @@ def inference_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]
         for engine in args.engines:
             jobs[(name, engine)] = engine_fn(engine, net, x, args.threads)
     res = {k: v[0] / 1e3 for k, v in measure(jobs, args.repeats).items()}
-    rows, _ = _floor_rows(res, args.engines, str)
-    records = [
-        {"table": "inference", "engine": engine, "factorizer_s": res[(FACTORIZER, engine)],
-         "no_nmf_s": res[(NO_NMF, engine)], "segresnet_s": res[(SEGRESNET, engine)]}
-        for engine in args.engines
-    ]  # fmt: skip
-    header = [HEADER[0].format("engine"), *HEADER[1:]]
+    rows, records = _floor_table(res, args.engines, str, "inference", "engine")
     title = f"Inference, 1×4×{args.size}³, median of {args.repeats}"
-    return f"### {title}\n\n{markdown_table(header, rows)}", records
+    return f"### {title}\n\n{markdown_table(['engine', *COLUMNS], rows)}", records
 
 
 def nmf_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
@@ -214,6 +218,10 @@ def nmf_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     )
 
 
+def _mode(bf16: bool) -> str:
+    return "bf16 autocast" if bf16 else "float32"
+
+
 def training_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     x = torch.randn(1, 4, args.train_size, args.train_size, args.train_size)
     jobs = {}
@@ -222,15 +230,9 @@ def training_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]
         for bf16 in (False, True):
             jobs[(name, bf16)] = train_fn(net, x, bf16)
     res = {k: v[0] / 1e3 for k, v in measure(jobs, args.repeats).items()}
-    rows, _ = _floor_rows(res, [False, True], lambda b: "bf16 autocast" if b else "float32")
-    records = [
-        {"table": "training", "bf16": bf16, "factorizer_s": res[(FACTORIZER, bf16)],
-         "no_nmf_s": res[(NO_NMF, bf16)], "segresnet_s": res[(SEGRESNET, bf16)]}
-        for bf16 in (False, True)
-    ]  # fmt: skip
-    header = [HEADER[0].format("mode"), *HEADER[1:]]
+    rows, records = _floor_table(res, [False, True], _mode, "training", "bf16")
     title = f"Training step, 1×4×{args.train_size}³, median of {args.repeats}"
-    return f"### {title}\n\n{markdown_table(header, rows)}", records
+    return f"### {title}\n\n{markdown_table(['mode', *COLUMNS], rows)}", records
 
 
 TABLES = {"inference": inference_table, "nmf": nmf_table, "training": training_table}

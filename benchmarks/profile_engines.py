@@ -42,13 +42,14 @@ from nmfseg.mixers.nmf import nmf_layers
 NMF_NODE = "nmfseg.nmf_node"  # the profiler range around every WrappedNMF.mix
 
 
-def _shares(times: dict[str, float], top: int) -> list[tuple[str, float, float]]:
-    """``(name, seconds, share)`` of the ``top`` largest entries, then ``other``."""
+def _share_rows(times: dict[str, float], top: int, per: int = 1) -> list[list[str]]:
+    """Table rows ``name | seconds / per | share`` of the ``top`` largest entries, then
+    ``other``."""
     total = sum(times.values()) or 1.0
     ranked = sorted(times.items(), key=lambda kv: -kv[1])
-    rows = [(k, v, v / total) for k, v in ranked[:top]]
     rest = sum(v for _, v in ranked[top:])
-    return rows + ([("other", rest, rest / total)] if rest else [])
+    kept = ranked[:top] + ([("other", rest)] if rest else [])
+    return [[k, fmt(v / per), f"{100 * v / total:.1f} %"] for k, v in kept]
 
 
 def openvino_profile(net: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace):
@@ -67,7 +68,7 @@ def openvino_profile(net: torch.nn.Module, x: torch.Tensor, args: argparse.Names
         request.infer({0: image})
         walls.append(time.perf_counter() - start)
         for info in request.profiling_info:
-            if str(info.status).endswith("EXECUTED") and "NOT_RUN" not in str(info.status):
+            if str(info.status).endswith("EXECUTED"):  # not NOT_RUN or OPTIMIZED_OUT
                 times[info.node_type] += info.real_time.total_seconds()
     return times, float(np.median(walls)), compile_s
 
@@ -78,8 +79,7 @@ def openvino_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]
     for name in NETWORKS:
         times, wall, compile_s = openvino_profile(build(name, args.channels), x, args)
         total = sum(times.values()) / args.repeats
-        rows = [[k, fmt(v / args.repeats), f"{100 * share:.1f} %"]
-                for k, v, share in _shares(times, args.top)]  # fmt: skip
+        rows = _share_rows(times, args.top, args.repeats)
         records += [{"table": "openvino", "network": name, "node_type": k,
                      "seconds": v / args.repeats} for k, v in times.items()]  # fmt: skip
         records.append({"table": "openvino", "network": name, "node_type": "(compile)",
@@ -147,8 +147,7 @@ def torch_table(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         f"{fmt(forward - node)} s."
     ]
     for inside, what in ((True, "inside the NMF nodes"), (False, "in the rest of the network")):
-        shares = _shares(ops[inside], args.top)
-        rows = [[k, fmt(v), f"{100 * share:.1f} %"] for k, v, share in shares]
+        rows = _share_rows(ops[inside], args.top)
         records += [{"table": "torch", "part": "nmf_node" if inside else "rest", "op": k,
                      "seconds": v} for k, v in ops[inside].items()]  # fmt: skip
         parts.append(f"Self time {what}:\n\n" + markdown_table(["operator", "s", "share"], rows))
