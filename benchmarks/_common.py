@@ -20,6 +20,7 @@ Scripts import this module as ``_common`` (``python benchmarks/NAME.py`` puts
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -37,7 +38,8 @@ from typing import Any
 
 import torch
 
-from nmfseg.fileio import read_json, write_json, write_text
+from nmfseg.errors import DataError
+from nmfseg.fileio import check_writable, read_json, write_json, write_text
 
 Job = Callable[[], object]
 #: Environment variables that change CPU timings; printed when set.
@@ -210,6 +212,53 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     my = statistics.fmean(p[1] for p in pts)
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx else math.nan
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of a count or a size: a whole number >= 1 (else one usage line).
+
+    Examples::
+
+        >>> positive_int("3")
+        3
+        >>> positive_int("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: '0' is not a whole number >= 1
+    """
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """``argparse`` type of ``--channels``: comma-separated widths, each >= 1.
+
+    Examples::
+
+        >>> widths("8,16,32")
+        (8, 16, 32)
+        >>> widths("8,a")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: '8,a': give widths >= 1 separated by commas (8,16,32,64,128)
+    """
+    try:
+        return tuple(positive_int(c.strip()) for c in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give widths >= 1 separated by commas (8,16,32,64,128)"
+        ) from None
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path | None) -> None:
+    """Refuse, in one usage line and before any timing, an ``--out`` folder that cannot be
+    written (:func:`nmfseg.fileio.check_writable`)."""
+    if out is not None:
+        try:
+            check_writable(out)
+        except DataError as err:
+            parser.error(f"--out: {err}")
 
 
 def markdown_table(

@@ -50,7 +50,16 @@ from typing import Any
 
 import torch
 
-from _common import cpu_model, environment, fmt, markdown_table, measure, save_table
+from _common import (
+    check_out,
+    cpu_model,
+    environment,
+    fmt,
+    markdown_table,
+    measure,
+    save_table,
+    widths,
+)
 from bench_engines import FACTORIZER, NO_NMF, SEGRESNET, build
 from nmfseg.training.config import load_recipe
 from nmfseg.training.losses import DeepSupervisionLoss
@@ -331,7 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="runs of each job first [2]")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--tables", default=",".join(TABLES), help="inference,nmf,training")
-    parser.add_argument("--channels", default=None, help="reduced Factorizer widths (smoke)")
+    parser.add_argument(
+        "--channels", type=widths, default=None, help="reduced Factorizer widths (smoke)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write OUT/bench_cuda.*")
     parser.add_argument(
         "--no-cudnn-benchmark", action="store_true",
@@ -339,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         " of SegResNet and of the Factorizers' stems and samplers are timed as they deploy)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    check_out(parser, args.out)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
@@ -349,7 +361,6 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.size, args.train_size, args.batch, args.repeats, args.warmup) < 1:
         parser.error("--size, --train-size, --batch, --repeats and --warmup must be positive")
     args.modes = [m for m in MODES if not (args.no_compile and MODES[m][1])]
-    args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     if not args.no_compile:
         allow_recompiles()
     if args.device.type == "cuda":

@@ -44,7 +44,16 @@ import numpy as np
 import torch
 
 import nmfseg
-from _common import fmt, machine, markdown_table, measure, save_table
+from _common import (
+    check_out,
+    fmt,
+    machine,
+    markdown_table,
+    measure,
+    positive_int,
+    save_table,
+    widths,
+)
 from bench_export import session
 from nmfseg.export.onnx import network_to_onnx
 
@@ -240,21 +249,25 @@ TABLES = {"inference": inference_table, "nmf": nmf_table, "training": training_t
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="inference input S³ [128]")
-    parser.add_argument("--train-size", type=int, default=64, help="training input T³ [64]")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=positive_int, default=128, help="inference input S³ [128]")
+    parser.add_argument(
+        "--train-size", type=positive_int, default=64, help="training input T³ [64]"
+    )
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--tables", default=",".join(TABLES), help="inference,nmf,training")
-    parser.add_argument("--channels", default=None, help="reduced Factorizer widths (smoke)")
+    parser.add_argument(
+        "--channels", type=widths, default=None, help="reduced Factorizer widths (smoke)"
+    )
     parser.add_argument("--busy", type=int, default=0, help="busy cores beside the run [0]")
     parser.add_argument("--out", type=Path, default=None, help="also write OUT/bench_engines.*")
     args = parser.parse_args(argv)
+    check_out(parser, args.out)
     args.engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(args.engines) - set(ENGINES))
     if unknown:
         parser.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
-    args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     torch.set_num_threads(args.threads)
     np.random.seed(0)
     texts, records = [], []

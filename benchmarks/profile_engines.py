@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import fmt, machine, markdown_table, save_table
+from _common import check_out, fmt, machine, markdown_table, positive_int, save_table, widths
 from bench_engines import FACTORIZER, NETWORKS, build, compile_openvino, onnx_of
 from nmfseg.mixers.nmf import nmf_layers
 
@@ -160,20 +160,24 @@ TABLES = {"openvino": openvino_table, "torch": torch_table}
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="input S³ [128]")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="OpenVINO runs summed [3]")
+    parser.add_argument("--size", type=positive_int, default=128, help="input S³ [128]")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="OpenVINO runs summed [3]")
     parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16")
-    parser.add_argument("--top", type=int, default=10, help="rows per table before 'other'")
+    parser.add_argument(
+        "--top", type=positive_int, default=10, help="rows per table before 'other'"
+    )
     parser.add_argument("--tables", default=",".join(TABLES), help="openvino,torch")
-    parser.add_argument("--channels", default=None, help="reduced Factorizer widths (smoke)")
+    parser.add_argument(
+        "--channels", type=widths, default=None, help="reduced Factorizer widths (smoke)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write OUT/profile_engines.*")
     args = parser.parse_args(argv)
+    check_out(parser, args.out)
     tables = [t for t in args.tables.split(",") if t]
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
         parser.error(f"--tables: unknown {unknown}; choose from {', '.join(TABLES)}")
-    args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     torch.set_num_threads(args.threads)
     texts, records = [], []
     for name in tables:  # the report is printed once, at the end

@@ -131,6 +131,31 @@ def test_profile_attributes_the_forward_to_the_nmf_nodes(tmp_path):
     assert inside + rest <= part["forward"] * 1.001
 
 
+@pytest.mark.parametrize("script", ["bench_engines", "profile_engines", "bench_cuda"])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--channels", "8,a"], "argument --channels: '8,a': give widths >= 1"),
+     (["--channels", "8,,16"], "argument --channels: '8,,16'"),
+     (["--out", "/proc/nmfseg/out"], "--out: /proc/nmfseg/out: cannot write the output here")],
+)  # fmt: skip
+def test_bad_options_are_one_usage_line_before_any_work(script, args, words, capsys):
+    bench = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ": error: " in err[-1] and words in err[-1]  # argparse names the program
+
+
+@pytest.mark.parametrize("script", ["bench_engines", "profile_engines"])
+@pytest.mark.parametrize("option", ["--size", "--repeats", "--threads"])
+def test_sizes_and_counts_below_one_are_refused(script, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main([option, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: '0' is not a whole number >= 1" in capsys.readouterr().err
+
+
 def test_engines_jobs_of_one_network_run_in_their_own_mode():
     """The NMF table times a forward and a training step of the same network: each job sets
     its mode (the forward once ran in training mode, the last mode set)."""
